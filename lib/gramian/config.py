@@ -1,0 +1,419 @@
+"""One typed, frozen configuration tree: YAML files layered on defaults, plus `--set a.b=v` overrides.
+
+Strict on purpose: an unknown key, a wrong type or an out-of-range value is a ConfigError that
+names the key and the file (or `--set`) it came from, so a typo never silently trains a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gramian.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+DEFAULTS_FILE = "defaults.yaml"
+
+
+def _check(rule: str, test: Callable[[Any], bool]) -> dict[str, Any]:
+    """Field metadata: a range rule, quoted in the error message when `test` fails."""
+    return {"rule": rule, "test": test}
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _fraction(v: Any) -> bool:
+    return 0 < v < 1
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where tables live: a folder of Delta tables, or a catalog.schema on Databricks."""
+
+    root: str = "./warehouse"
+    catalog: str | None = None
+    schema: str | None = None
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How to build a session when none exists; ignored when one is already running."""
+
+    master: str = "local[2]"
+    app_name: str = "gramian"
+    driver_memory: str = "4g"
+    ivy_dir: str = "~/.cache/gramian/ivy"
+    log_level: str = "WARN"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """Source column names (or 0-based positions for headerless text) of the four logical columns."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    weight: str | None = None
+    ts: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to ingest and how to read it."""
+
+    name: str = "synthetic"
+    format: Literal["csv", "parquet", "delta", "lightgcn", "synthetic"] = "synthetic"
+    path: str | None = None
+    test_path: str | None = None
+    sep: str = ","
+    header: bool = True
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    ts_format: str | None = None
+    duplicates: Literal["sum", "max", "count"] = "sum"
+    min_weight: float | None = None
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Synthetic implicit feedback: power-law item popularity over planted low-rank preferences."""
+
+    n_users: int = field(default=2000, metadata=_check("> 0", _positive))
+    n_items: int = field(default=1000, metadata=_check("> 0", _positive))
+    n_interactions: int = field(default=50_000, metadata=_check("> 0", _positive))
+    rank: int = field(default=16, metadata=_check("> 0", _positive))
+    popularity_exponent: float = field(default=1.0, metadata=_check(">= 0", _non_negative))
+    signal: float = field(default=3.0, metadata=_check(">= 0", _non_negative))
+    timestamps: bool = True
+    counts: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How interactions become train and test."""
+
+    method: Literal["random", "leave_last", "strong", "given"] = "random"
+    test_fraction: float = field(default=0.2, metadata=_check("in (0, 1)", _fraction))
+    leave_last_k: int = field(default=1, metadata=_check("> 0", _positive))
+    min_interactions: int = field(default=2, metadata=_check("> 0", _positive))
+    holdout_users: float = field(default=0.1, metadata=_check("in (0, 1)", _fraction))
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ConfidenceConfig:
+    """How an observed pair's feedback strength becomes its weight α(c,i) (kernels.observed_weights)."""
+
+    form: Literal["rendle", "hu"] = "rendle"
+    scale: Literal["constant", "linear", "log"] = "constant"
+    beta: float = field(default=1.0, metadata=_check("> 0", _positive))
+    eps: float = field(default=1.0, metadata=_check("> 0", _positive))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The recommender and its hyper-parameters, in the paper's names."""
+
+    name: Literal["ials"] = "ials"
+    dim: int = field(default=64, metadata=_check("> 0", _positive))
+    epochs: int = field(default=15, metadata=_check("> 0", _positive))
+    alpha0: float = field(default=0.1, metadata=_check(">= 0", _non_negative))
+    reg: float = field(default=0.005, metadata=_check(">= 0", _non_negative))
+    nu: float = field(default=1.0, metadata=_check(">= 0", _non_negative))
+    solver: Literal["cg", "cholesky", "subspace"] = "cg"
+    cg_steps: int = field(default=3, metadata=_check("> 0", _positive))
+    solver_block_size: int | None = None
+    init_scale: float = field(default=0.1, metadata=_check("> 0", _positive))
+    seed: int = 0
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Distribution of the trainer: data blocks, checkpoints, routing."""
+
+    num_user_blocks: int = field(default=0, metadata=_check(">= 0 (0 = auto)", _non_negative))
+    num_item_blocks: int = field(default=0, metadata=_check(">= 0 (0 = auto)", _non_negative))
+    checkpoint_every: int = field(default=5, metadata=_check(">= 0 (0 = never)", _non_negative))
+    broadcast_max_mb: float = field(default=512.0, metadata=_check(">= 0", _non_negative))
+
+
+@dataclass(frozen=True)
+class SampledConfig:
+    """Sampled metrics, always reported beside their correction (Krichene & Rendle 2020)."""
+
+    m: int = field(default=100, metadata=_check("> 0", _positive))
+    sampler: Literal["uniform", "popularity"] = "uniform"
+    seed: int = 0
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Which metrics at which cut-offs."""
+
+    k: tuple[int, ...] = (10, 20, 50, 100)
+    per_user: bool = False
+    sampled: SampledConfig = field(default_factory=SampledConfig)
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """Top-n publishing and its index."""
+
+    n: int = field(default=100, metadata=_check("> 0", _positive))
+    min_index_recall: float = field(default=0.9, metadata=_check(">= 0", _non_negative))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration tree; sections and key names are the ones scripts and docs rely on."""
+
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (for the `runs` table and logs)."""
+        d = dataclasses.asdict(self)
+        d.pop("sources", None)
+        return d
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], origin: dict[str, str], src: str,
+                prefix: str = "") -> None:
+    for key, value in over.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict) and key != "conf":
+            _deep_merge(base[key], value, origin, src, dotted + ".")
+        elif isinstance(value, Mapping) and key != "conf":
+            base[key] = {}
+            _deep_merge(base[key], value, origin, src, dotted + ".")
+        else:
+            base[key] = value
+            origin[dotted] = src
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file must exist, got {str(path)!r}. Pass a path under conf/, e.g. "
+                          f"conf/ml-100k.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split one `--set section.key=value` into its dotted key and YAML-typed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set must look like section.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set key must be dotted like model.dim, got {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cur = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cur[part] = {}
+        cur = cur[part]
+    cur[parts[-1]] = value
+    return out
+
+
+def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
+    """Check `value` against the annotation `tp`; int -> float and list -> tuple are the only coercions."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ConfigError(f"{key} must be {_type_name(tp)}, got {value!r} ({where})")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, where)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key} must be one of {list(args)}, got {value!r} ({where})")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            value = [value]
+        return tuple(_coerce(args[0], v, key, where) for v in value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise bad
+        return {str(k): str(v) if not isinstance(v, bool) else str(v).lower() for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise bad
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, data: Mapping[str, Any], origin: Mapping[str, str], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "sources"}
+    for key in data:
+        if key not in fields:
+            dotted = f"{prefix}{key}"
+            where = origin.get(dotted) or _first_origin(origin, dotted + ".")
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key {dotted!r} ({where}). Known keys here: {known}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        dotted = f"{prefix}{name}"
+        tp = hints[name]
+        value = data[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{dotted} must be a mapping, got {value!r} ({origin.get(dotted, '?')})")
+            kwargs[name] = _build(tp, value, origin, dotted + ".")
+            continue
+        where = origin.get(dotted, "defaults")
+        value = _coerce(tp, value, dotted, where)
+        check = f.metadata.get("test")
+        if check is not None and value is not None and not check(value):
+            raise ConfigError(f"{dotted} must be {f.metadata['rule']}, got {value!r} ({where})")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _first_origin(origin: Mapping[str, str], prefix: str) -> str:
+    for k, v in origin.items():
+        if k.startswith(prefix):
+            return v
+    return "?"
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                conf_dir: str | Path | None = None) -> Config:
+    """Load defaults, then `path` (a dataset/profile file), then `--set` overrides; validate strictly."""
+    base_dir = Path(conf_dir) if conf_dir else CONF_DIR
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    sources: list[str] = []
+    defaults = base_dir / DEFAULTS_FILE
+    if defaults.is_file():
+        _deep_merge(merged, _read_yaml(defaults), origin, str(defaults))
+        sources.append(str(defaults))
+    if path is not None:
+        p = Path(path)
+        if not p.is_file() and (base_dir / p.name).is_file() and not p.parent.parts:
+            p = base_dir / p.name
+        _deep_merge(merged, _read_yaml(p), origin, str(p))
+        sources.append(str(p))
+    for text in overrides:
+        key, value = parse_override(text)
+        _deep_merge(merged, _nest(key, value), origin, f"--set {text}")
+        sources.append(f"--set {text}")
+    cfg = _build(Config, merged, origin)
+    data = dataclasses.replace(cfg.data, path=expand_path(cfg.data.path),
+                               test_path=expand_path(cfg.data.test_path))
+    cfg = dataclasses.replace(cfg, data=data, sources=tuple(sources))
+    _cross_checks(cfg)
+    return cfg
+
+
+def data_root() -> str:
+    """The shared datasets folder: $GRAMIAN_DATA, else ../shared/data beside the checkout."""
+    return os.environ.get("GRAMIAN_DATA") or str(CONF_DIR.parent.parent / "shared" / "data")
+
+
+def expand_path(path: str | None) -> str | None:
+    """Expand `${GRAMIAN_DATA}`, other environment variables and `~` in a configured path."""
+    if path is None:
+        return None
+    path = path.replace("${GRAMIAN_DATA}", data_root())
+    return os.path.expanduser(os.path.expandvars(path))
+
+
+def _cross_checks(cfg: Config) -> None:
+    """Rules that involve more than one key."""
+    m = cfg.model
+    if m.solver_block_size is not None and not 1 <= m.solver_block_size <= m.dim:
+        raise ConfigError(f"model.solver_block_size must be in [1, model.dim={m.dim}], got "
+                          f"{m.solver_block_size}. Use model.dim for exact ALS, 1 for iCD.")
+    if any(k <= 0 for k in cfg.evaluate.k):
+        raise ConfigError(f"evaluate.k must hold positive cut-offs, got {list(cfg.evaluate.k)}")
+    d = cfg.data
+    if d.format != "synthetic" and not d.path:
+        raise ConfigError(f"data.path must be set when data.format is {d.format!r}. Set it in the conf "
+                          f"file or with --set data.path=...")
+    if cfg.split.method == "given" and not d.test_path:
+        raise ConfigError("data.test_path must be set when split.method is 'given'.")
+    if cfg.split.method == "leave_last" and not d.columns.ts and d.format not in ("synthetic",):
+        raise ConfigError("split.method 'leave_last' needs timestamps: set data.columns.ts.")

@@ -1,0 +1,20 @@
+"""Pure-numpy/numba math kernels of iALS (Rendle, 'Item Recommendation from Implicit Feedback', §5.1).
+
+No Spark here: the driver and executors call these on plain arrays (CSR blocks plus dense embeddings).
+"""
+
+from gramian.kernels.confidence import observed_weights
+from gramian.kernels.loss import LossTerms, gramian, ials_loss, observed_loss, regularization_weights
+from gramian.kernels.solvers import SOLVERS, check_finite, solve_side
+
+__all__ = [
+    "SOLVERS",
+    "LossTerms",
+    "check_finite",
+    "gramian",
+    "ials_loss",
+    "observed_loss",
+    "observed_weights",
+    "regularization_weights",
+    "solve_side",
+]

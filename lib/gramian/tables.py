@@ -1,0 +1,53 @@
+"""Named Delta tables under `storage.root` (or `catalog.schema` when configured): one way to read and write.
+
+Every write is one Delta transaction, so a failed or repeated stage never leaves half a table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gramian.config import StorageConfig
+
+TABLES = ("interactions", "quarantine", "users", "items", "train", "test", "ingest_runs",
+          "user_factors", "item_factors", "runs", "metrics", "metrics_by_user", "topn")
+
+
+def table_ref(storage: StorageConfig, name: str) -> str:
+    """`catalog.schema.name` when a catalog is configured, else the Delta folder path."""
+    if storage.catalog:
+        return f"{storage.catalog}.{storage.schema or 'default'}.{name}"
+    return str(Path(storage.root).expanduser().resolve() / name)
+
+
+def exists(spark: Any, storage: StorageConfig, name: str) -> bool:
+    """Whether the table has been written at least once."""
+    if storage.catalog:
+        return bool(spark.catalog.tableExists(table_ref(storage, name)))
+    return (Path(table_ref(storage, name)) / "_delta_log").is_dir()
+
+
+def read(spark: Any, storage: StorageConfig, name: str) -> Any:
+    """The current version of a table as a DataFrame."""
+    ref = table_ref(storage, name)
+    if storage.catalog:
+        return spark.read.table(ref)
+    return spark.read.format("delta").load(ref)
+
+
+def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
+          replace_where: str | None = None) -> None:
+    """Write `df` in one transaction; `replace_where` swaps only the matching rows (e.g. one run_id)."""
+    if replace_where is not None and not exists(df.sparkSession, storage, name):
+        replace_where = None  # first write of the table: nothing to replace
+    writer = df.write.format("delta").mode(mode)
+    if mode == "overwrite":
+        writer = writer.option("overwriteSchema", "true") if replace_where is None else writer
+    if replace_where is not None:
+        writer = writer.option("replaceWhere", replace_where)
+    ref = table_ref(storage, name)
+    if storage.catalog:
+        writer.saveAsTable(ref)
+    else:
+        writer.save(ref)

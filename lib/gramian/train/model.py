@@ -1,0 +1,140 @@
+"""The Python face of the trainer: `IALS(...).fit(train_df)` → `IALSModel`, in the spirit of MLlib/implicit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gramian.config import ConfidenceConfig, ModelConfig, TrainConfig, _build
+from gramian.errors import ConfigError
+from gramian.train.als import BlockTrainer, EpochStats, FitState, init_factors
+from gramian.train.checkpoint import Checkpointer
+
+log = logging.getLogger(__name__)
+
+
+def model_config(**params: Any) -> ModelConfig:
+    """A validated ModelConfig from keyword arguments (same rules as the YAML config)."""
+    conf = params.pop("confidence", None)
+    data = dict(params)
+    if conf is not None:
+        data["confidence"] = dataclasses.asdict(conf) if isinstance(conf, ConfidenceConfig) else conf
+    cfg = _build(ModelConfig, data, {k: "IALS(...) argument" for k in data}, "model.")
+    if cfg.solver_block_size is not None and not 1 <= cfg.solver_block_size <= cfg.dim:
+        raise ConfigError(f"solver_block_size must be in [1, dim={cfg.dim}], got {cfg.solver_block_size}")
+    return cfg
+
+
+class IALS:
+    """iALS estimator: pointwise square loss over all pairs, Gramian trick, block-distributed (eq. 26)."""
+
+    def __init__(self, dim: int = 64, alpha0: float = 0.1, reg: float = 0.005, nu: float = 1.0,
+                 epochs: int = 15, solver: str = "cg", cg_steps: int = 3,
+                 solver_block_size: int | None = None, init_scale: float = 0.1, seed: int = 0,
+                 confidence: ConfidenceConfig | dict[str, Any] | None = None,
+                 train: TrainConfig | None = None) -> None:
+        params: dict[str, Any] = dict(dim=dim, alpha0=alpha0, reg=reg, nu=nu, epochs=epochs, solver=solver,
+                                      cg_steps=cg_steps, solver_block_size=solver_block_size,
+                                      init_scale=init_scale, seed=seed)
+        if confidence is not None:
+            params["confidence"] = confidence
+        self.config = model_config(**params)
+        self.train_config = train or TrainConfig()
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, train: TrainConfig | None = None) -> IALS:
+        """The estimator for an already-validated config."""
+        est = cls.__new__(cls)
+        est.config, est.train_config = model, train or TrainConfig()
+        return est
+
+    def fit(self, train_df: Any, n_users: int | None = None, n_items: int | None = None,
+            checkpointer: Checkpointer | None = None, resume: bool = False) -> IALSModel:
+        """Train on a DataFrame of (user_idx, item_idx, weight); sizes default to max index + 1."""
+        spark = train_df.sparkSession
+        if n_users is None or n_items is None:
+            from pyspark.sql import functions as F
+
+            row = train_df.agg(F.max("user_idx").alias("u"), F.max("item_idx").alias("i")).collect()[0]
+            n_users = n_users if n_users is not None else int(row["u"] if row["u"] is not None else -1) + 1
+            n_items = n_items if n_items is not None else int(row["i"] if row["i"] is not None else -1) + 1
+        m = self.config
+        trainer = BlockTrainer(spark, train_df, n_users, n_items, m, self.train_config)
+        state = None
+        if resume and checkpointer is not None:
+            state = checkpointer.load()
+            if state is not None:
+                log.info("resuming from checkpoint at epoch %d", state.epoch)
+        if state is None:
+            state = FitState(init_factors(n_users, m.dim, m.init_scale, m.seed, 0),
+                             init_factors(n_items, m.dim, m.init_scale, m.seed, 1))
+        try:
+            while state.epoch < m.epochs:
+                stats = trainer.epoch(state)
+                log.info("epoch %d/%d loss %.6g (observed %.6g, gramian %.6g, reg %.6g) user %.2fs item %.2fs",
+                         stats.epoch, m.epochs, stats.loss, stats.observed, stats.gramian,
+                         stats.regularization, stats.user_seconds, stats.item_seconds)
+                every = self.train_config.checkpoint_every
+                if checkpointer is not None and every and (state.epoch % every == 0 or state.epoch == m.epochs):
+                    checkpointer.save(state)
+        finally:
+            trainer.release()
+        return IALSModel(m, state.user_factors, state.item_factors, state.history, spark)
+
+
+class IALSModel:
+    """Trained factors (numpy on the driver) with DataFrame views, save/load and the fit history."""
+
+    def __init__(self, config: ModelConfig, user_factors: np.ndarray, item_factors: np.ndarray,
+                 history: list[EpochStats], spark: Any = None) -> None:
+        self.config = config
+        self.user_array = user_factors
+        self.item_array = item_factors
+        self.history = history
+        self.spark = spark
+
+    @property
+    def user_factors(self) -> Any:
+        """DataFrame (idx int, factors array<float>)."""
+        return factors_dataframe(self.spark, self.user_array)
+
+    @property
+    def item_factors(self) -> Any:
+        """DataFrame (idx int, factors array<float>)."""
+        return factors_dataframe(self.spark, self.item_array)
+
+    def save(self, path: str | Path) -> None:
+        """Write factors (.npy) and config/history (JSON) to a folder."""
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        np.save(p / "user_factors.npy", self.user_array)
+        np.save(p / "item_factors.npy", self.item_array)
+        meta = {"config": dataclasses.asdict(self.config),
+                "history": [dataclasses.asdict(h) for h in self.history]}
+        (p / "model.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path, spark: Any = None) -> IALSModel:
+        """Read a model written by `save`."""
+        p = Path(path)
+        meta = json.loads((p / "model.json").read_text())
+        cfg = model_config(**meta["config"])
+        history = [EpochStats(**h) for h in meta["history"]]
+        return cls(cfg, np.load(p / "user_factors.npy"), np.load(p / "item_factors.npy"), history, spark)
+
+
+def factors_dataframe(spark: Any, factors: np.ndarray) -> Any:
+    """A factor matrix as a DataFrame of (idx, factors array<float>), built through Arrow."""
+    import pyarrow as pa
+
+    n, d = factors.shape
+    flat = pa.array(np.ascontiguousarray(factors, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+    table = pa.table({"idx": pa.array(np.arange(n, dtype=np.int32)),
+                      "factors": pa.ListArray.from_arrays(offsets, flat)})
+    return spark.createDataFrame(table)
