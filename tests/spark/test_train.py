@@ -1,0 +1,235 @@
+"""The distributed trainer against a single-process numpy run of the same kernels, and its failure modes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gramian.config import ConfidenceConfig, ModelConfig, TrainConfig
+from gramian.errors import ConfigError, InputDataError, SolverError
+from gramian.kernels import gramian, ials_loss, observed_weights, regularization_weights, solve_side
+from gramian.train import IALS, IALSModel
+from gramian.train.als import FitState, init_factors
+from gramian.train.checkpoint import Checkpointer
+
+N_USERS, N_ITEMS = 120, 80
+
+
+def tiny_pairs(seed: int = 0, n_users: int = N_USERS, n_items: int = N_ITEMS, nnz: int = 1500) -> pd.DataFrame:
+    """Random implicit feedback with a popularity skew and integer play counts."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, nnz)
+    items = np.minimum((rng.pareto(1.5, nnz) * 8).astype(int), n_items - 1)
+    df = pd.DataFrame({"user_idx": users, "item_idx": items}).drop_duplicates()
+    df["weight"] = rng.integers(1, 20, len(df)).astype(float)
+    return df.astype({"user_idx": "int32", "item_idx": "int32"})
+
+
+def csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    order = np.lexsort((cols, rows))
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return indptr, cols[order].astype(np.int32), vals[order]
+
+
+def numpy_fit(pairs: pd.DataFrame, m: ModelConfig, n_users: int = N_USERS,
+              n_items: int = N_ITEMS) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """The reference: the same kernels in one process, each side one block, float32 between steps."""
+    u, i, w = (pairs[c].to_numpy() for c in ("user_idx", "item_idx", "weight"))
+    c = m.confidence
+    sides = {}
+    for name, rows, cols, n in (("user", u, i, n_users), ("item", i, u, n_items)):
+        indptr, indices, weight = csr(rows, cols, w, n)
+        alpha, target = observed_weights(weight, m.alpha0, c.form, c.scale, c.beta, c.eps)
+        sides[name] = (indptr, indices, alpha, target)
+    W = init_factors(n_users, m.dim, m.init_scale, m.seed, 0)
+    H = init_factors(n_items, m.dim, m.init_scale, m.seed, 1)
+    losses = []
+    for _ in range(m.epochs):
+        for name in ("user", "item"):
+            indptr, indices, alpha, target = sides[name]
+            x, other = (W, H) if name == "user" else (H, W)
+            lam = regularization_weights(m.reg, m.nu, np.diff(indptr), m.alpha0, other.shape[0])
+            new = solve_side(indptr, indices, alpha, target, other, gramian(other), m.alpha0, lam, x,
+                             solver=m.solver, cg_steps=m.cg_steps,
+                             solver_block_size=m.solver_block_size).astype(np.float32)
+            W, H = (new, H) if name == "user" else (W, new)
+        indptr, indices, alpha, target = sides["user"]
+        lam_u = regularization_weights(m.reg, m.nu, np.diff(indptr), m.alpha0, n_items)
+        lam_i = regularization_weights(m.reg, m.nu, np.diff(sides["item"][0]), m.alpha0, n_users)
+        losses.append(ials_loss(indptr, indices, alpha, target, W, H, m.alpha0, lam_u, lam_i).total)
+    return W, H, losses
+
+
+@pytest.fixture(scope="module")
+def pairs() -> pd.DataFrame:
+    return tiny_pairs()
+
+
+@pytest.fixture(scope="module")
+def train_df(spark, pairs):
+    return spark.createDataFrame(pairs)
+
+
+@pytest.mark.parametrize("solver,block", [("cg", None), ("cholesky", None), ("subspace", 4)])
+def test_spark_fit_equals_single_process_numpy_run(train_df, pairs, solver, block):
+    est = IALS(dim=8, epochs=3, solver=solver, solver_block_size=block, alpha0=0.05, reg=0.01,
+               confidence={"form": "rendle", "scale": "log", "beta": 1.0, "eps": 1.0},
+               train=TrainConfig(num_user_blocks=3, num_item_blocks=2))
+    model = est.fit(train_df, N_USERS, N_ITEMS)
+    W, H, losses = numpy_fit(pairs, est.config)
+    np.testing.assert_allclose(model.user_array, W, atol=1e-4)
+    np.testing.assert_allclose(model.item_array, H, atol=1e-4)
+    np.testing.assert_allclose([h.loss for h in model.history], losses, rtol=1e-6)
+
+
+def test_factors_do_not_depend_on_the_number_of_blocks(train_df):
+    fits = [IALS(dim=8, epochs=2, train=TrainConfig(num_user_blocks=nb, num_item_blocks=nb)).fit(
+        train_df, N_USERS, N_ITEMS) for nb in (1, 4)]
+    np.testing.assert_allclose(fits[0].user_array, fits[1].user_array, atol=1e-5)
+    np.testing.assert_allclose(fits[0].item_array, fits[1].item_array, atol=1e-5)
+
+
+def test_training_loss_never_increases_with_exact_solver(train_df):
+    model = IALS(dim=8, epochs=6, solver="cholesky").fit(train_df, N_USERS, N_ITEMS)
+    losses = [h.loss for h in model.history]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert all(h.user_seconds > 0 and h.item_seconds > 0 for h in model.history)
+
+
+def test_rows_without_interactions_get_zero_factors(spark, pairs):
+    # users N_USERS..N_USERS+9 and items N_ITEMS..N_ITEMS+4 exist in the id maps but never in train
+    model = IALS(dim=4, epochs=2).fit(spark.createDataFrame(pairs), N_USERS + 10, N_ITEMS + 5)
+    # their exact solution is 0 (system α0·G + λI, right-hand side 0); CG from a random start gets close
+    scale = np.abs(model.user_array[:N_USERS]).max()
+    assert scale > 0.0
+    assert np.abs(model.user_array[N_USERS:]).max() < 1e-3 * scale
+    assert np.abs(model.item_array[N_ITEMS:]).max() < 1e-3 * np.abs(model.item_array[:N_ITEMS]).max()
+
+
+def test_planted_low_rank_preferences_are_recovered_better_than_popularity(spark):
+    rng = np.random.default_rng(3)
+    n_u, n_i, r = 300, 200, 4
+    U, V = rng.normal(size=(n_u, r)), rng.normal(size=(n_i, r))
+    scores = U @ V.T
+    top = np.argsort(-scores, axis=1)[:, :15]  # each user likes their 15 best items
+    users = np.repeat(np.arange(n_u), 15)
+    items = top.reshape(-1)
+    holdout = rng.random(len(users)) < 0.2
+    train = pd.DataFrame({"user_idx": users[~holdout].astype("int32"), "item_idx": items[~holdout].astype("int32"),
+                          "weight": 1.0})
+    model = IALS(dim=8, epochs=10, alpha0=0.05, reg=0.01).fit(spark.createDataFrame(train), n_u, n_i)
+    pred = model.user_array @ model.item_array.T
+    pred[train.user_idx, train.item_idx] = -np.inf
+    pop = np.bincount(train.item_idx, minlength=n_i).astype(float)
+    pop_pred = np.tile(pop, (n_u, 1))
+    pop_pred[train.user_idx, train.item_idx] = -np.inf
+
+    def hit_rate(p: np.ndarray) -> float:
+        top10 = np.argsort(-p, axis=1)[:, :10]
+        hits = [items[holdout][users[holdout] == u] for u in range(n_u)]
+        return float(np.mean([np.isin(h, top10[u]).mean() for u, h in enumerate(hits) if len(h)]))
+
+    ials, popularity = hit_rate(pred), hit_rate(pop_pred)
+    assert ials > popularity + 0.2, f"iALS hit rate {ials:.3f} vs popularity {popularity:.3f}"
+
+
+def test_resume_continues_a_stopped_run_to_the_same_factors(train_df, tmp_path):
+    full = IALS(dim=6, epochs=4).fit(train_df, N_USERS, N_ITEMS)
+    ckpt = Checkpointer(tmp_path / "ckpt", "fp")
+    IALS(dim=6, epochs=2, train=TrainConfig(checkpoint_every=1)).fit(train_df, N_USERS, N_ITEMS, ckpt)
+    assert ckpt.load() is not None and ckpt.load().epoch == 2
+    resumed = IALS(dim=6, epochs=4).fit(train_df, N_USERS, N_ITEMS, ckpt, resume=True)
+    assert [h.epoch for h in resumed.history] == [1, 2, 3, 4]
+    np.testing.assert_allclose(resumed.user_array, full.user_array, atol=1e-6)
+    np.testing.assert_allclose(resumed.item_array, full.item_array, atol=1e-6)
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
+    ckpt = Checkpointer(tmp_path, "config-a")
+    ckpt.save(FitState(np.zeros((2, 2), np.float32), np.zeros((3, 2), np.float32), epoch=1))
+    assert Checkpointer(tmp_path, "config-b").load() is None
+    assert Checkpointer(tmp_path, "config-a").load().epoch == 1
+
+
+def test_nan_during_training_stops_with_epoch_and_block_named(train_df, tmp_path):
+    ckpt = Checkpointer(tmp_path, "fp")
+    bad_items = init_factors(N_ITEMS, 4, 0.1, 0, 1)
+    bad_items[7, 0] = np.nan
+    ckpt.save(FitState(init_factors(N_USERS, 4, 0.1, 0, 0), bad_items, epoch=1))
+    with pytest.raises(SolverError, match=r"epoch 2, block \d+, row \d+"):
+        IALS(dim=4, epochs=3).fit(train_df, N_USERS, N_ITEMS, ckpt, resume=True)
+
+
+def test_empty_train_set_is_refused(spark):
+    empty = spark.createDataFrame([], "user_idx int, item_idx int, weight double")
+    with pytest.raises(InputDataError, match="must not be empty"):
+        IALS(dim=4, epochs=1).fit(empty, 5, 5)
+
+
+@pytest.mark.parametrize("kwargs,key", [({"dim": 0}, "model.dim"), ({"reg": -1.0}, "model.reg"),
+                                         ({"alpha0": -0.1}, "model.alpha0"),
+                                         ({"solver": "sgd"}, "model.solver"),
+                                         ({"dim": 4, "solver_block_size": 5}, "solver_block_size")])
+def test_invalid_hyper_parameters_are_refused_naming_the_key(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        IALS(**kwargs)
+
+
+def test_non_finite_weights_reaching_the_trainer_are_refused(spark, pairs):
+    bad = pairs.copy()
+    bad.loc[bad.index[3], "weight"] = np.inf
+    with pytest.raises(Exception, match="(?i)finite"):
+        IALS(dim=4, epochs=1, confidence=ConfidenceConfig(scale="linear")).fit(
+            spark.createDataFrame(bad), N_USERS, N_ITEMS)
+
+
+def test_model_save_and_load_round_trip(train_df, tmp_path):
+    model = IALS(dim=4, epochs=2).fit(train_df, N_USERS, N_ITEMS)
+    model.save(tmp_path / "m")
+    back = IALSModel.load(tmp_path / "m")
+    np.testing.assert_array_equal(back.user_array, model.user_array)
+    assert back.config == model.config and [h.loss for h in back.history] == [h.loss for h in model.history]
+    rows = model.item_factors.orderBy("idx").limit(2).collect()
+    np.testing.assert_allclose(rows[1]["factors"], model.item_array[1], rtol=1e-6)
+
+
+CONNECT_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, pandas as pd
+    from pyspark.sql import SparkSession
+    from gramian.spark import pin_loopback_env, is_connect
+    from gramian.config import TrainConfig
+    from gramian.train import IALS
+    pin_loopback_env()
+    spark = (SparkSession.builder.remote("local[2]")
+             .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+             .config("spark.ui.enabled", "false").getOrCreate())
+    assert is_connect(spark), type(spark)
+    pairs = pd.read_parquet(sys.argv[1])
+    model = IALS(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2)).fit(
+        spark.createDataFrame(pairs), int(sys.argv[3]), int(sys.argv[4]))
+    np.savez(sys.argv[2], user=model.user_array, item=model.item_array)
+    spark.stop()
+""")
+
+
+def test_spark_connect_session_trains_the_same_factors_as_classic(train_df, pairs, tmp_path):
+    src = tmp_path / "pairs.parquet"
+    pairs.to_parquet(src)
+    script = tmp_path / "connect_fit.py"
+    script.write_text(CONNECT_SCRIPT)
+    out = tmp_path / "connect.npz"
+    proc = subprocess.run([sys.executable, str(script), str(src), str(out), str(N_USERS), str(N_ITEMS)],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    classic = IALS(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2)).fit(
+        train_df, N_USERS, N_ITEMS)
+    with np.load(out) as z:
+        np.testing.assert_allclose(z["user"], classic.user_array, atol=1e-5)
+        np.testing.assert_allclose(z["item"], classic.item_array, atol=1e-5)
