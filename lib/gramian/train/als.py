@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from gramian.config import ConfidenceConfig, ModelConfig, TrainConfig
+from gramian.config import ModelConfig, TrainConfig
 from gramian.errors import InputDataError, SolverError
 from gramian.kernels import gramian, observed_loss, regularization_weights, solve_side
 from gramian.train.blocks import Block, SideLayout, build_side_blocks, decode_blocks, empty_block
@@ -104,17 +104,31 @@ def default_num_blocks(spark: Any, nnz: int) -> int:
     return max(1, parallelism, math.ceil(nnz / 4_000_000))
 
 
-def row_counts(train_df: Any, col: str, n: int) -> np.ndarray:
-    """Interactions per row index of one side (drives the balanced block layout)."""
-    counts = train_df.groupBy(col).count().toArrow()
-    idx = counts.column(col).to_numpy().astype(np.int64)
-    if len(idx) and (idx.min() < 0 or idx.max() >= n):
-        bad = int(idx.min() if idx.min() < 0 else idx.max())
-        raise InputDataError(f"{col} must be in [0, {n}), got {bad}. The train table and the id maps "
-                             f"disagree: re-run `gramian split`.")
-    out = np.zeros(n, dtype=np.int64)
-    out[idx] = counts.column("count").to_numpy()
-    return out
+def row_counts(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Interactions per user and per item in one pass (they drive the balanced block layouts)."""
+
+    def count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        cu = np.zeros(n_users, np.int64)
+        ci = np.zeros(n_items, np.int64)
+        for b in batches:
+            u = b.column("user_idx").to_numpy(zero_copy_only=False)
+            i = b.column("item_idx").to_numpy(zero_copy_only=False)
+            for name, idx, n in (("user_idx", u, n_users), ("item_idx", i, n_items)):
+                bad = (idx < 0) | (idx >= n)
+                if bad.any():
+                    raise InputDataError(f"{name} must be in [0, {n}), got {int(idx[bad][0])}. The train "
+                                         f"table and the id maps disagree: re-run `gramian split`.")
+            cu += np.bincount(u, minlength=n_users)
+            ci += np.bincount(i, minlength=n_items)
+        yield pa.RecordBatch.from_pydict({"users": [cu.tobytes()], "items": [ci.tobytes()]})
+
+    parts = train_df.select("user_idx", "item_idx").mapInArrow(count, "users binary, items binary").toArrow()
+    users = np.zeros(n_users, np.int64)
+    items = np.zeros(n_items, np.int64)
+    for k in range(parts.num_rows):
+        users += np.frombuffer(parts.column("users")[k].as_buffer(), np.int64)
+        items += np.frombuffer(parts.column("items")[k].as_buffer(), np.int64)
+    return users, items
 
 
 def init_factors(n: int, dim: int, scale: float, seed: int, side: int) -> np.ndarray:
@@ -133,35 +147,23 @@ class BlockTrainer:
                                  f"{n_items} items. Check the split stage's output.")
         self.spark, self.model, self.train_cfg = spark, model, train
         self.n_users, self.n_items = n_users, n_items
-        nnz = train_df.count()
+        user_counts, item_counts = row_counts(train_df, n_users, n_items)
+        self.nnz = nnz = int(user_counts.sum())
         if nnz == 0:
             raise InputDataError("train set must not be empty, got 0 interactions. Check ingest's "
                                  "quarantine table and the split settings.")
-        self.nnz = nnz
         nub = train.num_user_blocks or default_num_blocks(spark, nnz)
         nib = train.num_item_blocks or default_num_blocks(spark, nnz)
-        self.layouts = {"user": SideLayout.balanced(row_counts(train_df, "user_idx", n_users), nub, model.dim),
-                        "item": SideLayout.balanced(row_counts(train_df, "item_idx", n_items), nib, model.dim)}
-        conf = model.confidence
-        self.blocks = {
-            "user": self._cache(build_side_blocks(train_df, self.layouts["user"], "user_idx", "item_idx",
-                                                  model.alpha0, conf)),
-            "item": self._cache(build_side_blocks(train_df, self.layouts["item"], "item_idx", "user_idx",
-                                                  model.alpha0, conf)),
-        }
-        self._check_finite_weights(conf)
-
-    def _cache(self, df: Any) -> Any:
-        df = df.cache()
-        df.count()
-        return df
-
-    def _check_finite_weights(self, conf: ConfidenceConfig) -> None:
-        """observed_weights raised inside a task already; here only report the block sizes."""
-        for side, df in self.blocks.items():
-            sizes = [r["nnz"] for r in df.select("nnz").collect()]
+        self.layouts = {"user": SideLayout.balanced(user_counts, nub, model.dim),
+                        "item": SideLayout.balanced(item_counts, nib, model.dim)}
+        self.blocks = {}
+        for side, row_col, other_col in (("user", "user_idx", "item_idx"), ("item", "item_idx", "user_idx")):
+            df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
+                                   model.confidence).cache()
+            sizes = [r["nnz"] for r in df.select("nnz").collect()]  # materialises the cache
             log.info("%s side: %d blocks, interactions per block min %d max %d", side,
                      self.layouts[side].num_blocks, min(sizes, default=0), max(sizes, default=0))
+            self.blocks[side] = df
 
     def half_step(self, side: str, current: np.ndarray, other: np.ndarray, epoch: int,
                   loss_after: bool) -> tuple[np.ndarray, np.ndarray, float, float]:

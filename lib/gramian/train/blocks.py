@@ -86,16 +86,16 @@ class Block:
 
 
 def decode_blocks(batch: pa.RecordBatch) -> Iterator[Block]:
-    """Blocks held in one Arrow batch of the block DataFrame."""
-    cols = batch.to_pydict()
+    """Blocks held in one Arrow batch of the block DataFrame (numpy views on the Arrow buffers)."""
+
+    def view(name: str, k: int, dtype: type) -> np.ndarray:
+        return np.frombuffer(batch.column(name)[k].as_buffer(), dtype=dtype)
+
+    ints = {name: batch.column(name).to_pylist() for name in ("block", "row_start", "n_rows")}
     for k in range(batch.num_rows):
-        yield Block(
-            block=cols["block"][k], row_start=cols["row_start"][k], n_rows=cols["n_rows"][k],
-            indptr=np.frombuffer(cols["indptr"][k], dtype=np.int64),
-            indices=np.frombuffer(cols["indices"][k], dtype=np.int32),
-            alpha=np.frombuffer(cols["alpha"][k], dtype=np.float64),
-            target=np.frombuffer(cols["target"][k], dtype=np.float64),
-        )
+        yield Block(block=ints["block"][k], row_start=ints["row_start"][k], n_rows=ints["n_rows"][k],
+                    indptr=view("indptr", k, np.int64), indices=view("indices", k, np.int32),
+                    alpha=view("alpha", k, np.float64), target=view("target", k, np.float64))
 
 
 def _build_block_fn(layout: SideLayout, row_col: str, other_col: str, alpha0: float,
