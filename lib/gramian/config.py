@@ -149,7 +149,8 @@ class TrainConfig:
     num_user_blocks: int = field(default=0, metadata=_check(">= 0 (0 = auto)", _non_negative))
     num_item_blocks: int = field(default=0, metadata=_check(">= 0 (0 = auto)", _non_negative))
     checkpoint_every: int = field(default=5, metadata=_check(">= 0 (0 = never)", _non_negative))
-    broadcast_max_mb: float = field(default=512.0, metadata=_check(">= 0", _non_negative))
+    broadcast_max_mb: float = field(default=256.0, metadata=_check(">= 0", _non_negative))
+    routing: Literal["auto", "broadcast", "routed"] = "auto"
 
 
 @dataclass(frozen=True)

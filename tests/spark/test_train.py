@@ -233,3 +233,26 @@ def test_spark_connect_session_trains_the_same_factors_as_classic(train_df, pair
     with np.load(out) as z:
         np.testing.assert_allclose(z["user"], classic.user_array, atol=1e-5)
         np.testing.assert_allclose(z["item"], classic.item_array, atol=1e-5)
+
+
+def test_routed_rows_give_the_same_factors_as_whole_factor_matrices(train_df, pairs):
+    est = IALS(dim=8, epochs=3, alpha0=0.05, reg=0.01,
+               train=TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed"))
+    model = est.fit(train_df, N_USERS + 4, N_ITEMS)  # 4 users without interactions: a block may be empty
+    W, H, losses = numpy_fit(pairs, est.config, N_USERS + 4, N_ITEMS)
+    np.testing.assert_allclose(model.user_array, W, atol=1e-4)
+    np.testing.assert_allclose(model.item_array, H, atol=1e-4)
+    np.testing.assert_allclose([h.loss for h in model.history], losses, rtol=1e-6)
+    first = model.user_factors.orderBy("idx").limit(1).collect()[0]
+    np.testing.assert_allclose(first["factors"], W[0], rtol=1e-6)
+
+
+def test_routed_run_resumes_from_its_parquet_checkpoint(train_df, tmp_path):
+    routed_cfg = TrainConfig(num_user_blocks=2, num_item_blocks=2, routing="routed", checkpoint_every=1)
+    full = IALS(dim=4, epochs=3, train=routed_cfg).fit(train_df, N_USERS, N_ITEMS)
+    ckpt = Checkpointer(tmp_path / "ckpt", "fp")
+    IALS(dim=4, epochs=2, train=routed_cfg).fit(train_df, N_USERS, N_ITEMS, ckpt)
+    assert (tmp_path / "ckpt" / "epoch-00002" / "user").is_dir()
+    resumed = IALS(dim=4, epochs=3, train=routed_cfg).fit(train_df, N_USERS, N_ITEMS, ckpt, resume=True)
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    np.testing.assert_allclose(resumed.item_array, full.item_array, atol=1e-6)

@@ -5,14 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 
+def canon(a: np.ndarray, dtype: type) -> np.ndarray:
+    """`a` as a C-contiguous, writeable array of `dtype`, copying only when needed.
+
+    Read-only inputs (e.g. np.frombuffer over Arrow buffers) are copied: numba compiles a separate
+    specialisation for read-only arrays, and each costs seconds of JIT time on every fresh executor.
+    """
+    return np.require(a, dtype=dtype, requirements=["C", "W"])
+
+
 def as_matrix(x: np.ndarray, name: str, d: int | None = None, rows: int | None = None) -> np.ndarray:
     """Return `x` as a C-contiguous 2-D float32/float64 array, checking its shape."""
     a = np.asarray(x)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    a = np.ascontiguousarray(a)
+    a = canon(a, a.dtype if a.dtype in (np.float32, np.float64) else np.float64)
     if a.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (rows x d), got shape {a.shape}")
+        raise ValueError(f"{name} must be 2-D (rows x d), got shape {a.shape}: reshape it to (n_rows, d)")
     if d is not None and a.shape[1] != d:
         raise ValueError(f"{name} must have d={d} columns, got shape {a.shape}: use the same rank on both sides")
     if rows is not None and a.shape[0] != rows:
@@ -24,7 +31,7 @@ def nonneg_scalar(value: float, name: str) -> float:
     """Return `value` as float, raising when it is negative (NaN passes: callers check results)."""
     v = float(value)
     if v < 0:
-        raise ValueError(f"{name} must be >= 0, got {name}={value!r}: use a non-negative value")
+        raise ValueError(f"{name} must be >= 0, got {name}={v!r}: use a non-negative value")
     return v
 
 
@@ -37,8 +44,8 @@ def per_row(value: float | np.ndarray, name: str, n: int) -> np.ndarray:
         raise ValueError(f"{name} must be a scalar or have shape ({n},), got shape {a.shape}: one value per row")
     if (a < 0).any():
         k = int(np.argmax(a < 0))
-        raise ValueError(f"{name} must be >= 0, got {name}[{k}]={a[k]!r}: use a non-negative regularisation")
-    return np.ascontiguousarray(a)
+        raise ValueError(f"{name} must be >= 0, got {name}[{k}]={float(a[k])!r}: use a non-negative regularisation")
+    return canon(a, np.float64)
 
 
 def as_csr(
@@ -49,7 +56,7 @@ def as_csr(
     n_rows: int,
     n_other: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Validate a CSR block (row r owns indices[indptr[r]:indptr[r+1]]) and return int64/float64 copies."""
+    """Validate a CSR block (row r owns indices[indptr[r]:indptr[r+1]]) as canonical int64/float64 arrays."""
     ip = np.asarray(indptr)
     ix = np.asarray(indices)
     for name, arr in (("indptr", ip), ("indices", ix)):
@@ -58,8 +65,8 @@ def as_csr(
                 f"{name} must be a 1-D integer array, got dtype {arr.dtype} shape {arr.shape}: "
                 "pass int32/int64 CSR arrays"
             )
-    ip = np.ascontiguousarray(ip, dtype=np.int64)
-    ix = np.ascontiguousarray(ix, dtype=np.int64)
+    ip = canon(ip, np.int64)
+    ix = canon(ix, np.int64)
     if ip.shape != (n_rows + 1,):
         raise ValueError(
             f"indptr must have n_rows + 1 = {n_rows + 1} entries, got shape {ip.shape}: "
@@ -77,8 +84,8 @@ def as_csr(
             f"indices must lie in [0, {n_other}), got indices[{bad}]={int(ix[bad])}: "
             "re-index the other side so every observed column has a row in `other`"
         )
-    a = np.ascontiguousarray(alpha, dtype=np.float64)
-    t = np.ascontiguousarray(target, dtype=np.float64)
+    a = canon(alpha, np.float64)
+    t = canon(target, np.float64)
     for name, arr in (("alpha", a), ("target", t)):
         if arr.shape != (nnz,):
             raise ValueError(
@@ -86,5 +93,5 @@ def as_csr(
             )
     if (a < 0).any():
         k = int(np.argmax(a < 0))
-        raise ValueError(f"alpha must be >= 0, got alpha[{k}]={a[k]!r}: build it with observed_weights()")
+        raise ValueError(f"alpha must be >= 0, got alpha[{k}]={float(a[k])!r}: build it with observed_weights()")
     return ip, ix, a, t

@@ -17,7 +17,7 @@ def _check_weights(weight: np.ndarray) -> np.ndarray:
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(
-            f"weight must be finite and >= 0, got weight[{k}]={w[k]!r}: "
+            f"weight must be finite and >= 0, got weight[{k}]={float(w[k])!r}: "
             "clean or clip the interaction weights before training"
         )
     return w
@@ -31,7 +31,7 @@ def confidence_shape(w: np.ndarray, scale: str, eps: float) -> np.ndarray:
         return w.copy()
     if scale == "log":
         return np.log1p(w / eps)
-    raise ValueError(f"scale must be one of {SCALES}, got scale={scale!r}")
+    raise ValueError(f"scale must be one of {SCALES}, got scale={scale!r}: pick one of those names")
 
 
 def observed_weights(
@@ -44,15 +44,15 @@ def observed_weights(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map raw interaction weights to (alpha_tilde, target) of the eq. 21 loss, S-tilde of §5.1."""
     if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
+        raise ValueError(f"form must be one of {FORMS}, got form={form!r}: pick one of those names")
     if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got scale={scale!r}")
+        raise ValueError(f"scale must be one of {SCALES}, got scale={scale!r}: pick one of those names")
     if not np.isfinite(alpha0) or alpha0 < 0:
-        raise ValueError(f"alpha0 must be finite and >= 0, got alpha0={alpha0!r}: use e.g. alpha0=0.1")
+        raise ValueError(f"alpha0 must be finite and >= 0, got alpha0={float(alpha0)!r}: use e.g. alpha0=0.1")
     if not np.isfinite(beta):
-        raise ValueError(f"beta must be finite, got beta={beta!r}: use beta > 0")
+        raise ValueError(f"beta must be finite, got beta={float(beta)!r}: use beta > 0")
     if scale == "log" and (not np.isfinite(eps) or eps <= 0):
-        raise ValueError(f"eps must be finite and > 0 for scale='log', got eps={eps!r}: use eps=1.0")
+        raise ValueError(f"eps must be finite and > 0 for scale='log', got eps={float(eps)!r}: use eps=1.0")
     w = _check_weights(weight)
     shape = confidence_shape(w, scale, eps)
     if form == "rendle":
@@ -60,7 +60,7 @@ def observed_weights(
         alpha_tilde = np.ones_like(w) if scale == "constant" else 1.0 + beta * shape
         target = np.ones_like(w)
     else:
-        # Hu et al.: alpha = alpha0 + beta w', label 1; eq. 21 gives (alpha - alpha0, alpha / (alpha - alpha0)).
+        # Hu et al.: alpha = alpha0 + beta w', label 1 -> eq. 21's (alpha - alpha0, alpha / (alpha - alpha0)).
         alpha_tilde = beta * shape
         with np.errstate(divide="ignore", invalid="ignore"):
             target = (alpha0 + alpha_tilde) / alpha_tilde
@@ -68,8 +68,9 @@ def observed_weights(
     if nonpos.any():
         k = int(np.argmax(nonpos))
         raise ValueError(
-            f"alpha_tilde must be > 0 for every observed pair, got alpha_tilde[{k}]={alpha_tilde[k]!r} "
-            f"from weight[{k}]={w[k]!r} with form={form!r}, scale={scale!r}, beta={beta!r}: "
+            f"alpha_tilde must be > 0 for every observed pair, "
+            f"got alpha_tilde[{k}]={float(alpha_tilde[k])!r} "
+            f"from weight[{k}]={float(w[k])!r} with form={form!r}, scale={scale!r}, beta={float(beta)!r}: "
             "use beta > 0 (and, for form='hu' with scale 'linear'/'log', strictly positive weights)"
         )
     return alpha_tilde, target

@@ -15,20 +15,20 @@ def regularization_weights(reg: float, nu: float, counts: np.ndarray, alpha0: fl
     reg = nonneg_scalar(reg, "reg")
     alpha0 = nonneg_scalar(alpha0, "alpha0")
     if not np.isfinite(nu):
-        raise ValueError(f"nu must be finite, got nu={nu!r}: use nu=0 (plain reg) or nu=1 (frequency-scaled)")
-    if int(n_other) != n_other or n_other < 0:
-        raise ValueError(f"n_other must be a non-negative integer, got n_other={n_other!r}")
+        raise ValueError(f"nu must be finite, got nu={float(nu)!r}: use nu=0 (plain reg) or nu=1 (frequency-scaled)")
+    if not isinstance(n_other, int | np.integer) or n_other < 0:
+        raise ValueError(f"n_other must be a non-negative integer, got n_other={n_other!r}: pass the other side's size")
     c = np.asarray(counts, dtype=np.float64)
     if c.ndim != 1:
-        raise ValueError(f"counts must be 1-D (one count per row), got shape {c.shape}")
+        raise ValueError(f"counts must be 1-D, got shape {c.shape}: pass one count |I_c| per row")
     if (c < 0).any():
         k = int(np.argmax(c < 0))
-        raise ValueError(f"counts must be >= 0, got counts[{k}]={c[k]!r}: pass |I_c| per row")
+        raise ValueError(f"counts must be >= 0, got counts[{k}]={float(c[k])!r}: pass |I_c| per row")
     base = c + alpha0 * float(n_other)
     if nu < 0 and (base == 0).any():
         k = int(np.argmax(base == 0))
         raise ValueError(
-            f"nu={nu!r} < 0 needs |I_c| + alpha0 * n_other > 0, but row {k} has none: use nu >= 0 or alpha0 > 0"
+            f"nu={float(nu)!r} < 0 needs |I_c| + alpha0 * n_other > 0, but row {k} has none: use nu >= 0 or alpha0 > 0"
         )
     if nu == 0:
         return np.full(c.shape, reg)
@@ -50,8 +50,8 @@ def observed_loss(
     other: np.ndarray,
 ) -> float:
     """Sum over the CSR block of alpha_tilde * (<x_r, other_i> - target)^2 (first term of eq. 21)."""
-    xm = as_matrix(x, "x")
-    om = as_matrix(other, "other", d=xm.shape[1])
+    xm = as_matrix(x, "x").astype(np.float64, copy=False)
+    om = as_matrix(other, "other", d=xm.shape[1]).astype(np.float64, copy=False)
     ip, ix, a, t = as_csr(indptr, indices, alpha, target, xm.shape[0], om.shape[0])
     return float(_rows.observed_sq_error(ip, ix, a, t, xm, om))
 
@@ -83,13 +83,11 @@ def ials_loss(
 ) -> LossTerms:
     """Full iALS loss of eq. 26 with the all-pairs term as alpha0 <G(x), G(other)> (eq. 24)."""
     alpha0 = nonneg_scalar(alpha0, "alpha0")
-    xm = as_matrix(x, "x")
-    om = as_matrix(other, "other", d=xm.shape[1])
-    lx = per_row(reg_x, "reg_x", xm.shape[0])
-    lo = per_row(reg_other, "reg_other", om.shape[0])
-    obs = observed_loss(indptr, indices, alpha, target, xm, om)
-    gram = alpha0 * float(np.sum(gramian(xm) * gramian(om)))
-    x64 = xm.astype(np.float64, copy=False)
-    o64 = om.astype(np.float64, copy=False)
+    x64 = as_matrix(x, "x").astype(np.float64, copy=False)
+    o64 = as_matrix(other, "other", d=x64.shape[1]).astype(np.float64, copy=False)
+    lx = per_row(reg_x, "reg_x", x64.shape[0])
+    lo = per_row(reg_other, "reg_other", o64.shape[0])
+    obs = observed_loss(indptr, indices, alpha, target, x64, o64)
+    gram = alpha0 * float(np.sum(gramian(x64) * gramian(o64)))
     regl = float(lx @ np.einsum("ij,ij->i", x64, x64) + lo @ np.einsum("ij,ij->i", o64, o64))
     return LossTerms(observed=obs, gramian=gram, regularization=regl)

@@ -33,7 +33,7 @@ def dense_original_loss(
     reg_x: float | np.ndarray,
     reg_other: float | np.ndarray,
 ) -> float:
-    """The untransformed loss sum_all alpha (y_hat - y)^2 + L2 with alpha = alpha0 + alpha_t, y = alpha_t y_t / alpha."""
+    """Original loss sum_all alpha (y_hat - y)^2 + L2 with alpha = alpha0 + alpha_t, y = alpha_t y_t/alpha."""
     w = alpha0 + Y_alpha_tilde_dense
     y = np.divide(Y_alpha_tilde_dense * Y_target_dense, w, out=np.zeros_like(w), where=w > 0)
     p = np.asarray(x, np.float64) @ np.asarray(other, np.float64).T
@@ -63,7 +63,7 @@ def dense_row_solution(
     alpha0: float,
     reg: float | np.ndarray,
 ) -> np.ndarray:
-    """Each row's exact minimiser via np.linalg.solve of (H^T diag(alpha0 + alpha_t) H + lambda I) w = H^T (alpha_t y_t)."""
+    """Row minimisers: np.linalg.solve((H^T diag(alpha0 + alpha_t) H + lambda I), H^T alpha_t y_t) per row."""
     h = np.asarray(other, np.float64)
     n, d = Y_alpha_tilde_dense.shape[0], h.shape[1]
     lam = np.broadcast_to(np.asarray(reg, np.float64), (n,))
@@ -78,7 +78,7 @@ def dense_row_solution(
 
 @dataclass(frozen=True)
 class CSR:
-    """One side's CSR block: row r observes indices[indptr[r]:indptr[r+1]] with weights alpha, targets target."""
+    """One side's CSR block: row r observes indices[indptr[r]:indptr[r+1]] with weights alpha and targets."""
 
     indptr: np.ndarray
     indices: np.ndarray
@@ -122,7 +122,7 @@ def random_problem(
     empty_item: bool = True,
     scale: float = 0.5,
 ) -> Problem:
-    """Random sparse positive alpha_tilde/targets plus random embeddings; optionally one empty user and item."""
+    """Random sparse positive alpha_tilde/targets and embeddings; optionally an empty user and empty item."""
     rng = np.random.default_rng(seed)
     mask = rng.random((n_users, n_items)) < density
     if empty_user:

@@ -47,9 +47,9 @@ def solve_side(
     cg_steps: int = 3,
     solver_block_size: int | None = None,
 ) -> np.ndarray:
-    """New rows minimising (alpha0 G + sum alpha_t h h^T + lambda I) w = sum alpha_t y_t h per row (Alg. 4)."""
+    """New rows solving (alpha0 G + sum alpha_t h h^T + lambda I) w = sum alpha_t y_t h per row (Alg. 4)."""
     if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got solver={solver!r}")
+        raise ValueError(f"solver must be one of {SOLVERS}, got solver={solver!r}: pick one of those names")
     cg_steps = _check_int(cg_steps, "cg_steps", 1, None, "use cg_steps=3 (Takacs et al.) or more")
     x = as_matrix(x0, "x0")
     n_rows, d = x.shape

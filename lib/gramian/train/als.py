@@ -22,6 +22,7 @@ import pyarrow as pa
 from gramian.config import ModelConfig, TrainConfig
 from gramian.errors import InputDataError, SolverError
 from gramian.kernels import gramian, observed_loss, regularization_weights, solve_side
+from gramian.train import routed
 from gramian.train.blocks import Block, SideLayout, build_side_blocks, decode_blocks, empty_block
 
 log = logging.getLogger(__name__)
@@ -45,41 +46,53 @@ class EpochStats:
 
 @dataclass
 class FitState:
-    """Factors, Gramians and history of a fit in progress (what a checkpoint holds)."""
+    """Factors and history of a fit in progress (what a checkpoint holds).
 
-    user_factors: np.ndarray
-    item_factors: np.ndarray
+    Factors are numpy arrays when they travel whole, factor-block DataFrames when routed.
+    """
+
+    user_factors: Any
+    item_factors: Any
     epoch: int = 0
     history: list[EpochStats] = field(default_factory=list)
+    grams: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def routed(self) -> bool:
+        return not isinstance(self.user_factors, np.ndarray)
 
 
-def _solve_fn(other: np.ndarray, gram_other: np.ndarray, current: np.ndarray, n_other: int,
-              model: ModelConfig, loss_after: bool) -> Callable[[Iterator[pa.RecordBatch]],
-                                                             Iterator[pa.RecordBatch]]:
-    """The per-block task: solve rows, then emit factors, Gramian partial and loss partials."""
-    alpha0, reg, nu = model.alpha0, model.reg, model.nu
-    solver, cg_steps, bsize = model.solver, model.cg_steps, model.solver_block_size
+@dataclass(frozen=True)
+class SolveParams:
+    """What every block task needs besides data: the model's solver settings and the other side's size."""
 
-    def step(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for b in decode_blocks(batch):
-                yield _solve_block(b, other, gram_other, current, n_other, alpha0, reg, nu, solver,
-                                   cg_steps, bsize, loss_after)
+    alpha0: float
+    reg: float
+    nu: float
+    solver: str
+    cg_steps: int
+    block_size: int | None
+    n_other: int
 
-    return step
+    @classmethod
+    def of(cls, model: ModelConfig, n_other: int) -> SolveParams:
+        return cls(model.alpha0, model.reg, model.nu, model.solver, model.cg_steps, model.solver_block_size,
+                   n_other)
 
 
-def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, current: np.ndarray, n_other: int,
-                 alpha0: float, reg: float, nu: float, solver: str, cg_steps: int, bsize: int | None,
+def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.ndarray, p: SolveParams,
                  loss_after: bool) -> pa.RecordBatch:
-    """Solve one block's rows and summarise them (runs inside a task, or on the driver)."""
-    lam = regularization_weights(reg, nu, b.counts, alpha0, n_other)
-    x0 = current[b.row_start:b.row_start + b.n_rows]
-    x = solve_side(b.indptr, b.indices, b.alpha, b.target, other, gram_other, alpha0, lam, x0,
-                   solver=solver, cg_steps=cg_steps, solver_block_size=bsize).astype(np.float32)
+    """Solve one block's rows and summarise them (runs inside a task, or on the driver).
+
+    `b.indices` index rows of `other`; the result row carries the new float32 factors, their Gramian,
+    and the block's observed-loss and regularisation terms (both measured on the float32 factors).
+    """
+    lam = regularization_weights(p.reg, p.nu, b.counts, p.alpha0, p.n_other)
+    x = solve_side(b.indptr, b.indices, b.alpha, b.target, other, gram_other, p.alpha0, lam, x0,
+                   solver=p.solver, cg_steps=p.cg_steps, solver_block_size=p.block_size).astype(np.float32)
     finite = np.isfinite(x).all(axis=1)
     bad = -1 if finite.all() else int(b.row_start + np.argmin(finite))
-    observed = observed_loss(b.indptr, b.indices, b.alpha, b.target, x, other) if loss_after else 0.0
+    observed = observed_loss(b.indptr, b.indices, b.alpha, b.target, x, other) if loss_after and bad < 0 else 0.0
     return pa.RecordBatch.from_pydict({
         "block": pa.array([b.block], pa.int32()), "row_start": pa.array([b.row_start], pa.int32()),
         "n_rows": pa.array([b.n_rows], pa.int32()),
@@ -89,6 +102,19 @@ def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, current: n
         "reg": pa.array([float(np.dot(lam, np.einsum("ij,ij->i", x, x, dtype=np.float64)))], pa.float64()),
         "bad_row": pa.array([bad], pa.int32()),
     })
+
+
+def _broadcast_fn(other: np.ndarray, gram_other: np.ndarray, current: np.ndarray, p: SolveParams,
+                  loss_after: bool) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The per-block task when both factor matrices travel whole in the task closure."""
+
+    def step(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for b in decode_blocks(batch):
+                x0 = current[b.row_start:b.row_start + b.n_rows]
+                yield _solve_block(b, other, gram_other, x0, p, loss_after)
+
+    return step
 
 
 def default_num_blocks(spark: Any, nnz: int) -> int:
@@ -131,10 +157,21 @@ def row_counts(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray, n
     return users, items
 
 
-def init_factors(n: int, dim: int, scale: float, seed: int, side: int) -> np.ndarray:
-    """N(0, σ/√d) initial factors, seeded per side so the two sides differ."""
-    rng = np.random.default_rng([seed, side])
-    return rng.normal(0.0, scale / math.sqrt(dim), size=(n, dim)).astype(np.float32)
+INIT_CHUNK = 4096
+
+
+def init_factors(n: int, dim: int, scale: float, seed: int, side: int, start: int = 0,
+                 stop: int | None = None) -> np.ndarray:
+    """Rows start:stop of the N(0, σ/√d) initial factors; the same rows whatever the block layout."""
+    stop = n if stop is None else stop
+    sd = scale / math.sqrt(dim)
+    out = np.empty((stop - start, dim), np.float32)
+    for chunk in range(start // INIT_CHUNK, -(-stop // INIT_CHUNK)):
+        lo, hi = chunk * INIT_CHUNK, min(n, (chunk + 1) * INIT_CHUNK)
+        rows = np.random.default_rng([seed, side, chunk]).normal(0.0, sd, size=(hi - lo, dim))
+        a, b = max(lo, start), min(hi, stop)
+        out[a - start:b - start] = rows[a - lo:b - lo]
+    return out
 
 
 class BlockTrainer:
@@ -156,7 +193,12 @@ class BlockTrainer:
         nib = train.num_item_blocks or default_num_blocks(spark, nnz)
         self.layouts = {"user": SideLayout.balanced(user_counts, nub, model.dim),
                         "item": SideLayout.balanced(item_counts, nib, model.dim)}
-        self.blocks = {}
+        factor_mb = (n_users + n_items) * model.dim * 4 / 2**20
+        self.routed = train.routing == "routed" or (train.routing == "auto" and factor_mb > train.broadcast_max_mb)
+        log.info("factors %.1f MiB: %s", factor_mb, "routed to the blocks that need them" if self.routed
+                 else "sent whole to every block")
+        self.blocks: dict[str, Any] = {}
+        self.routes: dict[str, Any] = {}
         for side, row_col, other_col in (("user", "user_idx", "item_idx"), ("item", "item_idx", "user_idx")):
             df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
                                    model.confidence).cache()
@@ -164,57 +206,124 @@ class BlockTrainer:
             log.info("%s side: %d blocks, interactions per block min %d max %d", side,
                      self.layouts[side].num_blocks, min(sizes, default=0), max(sizes, default=0))
             self.blocks[side] = df
+        if self.routed:
+            for side, other in (("user", "item"), ("item", "user")):
+                self.routes[side] = routed.build_routes(self.blocks[side], self.layouts[other]).cache()
+                self.routes[side].count()
 
-    def half_step(self, side: str, current: np.ndarray, other: np.ndarray, epoch: int,
-                  loss_after: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
+    def other_size(self, side: str) -> int:
+        return self.n_items if side == "user" else self.n_users
+
+    def initial_state(self) -> FitState:
+        """N(0, σ/√d) factors on both sides: arrays on the driver, or factor blocks in tasks."""
+        m = self.model
+        if not self.routed:
+            return FitState(init_factors(self.n_users, m.dim, m.init_scale, m.seed, 0),
+                            init_factors(self.n_items, m.dim, m.init_scale, m.seed, 1))
+        user = routed.init_blocks(self.spark, self.layouts["user"], m.dim, m.init_scale, m.seed, 0)
+        item = routed.init_blocks(self.spark, self.layouts["item"], m.dim, m.init_scale, m.seed, 1)
+        return FitState(user.localCheckpoint(), item.localCheckpoint())
+
+    def adopt(self, state: FitState) -> FitState:
+        """A resumed state converted to this trainer's representation (arrays or factor blocks)."""
+        d = self.model.dim
+        if self.routed:
+            convert = {side: routed.array_to_blocks(self.spark, np.asarray(f), self.layouts[side])
+                       for side, f in (("user", state.user_factors), ("item", state.item_factors))}
+        else:
+            convert = {side: routed.blocks_to_array(f, d)
+                       for side, f in (("user", state.user_factors), ("item", state.item_factors))}
+        return FitState(convert["user"], convert["item"], state.epoch, state.history)
+
+    def half_step(self, side: str, current: Any, other: Any, gram_other: np.ndarray, epoch: int,
+                  loss_after: bool) -> tuple[Any, np.ndarray, float, float]:
         """Solve every row of `side`; return its factors, Gramian, observed and regularisation terms."""
-        layout = self.layouts[side]
-        n_other = other.shape[0]
-        gram_other = gramian(other)
-        fn = _solve_fn(other, gram_other, current, n_other, self.model, loss_after)
-        result = self.blocks[side].mapInArrow(fn, STEP_SCHEMA).toArrow()
-        x = np.empty_like(current)
-        gram = np.zeros((current.shape[1], current.shape[1]))
-        observed = reg = 0.0
-        seen = set()
-        cols = result.to_pydict()
-        for k in range(result.num_rows):
-            start, n, bad = cols["row_start"][k], cols["n_rows"][k], cols["bad_row"][k]
-            if bad >= 0:
-                raise SolverError(f"{side} factors must stay finite, got NaN/inf at epoch {epoch}, "
-                                  f"block {cols['block'][k]}, row {bad}. Increase model.reg or lower "
+        p = SolveParams.of(self.model, self.other_size(side))
+        if self.routed:
+            result = self._routed_step(side, current, other, gram_other, p, loss_after)
+            summary = result.select("block", "row_start", "n_rows", "gram", "observed", "reg", "bad_row").toArrow()
+        else:
+            fn = _broadcast_fn(other, gram_other, current, p, loss_after)
+            summary = result = self.blocks[side].mapInArrow(fn, STEP_SCHEMA).toArrow()
+        d = self.model.dim
+        gram, observed, reg = np.zeros((d, d)), 0.0, 0.0
+        cols = {name: summary.column(name).to_pylist() for name in ("block", "row_start", "n_rows", "bad_row",
+                                                                     "observed", "reg")}
+        for k in range(summary.num_rows):
+            if cols["bad_row"][k] >= 0:
+                raise SolverError(f"{side} factors must stay finite, got NaN/inf at epoch {epoch}, block "
+                                  f"{cols['block'][k]}, row {cols['bad_row'][k]}. Increase model.reg or lower "
                                   f"the confidence scale (model.confidence.beta).")
-            x[start:start + n] = np.frombuffer(cols["factors"][k], np.float32).reshape(n, -1)
-            gram += np.frombuffer(cols["gram"][k], np.float64).reshape(gram.shape)
+            gram += np.frombuffer(summary.column("gram")[k].as_buffer(), np.float64).reshape(d, d)
             observed += cols["observed"][k]
             reg += cols["reg"][k]
-            seen.add(cols["block"][k])
-        for block in set(range(layout.num_blocks)) - seen:  # blocks whose rows have no interactions
-            rec = _solve_block(empty_block(layout, block), other, gram_other, current, n_other,
-                               self.model.alpha0, self.model.reg, self.model.nu, self.model.solver,
-                               self.model.cg_steps, self.model.solver_block_size, False)
-            start, n = layout.bounds(block)
-            x[start:start + n] = np.frombuffer(rec.column("factors")[0].as_py(), np.float32).reshape(n, -1)
-            gram += np.frombuffer(rec.column("gram")[0].as_py(), np.float64).reshape(gram.shape)
+        if self.routed:
+            return result, gram, observed, reg
+        x = np.empty_like(current)
+        for k in range(summary.num_rows):
+            start, n = cols["row_start"][k], cols["n_rows"][k]
+            x[start:start + n] = np.frombuffer(summary.column("factors")[k].as_buffer(), np.float32).reshape(n, d)
+        layout = self.layouts[side]
+        for block in set(range(layout.num_blocks)) - set(cols["block"]):  # no interactions in the whole block
+            start, stop = layout.bounds(block)
+            rec = _solve_block(empty_block(layout, block), other, gram_other, current[start:stop], p, False)
+            x[start:stop] = np.frombuffer(rec.column("factors")[0].as_buffer(), np.float32).reshape(-1, d)
+            gram += np.frombuffer(rec.column("gram")[0].as_buffer(), np.float64).reshape(d, d)
             reg += rec.column("reg")[0].as_py()
         return x, gram, observed, reg
+
+    def _routed_step(self, side: str, current: Any, other: Any, gram_other: np.ndarray, p: SolveParams,
+                     loss_after: bool) -> Any:
+        """Cogroup each block's CSR and current rows with the routed rows it needs; solve; persist."""
+        d, layout = self.model.dim, self.layouts[side]
+        payload = routed.route_payload(self.routes[side], other, d)
+        x0 = current.select("block", current.row_start.alias("x_start"), current.n_rows.alias("x_rows"),
+                            current.factors.alias("x0"))
+        solving = x0.join(self.blocks[side].drop("row_start", "n_rows"), "block", "left")
+
+        def solve(left: pa.Table, right: pa.Table) -> pa.Table:
+            row = left.slice(0, 1)
+            block = row.column("block")[0].as_py()
+            start, n = row.column("x_start")[0].as_py(), row.column("x_rows")[0].as_py()
+            x_init = np.frombuffer(row.column("x0")[0].as_buffer(), np.float32).reshape(n, d)
+            if row.column("indptr")[0].as_py() is None:
+                b = empty_block(layout, block)
+            else:
+                b = next(decode_blocks(row.select(["block", "indptr", "indices", "alpha", "target"]).append_column(
+                    "row_start", pa.array([start], pa.int32())).append_column("n_rows", pa.array([n], pa.int32()))
+                    .to_batches()[0]))
+            rows, vecs = routed.gather(right, d)
+            rec = _solve_block(routed.localise(b, rows), vecs, gram_other, x_init, p, loss_after)
+            return pa.Table.from_batches([rec])
+
+        result = (solving.groupBy("block").cogroup(payload.groupBy("dst_block"))
+                  .applyInArrow(solve, STEP_SCHEMA))
+        return result.localCheckpoint()
+
+    def gram_of(self, side: str, factors: Any) -> np.ndarray:
+        """The Gramian of one side's current factors."""
+        return gramian(factors) if not self.routed else routed.factor_gramian(factors, self.model.dim)
 
     def epoch(self, state: FitState) -> EpochStats:
         """One user half-step then one item half-step; the loss is measured after the item step."""
         e = state.epoch + 1
+        gram_h = state.grams.get("item")
+        if gram_h is None:
+            gram_h = self.gram_of("item", state.item_factors)
         t0 = time.perf_counter()
-        w, gram_w, _, reg_w = self.half_step("user", state.user_factors, state.item_factors, e, False)
+        w, gram_w, _, reg_w = self.half_step("user", state.user_factors, state.item_factors, gram_h, e, False)
         t1 = time.perf_counter()
-        h, gram_h, observed, reg_h = self.half_step("item", state.item_factors, w, e, True)
+        h, gram_h, observed, reg_h = self.half_step("item", state.item_factors, w, gram_w, e, True)
         t2 = time.perf_counter()
         gram_term = self.model.alpha0 * float(np.sum(gram_w * gram_h))
         stats = EpochStats(e, observed + gram_term + reg_w + reg_h, observed, gram_term, reg_w + reg_h,
                            t1 - t0, t2 - t1)
         state.user_factors, state.item_factors, state.epoch = w, h, e
+        state.grams = {"user": gram_w, "item": gram_h}
         state.history.append(stats)
         return stats
 
     def release(self) -> None:
-        """Drop the cached blocks."""
-        for df in self.blocks.values():
+        """Drop the cached blocks and routes."""
+        for df in (*self.blocks.values(), *self.routes.values()):
             df.unpersist()

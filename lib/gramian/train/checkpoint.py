@@ -1,16 +1,17 @@
 """Factor checkpoints every k epochs so a stopped run resumes where it was (`--resume`).
 
-The driver already holds both factor matrices between half-steps, so a checkpoint is one atomic
-file write; Spark lineage never grows because each half-step starts from the cached blocks.
+Driver-side factors go to one `.npz`; routed factor blocks go to Parquet written by the tasks.
+`latest.json` is replaced last and atomically, so a crash mid-save leaves the previous checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,27 +26,49 @@ class Checkpointer:
         self.fingerprint = fingerprint
 
     @property
-    def path(self) -> Path:
-        return self.folder / "latest.npz"
+    def pointer(self) -> Path:
+        return self.folder / "latest.json"
 
     def save(self, state: FitState) -> None:
-        """Atomically replace the latest checkpoint with `state`."""
+        """Write `state` beside the previous checkpoint, then switch `latest.json` to it."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        meta = {"epoch": state.epoch, "fingerprint": self.fingerprint,
+        name = f"epoch-{state.epoch:05d}"
+        target = self.folder / name
+        if target.exists():
+            shutil.rmtree(target)
+        if state.routed:
+            for side, df in (("user", state.user_factors), ("item", state.item_factors)):
+                df.write.mode("overwrite").parquet(str(target / side))
+            fmt = "parquet"
+        else:
+            target.mkdir(parents=True)
+            np.savez(target / "factors.npz", user=state.user_factors, item=state.item_factors)
+            fmt = "npz"
+        meta = {"epoch": state.epoch, "fingerprint": self.fingerprint, "format": fmt, "dir": name,
                 "history": [dataclasses.asdict(h) for h in state.history]}
-        np.savez(buf, user=state.user_factors, item=state.item_factors, meta=np.array(json.dumps(meta)))
         tmp = self.folder / f".latest.{os.getpid()}.tmp"
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, self.path)
+        tmp.write_text(json.dumps(meta))
+        previous = self._meta()
+        os.replace(tmp, self.pointer)
+        if previous and previous.get("dir") != name:
+            shutil.rmtree(self.folder / previous["dir"], ignore_errors=True)
 
-    def load(self) -> FitState | None:
-        """The latest checkpoint, or None; a checkpoint of a different configuration is ignored."""
-        if not self.path.is_file():
+    def _meta(self) -> dict[str, Any] | None:
+        if not self.pointer.is_file():
             return None
-        with np.load(self.path) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("fingerprint", "") != self.fingerprint:
-                return None
-            return FitState(z["user"], z["item"], int(meta["epoch"]),
-                            [EpochStats(**h) for h in meta["history"]])
+        return json.loads(self.pointer.read_text())
+
+    def load(self, spark: Any = None) -> FitState | None:
+        """The latest checkpoint, or None; a checkpoint of a different configuration is ignored."""
+        meta = self._meta()
+        if meta is None or meta.get("fingerprint", "") != self.fingerprint:
+            return None
+        history = [EpochStats(**h) for h in meta["history"]]
+        target = self.folder / meta["dir"]
+        if meta["format"] == "npz":
+            with np.load(target / "factors.npz") as z:
+                return FitState(z["user"], z["item"], int(meta["epoch"]), history)
+        if spark is None:
+            raise ValueError("a routed checkpoint needs a Spark session to be read")
+        return FitState(spark.read.parquet(str(target / "user")), spark.read.parquet(str(target / "item")),
+                        int(meta["epoch"]), history)

@@ -12,8 +12,9 @@ import numpy as np
 
 from gramian.config import ConfidenceConfig, ModelConfig, TrainConfig, _build
 from gramian.errors import ConfigError
-from gramian.train.als import BlockTrainer, EpochStats, FitState, init_factors
+from gramian.train.als import BlockTrainer, EpochStats
 from gramian.train.checkpoint import Checkpointer
+from gramian.train.routed import blocks_to_array
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,13 @@ class IALS:
         trainer = BlockTrainer(spark, train_df, n_users, n_items, m, self.train_config)
         state = None
         if resume and checkpointer is not None:
-            state = checkpointer.load()
+            state = checkpointer.load(spark)
             if state is not None:
                 log.info("resuming from checkpoint at epoch %d", state.epoch)
         if state is None:
-            state = FitState(init_factors(n_users, m.dim, m.init_scale, m.seed, 0),
-                             init_factors(n_items, m.dim, m.init_scale, m.seed, 1))
+            state = trainer.initial_state()
+        elif state.routed != trainer.routed:
+            state = trainer.adopt(state)
         try:
             while state.epoch < m.epochs:
                 stats = trainer.epoch(state)
@@ -88,25 +90,48 @@ class IALS:
 
 
 class IALSModel:
-    """Trained factors (numpy on the driver) with DataFrame views, save/load and the fit history."""
+    """Trained factors with DataFrame views, save/load and the fit history.
 
-    def __init__(self, config: ModelConfig, user_factors: np.ndarray, item_factors: np.ndarray,
+    Factors stay where training left them: numpy arrays on the driver, or factor-block DataFrames
+    when they were routed; `user_array`/`item_array` collect the latter on first use.
+    """
+
+    def __init__(self, config: ModelConfig, user_factors: Any, item_factors: Any,
                  history: list[EpochStats], spark: Any = None) -> None:
         self.config = config
-        self.user_array = user_factors
-        self.item_array = item_factors
+        self._factors = {"user": user_factors, "item": item_factors}
         self.history = history
         self.spark = spark
+
+    def _array(self, side: str) -> np.ndarray:
+        f = self._factors[side]
+        if not isinstance(f, np.ndarray):
+            f = self._factors[side] = blocks_to_array(f, self.config.dim)
+        return f
+
+    @property
+    def user_array(self) -> np.ndarray:
+        """User factors as a (n_users, dim) float32 array."""
+        return self._array("user")
+
+    @property
+    def item_array(self) -> np.ndarray:
+        """Item factors as a (n_items, dim) float32 array."""
+        return self._array("item")
+
+    def _frame(self, side: str) -> Any:
+        f = self._factors[side]
+        return factors_dataframe(self.spark, f) if isinstance(f, np.ndarray) else explode_blocks(f, self.config.dim)
 
     @property
     def user_factors(self) -> Any:
         """DataFrame (idx int, factors array<float>)."""
-        return factors_dataframe(self.spark, self.user_array)
+        return self._frame("user")
 
     @property
     def item_factors(self) -> Any:
         """DataFrame (idx int, factors array<float>)."""
-        return factors_dataframe(self.spark, self.item_array)
+        return self._frame("item")
 
     def save(self, path: str | Path) -> None:
         """Write factors (.npy) and config/history (JSON) to a folder."""
@@ -126,6 +151,22 @@ class IALSModel:
         cfg = model_config(**meta["config"])
         history = [EpochStats(**h) for h in meta["history"]]
         return cls(cfg, np.load(p / "user_factors.npy"), np.load(p / "item_factors.npy"), history, spark)
+
+
+def explode_blocks(blocks_df: Any, dim: int) -> Any:
+    """A factor-block DataFrame as one row per index: (idx int, factors array<float>), inside tasks."""
+    import pyarrow as pa
+
+    def explode(batches):
+        for batch in batches:
+            for k in range(batch.num_rows):
+                s, m = batch.column("row_start")[k].as_py(), batch.column("n_rows")[k].as_py()
+                flat = pa.array(np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32))
+                offsets = pa.array(np.arange(0, (m + 1) * dim, dim, dtype=np.int32))
+                yield pa.RecordBatch.from_pydict({"idx": pa.array(np.arange(s, s + m, dtype=np.int32)),
+                                                  "factors": pa.ListArray.from_arrays(offsets, flat)})
+
+    return blocks_df.select("row_start", "n_rows", "factors").mapInArrow(explode, "idx int, factors array<float>")
 
 
 def factors_dataframe(spark: Any, factors: np.ndarray) -> Any:

@@ -1,0 +1,137 @@
+"""Half-steps for factor tables too large to travel whole: each block receives only the rows it needs.
+
+Routing, in one example: user block 0 rates items {3, 7, 12}; with item blocks [0, 5) [5, 10) [10, 15)
+its routes are (dst 0, src 0, rows [3]), (dst 0, src 1, rows [7]), (dst 0, src 2, rows [12]). A
+half-step joins the routes with the item factor blocks on src, slices out those rows, groups the
+slices by dst and cogroups them with user block 0's CSR and current factors; the task re-indexes
+the CSR into the gathered rows and solves. Routes are built once; only factor rows move.
+Factor blocks are DataFrames of (block, row_start, n_rows, factors binary float32 row-major).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from gramian.kernels import gramian
+from gramian.train.blocks import Block, SideLayout, decode_blocks
+
+ROUTE_SCHEMA = "dst_block int, src_block int, rows binary"
+PAYLOAD_SCHEMA = "dst_block int, rows binary, vecs binary"
+FACTOR_COLUMNS = ("block", "row_start", "n_rows", "factors")
+
+
+def build_routes(blocks_df: Any, other: SideLayout) -> Any:
+    """For every block, the sorted rows of the other side it references, split by the other side's blocks."""
+    bounds = np.asarray(other.bounds_array)
+
+    def route(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for b in decode_blocks(batch):
+                needed = np.unique(b.indices)
+                cuts = np.searchsorted(needed, bounds)
+                for src in range(len(bounds) - 1):
+                    rows = needed[cuts[src]:cuts[src + 1]]
+                    if len(rows):
+                        yield pa.RecordBatch.from_pydict({
+                            "dst_block": pa.array([b.block], pa.int32()), "src_block": pa.array([src], pa.int32()),
+                            "rows": pa.array([rows.astype(np.int32).tobytes()], pa.binary())})
+
+    return blocks_df.mapInArrow(route, ROUTE_SCHEMA)
+
+
+def init_blocks(spark: Any, layout: SideLayout, dim: int, scale: float, seed: int, side: int) -> Any:
+    """Initial factor blocks generated inside tasks (identical rows to the driver-side init)."""
+    from gramian.train.als import init_factors
+
+    n, bounds = layout.n_rows, layout.bounds_array
+
+    def make(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for block in batch.column(0).to_pylist():
+                start, stop = bounds[block], bounds[block + 1]
+                x = init_factors(n, dim, scale, seed, side, start, stop)
+                yield pa.RecordBatch.from_pydict({
+                    "block": pa.array([block], pa.int32()), "row_start": pa.array([start], pa.int32()),
+                    "n_rows": pa.array([stop - start], pa.int32()), "factors": pa.array([x.tobytes()], pa.binary())})
+
+    ids = spark.range(0, layout.num_blocks, 1, layout.num_blocks).selectExpr("cast(id as int) as block")
+    return ids.mapInArrow(make, "block int, row_start int, n_rows int, factors binary")
+
+
+def factor_gramian(factors_df: Any, dim: int) -> np.ndarray:
+    """Σ x xᵀ over a factor-block DataFrame, as partial sums reduced on the driver (eq. 25)."""
+
+    def part(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        g = np.zeros((dim, dim))
+        for batch in batches:
+            for k in range(batch.num_rows):
+                x = np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32).reshape(-1, dim)
+                g += gramian(x)
+        yield pa.RecordBatch.from_pydict({"gram": [g.tobytes()]})
+
+    out = factors_df.select("factors").mapInArrow(part, "gram binary").toArrow()
+    return sum((np.frombuffer(out.column("gram")[k].as_buffer(), np.float64).reshape(dim, dim)
+                for k in range(out.num_rows)), np.zeros((dim, dim)))
+
+
+def route_payload(routes_df: Any, other_factors: Any, dim: int) -> Any:
+    """The other side's factor rows each destination block needs, sliced out of their source blocks."""
+
+    def slice_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for k in range(batch.num_rows):
+                rows = np.frombuffer(batch.column("rows")[k].as_buffer(), np.int32)
+                start = batch.column("row_start")[k].as_py()
+                x = np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32).reshape(-1, dim)
+                yield pa.RecordBatch.from_pydict({
+                    "dst_block": pa.array([batch.column("dst_block")[k].as_py()], pa.int32()),
+                    "rows": pa.array([rows.tobytes()], pa.binary()),
+                    "vecs": pa.array([np.ascontiguousarray(x[rows - start]).tobytes()], pa.binary())})
+
+    src = other_factors.select("block", "row_start", "factors").withColumnRenamed("block", "src_block")
+    return routes_df.join(src, "src_block").mapInArrow(slice_rows, PAYLOAD_SCHEMA)
+
+
+def gather(payload: pa.Table, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate a block's routed slices into (sorted global row ids, their factor rows)."""
+    if payload.num_rows == 0:
+        return np.zeros(0, np.int32), np.zeros((0, dim), np.float32)
+    rows = [np.frombuffer(payload.column("rows")[k].as_buffer(), np.int32) for k in range(payload.num_rows)]
+    vecs = [np.frombuffer(payload.column("vecs")[k].as_buffer(), np.float32).reshape(-1, dim)
+            for k in range(payload.num_rows)]
+    all_rows, all_vecs = np.concatenate(rows), np.concatenate(vecs)
+    order = np.argsort(all_rows, kind="stable")
+    return all_rows[order], all_vecs[order]
+
+
+def localise(b: Block, rows: np.ndarray) -> Block:
+    """The block with its column indices re-pointed into the gathered `rows`."""
+    local = np.searchsorted(rows, b.indices).astype(np.int32)
+    return Block(b.block, b.row_start, b.n_rows, b.indptr, local, b.alpha, b.target)
+
+
+def blocks_to_array(blocks_df: Any, dim: int) -> np.ndarray:
+    """Collect a factor-block DataFrame into one array (rows in index order)."""
+    t = blocks_df.select("row_start", "n_rows", "factors").toArrow()
+    starts, sizes = t.column("row_start").to_pylist(), t.column("n_rows").to_pylist()
+    out = np.zeros((max((a + m for a, m in zip(starts, sizes, strict=True)), default=0), dim), np.float32)
+    for k, (a, m) in enumerate(zip(starts, sizes, strict=True)):
+        out[a:a + m] = np.frombuffer(t.column("factors")[k].as_buffer(), np.float32).reshape(m, dim)
+    return out
+
+
+def array_to_blocks(spark: Any, x: np.ndarray, layout: SideLayout) -> Any:
+    """Cut a driver-side factor array into a factor-block DataFrame of `layout`."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bounds = layout.bounds_array
+    table = pa.table({
+        "block": pa.array(range(layout.num_blocks), pa.int32()),
+        "row_start": pa.array(bounds[:-1], pa.int32()),
+        "n_rows": pa.array(np.diff(bounds), pa.int32()),
+        "factors": pa.array([x[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:], strict=True)], pa.binary()),
+    })
+    return spark.createDataFrame(table).repartition(layout.num_blocks, "block")
