@@ -1,0 +1,36 @@
+"""The session factory: loopback binding, Delta enabled, an existing session reused untouched."""
+
+from __future__ import annotations
+
+import os
+
+from gramian.config import SparkConfig
+from gramian.spark import get_session
+
+
+def test_local_session_binds_to_loopback_only(spark):
+    conf = spark.sparkContext.getConf()
+    assert conf.get("spark.driver.host") == "127.0.0.1"
+    assert conf.get("spark.driver.bindAddress") == "127.0.0.1"
+    assert os.environ["SPARK_LOCAL_IP"] == "127.0.0.1"
+
+
+def test_local_session_reads_and_writes_delta(spark, tmp_path):
+    path = str(tmp_path / "t")
+    spark.range(5).write.format("delta").save(path)
+    spark.range(5, 8).write.format("delta").mode("append").save(path)
+    assert spark.read.format("delta").load(path).count() == 8
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").count()
+    assert history == 2
+
+
+def test_existing_session_is_returned_untouched(spark):
+    again = get_session(SparkConfig(master="local[1]", app_name="other", conf={"spark.sql.shuffle.partitions": "99"}))
+    assert again is spark
+    assert spark.conf.get("spark.sql.shuffle.partitions") != "99"
+
+
+def test_ivy_cache_is_the_configured_persistent_folder(spark):
+    ivy = spark.sparkContext.getConf().get("spark.jars.ivy")
+    assert ivy == os.path.expanduser(SparkConfig().ivy_dir)
+    assert any(name.startswith("io.delta") for name in os.listdir(os.path.join(ivy, "jars")))
