@@ -256,3 +256,32 @@ def test_routed_run_resumes_from_its_parquet_checkpoint(train_df, tmp_path):
     resumed = IALS(dim=4, epochs=3, train=routed_cfg).fit(train_df, N_USERS, N_ITEMS, ckpt, resume=True)
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
     np.testing.assert_allclose(resumed.item_array, full.item_array, atol=1e-6)
+
+
+def test_block_keys_put_block_b_in_spark_partition_b(spark):
+    from pyspark.sql import functions as F
+
+    from gramian.train.blocks import murmur3_int, spark_partition_keys
+
+    ints = spark.range(-100, 3000).select(F.col("id").cast("int").alias("v"))
+    values = ints.select("v", F.hash("v").alias("h"))
+    assert all(murmur3_int(r.v) == r.h for r in values.collect())
+    for n in (1, 2, 5, 16):
+        keys = spark_partition_keys(n)
+        placed = (spark.createDataFrame([(k,) for k in keys], "k int").repartition(n, "k")
+                  .select("k", F.spark_partition_id().alias("p")).collect())
+        assert sorted((keys.index(r.k), r.p) for r in placed) == [(b, b) for b in range(n)]
+
+
+def test_each_block_is_built_once_in_its_own_partition(train_df):
+    from pyspark.sql import functions as F
+
+    from gramian.train.als import row_counts
+    from gramian.train.blocks import SideLayout, build_side_blocks
+
+    users, _ = row_counts(train_df, N_USERS, N_ITEMS)
+    layout = SideLayout.balanced(users, 3, 8)
+    built = build_side_blocks(train_df, layout, "user_idx", "item_idx", 0.1, ConfidenceConfig())
+    rows = built.select("block", "nnz", F.spark_partition_id().alias("p")).collect()
+    assert sorted((r.block, r.p) for r in rows) == [(0, 0), (1, 1), (2, 2)]
+    assert sum(r.nnz for r in rows) == train_df.count()

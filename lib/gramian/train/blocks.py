@@ -98,47 +98,88 @@ def decode_blocks(batch: pa.RecordBatch) -> Iterator[Block]:
                     alpha=view("alpha", k, np.float64), target=view("target", k, np.float64))
 
 
-def _build_block_fn(layout: SideLayout, row_col: str, other_col: str, alpha0: float,
-                    confidence: ConfidenceConfig):
-    """The grouped-Arrow function that turns one block's (row, col, weight) triples into CSR."""
+def _csr_block(layout: SideLayout, block: int, rows: np.ndarray, cols: np.ndarray, weight: np.ndarray,
+               alpha0: float, confidence: ConfidenceConfig) -> pa.RecordBatch:
+    """One block's (row, col, weight) triples as a CSR row of the block DataFrame."""
+    start, stop = layout.bounds(block)
+    order = np.lexsort((cols, rows))
+    rows, cols, weight = rows[order] - start, cols[order].astype(np.int32), weight[order]
+    n = stop - start
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    alpha, target = observed_weights(weight, alpha0, form=confidence.form, scale=confidence.scale,
+                                     beta=confidence.beta, eps=confidence.eps)
+    return pa.RecordBatch.from_pydict({
+        "block": pa.array([block], pa.int32()), "row_start": pa.array([start], pa.int32()),
+        "n_rows": pa.array([n], pa.int32()), "nnz": pa.array([len(cols)], pa.int64()),
+        "indptr": pa.array([indptr.tobytes()], pa.binary()),
+        "indices": pa.array([cols.tobytes()], pa.binary()),
+        "alpha": pa.array([np.ascontiguousarray(alpha, dtype=np.float64).tobytes()], pa.binary()),
+        "target": pa.array([np.ascontiguousarray(target, dtype=np.float64).tobytes()], pa.binary()),
+    })
 
-    def build(table: pa.Table) -> pa.Table:
-        rows = table.column(row_col).to_numpy().astype(np.int64)
-        cols = table.column(other_col).to_numpy().astype(np.int32)
-        weight = table.column("weight").to_numpy().astype(np.float64)
-        block = int(layout.block_of(rows[:1])[0])
-        start, stop = layout.bounds(block)
-        order = np.lexsort((cols, rows))
-        rows, cols, weight = rows[order] - start, cols[order], weight[order]
-        n = stop - start
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-        alpha, target = observed_weights(weight, alpha0, form=confidence.form, scale=confidence.scale,
-                                         beta=confidence.beta, eps=confidence.eps)
-        return pa.table({
-            "block": pa.array([block], pa.int32()), "row_start": pa.array([start], pa.int32()),
-            "n_rows": pa.array([n], pa.int32()), "nnz": pa.array([len(cols)], pa.int64()),
-            "indptr": pa.array([indptr.tobytes()], pa.binary()),
-            "indices": pa.array([cols.tobytes()], pa.binary()),
-            "alpha": pa.array([np.ascontiguousarray(alpha, dtype=np.float64).tobytes()], pa.binary()),
-            "target": pa.array([np.ascontiguousarray(target, dtype=np.float64).tobytes()], pa.binary()),
-        })
 
-    return build
+def spark_partition_keys(n: int) -> list[int]:
+    """For each p < n, an int whose Spark hash partition among n is p (so block b lands in partition b).
+
+    Spark's `repartition(n, col)` sends a row to pmod(murmur3(col, seed 42), n); picking keys this way
+    gives one block per partition without the sampling job and second shuffle of a range repartition.
+    """
+    keys: dict[int, int] = {}
+    k = 0
+    while len(keys) < n:
+        keys.setdefault(murmur3_int(k) % n, k)
+        k += 1
+    return [keys[p] for p in range(n)]
+
+
+def murmur3_int(value: int, seed: int = 42) -> int:
+    """Spark's Murmur3_x86_32.hashInt (the hash behind HashPartitioning), as a signed 32-bit int."""
+    mask = 0xFFFFFFFF
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & mask
+
+    k1 = (value & mask) * 0xCC9E2D51 & mask
+    k1 = rotl(k1, 15) * 0x1B873593 & mask
+    h1 = seed ^ k1
+    h1 = (rotl(h1, 13) * 5 + 0xE6546B64) & mask
+    h1 ^= 4
+    h1 ^= h1 >> 16
+    h1 = h1 * 0x85EBCA6B & mask
+    h1 ^= h1 >> 13
+    h1 = h1 * 0xC2B2AE35 & mask
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 >= 1 << 31 else h1
 
 
 def build_side_blocks(train_df: Any, layout: SideLayout, row_col: str, other_col: str, alpha0: float,
                       confidence: ConfidenceConfig) -> Any:
-    """One row per block of `row_col`'s side, one partition per block, cached (built once)."""
+    """One row per block of `row_col`'s side, block b in partition b: one shuffle, no grouping."""
     from pyspark.sql import functions as F
 
-    pairs = train_df.select(F.col(row_col).cast("int").alias(row_col),
-                            F.col(other_col).cast("int").alias(other_col),
-                            F.col("weight").cast("double").alias("weight"))
-    pairs = pairs.withColumn("_block", layout.block_column(F.col(row_col)))
-    fn = _build_block_fn(layout, row_col, other_col, alpha0, confidence)
-    built = pairs.groupBy("_block").applyInArrow(fn, BLOCK_SCHEMA)
-    return built.repartitionByRange(layout.num_blocks, "block")
+    keys = spark_partition_keys(layout.num_blocks)
+    key = F.when(F.col(row_col) < layout.bounds_array[1], keys[0])
+    for b in range(1, layout.num_blocks):
+        key = key.when(F.col(row_col) < layout.bounds_array[b + 1], keys[b])
+    pairs = train_df.select(F.col(row_col).cast("int").alias("r"), F.col(other_col).cast("int").alias("c"),
+                            F.col("weight").cast("double").alias("w"))
+    pairs = pairs.repartition(layout.num_blocks, key.otherwise(keys[-1]))
+
+    def build(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        parts = [b for b in batches if b.num_rows]
+        if not parts:
+            return
+        t = pa.Table.from_batches(parts)
+        rows = t.column("r").to_numpy().astype(np.int64)
+        cols = t.column("c").to_numpy()
+        weight = t.column("w").to_numpy()
+        blocks = layout.block_of(rows)
+        for block in np.unique(blocks):  # one block per partition, unless keys were overridden
+            mine = blocks == block
+            yield _csr_block(layout, int(block), rows[mine], cols[mine], weight[mine], alpha0, confidence)
+
+    return pairs.mapInArrow(build, BLOCK_SCHEMA)
 
 
 def empty_block(layout: SideLayout, block: int) -> Block:
