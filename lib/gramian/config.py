@@ -151,6 +151,7 @@ class TrainConfig:
     checkpoint_every: int = field(default=5, metadata=_check(">= 0 (0 = never)", _non_negative))
     broadcast_max_mb: float = field(default=256.0, metadata=_check(">= 0", _non_negative))
     routing: Literal["auto", "broadcast", "routed"] = "auto"
+    local_file_handoff: bool = True
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,13 @@ def test_spark_fit_equals_single_process_numpy_run(train_df, pairs, solver, bloc
     np.testing.assert_allclose([h.loss for h in model.history], losses, rtol=1e-6)
 
 
+def test_factors_handed_over_in_the_closure_equal_those_handed_over_by_file(train_df):
+    fits = [IALS(dim=8, epochs=2, train=TrainConfig(local_file_handoff=flag)).fit(train_df, N_USERS, N_ITEMS)
+            for flag in (True, False)]
+    np.testing.assert_array_equal(fits[0].user_array, fits[1].user_array)
+    np.testing.assert_array_equal(fits[0].item_array, fits[1].item_array)
+
+
 def test_factors_do_not_depend_on_the_number_of_blocks(train_df):
     fits = [IALS(dim=8, epochs=2, train=TrainConfig(num_user_blocks=nb, num_item_blocks=nb)).fit(
         train_df, N_USERS, N_ITEMS) for nb in (1, 4)]

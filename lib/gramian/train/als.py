@@ -24,6 +24,7 @@ from gramian.errors import InputDataError, SolverError
 from gramian.kernels import gramian, observed_loss, regularization_weights, solve_side
 from gramian.train import routed
 from gramian.train.blocks import Block, SideLayout, build_side_blocks, decode_blocks, empty_block
+from gramian.train.handoff import Handoff, resolve
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +105,16 @@ def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.nda
     })
 
 
-def _broadcast_fn(other: np.ndarray, gram_other: np.ndarray, current: np.ndarray, p: SolveParams,
+def _broadcast_fn(other: Any, gram_other: np.ndarray, current: Any, p: SolveParams,
                   loss_after: bool) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The per-block task when both factor matrices travel whole in the task closure."""
+    """The per-block task when both factor matrices travel whole (closure or local file, see handoff)."""
 
     def step(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        other_rows, current_rows = resolve(other), resolve(current)
         for batch in batches:
             for b in decode_blocks(batch):
-                x0 = current[b.row_start:b.row_start + b.n_rows]
-                yield _solve_block(b, other, gram_other, x0, p, loss_after)
+                x0 = np.array(current_rows[b.row_start:b.row_start + b.n_rows])
+                yield _solve_block(b, other_rows, gram_other, x0, p, loss_after)
 
     return step
 
@@ -199,6 +201,7 @@ class BlockTrainer:
                  else "sent whole to every block")
         self.blocks: dict[str, Any] = {}
         self.routes: dict[str, Any] = {}
+        self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed)
         for side, row_col, other_col in (("user", "user_idx", "item_idx"), ("item", "item_idx", "user_idx")):
             df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
                                    model.confidence).cache()
@@ -243,8 +246,13 @@ class BlockTrainer:
             result = self._routed_step(side, current, other, gram_other, p, loss_after)
             summary = result.select("block", "row_start", "n_rows", "gram", "observed", "reg", "bad_row").toArrow()
         else:
-            fn = _broadcast_fn(other, gram_other, current, p, loss_after)
-            summary = result = self.blocks[side].mapInArrow(fn, STEP_SCHEMA).toArrow()
+            refs = self.handoff.pack(other), self.handoff.pack(current)
+            fn = _broadcast_fn(refs[0], gram_other, refs[1], p, loss_after)
+            try:
+                summary = result = self.blocks[side].mapInArrow(fn, STEP_SCHEMA).toArrow()
+            finally:
+                for ref in refs:
+                    self.handoff.release(ref)
         d = self.model.dim
         gram, observed, reg = np.zeros((d, d)), 0.0, 0.0
         cols = {name: summary.column(name).to_pylist() for name in ("block", "row_start", "n_rows", "bad_row",
@@ -327,3 +335,4 @@ class BlockTrainer:
         """Drop the cached blocks and routes."""
         for df in (*self.blocks.values(), *self.routes.values()):
             df.unpersist()
+        self.handoff.close()
