@@ -1,0 +1,298 @@
+"""Markdown renderings of the benchmark JSON: machine header, result tables, ratios, checks, tuning grids."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _mem_total_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cmd(args: list[str]) -> str:
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=20)
+        return (p.stdout or p.stderr).strip().splitlines()[0] if (p.stdout or p.stderr).strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+
+
+def machine_info() -> dict[str, Any]:
+    """nproc, RAM, CPU model, load, versions and BLAS packages: the header of every result."""
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(), "ram_gib": round(_mem_total_gib(), 1), "cpu": _cpu_model(),
+        "load_before": os.getloadavg(), "python": platform.python_version(),
+        "java": _cmd(["java", "-version"]),
+        "versions": {p: _version(p) for p in ("pyspark", "delta-spark", "implicit", "numpy", "numba", "scipy",
+                                              "threadpoolctl")},
+        "system_blas": _cmd(["dpkg-query", "-W", "-f=${Package} ${Version} ${Status}",
+                             "libopenblas0-pthread"]) or "libopenblas0-pthread not installed",
+        "git_commit": _cmd(["git", "-C", str(RESULTS.parent.parent), "rev-parse", "--short", "HEAD"]),
+    }
+
+
+def _f(x: Any, fmt: str = ".4f") -> str:
+    try:
+        return "—" if x is None or not np.isfinite(x) else format(x, fmt)
+    except TypeError:
+        return str(x)
+
+
+def _header(m: dict[str, Any], title: str) -> list[str]:
+    v = m["versions"]
+    return [
+        f"# {title}", "",
+        f"- **Machine**: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM; load average before "
+        f"{', '.join(f'{x:.1f}' for x in m['load_before'])}"
+        + (f", after {', '.join(f'{x:.1f}' for x in m['load_after'])}" if "load_after" in m else ""),
+        f"- **Versions**: pyspark {v['pyspark']}, delta-spark {v['delta-spark']}, implicit {v['implicit']}, "
+        f"numpy {v['numpy']}, numba {v['numba']}, scipy {v['scipy']}; Python {m['python']}; {m['java']}",
+        f"- **System BLAS**: {m['system_blas']}",
+        f"- **Date**: {m['date']}; commit {m['git_commit']}", "",
+    ]
+
+
+def _params(p: dict[str, Any]) -> str:
+    keep = {k: v for k, v in p.items() if k not in ("solver_block_size", "init_scale", "seed", "name")}
+    conf = keep.pop("confidence", None)
+    s = ", ".join(f"{k}={v}" for k, v in keep.items())
+    if conf and conf.get("scale", "constant") != "constant":
+        s += f", confidence={conf}"
+    return s
+
+
+def write_train_md(doc: dict[str, Any]) -> Path:
+    """benchmarks/results/train.md from the train.json document."""
+    lines = _header(doc["machine"], "gramian training benchmark")
+    runs = doc["runs"]
+    mllib_blas = {r["extra"].get("blas") for r in runs if r.get("method") == "mllib" and "extra" in r}
+    if mllib_blas:
+        lines += [f"- **MLlib BLAS** (as MLlib's netlib layer reported): {', '.join(sorted(mllib_blas))}", ""]
+    lines += ["Same train/test, rank and iterations for every ALS; every model evaluated by "
+              "`gramian.kernels.ranking` (exact full-catalogue top-k, train items excluded). "
+              "Recall = hits/|test|, Recall_min = hits/min(20, |test|). Each fit runs in a fresh process.",
+              "Timings were taken while other jobs shared the 2 cores: treat them as noisy (see load).", ""]
+    for ds in dict.fromkeys(r["dataset"] for r in runs):
+        rs = [r for r in runs if r["dataset"] == ds]
+        split = next((r["split"] for r in rs if "split" in r), {})
+        lines += [f"## {ds}", ""]
+        if split:
+            lines += [f"{split.get('users')} users, {split.get('items')} items, {split.get('train')} train, "
+                      f"{split.get('test')} test pairs; split: {split.get('split')}; weight: "
+                      f"{split.get('weight')}", ""]
+        has_test = any(r.get("metrics") for r in rs)
+        cols = ["method"] + (["Recall@20", "Recall_min@20", "NDCG@20", "Prec@20"] if has_test else [])
+        cols += ["fit s", "s/epoch", "iters", "peak RSS MiB", "settings"]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in rs:
+            if "error" in r:
+                lines.append(f"| {r['label']} | " + " | ".join(["failed: " + r["error"]] + [""] * (len(cols) - 2))
+                             + " |")
+                continue
+            m = r.get("metrics", {})
+            row = [r["label"]]
+            if has_test:
+                row += [_f(m.get("recall@20")), _f(m.get("recall_min@20")), _f(m.get("ndcg@20")),
+                        _f(m.get("precision@20"))]
+            spe = _f(r["seconds_per_epoch"], ".2f") + ("" if r["per_epoch_measured"] else "*")
+            row += [_f(r["fit_seconds"], ".1f") if r["method"] != "popularity" else "—",
+                    spe if r["method"] != "popularity" else "—", str(r["iterations"]),
+                    _f(r["peak_rss_mib"], ".0f") if r["method"] != "popularity" else "—",
+                    f"{_params(r['params'])} ({r['source']})"]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+        for r in rs:
+            if r.get("method") == "gramian" and "error" not in r:
+                e = r["extra"]
+                us, its = np.mean(e["user_seconds"]), np.mean(e["item_seconds"])
+                first = e["user_seconds"][0] + e["item_seconds"][0]
+                lines.append(f"- {r['label']}: setup (row counts, block building, caching) "
+                             f"{e['setup_seconds']:.1f} s; mean user half-step {us:.2f} s, item half-step "
+                             f"{its:.2f} s; first epoch {first:.2f} s; loss {e['loss'][0]:.6g} → "
+                             f"{e['loss'][-1]:.6g}")
+            if r.get("method") == "gramian_np" and "error" not in r:
+                e = r["extra"]
+                lines.append(f"- {r['label']}: kernel-only time, one thread: user half-step "
+                             f"{np.mean(e['user_seconds']):.2f} s, item half-step {np.mean(e['item_seconds']):.2f} s")
+        lines.append("")
+    lines += ["\\* seconds per epoch = fit seconds / iterations (no per-iteration timing exposed); "
+              "otherwise measured per epoch (gramian: `history`, implicit: fit callback).", "",
+              "## Ratios", "", "| dataset | gramian run | fit / MLlib fit | s/epoch / MLlib s/epoch | "
+              "s/epoch / implicit s/epoch | fit / implicit fit |", "|---|---|---|---|---|---|"]
+    for q in doc["ratios"]:
+        lines.append(f"| {q['dataset']} | {q['gramian']} | {_f(q.get('fit_vs_mllib'), '.2f')} | "
+                     f"{_f(q.get('epoch_vs_mllib'), '.2f')} | {_f(q.get('epoch_vs_implicit'), '.2f')} | "
+                     f"{_f(q.get('fit_vs_implicit'), '.2f')} |")
+    bad = [c for c in doc["checks"] if not c["ok"]]
+    lines += ["", "## Checks (asserted before timings are reported)", "",
+              f"{len(doc['checks']) - len(bad)} of {len(doc['checks'])} passed."]
+    for c in bad:
+        lines.append(f"- FAILED {c['run']}: {c['check']} — {c['detail']}")
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in doc.get("notes", [])]
+    lines.append(f"- whole benchmark wall time: {doc.get('bench_seconds', float('nan')):.0f} s")
+    out = RESULTS / "train.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- tuning
+
+
+def _best(trials: list[dict[str, Any]], ds: str, method: str, pred: Any = None) -> dict[str, Any] | None:
+    c = [t for t in trials if t["dataset"] == ds and t["method"] == method
+         and np.isfinite(t["metrics"].get("recall@20", np.nan)) and (pred is None or pred(t))]
+    return max(c, key=lambda t: t["metrics"]["recall@20"]) if c else None
+
+
+def conf_name(p: dict[str, Any]) -> str:
+    """'constant' or e.g. 'log b=1.0' for a gramian trial's confidence."""
+    c = p.get("confidence") or {}
+    scale = c.get("scale", "constant")
+    return scale if scale == "constant" else f"{scale} b={c.get('beta', 1.0)}"
+
+
+PEERS = ("implicit_als", "mllib", "implicit_bpr")
+
+
+def best_peer(trials: list[dict[str, Any]], ds: str) -> dict[str, Any] | None:
+    """The peer trial with the highest validation Recall@20 on `ds`."""
+    cands = [b for m in PEERS if (b := _best(trials, ds, m)) is not None]
+    return max(cands, key=lambda t: t["metrics"]["recall@20"]) if cands else None
+
+
+def recommend_defaults(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """d=64 gramian settings tried on every dataset, ranked by their worst ratio to the best peer.
+
+    `per` holds recall / best peer's recall per dataset (> 1: gramian wins there), `own` recall / the
+    best d=64 gramian setting of that dataset.
+    """
+    datasets = sorted({t["dataset"] for t in trials if t["method"] == "gramian"})
+    d64 = [t for t in trials if t["method"] == "gramian" and t["params"].get("dim") == 64]
+    best = {ds: _best(trials, ds, "gramian", lambda t: t["params"].get("dim") == 64) for ds in datasets}
+    peer = {ds: best_peer(trials, ds) for ds in datasets}
+    table: dict[tuple[Any, ...], dict[str, float]] = {}
+    for t in d64:
+        a0 = t["params"]["alpha0"]
+        if "alpha0_items" in t["params"]:  # the catalogue-scaled rule: one setting across datasets
+            a0 = f"{t['params']['alpha0_items']:g}/n_items"
+        key = (a0, t["params"]["reg"], conf_name(t["params"]))
+        table.setdefault(key, {})[t["dataset"]] = t["metrics"].get("recall@20", np.nan)
+    rows = []
+    for (a0, reg, conf), rec in table.items():
+        if not all(np.isfinite(rec.get(ds, np.nan)) for ds in datasets):
+            continue
+        own = {ds: rec[ds] / best[ds]["metrics"]["recall@20"] for ds in datasets if best[ds]}
+        per = {ds: rec[ds] / peer[ds]["metrics"]["recall@20"] if peer[ds] else np.nan for ds in datasets}
+        worst = min(per.values()) if all(np.isfinite(v) for v in per.values()) else min(own.values())
+        rows.append({"alpha0": a0, "reg": reg, "confidence": conf, "worst": worst, "per": per, "own": own,
+                     "recall": rec})
+    return sorted(rows, key=lambda r: -r["worst"])
+
+
+def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
+    """benchmarks/results/tuning.md: gramian grids, larger d, peers' optima, recommended defaults."""
+    lines = ["# gramian tuning (validation holdout, never the test set)", "",
+             "Validation: 10% of each user's train pairs (seed 0), carved from the benchmark's train split; "
+             "metric Recall@20 (hits/|val|) with train-minus-validation items excluded. gramian ran "
+             "single-process (`benchmarks.peers.fit_gramian_numpy`, the Spark trainer's math), 15 epochs, "
+             "CG 3 steps, nu=1, rendle form (constant confidence unless marked log: g = 1 + log(1 + w)). "
+             "Peers ran as in the benchmark (implicit: 2 threads; MLlib: Spark local[2]).", ""]
+    datasets = list(dict.fromkeys(t["dataset"] for t in trials))
+    for ds in datasets:
+        lines += [f"## {ds}", ""]
+        g = [t for t in trials if t["dataset"] == ds and t["method"] == "gramian"]
+        for conf in sorted({conf_name(t["params"]) for t in g}):
+            d64 = [t for t in g if t["params"].get("dim") == 64 and conf_name(t["params"]) == conf
+                   and "alpha0_items" not in t["params"]]
+            if not d64:
+                continue
+            a0s = sorted({t["params"]["alpha0"] for t in d64})
+            regs = sorted({t["params"]["reg"] for t in d64})
+            lines += [f"gramian, d=64, confidence {conf}: Recall@20 by alpha0 (rows) and reg (columns)", "",
+                      "| alpha0 \\ reg | " + " | ".join(str(r) for r in regs) + " |",
+                      "|---|" + "---|" * len(regs)]
+            for a0 in a0s:
+                cells = []
+                for r in regs:
+                    t = next((t for t in d64 if t["params"]["alpha0"] == a0 and t["params"]["reg"] == r), None)
+                    cells.append(_f(t["metrics"].get("recall@20")) if t else "")
+                lines.append(f"| {a0} | " + " | ".join(cells) + " |")
+            lines.append("")
+        scaled = [t for t in g if "alpha0_items" in t["params"]]
+        if scaled:
+            lines += ["gramian, d=64, alpha0 = c / n_items (catalogue-scaled rule):", "",
+                      "| c | alpha0 | reg | Recall@20 |", "|---|---|---|---|"]
+            for t in sorted(scaled, key=lambda t: (t["params"]["alpha0_items"], t["params"]["reg"])):
+                p = t["params"]
+                lines.append(f"| {p['alpha0_items']:g} | {p['alpha0']:.3g} | {p['reg']} | "
+                             f"{_f(t['metrics'].get('recall@20'))} |")
+            lines.append("")
+        big = [t for t in g if t["params"].get("dim", 64) != 64]
+        if big:
+            lines += ["gramian, larger d:", "", "| d | alpha0 | reg | Recall@20 | fit s (1 thread) |",
+                      "|---|---|---|---|---|"]
+            for t in sorted(big, key=lambda t: (t["params"]["dim"], t["params"]["reg"])):
+                p = t["params"]
+                lines.append(f"| {p['dim']} | {p['alpha0']} | {p['reg']} | {_f(t['metrics'].get('recall@20'))} "
+                             f"| {_f(t.get('fit_seconds'), '.0f')} |")
+            lines.append("")
+        lines += ["Best per method (validation Recall@20):", "", "| method | Recall@20 | settings | trials |",
+                  "|---|---|---|---|"]
+        for method in ("gramian", "implicit_als", "mllib", "implicit_bpr"):
+            n = sum(1 for t in trials if t["dataset"] == ds and t["method"] == method)
+            b = _best(trials, ds, method)
+            if b is not None:
+                lines.append(f"| {method} | {_f(b['metrics']['recall@20'])} | {_params(b['params'])} | {n} |")
+        lines.append("")
+    rec = recommend_defaults(trials)
+    if rec:
+        dss = list(rec[0]["per"])
+        peers = {ds: best_peer(trials, ds) for ds in dss}
+        lines += ["## One default for every dataset (d=64)", "",
+                  "Validation Recall@20 of each gramian setting tried on every dataset, as a ratio to the best "
+                  "peer's validation Recall@20 there (> 1: gramian ahead); ranked by the worst dataset. Best "
+                  "peers: " + "; ".join(f"{ds} {p['method']} {_f(p['metrics']['recall@20'])}"
+                                        for ds, p in peers.items() if p) + ".", "",
+                  "| alpha0 | reg | confidence | worst | " + " | ".join(f"{d} (recall)" for d in dss) + " |",
+                  "|---|---|---|---|" + "---|" * len(dss)]
+        for r in rec[:12]:
+            lines.append(f"| {r['alpha0']} | {r['reg']} | {r['confidence']} | {_f(r['worst'], '.3f')} | "
+                         + " | ".join(f"{_f(r['per'][d], '.3f')} ({_f(r['recall'][d])})" for d in dss) + " |")
+        lines.append("")
+    out = RESULTS / "tuning.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out

@@ -1,0 +1,338 @@
+"""Training benchmark: gramian vs Spark MLlib ALS vs implicit, same splits, rank, iterations, evaluation.
+
+    python -m benchmarks.train_bench                                  # every dataset, every method
+    python -m benchmarks.train_bench --datasets gowalla,ml-100k --quick
+    python -m benchmarks.train_bench --skip-synthetic
+
+Each (dataset, method) fit runs in a fresh subprocess (its own Spark session where it needs one), so
+the peak RSS of its process tree (driver + JVM + Python workers, sampled every 0.2 s) belongs to that
+method alone and no method inherits another's warmed-up JVM. Fit time is wall time around `.fit`
+(gramian: including block building). Every model is evaluated by the same exact top-k code with train
+items excluded. Correctness is checked before time is reported: finite factors, gramian's loss
+non-increasing, recall above the popularity baseline. Results: benchmarks/results/train.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import datasets as D
+
+RESULTS = Path(__file__).parent / "results"
+TRAIN_JSON = RESULTS / "train.json"
+REPO = Path(__file__).resolve().parent.parent
+
+log = logging.getLogger("benchmarks.train_bench")
+
+# Used when benchmarks/results/tuning.json has no validation optimum for a dataset/method.
+FALLBACK = {
+    "implicit_als": {"factors": 64, "iterations": 15, "alpha": 10.0, "regularization": 10.0, "weights": "raw"},
+    "implicit_bpr": {"factors": 64, "iterations": 100, "learning_rate": 0.05, "regularization": 0.01},
+    "mllib": {"rank": 64, "maxIter": 15, "alpha": 10.0, "regParam": 1.0, "weights": "raw"},
+}
+SYNTHETIC = {"dim": 128, "gramian_epochs": 5, "implicit_iterations": 5, "mllib_iterations": 2}
+
+
+def gramian_defaults() -> dict[str, Any]:
+    """The package defaults (conf/defaults.yaml, model section) as IALS keyword arguments."""
+    from gramian.config import load_config
+
+    m = load_config().model
+    out = dataclasses.asdict(m)
+    out.pop("name")
+    return out
+
+
+def tuned(dataset: str, method: str) -> tuple[dict[str, Any] | None, float | None]:
+    """Best validation setting from tuning.json (gramian: at d=64 only, to match the peers' rank)."""
+    from benchmarks.tune import METRIC, load_results
+
+    trials = [t for t in load_results() if t["dataset"] == dataset and t["method"] == method
+              and np.isfinite(t["metrics"].get(METRIC, np.nan))]
+    if method == "gramian":
+        trials = [t for t in trials if t["params"].get("dim", 64) == 64]
+    if not trials:
+        return None, None
+    b = max(trials, key=lambda t: t["metrics"][METRIC])
+    params = {k: v for k, v in b["params"].items() if k != "alpha0_items"}
+    return params, float(b["metrics"][METRIC])
+
+
+def recommended() -> tuple[dict[str, Any] | None, str]:
+    """The single d=64 gramian setting with the best worst-case validation ratio across datasets."""
+    from benchmarks.report import recommend_defaults
+    from benchmarks.tune import LOG_CONF, load_results
+
+    rows = recommend_defaults(load_results())
+    if not rows:
+        return None, ""
+    r = rows[0]
+    p: dict[str, Any] = {"alpha0": r["alpha0"], "reg": r["reg"], "nu": 1.0}  # alpha0 may be "c/n_items"
+    if r["confidence"] != "constant":
+        p["confidence"] = LOG_CONF
+    per = ", ".join(f"{k} {v:.3f}" for k, v in r["per"].items())
+    return p, f"cross-dataset validation choice (share of each dataset's best: {per})"
+
+
+def plan(dataset: str, methods: list[str], with_tuned: bool = False) -> list[dict[str, Any]]:
+    """The runs of one dataset: label, method, params and where the params came from."""
+    runs: list[dict[str, Any]] = []
+    synthetic = dataset == "synthetic10m"
+    defaults = gramian_defaults()
+    rec, rec_src = recommended()
+    rec_params = {**defaults, **rec} if rec is not None else None
+    if rec_params is not None and isinstance(rec_params["alpha0"], str):  # "c/n_items"
+        if synthetic:
+            rec_params = None
+        else:
+            c = float(rec_params["alpha0"].split("/")[0])
+            rec_params["alpha0"] = round(c / D.load(dataset).n_items, 8)
+            rec_src = f"alpha0 = {c:g}/n_items; " + rec_src
+    for method in methods:
+        if method == "gramian":
+            p = dict(defaults)
+            if synthetic:
+                p.update(dim=SYNTHETIC["dim"], epochs=SYNTHETIC["gramian_epochs"])
+            runs.append({"label": "gramian (defaults)", "method": "gramian", "params": p,
+                         "source": "conf/defaults.yaml"})
+            if rec_params is not None and rec_params != defaults and not synthetic:
+                runs.append({"label": "gramian (recommended)", "method": "gramian", "params": rec_params,
+                             "source": rec_src})
+            t, score = tuned(dataset, "gramian")
+            if with_tuned and t is not None and not synthetic:
+                runs.append({"label": "gramian (tuned)", "method": "gramian", "params": {**defaults, **t},
+                             "source": f"this dataset's validation optimum (recall@20={score:.4f})"})
+        elif method == "gramian_np":
+            if synthetic:
+                continue
+            q = rec_params or defaults
+            runs.append({"label": "gramian numpy 1-proc", "method": "gramian_np", "params": q,
+                         "source": "as gramian (recommended); one process, one thread, no Spark"})
+        elif method == "popularity":
+            if not synthetic:
+                runs.append({"label": "popularity", "method": "popularity", "params": {}, "source": "-"})
+        elif method == "implicit_bpr" and synthetic:
+            continue
+        else:
+            t, score = tuned(dataset, method)
+            src = f"validation optimum (recall@20={score:.4f})" if t else "FALLBACK (untuned)"
+            if synthetic:  # no validation set: settings of gowalla, time and memory only
+                t, _ = tuned("gowalla", method)
+                src = "gowalla's setting; time and memory only"
+            p = dict(t or FALLBACK[method])
+            if synthetic and method == "implicit_als":
+                p.update(factors=SYNTHETIC["dim"], iterations=SYNTHETIC["implicit_iterations"])
+            if synthetic and method == "mllib":
+                p.update(rank=SYNTHETIC["dim"], maxIter=SYNTHETIC["mllib_iterations"])
+            label = {"mllib": "Spark MLlib ALS", "implicit_als": "implicit ALS (CG)",
+                     "implicit_bpr": "implicit BPR"}[method]
+            runs.append({"label": label, "method": method, "params": p, "source": src})
+    return runs
+
+
+# ------------------------------------------------------------------------------------------- worker
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fit one method on one dataset in this process; evaluate; return a JSON-able record."""
+    from benchmarks import peers as P
+    from benchmarks.evaluation import evaluate
+
+    t0 = time.perf_counter()
+    split = D.load(spec["dataset"])
+    load_s = time.perf_counter() - t0
+    method, params = spec["method"], spec["params"]
+    spark = None
+    session_s = 0.0
+    if method in ("gramian", "mllib"):
+        t1 = time.perf_counter()
+        spark = P.spark_session()
+        session_s = time.perf_counter() - t1
+    if method == "gramian":
+        r = P.fit_gramian(split, params, spark)
+    elif method == "gramian_np":
+        r = P.fit_gramian_numpy(split, params)
+    elif method == "mllib":
+        r = P.fit_mllib(split, params, spark)
+    elif method == "implicit_als":
+        r = P.fit_implicit_als(split, params)
+    elif method == "implicit_bpr":
+        r = P.fit_implicit_bpr(split, params)
+    elif method == "popularity":
+        r = P.fit_popularity(split)
+    else:
+        raise ValueError(f"method must be one of {P.METHODS}, got {method!r}")
+    finite = bool(np.isfinite(r.user_factors).all() and np.isfinite(r.item_factors).all())
+    metrics = evaluate(split, r.user_factors, r.item_factors) if split.n_test and finite else {}
+    if spark is not None:
+        spark.stop()
+    return {**{k: spec[k] for k in ("dataset", "label", "method", "source")}, "params": r.params,
+            "split": split.summary(), "fit_seconds": r.fit_seconds, "iterations": r.iterations,
+            "seconds_per_epoch": r.seconds_per_epoch, "epoch_seconds": r.epoch_seconds,
+            "per_epoch_measured": bool(r.epoch_seconds), "start_rss_mib": r.start_rss / 2**20,
+            "peak_rss_mib": r.peak_rss / 2**20, "extra": r.extra, "factors_finite": finite,
+            "metrics": metrics, "load_seconds": load_s, "session_seconds": session_s}
+
+
+def run_isolated(spec: dict[str, Any], timeout: float, logdir: Path) -> dict[str, Any]:
+    """`worker(spec)` in a fresh interpreter; a crash or timeout becomes an error record."""
+    out = logdir / f"{spec['dataset']}-{spec['label']}.json".replace(" ", "_").replace("/", "_")
+    logf = out.with_suffix(".log")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "benchmarks.train_bench", "--worker", json.dumps(spec), "--worker-out",
+           str(out)]
+    t0 = time.perf_counter()
+    try:
+        with open(logf, "w") as lf:
+            rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=lf, stderr=subprocess.STDOUT,
+                                timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = -1
+    if rc == 0 and out.is_file():
+        return json.loads(out.read_text())
+    tail = logf.read_text()[-3000:] if logf.is_file() else ""
+    log.error("%s / %s failed (rc %s after %.0fs):\n%s", spec["dataset"], spec["label"], rc,
+              time.perf_counter() - t0, tail)
+    return {**{k: spec[k] for k in ("dataset", "label", "method", "source", "params")},
+            "error": f"rc={rc}" + (" (timeout)" if rc == -1 else ""), "log_tail": tail[-1500:]}
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def check(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Correctness before time: finite factors, gramian loss non-increasing, recall > popularity."""
+    out = []
+    pop = {r["dataset"]: r["metrics"].get("recall@20") for r in records
+           if r.get("method") == "popularity" and r.get("metrics")}
+    for r in records:
+        name = f"{r['dataset']} / {r['label']}"
+        if "error" in r:
+            out.append({"run": name, "check": "completed", "ok": False, "detail": r["error"]})
+            continue
+        out.append({"run": name, "check": "factors finite", "ok": r["factors_finite"], "detail": ""})
+        loss = r["extra"].get("loss") or []
+        if loss:
+            worst = max((b - a) / abs(a) for a, b in zip(loss[:-1], loss[1:], strict=True)) if len(loss) > 1 else 0
+            out.append({"run": name, "check": "loss non-increasing (rel. tol 1e-5)", "ok": worst <= 1e-5,
+                        "detail": f"largest relative increase {worst:.2e}"})
+        rec = r["metrics"].get("recall@20")
+        if rec is not None and r["method"] != "popularity":
+            ok = bool(np.isfinite(rec) and pop.get(r["dataset"]) is not None and rec > pop[r["dataset"]])
+            out.append({"run": name, "check": "recall@20 finite and > popularity", "ok": ok,
+                        "detail": f"{rec:.4f} vs {pop.get(r['dataset'])}"})
+    return out
+
+
+def ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """gramian fit time / MLlib fit time and gramian s/epoch / implicit s/epoch, per dataset."""
+    out = []
+    by = {(r["dataset"], r["method"], r["label"]): r for r in records if "error" not in r}
+    for ds in sorted({r["dataset"] for r in records}):
+        for label in ("gramian (defaults)", "gramian (recommended)", "gramian (tuned)"):
+            g = by.get((ds, "gramian", label))
+            if g is None:
+                continue
+            m = next((r for (d2, meth, _), r in by.items() if d2 == ds and meth == "mllib"), None)
+            i = next((r for (d2, meth, _), r in by.items() if d2 == ds and meth == "implicit_als"), None)
+            row = {"dataset": ds, "gramian": label}
+            if m is not None:
+                row["fit_vs_mllib"] = g["fit_seconds"] / m["fit_seconds"]
+                row["epoch_vs_mllib"] = g["seconds_per_epoch"] / m["seconds_per_epoch"]
+            if i is not None:
+                row["epoch_vs_implicit"] = g["seconds_per_epoch"] / i["seconds_per_epoch"]
+                row["fit_vs_implicit"] = g["fit_seconds"] / i["fit_seconds"]
+            out.append(row)
+    return out
+
+
+def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replace old records of the same (dataset, label); keep the rest."""
+    keys = {(r["dataset"], r["label"]) for r in new}
+    return [r for r in old if (r["dataset"], r["label"]) not in keys] + new
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default=",".join(D.DATASETS))
+    ap.add_argument("--methods", default="popularity,gramian,gramian_np,mllib,implicit_als,implicit_bpr")
+    ap.add_argument("--quick", action="store_true",
+                    help="skip synthetic10m, implicit BPR and the single-process gramian reference")
+    ap.add_argument("--skip-synthetic", action="store_true", help="leave out the 10M synthetic set")
+    ap.add_argument("--timeout", type=float, default=1500, help="seconds per fit subprocess")
+    ap.add_argument("--fresh", action="store_true", help="do not merge into an existing train.json")
+    ap.add_argument("--gramian-tuned", action="store_true",
+                    help="also run gramian with each dataset's own validation optimum")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    if args.worker:
+        rec = worker(json.loads(args.worker))
+        Path(args.worker_out).write_text(json.dumps(rec, default=float))
+        return 0
+
+    from benchmarks.report import machine_info, write_train_md
+
+    datasets = [d for d in args.datasets.split(",") if d]
+    methods = [m for m in args.methods.split(",") if m]
+    if args.quick:
+        datasets = [d for d in datasets if d != "synthetic10m"]
+        methods = [m for m in methods if m not in ("implicit_bpr", "gramian_np")]
+    if args.skip_synthetic:
+        datasets = [d for d in datasets if d != "synthetic10m"]
+    if "synthetic10m" in datasets:  # generate (and cache) once, not in every worker
+        D.load_synthetic10m()
+    env_before = machine_info()
+    records: list[dict[str, Any]] = []
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gramian-bench-") as tmp:
+        for ds in datasets:
+            for spec in plan(ds, methods, args.gramian_tuned):
+                spec = {**spec, "dataset": ds}
+                t0 = time.perf_counter()
+                rec = run_isolated(spec, args.timeout, Path(tmp))
+                rec["wall_seconds_total"] = time.perf_counter() - t0
+                records.append(rec)
+                if "error" not in rec:
+                    log.info("%-12s %-30s fit %7.1fs  %6.2fs/epoch  peak %6.0f MiB  recall@20 %s", ds,
+                             rec["label"], rec["fit_seconds"], rec["seconds_per_epoch"], rec["peak_rss_mib"],
+                             f"{rec['metrics'].get('recall@20', float('nan')):.4f}")
+    old = []
+    if TRAIN_JSON.is_file() and not args.fresh:
+        old = json.loads(TRAIN_JSON.read_text()).get("runs", [])
+    runs = merge(old, records)
+    checks = check(runs)
+    doc = {"machine": {**env_before, "load_after": os.getloadavg()}, "runs": runs, "checks": checks,
+           "ratios": ratios(runs), "bench_seconds": time.perf_counter() - t_all,
+           "notes": ["fit seconds: wall time around .fit in a fresh process (gramian: includes block "
+                     "building); MLlib and BPR seconds/epoch = fit seconds / iterations",
+                     "peak RSS: max over 0.2 s samples of summed VmRSS of the fit's process tree "
+                     "(driver + JVM + Python workers), double-counting shared pages",
+                     "synthetic10m: time and memory only, fewer iterations (see params)"]}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    TRAIN_JSON.write_text(json.dumps(doc, indent=1, default=float))
+    write_train_md(doc)
+    failed = [c for c in checks if not c["ok"]]
+    for c in failed:
+        log.error("CHECK FAILED: %s: %s (%s)", c["run"], c["check"], c["detail"])
+    log.info("wrote %s and train.md (%.0fs)", TRAIN_JSON, time.perf_counter() - t_all)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
