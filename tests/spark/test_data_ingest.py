@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chispa import assert_df_equality
@@ -25,11 +26,24 @@ def _read(spark, storage: StorageConfig, name: str):
     return tables.read(spark, storage, name)
 
 
+_ML100K: dict[str, Any] = {}
+
+
+def ingested_ml100k(spark, tmp_path_factory) -> tuple[Config, dict[str, Any]]:
+    """ml-100k ingested once per test session (test_data_split.py splits the same warehouse)."""
+    if not _ML100K:
+        storage = StorageConfig(root=str(tmp_path_factory.mktemp("ml100k") / "warehouse"))
+        cfg = _cfg("conf/ml-100k.yaml", storage)
+        _ML100K.update(cfg=cfg, summary=ingest.run(spark, cfg, "ml1"))
+    return _ML100K["cfg"], _ML100K["summary"]
+
+
 # ---------------------------------------------------------------- real files
 
 
-def test_ingest_ml_100k_gives_100000_interactions_943_users_1682_items(spark, shared_data, storage):
-    summary = ingest.run(spark, _cfg("conf/ml-100k.yaml", storage), "ml1")
+def test_ingest_ml_100k_gives_100000_interactions_943_users_1682_items(spark, shared_data, tmp_path_factory):
+    cfg, summary = ingested_ml100k(spark, tmp_path_factory)
+    storage = cfg.storage
     assert (summary["interactions"], summary["users"], summary["items"]) == (100_000, 943, 1682)
     assert summary["read"] == summary["accepted"] == 100_000 and summary["quarantined"] == 0
     stats = _read(spark, storage, "interactions").agg(

@@ -5,25 +5,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from gramian import tables
-from gramian.config import Config, SplitConfig, StorageConfig, load_config
-from gramian.data import ingest, split
+from gramian.config import Config, SplitConfig
+from gramian.data import split
 from gramian.errors import ConfigError
+from tests.spark.test_data_ingest import ingested_ml100k
 
 
 @pytest.fixture(scope="module")
 def ml100k(spark, shared_data, tmp_path_factory) -> Config:
-    """ml-100k ingested once into a module warehouse."""
-    storage = StorageConfig(root=str(tmp_path_factory.mktemp("split") / "warehouse"))
-    cfg = dataclasses.replace(load_config("conf/ml-100k.yaml"), storage=storage)
-    ingest.run(spark, cfg, "ml")
-    return cfg
+    """ml-100k ingested once per session (shared with the ingest tests: Delta commits are the cost)."""
+    return ingested_ml100k(spark, tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from gramian.kernels.ranking import ranking_metrics, topk_excluding
 
 

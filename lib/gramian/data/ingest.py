@@ -140,7 +140,7 @@ def load(spark: Any, cfg: Config, path: str | None, key: str = "data.path", part
 
 
 def _id_counts(parts: list[Loaded], column: str) -> DataFrame:
-    both = reduce(DataFrame.unionByName, [p.pairs.select(F.col(column).alias("id")) for p in parts])
+    both = reduce(lambda a, b: a.unionByName(b), [p.pairs.select(F.col(column).alias("id")) for p in parts])
     return both.groupBy("id").agg(F.count(F.lit(1)).alias("n"))
 
 
@@ -159,7 +159,7 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     try:
         for part, path, key in sources:
             parts.append(load(spark, cfg, path, key, part))
-        quarantine = reduce(DataFrame.unionByName, [p.quarantine_rows(run_id) for p in parts])
+        quarantine = reduce(lambda a, b: a.unionByName(b), [p.quarantine_rows(run_id) for p in parts])
         if any(p.quarantined for p in parts) or tables.exists(spark, storage, QUARANTINE_TABLE):
             tables.write(quarantine, storage, QUARANTINE_TABLE, replace_where=f"run_id = {_sql_str(run_id)}")
         for p, (_, path, key) in zip(parts, sources, strict=True):
