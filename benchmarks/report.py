@@ -201,7 +201,8 @@ def recommend_defaults(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     best d=64 gramian setting of that dataset.
     """
     datasets = sorted({t["dataset"] for t in trials if t["method"] == "gramian"})
-    d64 = [t for t in trials if t["method"] == "gramian" and t["params"].get("dim") == 64]
+    d64 = [t for t in trials if t["method"] == "gramian" and t["params"].get("dim") == 64
+           and t["params"].get("solver", "cg") == "cg"]
     best = {ds: _best(trials, ds, "gramian", lambda t: t["params"].get("dim") == 64) for ds in datasets}
     peer = {ds: best_peer(trials, ds) for ds in datasets}
     table: dict[tuple[Any, ...], dict[str, float]] = {}
@@ -237,7 +238,7 @@ def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
         g = [t for t in trials if t["dataset"] == ds and t["method"] == "gramian"]
         for conf in sorted({conf_name(t["params"]) for t in g}):
             d64 = [t for t in g if t["params"].get("dim") == 64 and conf_name(t["params"]) == conf
-                   and "alpha0_items" not in t["params"]]
+                   and "alpha0_items" not in t["params"] and t["params"].get("solver", "cg") == "cg"]
             if not d64:
                 continue
             a0s = sorted({t["params"]["alpha0"] for t in d64})
@@ -261,21 +262,23 @@ def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
                 lines.append(f"| {p['alpha0_items']:g} | {p['alpha0']:.3g} | {p['reg']} | "
                              f"{_f(t['metrics'].get('recall@20'))} |")
             lines.append("")
-        big = [t for t in g if t["params"].get("dim", 64) != 64]
+        big = [t for t in g if t["params"].get("dim", 64) != 64 or t["params"].get("solver", "cg") != "cg"]
         if big:
-            lines += ["gramian, larger d:", "", "| d | alpha0 | reg | Recall@20 | fit s (1 thread) |",
-                      "|---|---|---|---|---|"]
+            lines += ["gramian, larger d and other solvers (fit seconds: one thread, machine shared):", "",
+                      "| d | solver | alpha0 | reg | Recall@20 | fit s |", "|---|---|---|---|---|---|"]
             for t in sorted(big, key=lambda t: (t["params"]["dim"], t["params"]["reg"])):
                 p = t["params"]
-                lines.append(f"| {p['dim']} | {p['alpha0']} | {p['reg']} | {_f(t['metrics'].get('recall@20'))} "
-                             f"| {_f(t.get('fit_seconds'), '.0f')} |")
+                lines.append(f"| {p['dim']} | {p.get('solver', 'cg')} | {p['alpha0']} | {p['reg']} | "
+                             f"{_f(t['metrics'].get('recall@20'))} | {_f(t.get('fit_seconds'), '.0f')} |")
             lines.append("")
         lines += ["Best per method (validation Recall@20):", "", "| method | Recall@20 | settings | trials |",
                   "|---|---|---|---|"]
-        for method in ("gramian", "implicit_als", "mllib", "implicit_bpr"):
-            n = sum(1 for t in trials if t["dataset"] == ds and t["method"] == method)
-            b = _best(trials, ds, method)
-            if b is not None:
+        for method in ("gramian d=64", "gramian", "implicit_als", "mllib", "implicit_bpr"):
+            base = method.split()[0]
+            n = sum(1 for t in trials if t["dataset"] == ds and t["method"] == base)
+            pred = (lambda t: t["params"].get("dim") == 64) if method == "gramian d=64" else None
+            b = _best(trials, ds, base, pred)
+            if b is not None and (method != "gramian" or b["params"].get("dim") != 64):
                 lines.append(f"| {method} | {_f(b['metrics']['recall@20'])} | {_params(b['params'])} | {n} |")
         lines.append("")
     rec = recommend_defaults(trials)

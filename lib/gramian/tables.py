@@ -10,7 +10,7 @@ from typing import Any
 
 from gramian.config import StorageConfig
 
-TABLES = ("interactions", "quarantine", "users", "items", "train", "test", "ingest_runs",
+TABLES = ("interactions", "given_test", "quarantine", "users", "items", "ingest_runs", "train", "test", "foldin",
           "user_factors", "item_factors", "runs", "metrics", "metrics_by_user", "topn")
 
 
