@@ -49,13 +49,35 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def tree_rss_by_command(root: int | None = None) -> dict[str, int]:
+    """VmRSS bytes of the tree under `root`, summed per command name (java, python, ...)."""
+    out: dict[str, int] = {}
+    for p in tree_pids(os.getpid() if root is None else root):
+        rss = _rss_kib(p) * 1024
+        if rss:
+            name = _comm(p)
+            out[name] = out.get(name, 0) + rss
+    return out
+
+
 def tree_rss_bytes(root: int | None = None) -> int:
     """Summed VmRSS of the process tree under `root` (default: this process)."""
-    return 1024 * sum(_rss_kib(p) for p in tree_pids(os.getpid() if root is None else root))
+    return sum(tree_rss_by_command(root).values())
 
 
 class PeakRSS:
-    """Context manager sampling the tree's RSS every `interval` s; `.peak` and `.start` in bytes."""
+    """Context manager sampling the tree's RSS every `interval` s; `.peak` and `.start` in bytes.
+
+    `.peak_by_command` splits the peak sample by command name (java = Spark JVM, python = driver and
+    Python workers).
+    """
 
     def __init__(self, root: int | None = None, interval: float = 0.2) -> None:
         self.root = os.getpid() if root is None else root
@@ -63,18 +85,25 @@ class PeakRSS:
         self.start = 0
         self.peak = 0
         self.samples = 0
+        self.peak_by_command: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _sample(self) -> None:
+        by = tree_rss_by_command(self.root)
+        total = sum(by.values())
+        if total >= self.peak:
+            self.peak, self.peak_by_command = total, by
+        self.samples += 1
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_bytes(self.root))
-            self.samples += 1
+            self._sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRSS:
         self.start = tree_rss_bytes(self.root)
-        self.peak = self.start
+        self.peak = 0
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
         self._thread.start()
         return self
@@ -83,7 +112,7 @@ class PeakRSS:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.peak = max(self.peak, tree_rss_bytes(self.root))
+        self._sample()
 
 
 if __name__ == "__main__":  # quick self-check: python -m benchmarks.memory

@@ -39,12 +39,19 @@ class FitResult:
     start_rss: int = 0
     peak_rss: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    peak_by_command: dict[str, int] = field(default_factory=dict)
 
     @property
     def seconds_per_epoch(self) -> float:
         if self.epoch_seconds:
             return float(np.mean(self.epoch_seconds))
         return self.fit_seconds / max(1, self.iterations)
+
+
+def _attach(result: FitResult, mem: PeakRSS) -> FitResult:
+    """Copy the per-command split of the peak RSS sample into `result`."""
+    result.peak_by_command = dict(mem.peak_by_command)
+    return result
 
 
 def transform_weights(w: np.ndarray, how: str) -> np.ndarray:
@@ -61,17 +68,25 @@ def transform_weights(w: np.ndarray, how: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- Spark
 
 
-def spark_session() -> Any:
-    """The project's session (local[2], loopback); BLAS single-threaded inside the JVM and workers."""
+def spark_session(driver_memory: str | None = None) -> Any:
+    """The project's session (local[2], loopback); BLAS single-threaded inside the JVM and workers.
+
+    `driver_memory` overrides the config default (4g), e.g. for the 10M synthetic set.
+    """
+    import dataclasses
     import os
 
     # Spark's linalg guide: multi-threaded native BLAS inside executors hurts; numpy here is loaded
     # already, so this only reaches the JVM and the Python workers it starts.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
+    from gramian.config import SparkConfig
     from gramian.spark import get_session
 
-    return get_session()
+    cfg = SparkConfig()
+    if driver_memory:
+        cfg = dataclasses.replace(cfg, driver_memory=driver_memory)
+    return get_session(cfg)
 
 
 def train_dataframe(spark: Any, split: Split, values: np.ndarray | None = None) -> Any:
@@ -101,13 +116,13 @@ def fit_gramian(split: Split, params: dict[str, Any], spark: Any) -> FitResult:
     df.unpersist()
     hist = model.history
     loss = [h.loss for h in hist]
-    return FitResult(
+    return _attach(FitResult(
         "gramian", params, model.user_array, model.item_array, fit_s, len(hist),
         [h.user_seconds + h.item_seconds for h in hist], mem.start, mem.peak,
         {"loss": loss, "observed": [h.observed for h in hist], "gramian_term": [h.gramian for h in hist],
          "regularization": [h.regularization for h in hist],
          "user_seconds": [h.user_seconds for h in hist], "item_seconds": [h.item_seconds for h in hist],
-         "setup_seconds": fit_s - sum(h.user_seconds + h.item_seconds for h in hist)})
+         "setup_seconds": fit_s - sum(h.user_seconds + h.item_seconds for h in hist)}), mem)
 
 
 def mllib_blas(spark: Any) -> str:
@@ -142,9 +157,9 @@ def fit_mllib(split: Split, params: dict[str, Any], spark: Any) -> FitResult:
         itf = _collect_factors(model.itemFactors, split.n_items, p["rank"])
         collect_s = time.perf_counter() - t0 - fit_s
     df.unpersist()
-    return FitResult("mllib", {**p, "weights": how}, uf, itf, fit_s, p["maxIter"], [], mem.start, mem.peak,
+    return _attach(FitResult("mllib", {**p, "weights": how}, uf, itf, fit_s, p["maxIter"], [], mem.start, mem.peak,
                      {"collect_seconds": collect_s, "blas": mllib_blas(spark),
-                      "epoch_seconds_note": "fit seconds / maxIter (MLlib exposes no per-iteration time)"})
+                      "epoch_seconds_note": "fit seconds / maxIter (MLlib exposes no per-iteration time)"}), mem)
 
 
 def _collect_factors(df: Any, n: int, rank: int) -> np.ndarray:
@@ -180,9 +195,9 @@ def fit_implicit_als(split: Split, params: dict[str, Any]) -> FitResult:
         t0 = last[0] = time.perf_counter()
         model.fit(user_items, show_progress=False, callback=cb)
         fit_s = time.perf_counter() - t0
-    return FitResult("implicit_als", {**p, "weights": how, "use_cg": True, "num_threads": 2},
+    return _attach(FitResult("implicit_als", {**p, "weights": how, "use_cg": True, "num_threads": 2},
                      np.asarray(model.user_factors), np.asarray(model.item_factors), fit_s,
-                     p["iterations"], epochs, mem.start, mem.peak)
+                     p["iterations"], epochs, mem.start, mem.peak), mem)
 
 
 def fit_implicit_bpr(split: Split, params: dict[str, Any]) -> FitResult:
@@ -196,8 +211,8 @@ def fit_implicit_bpr(split: Split, params: dict[str, Any]) -> FitResult:
         t0 = time.perf_counter()
         model.fit(user_items, show_progress=False)
         fit_s = time.perf_counter() - t0
-    return FitResult("implicit_bpr", {**params, "num_threads": 2}, np.asarray(model.user_factors),
-                     np.asarray(model.item_factors), fit_s, params["iterations"], [], mem.start, mem.peak)
+    return _attach(FitResult("implicit_bpr", {**params, "num_threads": 2}, np.asarray(model.user_factors),
+                     np.asarray(model.item_factors), fit_s, params["iterations"], [], mem.start, mem.peak), mem)
 
 
 def fit_popularity(split: Split) -> FitResult:
@@ -277,6 +292,6 @@ def fit_gramian_numpy(split: Split, params: dict[str, Any], track_loss: bool = T
                                       lam_i).total)
         fit_s = time.perf_counter() - t0
     epochs = [a + b for a, b in zip(user_s, item_s, strict=True)]
-    return FitResult("gramian_np", m, w, h, fit_s, m["epochs"], epochs,
+    return _attach(FitResult("gramian_np", m, w, h, fit_s, m["epochs"], epochs,
                      mem.start, mem.peak, {"loss": loss, "user_seconds": user_s, "item_seconds": item_s,
-                                           "note": "one process, one thread: kernel time without Spark"})
+                                           "note": "one process, one thread: kernel time without Spark"}), mem)

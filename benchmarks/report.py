@@ -135,6 +135,10 @@ def write_train_md(doc: dict[str, Any]) -> Path:
                     f"{_params(r['params'])} ({r['source']})"]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        splits = [f"{r['label']}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["peak_rss_by_command_mib"].items()))
+                  for r in rs if "error" not in r and "java" in r.get("peak_rss_by_command_mib", {})]
+        if splits:
+            lines.append("- peak RSS by process (MiB): " + "; ".join(splits))
         for r in rs:
             if r.get("method") == "gramian" and "error" not in r:
                 e = r["extra"]

@@ -42,7 +42,8 @@ FALLBACK = {
     "implicit_bpr": {"factors": 64, "iterations": 100, "learning_rate": 0.05, "regularization": 0.01},
     "mllib": {"rank": 64, "maxIter": 15, "alpha": 10.0, "regParam": 1.0, "weights": "raw"},
 }
-SYNTHETIC = {"dim": 128, "gramian_epochs": 5, "implicit_iterations": 5, "mllib_iterations": 2}
+SYNTHETIC = {"dim": 128, "gramian_epochs": 5, "implicit_iterations": 5, "mllib_iterations": 2,
+             "driver_memory": "8g"}  # 4g (the config default) runs gramian's driver out of heap at 10M
 
 
 def gramian_defaults() -> dict[str, Any]:
@@ -62,7 +63,7 @@ def tuned(dataset: str, method: str) -> tuple[dict[str, Any] | None, float | Non
     trials = [t for t in load_results() if t["dataset"] == dataset and t["method"] == method
               and np.isfinite(t["metrics"].get(METRIC, np.nan))]
     if method == "gramian":
-        trials = [t for t in trials if t["params"].get("dim", 64) == 64]
+        trials = [t for t in trials if t["params"].get("dim", 64) == 64 and t["params"].get("solver", "cg") == "cg"]
     if not trials:
         return None, None
     b = max(trials, key=lambda t: t["metrics"][METRIC])
@@ -86,7 +87,7 @@ def recommended() -> tuple[dict[str, Any] | None, str]:
     return p, f"cross-dataset validation choice (share of each dataset's best: {per})"
 
 
-def plan(dataset: str, methods: list[str], with_tuned: bool = False) -> list[dict[str, Any]]:
+def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict[str, Any]]:
     """The runs of one dataset: label, method, params and where the params came from."""
     runs: list[dict[str, Any]] = []
     synthetic = dataset == "synthetic10m"
@@ -158,7 +159,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     session_s = 0.0
     if method in ("gramian", "mllib"):
         t1 = time.perf_counter()
-        spark = P.spark_session()
+        mem = SYNTHETIC["driver_memory"] if spec["dataset"] == "synthetic10m" else None
+        spark = P.spark_session(mem)
         session_s = time.perf_counter() - t1
     if method == "gramian":
         r = P.fit_gramian(split, params, spark)
@@ -182,7 +184,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             "split": split.summary(), "fit_seconds": r.fit_seconds, "iterations": r.iterations,
             "seconds_per_epoch": r.seconds_per_epoch, "epoch_seconds": r.epoch_seconds,
             "per_epoch_measured": bool(r.epoch_seconds), "start_rss_mib": r.start_rss / 2**20,
-            "peak_rss_mib": r.peak_rss / 2**20, "extra": r.extra, "factors_finite": finite,
+            "peak_rss_mib": r.peak_rss / 2**20, "extra": r.extra,
+            "peak_rss_by_command_mib": {k: v / 2**20 for k, v in r.peak_by_command.items()}, "factors_finite": finite,
             "metrics": metrics, "load_seconds": load_s, "session_seconds": session_s}
 
 
@@ -274,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-synthetic", action="store_true", help="leave out the 10M synthetic set")
     ap.add_argument("--timeout", type=float, default=1500, help="seconds per fit subprocess")
     ap.add_argument("--fresh", action="store_true", help="do not merge into an existing train.json")
-    ap.add_argument("--gramian-tuned", action="store_true",
-                    help="also run gramian with each dataset's own validation optimum")
+    ap.add_argument("--no-gramian-tuned", dest="gramian_tuned", action="store_false",
+                    help="skip gramian at each dataset's own validation optimum (run by default)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
