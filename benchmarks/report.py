@@ -272,7 +272,7 @@ def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
                       "| d | solver | alpha0 | reg | Recall@20 | fit s |", "|---|---|---|---|---|---|"]
             for t in sorted(big, key=lambda t: (t["params"]["dim"], t["params"]["reg"])):
                 p = t["params"]
-                lines.append(f"| {p['dim']} | {p.get('solver', 'cg')} | {p['alpha0']} | {p['reg']} | "
+                lines.append(f"| {p['dim']} | {p.get('solver', 'cg')} | {p['alpha0']:g} | {p['reg']:g} | "
                              f"{_f(t['metrics'].get('recall@20'))} | {_f(t.get('fit_seconds'), '.0f')} |")
             lines.append("")
         lines += ["Best per method (validation Recall@20):", "", "| method | Recall@20 | settings | trials |",
@@ -299,6 +299,23 @@ def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
         for r in rec[:12]:
             lines.append(f"| {r['alpha0']} | {r['reg']} | {r['confidence']} | {_f(r['worst'], '.3f')} | "
                          + " | ".join(f"{_f(r['per'][d], '.3f')} ({_f(r['recall'][d])})" for d in dss) + " |")
+        lines.append("")
+        absolute = next((r for r in rec if not isinstance(r["alpha0"], str)), None)
+        scaled = next((r for r in rec if isinstance(r["alpha0"], str)), None)
+        lines += ["## Recommendation", ""]
+        for what, r in (("Absolute alpha0 (the config as it is)", absolute),
+                        ("alpha0 scaled by the catalogue (needs a config option)", scaled)):
+            if r is not None:
+                lines.append(f"- {what}: alpha0={r['alpha0']}, reg={r['reg']}, nu=1, {r['confidence']} "
+                             f"confidence: worst ratio to the best peer {r['worst']:.3f} ("
+                             + ", ".join(f"{d} {v:.3f}" for d, v in r["per"].items()) + ").")
+        for ds in dss:
+            b64 = _best(trials, ds, "gramian", lambda t: t["params"].get("dim") == 64)
+            big = _best(trials, ds, "gramian", lambda t: t["params"].get("dim", 64) > 64)
+            if b64 and big and big["metrics"]["recall@20"] > b64["metrics"]["recall@20"]:
+                lines.append(f"- {ds}: d={big['params']['dim']} reaches {_f(big['metrics']['recall@20'])} vs "
+                             f"{_f(b64['metrics']['recall@20'])} at d=64 (alpha0={big['params']['alpha0']}, "
+                             f"reg={big['params']['reg']}).")
         lines.append("")
     out = RESULTS / "tuning.md"
     out.write_text("\n".join(lines) + "\n")
