@@ -114,6 +114,9 @@ def write_train_md(doc: dict[str, Any]) -> Path:
             lines += [f"{split.get('users')} users, {split.get('items')} items, {split.get('train')} train, "
                       f"{split.get('test')} test pairs; split: {split.get('split')}; weight: "
                       f"{split.get('weight')}", ""]
+        dates = sorted({f"{r['run_date']} (load {r['load_before'][0]:.1f})" for r in rs if "run_date" in r})
+        if dates and dates != [f"{doc['machine']['date']} (load {doc['machine']['load_before'][0]:.1f})"]:
+            lines += [f"Measured in an earlier run: {', '.join(dates)}.", ""]
         has_test = any(r.get("metrics") for r in rs)
         cols = ["method"] + (["Recall@20", "Recall_min@20", "NDCG@20", "Prec@20"] if has_test else [])
         cols += ["fit s", "s/epoch", "iters", "peak RSS MiB", "settings"]

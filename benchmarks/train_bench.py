@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 rec = run_isolated(spec, args.timeout, Path(tmp))
                 rec["wall_seconds_total"] = time.perf_counter() - t0
+                rec["run_date"] = env_before["date"]
+                rec["load_before"] = env_before["load_before"]
                 records.append(rec)
                 if "error" not in rec:
                     log.info("%-12s %-30s fit %7.1fs  %6.2fs/epoch  peak %6.0f MiB  recall@20 %s", ds,

@@ -149,6 +149,8 @@ def tune(datasets: list[str], methods: list[str], dims: list[int]) -> list[dict[
         for method in methods:
             if method == "gramian":
                 grid = gramian_grid(name) + scaled_grid(val.n_items)
+                if name in WEIGHTED:
+                    grid += [{**g, "confidence": LOG_CONF} for g in scaled_grid(val.n_items)]
             else:
                 grid = peer_grid(method, name, trials)
             todo = [(method, p) for p in grid]
