@@ -4,7 +4,15 @@ No Spark here: the driver and executors call these on plain arrays (CSR blocks p
 """
 
 from gramian.kernels.confidence import observed_weights
-from gramian.kernels.loss import LossTerms, gramian, ials_loss, observed_loss, regularization_weights
+from gramian.kernels.loss import (
+    LossTerms,
+    gramian,
+    gramian_term,
+    ials_loss,
+    observed_loss,
+    regularization_term,
+    regularization_weights,
+)
 from gramian.kernels.solvers import SOLVERS, check_finite, solve_side
 
 __all__ = [
@@ -12,9 +20,11 @@ __all__ = [
     "LossTerms",
     "check_finite",
     "gramian",
+    "gramian_term",
     "ials_loss",
     "observed_loss",
     "observed_weights",
+    "regularization_term",
     "regularization_weights",
     "solve_side",
 ]

@@ -41,6 +41,16 @@ def gramian(x: np.ndarray) -> np.ndarray:
     return x64.T @ x64
 
 
+def gramian_term(alpha0: float, gramian_x: np.ndarray, gramian_other: np.ndarray) -> float:
+    """alpha0 * <G^C, G^I>: the loss over all C x I pairs via the Gramian trick (eq. 24)."""
+    return alpha0 * float(np.sum(gramian_x * gramian_other))
+
+
+def regularization_term(reg: np.ndarray, x: np.ndarray) -> float:
+    """sum_c lambda_c ||w_c||^2 for one side's rows."""
+    return float(np.asarray(reg, dtype=np.float64) @ np.einsum("ij,ij->i", x, x, dtype=np.float64))
+
+
 def observed_loss(
     indptr: np.ndarray,
     indices: np.ndarray,
@@ -88,6 +98,6 @@ def ials_loss(
     lx = per_row(reg_x, "reg_x", x64.shape[0])
     lo = per_row(reg_other, "reg_other", o64.shape[0])
     obs = observed_loss(indptr, indices, alpha, target, x64, o64)
-    gram = alpha0 * float(np.sum(gramian(x64) * gramian(o64)))
-    regl = float(lx @ np.einsum("ij,ij->i", x64, x64) + lo @ np.einsum("ij,ij->i", o64, o64))
+    gram = gramian_term(alpha0, gramian(x64), gramian(o64))
+    regl = regularization_term(lx, x64) + regularization_term(lo, o64)
     return LossTerms(observed=obs, gramian=gram, regularization=regl)

@@ -21,7 +21,14 @@ import pyarrow as pa
 
 from gramian.config import ModelConfig, TrainConfig
 from gramian.errors import InputDataError, SolverError
-from gramian.kernels import gramian, observed_loss, regularization_weights, solve_side
+from gramian.kernels import (
+    gramian,
+    gramian_term,
+    observed_loss,
+    regularization_term,
+    regularization_weights,
+    solve_side,
+)
 from gramian.train import routed
 from gramian.train.blocks import Block, SideLayout, build_side_blocks, decode_blocks, empty_block
 from gramian.train.handoff import Handoff, resolve
@@ -100,7 +107,7 @@ def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.nda
         "factors": pa.array([x.tobytes()], pa.binary()),
         "gram": pa.array([gramian(x).tobytes()], pa.binary()),
         "observed": pa.array([float(observed)], pa.float64()),
-        "reg": pa.array([float(np.dot(lam, np.einsum("ij,ij->i", x, x, dtype=np.float64)))], pa.float64()),
+        "reg": pa.array([regularization_term(lam, x)], pa.float64()),
         "bad_row": pa.array([bad], pa.int32()),
     })
 
@@ -323,7 +330,7 @@ class BlockTrainer:
         t1 = time.perf_counter()
         h, gram_h, observed, reg_h = self.half_step("item", state.item_factors, w, gram_w, e, True)
         t2 = time.perf_counter()
-        gram_term = self.model.alpha0 * float(np.sum(gram_w * gram_h))
+        gram_term = gramian_term(self.model.alpha0, gram_w, gram_h)
         stats = EpochStats(e, observed + gram_term + reg_w + reg_h, observed, gram_term, reg_w + reg_h,
                            t1 - t0, t2 - t1)
         state.user_factors, state.item_factors, state.epoch = w, h, e
