@@ -1,0 +1,413 @@
+"""RankALS: exact alternating least squares for the pairwise square loss (paper §5.2, eq. 42-45).
+
+L = sum_(c,i) in S sum_(j in I) alpha_ci s_j [y(i|c) - y(j|c) - 1]^2 + sum_c lambda_c |w_c|^2 + sum_i lambda_i |h_i|^2.
+With S = sum_j s_j, zbar = sum_j s_j h_j / S and the centred Gramian G^ = sum_j s_j (h_j - zbar)(h_j - zbar)^T,
+the data term is S sum_S alpha_ci (<w_c, h_i - zbar> - 1)^2 + <G^C, G^>, G^C = sum_c A_c w_c w_c^T (docs/rankals.md).
+The user step is therefore an iALS row solve against centred items; the item step couples items only
+through two d-vectors (z, u), so it is solved exactly with a 2d x 2d system (a Woodbury/Schur correction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from gramian.kernels._checks import as_csr, as_matrix, nonneg_scalar, per_row
+from gramian.kernels._rows import _CHUNK, _JIT, _axpys, _gather, _load_weights, _max_row_nnz, _rank_update
+from gramian.kernels.loss import LossTerms, observed_loss, regularization_term, regularization_weights
+from gramian.kernels.solvers import check_finite, solve_side
+
+_BATCH_ELEMS = 1 << 22  # float64 elements per batched item solve (32 MiB)
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+
+def support_weights(counts: np.ndarray, power: float = 0.0) -> np.ndarray:
+    """Item support s_j proportional to |U_j|^power, scaled to mean 1 (power=0: s_j = 1, eq. 42 as printed).
+
+    The scale keeps S = sum_j s_j = |I| whatever the power, so reg means the same across settings.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(f"counts must be a non-empty 1-D array, got shape {c.shape}: pass |U_j| for every item")
+    if (c < 0).any() or not np.isfinite(c).all():
+        k = int(np.argmax((c < 0) | ~np.isfinite(c)))
+        raise ValueError(f"counts must be finite and >= 0, got counts[{k}]={float(c[k])!r}: pass |U_j| per item")
+    if not np.isfinite(power) or power < 0:
+        raise ValueError(f"power must be finite and >= 0, got power={float(power)!r}: use 0 (uniform) to 1")
+    if power == 0:
+        return np.ones_like(c)
+    raw = np.power(c, power)
+    total = raw.sum()
+    if total <= 0:
+        raise ValueError(f"support_power={float(power)!r} gives every item weight 0 (no item has users): use power=0")
+    return raw * (c.size / total)
+
+
+def row_sums(indptr: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """A_r = sum of alpha over each CSR row (the row's weight in the pair terms)."""
+    ip = np.asarray(indptr, dtype=np.int64)
+    csum = np.concatenate([[0.0], np.cumsum(np.asarray(alpha, dtype=np.float64))])
+    return csum[ip[1:]] - csum[ip[:-1]]
+
+
+def user_regularization(reg: float, nu: float, alpha_sums: np.ndarray, total_support: float) -> np.ndarray:
+    """lambda_c = reg * (A_c S)^nu: A_c S is the total pair weight of the terms that contain w_c."""
+    return regularization_weights(reg, nu, np.asarray(alpha_sums, np.float64) * total_support, 0.0, 0)
+
+
+def item_regularization(reg: float, nu: float, alpha_sums: np.ndarray, support: np.ndarray, total_support: float,
+                        total_alpha: float) -> np.ndarray:
+    """lambda_i = reg * (S sum_c alpha_ci + s_i A)^nu: pair weight of h_i as positive plus as negative item."""
+    weight = total_support * np.asarray(alpha_sums, np.float64) + total_alpha * np.asarray(support, np.float64)
+    return regularization_weights(reg, nu, weight, 0.0, 0)
+
+
+# ------------------------------------------------------------------------------------------ moments
+
+
+@dataclass(frozen=True)
+class ItemMoments:
+    """S = sum s_j, z = sum s_j h_j and G^I = sum s_j h_j h_j^T (eq. 45 with support); partials add up."""
+
+    total: float
+    z: np.ndarray
+    gram: np.ndarray
+
+    def __add__(self, other: ItemMoments) -> ItemMoments:
+        return ItemMoments(self.total + other.total, self.z + other.z, self.gram + other.gram)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """zbar = z / S, the support-weighted mean item."""
+        if not self.total > 0:
+            raise ValueError(f"total support must be > 0, got S={self.total!r}: give some item a positive support")
+        return self.z / self.total
+
+    @property
+    def centred_gram(self) -> np.ndarray:
+        """G^ = G^I - z z^T / S = sum s_j (h_j - zbar)(h_j - zbar)^T (PSD)."""
+        g = self.gram - np.outer(self.z, self.z) / self.total
+        return 0.5 * (g + g.T)
+
+
+@dataclass(frozen=True)
+class UserMoments:
+    """A = sum_S alpha, b = sum_c A_c w_c and G^C = sum_c A_c w_c w_c^T (eq. 45); partials add up."""
+
+    total: float
+    b: np.ndarray
+    gram: np.ndarray
+
+    def __add__(self, other: UserMoments) -> UserMoments:
+        return UserMoments(self.total + other.total, self.b + other.b, self.gram + other.gram)
+
+
+def item_moments(items: np.ndarray, support: np.ndarray) -> ItemMoments:
+    """The support-weighted moments of a set of item rows (one block's partial, or all items)."""
+    h = as_matrix(items, "items").astype(np.float64, copy=False)
+    s = per_row(support, "support", h.shape[0])
+    return ItemMoments(float(s.sum()), s @ h, (h * s[:, None]).T @ h)
+
+
+def user_moments(indptr: np.ndarray, alpha: np.ndarray, users: np.ndarray) -> UserMoments:
+    """The A_c-weighted moments of a set of user rows, A_c = row sums of alpha (one block's partial, or all)."""
+    w = as_matrix(users, "users").astype(np.float64, copy=False)
+    a = row_sums(indptr, alpha)
+    if a.shape != (w.shape[0],):
+        raise ValueError(f"indptr must have {w.shape[0] + 1} entries (one row per user), got {a.shape[0] + 1}: "
+                         "pass the users' CSR")
+    return UserMoments(float(a.sum()), a @ w, (w * a[:, None]).T @ w)
+
+
+# ---------------------------------------------------------------------------------------------- loss
+
+
+def pairwise_terms(observed: float, users: UserMoments, items: ItemMoments, regularization: float) -> LossTerms:
+    """Assemble eq. 44: S-scaled observed term on centred items + <G^C, G^> + L2 (each summed over blocks)."""
+    return LossTerms(observed=observed, gramian=float(np.sum(users.gram * items.centred_gram)),
+                     regularization=regularization)
+
+
+def centred_observed_loss(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
+                          items: np.ndarray, moments: ItemMoments) -> float:
+    """S sum_S alpha_ci (<w_c, h_i - zbar> - 1)^2 over one users' CSR block (first term of eq. 44)."""
+    a = np.asarray(alpha, dtype=np.float64)
+    centred = np.asarray(items, dtype=np.float64) - moments.mean
+    return observed_loss(indptr, indices, moments.total * a, np.ones_like(a), users, centred)
+
+
+def pairwise_loss(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
+                  items: np.ndarray, support: np.ndarray, reg_users: float | np.ndarray,
+                  reg_items: float | np.ndarray) -> LossTerms:
+    """The full pairwise square loss (eq. 42) in Gramian form (eq. 44-45), never summing over S x I."""
+    w = as_matrix(users, "users").astype(np.float64, copy=False)
+    h = as_matrix(items, "items", d=w.shape[1]).astype(np.float64, copy=False)
+    im = item_moments(h, support)
+    um = user_moments(indptr, alpha, w)
+    obs = centred_observed_loss(indptr, indices, alpha, w, h, im)
+    regl = regularization_term(per_row(reg_users, "reg_users", w.shape[0]), w) + regularization_term(
+        per_row(reg_items, "reg_items", h.shape[0]), h)
+    return pairwise_terms(obs, um, im, regl)
+
+
+# ---------------------------------------------------------------------------------------- user step
+
+
+def solve_users(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, items: np.ndarray,
+                moments: ItemMoments, reg: np.ndarray, x0: np.ndarray, solver: str = "cholesky",
+                cg_steps: int = 3, solver_block_size: int | None = None) -> np.ndarray:
+    """New user rows: per user, (S sum alpha h~h~^T + A_c G^ + lambda_c I) w = S sum alpha h~, h~ = h - zbar.
+
+    Divided by A_c this is exactly an iALS row system (alpha0 = 1, Gramian G^), so the numba row solvers
+    of solve_side do the work (cholesky exact; cg/subspace descend). Users without positives get w = 0.
+    """
+    w0 = as_matrix(x0, "x0")
+    n = w0.shape[0]
+    a = np.asarray(alpha, dtype=np.float64)
+    ip = np.asarray(indptr)
+    sums = row_sums(ip, a)
+    if sums.shape != (n,):
+        raise ValueError(f"indptr must have {n + 1} entries (one per row of x0), got {sums.shape[0] + 1}: "
+                         "pass the block's CSR")
+    lam = per_row(reg, "reg", n)
+    has = sums > 0
+    scale = np.where(has, sums, 1.0)
+    counts = np.diff(ip.astype(np.int64))
+    centred = np.asarray(items, dtype=np.float64) - moments.mean
+    out = solve_side(ip, indices, moments.total * a / np.repeat(scale, counts), np.ones_like(a), centred,
+                     moments.centred_gram, 1.0, lam / scale, w0, solver=solver, cg_steps=cg_steps,
+                     solver_block_size=solver_block_size)
+    out[~has] = 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------- item step
+
+
+@njit(**_JIT)
+def _weighted_grams(indptr, indices, alpha, other, grams, sums):  # pragma: no cover - jitted
+    """Lower triangles of P_r = sum alpha w w^T and q_r = sum alpha w over each CSR row (zeroed outputs)."""
+    d = other.shape[1]
+    cap = max(1, min(_max_row_nnz(indptr), _CHUNK))
+    hc = np.empty((cap, d))
+    q = np.empty(cap)
+    for r in range(grams.shape[0]):
+        for c0 in range(indptr[r], indptr[r + 1], cap):
+            n = min(cap, indptr[r + 1] - c0)
+            _gather(hc, other, indices, c0, n)
+            _load_weights(q, alpha, c0, n)
+            _rank_update(grams[r], hc, n, q, 0, d)
+            _axpys(sums[r], hc, n, q, 0, d)
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """Partial sums of the 2d x 2d coupling system (I - F) [z; u] = e of the exact item step; they add up."""
+
+    f: np.ndarray
+    e: np.ndarray
+
+    def __add__(self, other: Coupling) -> Coupling:
+        return Coupling(self.f + other.f, self.e + other.e)
+
+    def solve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(z, u) at the joint item minimiser: z = sum s_i h_i, u = sum P_i h_i of the new items."""
+        d = self.e.shape[0] // 2
+        m = np.eye(2 * d) - self.f
+        try:
+            g = np.linalg.solve(m, self.e)
+        except np.linalg.LinAlgError as exc:
+            raise FloatingPointError("the item coupling system is singular: the item subproblem has no unique "
+                                     "minimiser (raise reg so every item has lambda_i > 0)") from exc
+        check_finite(g[None, :], "item coupling solution")
+        return g[:d], g[d:]
+
+
+@dataclass(frozen=True)
+class _ItemBlock:
+    """Validated item CSR with the per-item quantities of the item step."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    alpha: np.ndarray
+    users: np.ndarray
+    support: np.ndarray
+    reg: np.ndarray
+    empty: np.ndarray
+
+
+def _item_block(indptr, indices, alpha, users, support, reg) -> _ItemBlock:
+    w = as_matrix(users, "users")
+    s = np.asarray(support, dtype=np.float64)
+    n = s.shape[0] if s.ndim == 1 else -1
+    s = per_row(s, "support", n)
+    lam = per_row(reg, "reg", n)
+    ip, ix, a, _ = as_csr(indptr, indices, alpha, np.ones(np.asarray(indices).shape[0]), n, w.shape[0])
+    empty = (np.diff(ip) == 0) & (s == 0)  # no loss term touches h_i but lambda_i |h_i|^2: h_i = 0
+    if ((lam == 0) & ~empty).any():
+        k = int(np.argmax((lam == 0) & ~empty))
+        raise ValueError(f"reg must be > 0 for every item in the pairwise item step, got reg[{k}]=0.0: the pair "
+                         "loss is unchanged by shifting all items, so raise reg (and keep nu finite)")
+    return _ItemBlock(ip, ix, a, w, s, lam, empty)
+
+
+def _item_systems(blk: _ItemBlock, um: UserMoments, total_support: float, lo: int, hi: int):
+    """B_i = S P_i + s_i G^C + lambda_i I, r_i = S q_i - s_i b and P_i for items lo:hi (float64 batches)."""
+    d = blk.users.shape[1]
+    n = hi - lo
+    p = np.zeros((n, d, d))
+    q = np.zeros((n, d))
+    ip = blk.indptr[lo:hi + 1] - blk.indptr[lo]
+    span = slice(blk.indptr[lo], blk.indptr[hi])
+    _weighted_grams(ip, blk.indices[span], blk.alpha[span], blk.users, p, q)
+    p = np.tril(p) + np.swapaxes(np.tril(p, -1), 1, 2)
+    s = blk.support[lo:hi]
+    b = total_support * p + s[:, None, None] * um.gram + blk.reg[lo:hi, None, None] * np.eye(d)
+    b[blk.empty[lo:hi]] = np.eye(d)
+    r = total_support * q - s[:, None] * um.b
+    return b, r, p, s
+
+
+def _batch(n: int, d: int) -> int:
+    return max(1, _BATCH_ELEMS // (d * (2 * d + 2)))
+
+
+def _solve_batch(b: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.solve(b, rhs)
+    except np.linalg.LinAlgError as exc:
+        raise FloatingPointError("an item system B_i is singular: raise reg so every item has lambda_i > 0") from exc
+
+
+def item_coupling(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
+                  user_moments: UserMoments, support: np.ndarray, total_support: float,
+                  reg: np.ndarray) -> Coupling:
+    """One item block's share of the coupling system: F = sum [s_i; P_i] B_i^-1 [P_i, s_i I], e = sum ... r_i.
+
+    First pass of the exact item step; the driver adds the blocks' shares and calls Coupling.solve().
+    """
+    total_support = nonneg_scalar(total_support, "total_support")
+    blk = _item_block(indptr, indices, alpha, users, support, reg)
+    d = blk.users.shape[1]
+    f = np.zeros((2 * d, 2 * d))
+    e = np.zeros(2 * d)
+    n = blk.support.shape[0]
+    eye = np.eye(d)
+    for lo in range(0, n, _batch(n, d)):
+        hi = min(n, lo + _batch(n, d))
+        b, r, p, s = _item_systems(blk, user_moments, total_support, lo, hi)
+        rhs = np.concatenate([r[:, :, None], p, np.broadcast_to(eye, p.shape)], axis=2)
+        sol = _solve_batch(b, rhs)
+        y, x, binv = sol[:, :, 0], sol[:, :, 1:d + 1], sol[:, :, d + 1:]  # B^-1 r, B^-1 P, B^-1
+        f[:d, :d] += np.einsum("n,nij->ij", s, x)
+        f[:d, d:] += np.einsum("n,nij->ij", s * s, binv)
+        f[d:, :d] += np.einsum("nij,njk->ik", p, x)
+        e[:d] += s @ y
+        e[d:] += np.einsum("nij,nj->i", p, y)
+    f[d:, d:] = f[:d, :d].T  # sum s_i P_i B_i^-1 = (sum s_i B_i^-1 P_i)^T: P_i, B_i symmetric
+    return Coupling(f, e)
+
+
+def solve_items(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
+                user_moments: UserMoments, support: np.ndarray, total_support: float, reg: np.ndarray,
+                z: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """New item rows h_i = B_i^-1 (r_i + P_i z + s_i u): the exact joint minimiser once (z, u) solve the coupling.
+
+    Second pass of the exact item step (stationarity of the item subproblem, docs/rankals.md).
+    """
+    total_support = nonneg_scalar(total_support, "total_support")
+    blk = _item_block(indptr, indices, alpha, users, support, reg)
+    n, d = blk.support.shape[0], blk.users.shape[1]
+    zz, uu = np.asarray(z, np.float64), np.asarray(u, np.float64)
+    if zz.shape != (d,) or uu.shape != (d,):
+        raise ValueError(f"z and u must have shape ({d},), got {zz.shape} and {uu.shape}: pass Coupling.solve()")
+    out = np.zeros((n, d))
+    for lo in range(0, n, _batch(n, d)):
+        hi = min(n, lo + _batch(n, d))
+        b, r, p, s = _item_systems(blk, user_moments, total_support, lo, hi)
+        out[lo:hi] = _solve_batch(b, (r + p @ zz + s[:, None] * uu)[:, :, None])[:, :, 0]
+    out[blk.empty] = 0.0
+    return out
+
+
+def item_step(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
+              support: np.ndarray, reg: np.ndarray, user_alpha_sums: np.ndarray) -> np.ndarray:
+    """The exact item half-step for all items at once (single process): coupling pass, 2d solve, item pass."""
+    w = as_matrix(users, "users").astype(np.float64, copy=False)
+    a = np.asarray(user_alpha_sums, np.float64)
+    um = UserMoments(float(a.sum()), a @ w, (w * a[:, None]).T @ w)
+    s_total = float(np.sum(support))
+    coupling = item_coupling(indptr, indices, alpha, w, um, support, s_total, reg)
+    z, u = coupling.solve()
+    return solve_items(indptr, indices, alpha, w, um, support, s_total, reg, z, u)
+
+
+# ------------------------------------------------------------------------------ single-process trainer
+
+
+@dataclass(frozen=True)
+class PairwiseData:
+    """Both CSR views of S with pair weights alpha_ci, the item support s_j and per-row lambdas."""
+
+    user_indptr: np.ndarray
+    user_indices: np.ndarray
+    user_alpha: np.ndarray
+    item_indptr: np.ndarray
+    item_indices: np.ndarray
+    item_alpha: np.ndarray
+    support: np.ndarray
+    reg_users: np.ndarray
+    reg_items: np.ndarray
+
+    @classmethod
+    def from_coo(cls, user_idx: np.ndarray, item_idx: np.ndarray, alpha: np.ndarray, n_users: int, n_items: int,
+                 reg: float, nu: float = 0.0, support_power: float = 0.0) -> PairwiseData:
+        """Build both CSRs (column order within rows) and the regularisation of the pairwise loss."""
+        u = np.asarray(user_idx, np.int64)
+        i = np.asarray(item_idx, np.int64)
+        a = np.asarray(alpha, np.float64)
+        views = []
+        for rows, cols, n in ((u, i, n_users), (i, u, n_items)):
+            order = np.lexsort((cols, rows))
+            indptr = np.zeros(n + 1, np.int64)
+            np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+            views.append((indptr, cols[order], a[order]))
+        support = support_weights(np.bincount(i, minlength=n_items).astype(np.float64), support_power)
+        s_total = float(support.sum())
+        user_sums, item_sums = row_sums(views[0][0], views[0][2]), row_sums(views[1][0], views[1][2])
+        lam_u = user_regularization(reg, nu, user_sums, s_total)
+        lam_i = item_regularization(reg, nu, item_sums, support, s_total, float(a.sum()))
+        return cls(*views[0], *views[1], support, lam_u, lam_i)
+
+    def loss(self, users: np.ndarray, items: np.ndarray) -> LossTerms:
+        """The pairwise loss of eq. 42 (Gramian form) at the given factors."""
+        return pairwise_loss(self.user_indptr, self.user_indices, self.user_alpha, users, items, self.support,
+                             self.reg_users, self.reg_items)
+
+
+def pairwise_epoch(data: PairwiseData, users: np.ndarray, items: np.ndarray, solver: str = "cholesky",
+                   cg_steps: int = 3, solver_block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One RankALS epoch on one process: exact (or CG) user half-step, then the exact item half-step."""
+    im = item_moments(items, data.support)
+    w = solve_users(data.user_indptr, data.user_indices, data.user_alpha, items, im, data.reg_users, users,
+                    solver=solver, cg_steps=cg_steps, solver_block_size=solver_block_size)
+    check_finite(w, "user factors")
+    h = item_step(data.item_indptr, data.item_indices, data.item_alpha, w, data.support, data.reg_items,
+                  row_sums(data.user_indptr, data.user_alpha))
+    check_finite(h, "item factors")
+    return w, h
+
+
+def fit_pairwise(data: PairwiseData, users: np.ndarray, items: np.ndarray, epochs: int,
+                 solver: str = "cholesky", cg_steps: int = 3) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Run `epochs` RankALS epochs from the given factors; returns factors and the loss after each epoch."""
+    w, h = np.asarray(users, np.float64), np.asarray(items, np.float64)
+    history = []
+    for _ in range(epochs):
+        w, h = pairwise_epoch(data, w, h, solver=solver, cg_steps=cg_steps)
+        history.append(data.loss(w, h).total)
+    return w, h, history

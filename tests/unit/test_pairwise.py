@@ -1,0 +1,235 @@
+"""RankALS kernels (pairwise square loss, paper §5.2 eq. 42-45) against their triple-by-triple twins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gramian.kernels.pairwise import (
+    PairwiseData,
+    fit_pairwise,
+    item_coupling,
+    item_moments,
+    item_step,
+    pairwise_loss,
+    row_sums,
+    solve_items,
+    solve_users,
+    support_weights,
+    user_moments,
+)
+from gramian.kernels.reference import random_problem
+from gramian.kernels.reference_pairwise import dense_pairwise_gradients, dense_pairwise_loss, jacobi_item_update
+
+SEEDS = [0, 1, 2]
+SETTINGS = [  # (support_power, nu, constant alpha)
+    (0.0, 0.0, True),
+    (0.0, 1.0, False),
+    (0.8, 0.0, False),
+    (0.5, 1.0, True),
+]
+
+
+def setup(seed, power=0.0, nu=0.0, constant=False, reg=0.2, n_users=8, n_items=11, d=4, **kw):
+    """A random problem, its pairwise data and the dense alpha matrix the brute-force twin sums over."""
+    p = random_problem(n_users=n_users, n_items=n_items, d=d, seed=seed, **kw)
+    a = np.where(p.A > 0, 1.0, 0.0) if constant else p.A
+    u, i = np.nonzero(a > 0)
+    data = PairwiseData.from_coo(u, i, a[u, i], n_users, n_items, reg=reg, nu=nu, support_power=power)
+    return p, a, data
+
+
+def users_step(data, users, items, **kw):
+    return solve_users(data.user_indptr, data.user_indices, data.user_alpha, items,
+                       item_moments(items, data.support), data.reg_users, users, **kw)
+
+
+def items_step(data, users):
+    return item_step(data.item_indptr, data.item_indices, data.item_alpha, users, data.support, data.reg_items,
+                     row_sums(data.user_indptr, data.user_alpha))
+
+
+def brute(a, data, users, items):
+    return dense_pairwise_loss(a, data.support, users, items, data.reg_users, data.reg_items)
+
+
+def grads(a, data, users, items):
+    return dense_pairwise_gradients(a, data.support, users, items, data.reg_users, data.reg_items)
+
+
+def no_increase(before, after):
+    return after <= before + 1e-10 * max(1.0, abs(before))
+
+
+# ---------------------------------------------------------------------------------------------- loss
+
+
+@pytest.mark.parametrize("power,nu,constant", SETTINGS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_gramian_form_loss_equals_the_triple_by_triple_sum(seed, power, nu, constant):
+    p, a, data = setup(seed, power, nu, constant, scale=1.0)
+    got = data.loss(p.users, p.items).total
+    assert got == pytest.approx(brute(a, data, p.users, p.items), rel=1e-6)
+
+
+def test_loss_terms_are_centred_observed_gramian_and_regularisation():
+    p, a, data = setup(3, 0.5, 0.0, False)
+    terms = data.loss(p.users, p.items)
+    zero_reg = pairwise_loss(data.user_indptr, data.user_indices, data.user_alpha, p.users, p.items, data.support,
+                             0.0, 0.0)
+    assert zero_reg.regularization == 0.0
+    assert terms.total - terms.regularization == pytest.approx(zero_reg.total, rel=1e-12)
+    assert terms.regularization == pytest.approx(
+        data.reg_users @ np.sum(p.users**2, axis=1) + data.reg_items @ np.sum(p.items**2, axis=1), rel=1e-12)
+    assert terms.gramian >= 0.0
+
+
+def test_loss_is_invariant_to_shifting_every_item_when_unregularised():
+    p, a, data = setup(4)
+    args = (data.user_indptr, data.user_indices, data.user_alpha)
+    before = pairwise_loss(*args, p.users, p.items, data.support, 0.0, 0.0).total
+    after = pairwise_loss(*args, p.users, p.items + np.array([0.3, -1.0, 2.0, 0.5]), data.support, 0.0, 0.0).total
+    assert after == pytest.approx(before, rel=1e-10)
+
+
+def test_block_moments_add_up_to_the_whole():
+    p, a, data = setup(5, 0.7)
+    whole = item_moments(p.items, data.support)
+    parts = item_moments(p.items[:4], data.support[:4]) + item_moments(p.items[4:], data.support[4:])
+    np.testing.assert_allclose(parts.gram, whole.gram, atol=1e-12)
+    np.testing.assert_allclose(parts.z, whole.z, atol=1e-12)
+    ip = data.user_indptr
+    top = user_moments(ip[:5], data.user_alpha[:ip[4]], p.users[:4])
+    rest = user_moments(ip[4:] - ip[4], data.user_alpha[ip[4]:], p.users[4:])
+    both = user_moments(ip, data.user_alpha, p.users)
+    np.testing.assert_allclose((top + rest).gram, both.gram, atol=1e-12)
+    np.testing.assert_allclose((top + rest).b, both.b, atol=1e-12)
+
+
+def test_support_weights_have_mean_one_and_follow_popularity():
+    counts = np.array([0.0, 1.0, 4.0, 9.0])
+    np.testing.assert_array_equal(support_weights(counts), np.ones(4))
+    s = support_weights(counts, 0.5)
+    assert s.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(s / s[1], [0.0, 1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("counts,power,match", [
+    (np.array([1.0, -2.0]), 0.5, "counts"),
+    (np.array([1.0, 2.0]), -1.0, "power"),
+    (np.zeros(3), 1.0, "power=0"),
+])
+def test_support_weights_reject_bad_input_naming_the_value(counts, power, match):
+    with pytest.raises(ValueError, match=match):
+        support_weights(counts, power)
+
+
+# ---------------------------------------------------------------------------------------- user step
+
+
+@pytest.mark.parametrize("power,nu,constant", SETTINGS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_user_step_zeroes_the_gradient_of_the_brute_force_loss(seed, power, nu, constant):
+    p, a, data = setup(seed, power, nu, constant)
+    w = users_step(data, p.users, p.items, solver="cholesky")
+    g_users, _ = grads(a, data, w, p.items)
+    assert np.abs(g_users).max() < 1e-9
+    np.testing.assert_array_equal(w[-1], 0.0)  # the user without positives
+
+
+@pytest.mark.parametrize("solver,kw", [("cg", {"cg_steps": 2}), ("subspace", {"solver_block_size": 2})])
+def test_inexact_user_solvers_never_increase_the_loss(solver, kw):
+    p, a, data = setup(6, 0.5, 1.0)
+    before = brute(a, data, p.users, p.items)
+    w = users_step(data, p.users, p.items, solver=solver, **kw)
+    assert no_increase(before, brute(a, data, w, p.items))
+
+
+# ---------------------------------------------------------------------------------------- item step
+
+
+@pytest.mark.parametrize("power,nu,constant", SETTINGS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_item_step_is_the_joint_minimiser_of_the_brute_force_loss(seed, power, nu, constant):
+    p, a, data = setup(seed, power, nu, constant)
+    h = items_step(data, p.users)
+    _, g_items = grads(a, data, p.users, h)
+    assert np.abs(g_items).max() < 1e-9
+
+
+def test_item_step_split_into_blocks_equals_the_whole():
+    p, a, data = setup(7, 0.6, 1.0, n_items=13)
+    um = user_moments(data.user_indptr, data.user_alpha, p.users)
+    s_total = float(data.support.sum())
+    ip, ix, al = data.item_indptr, data.item_indices, data.item_alpha
+    blocks = [(0, 5), (5, 6), (6, 13)]
+
+    def part(lo, hi):
+        return ip[lo:hi + 1] - ip[lo], ix[ip[lo]:ip[hi]], al[ip[lo]:ip[hi]]
+
+    coupling = None
+    for lo, hi in blocks:
+        c = item_coupling(*part(lo, hi), p.users, um, data.support[lo:hi], s_total, data.reg_items[lo:hi])
+        coupling = c if coupling is None else coupling + c
+    z, u = coupling.solve()
+    h = np.vstack([solve_items(*part(lo, hi), p.users, um, data.support[lo:hi], s_total, data.reg_items[lo:hi], z, u)
+                   for lo, hi in blocks])
+    np.testing.assert_allclose(h, items_step(data, p.users), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(z, data.support @ h, atol=1e-9)
+
+
+def test_item_step_beats_the_per_item_jacobi_update_of_the_published_method():
+    p, a, data = setup(8, 0.0, 0.0, scale=1.0)
+    exact = brute(a, data, p.users, items_step(data, p.users))
+    jacobi_h = jacobi_item_update(a, data.support, p.users, p.items, data.reg_items)
+    _, g_items = grads(a, data, p.users, jacobi_h)
+    assert np.abs(g_items).max() > 1e-3  # not the minimiser of the item subproblem
+    assert exact < brute(a, data, p.users, jacobi_h)
+
+
+def test_item_step_rejects_zero_reg_naming_the_remedy():
+    p, a, data = setup(9, reg=0.0)
+    with pytest.raises(ValueError, match="raise reg"):
+        items_step(data, p.users)
+
+
+# ---------------------------------------------------------------------------------------- trainer
+
+
+@pytest.mark.parametrize("power,nu,constant", SETTINGS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_half_step_never_increases_the_loss(seed, power, nu, constant):
+    p, a, data = setup(seed, power, nu, constant, reg=0.05, scale=1.0)
+    w, h = p.users, p.items
+    loss = brute(a, data, w, h)
+    for _ in range(5):
+        w = users_step(data, w, h)
+        after_users = brute(a, data, w, h)
+        h = items_step(data, w)
+        after_items = brute(a, data, w, h)
+        assert no_increase(loss, after_users) and no_increase(after_users, after_items)
+        loss = after_items
+
+
+def test_fit_converges_to_a_stationary_point_and_ranks_planted_positives_first():
+    rng = np.random.default_rng(0)
+    n_users, n_items, d = 60, 40, 3
+    truth = rng.normal(size=(n_users, d)) @ rng.normal(size=(d, n_items))
+    top = np.argsort(-truth, axis=1)[:, :6]
+    u = np.repeat(np.arange(n_users), 6)
+    i = top.ravel()
+    data = PairwiseData.from_coo(u, i, np.ones(u.size), n_users, n_items, reg=0.01, nu=1.0)
+    w0, h0 = rng.normal(0, 0.1, (n_users, d)), rng.normal(0, 0.1, (n_items, d))
+    w, h, history = fit_pairwise(data, w0, h0, epochs=60)
+    assert all(b <= a + 1e-9 * a for a, b in zip(history, history[1:], strict=False))
+    assert (history[-2] - history[-1]) / history[-1] < 1e-4
+    scores = w @ h.T
+    ranks = np.argsort(-scores, axis=1)[:, :6]
+    hit = np.mean([len(set(ranks[c]) & set(top[c])) / 6 for c in range(n_users)])
+    assert hit > 0.8
+
+
+def test_cg_trainer_decreases_the_loss_every_epoch():
+    p, a, data = setup(10, 0.3, 1.0, reg=0.05)
+    _, _, history = fit_pairwise(data, p.users, p.items, epochs=6, solver="cg", cg_steps=2)
+    assert all(b <= a + 1e-9 * a for a, b in zip(history, history[1:], strict=False))
