@@ -4,4 +4,5 @@ import sys
 
 from gramian.cli import main
 
-raise SystemExit(main(["generate", *sys.argv[1:]]))
+if __name__ == "__main__":
+    raise SystemExit(main(["generate", *sys.argv[1:]]))

@@ -1,4 +1,4 @@
-"""spark-submit entry point for the whole pipeline (ingest, split, train) under one run id."""
+"""spark-submit entry point for the whole pipeline under one run id (stages complete for it are skipped)."""
 
 import sys
 

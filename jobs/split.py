@@ -1,7 +1,8 @@
-"""spark-submit entry point of `gramian split`, e.g. spark-submit jobs/split.py --conf conf/ml-100k.yaml."""
+"""spark-submit entry point of `gramian split`, e.g. spark-submit jobs/split.py --conf conf/synthetic.yaml."""
 
 import sys
 
 from gramian.cli import main
 
-raise SystemExit(main(["split", *sys.argv[1:]]))
+if __name__ == "__main__":
+    raise SystemExit(main(["split", *sys.argv[1:]]))

@@ -6,7 +6,6 @@ Thin by design: parse arguments, load config, get the session, call the stage's 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 
 from gramian.config import Config, load_config
 from gramian.errors import GramianError
+from gramian.pipeline import describe, execute, run_pipeline, stage_function
 
 # stage name -> "module:function"; each function is run(spark, cfg, run_id) -> dict summary
 STAGES: dict[str, str] = {
@@ -23,13 +23,17 @@ STAGES: dict[str, str] = {
     "ingest": "gramian.data.ingest:run",
     "split": "gramian.data.split:run",
     "train": "gramian.train.job:run",
+    "evaluate": "gramian.evaluate.job:run",
+    "gate": "gramian.gate:run",
+    "publish": "gramian.retrieval.publish:run",
 }
-PIPELINE = ("ingest", "split", "train")
+# `gramian run` order; a stage joins it as soon as its STAGES entry exists
+PIPELINE = tuple(s for s in ("ingest", "split", "train", "evaluate", "publish") if s in STAGES)
+GATE_REJECTED = 3  # exit status of `gramian gate` when the candidate does not clear the bar
 
 
 def _stage(name: str) -> Callable[..., dict[str, Any]]:
-    module, func = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), func)
+    return stage_function(STAGES, name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name in (*STAGES, "run"):
         p = sub.add_parser(name, help=f"run the {name} stage" if name != "run" else "run every stage in order")
         add_common_args(p)
+        if name == "run":
+            p.add_argument("--force", action="store_true", help="redo every stage, even those complete for run_id")
+        if name == "gate":
+            add_gate_args(p)
+    rec = sub.add_parser("recommend", help="fold in a new user's history and print its top-n (paper §6.3)")
+    add_common_args(rec)
+    rec.add_argument("--items", required=True, help="comma-separated item ids of the user's history")
+    rec.add_argument("--weights", default=None, help="comma-separated raw weights, one per item (default 1)")
+    rec.add_argument("-n", dest="n", type=int, default=None, help="how many items (default publish.n)")
     return parser
+
+
+def add_gate_args(p: argparse.ArgumentParser) -> None:
+    """The quality gate's bar: which metric, and the floor it must reach."""
+    p.add_argument("--metric", default="ndcg", help="metric name in the metrics table (default ndcg)")
+    p.add_argument("--k", type=int, default=20, help="cut-off of that metric (default 20)")
+    p.add_argument("--method", default="exact", help="exact | sampled | corrected (default exact)")
+    p.add_argument("--floor", type=float, default=0.0, help="the candidate must reach at least this value")
+    p.add_argument("--min-improvement", type=float, default=0.0,
+                   help="and beat the published run's value by at least this much")
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -73,16 +96,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.conf, args.overrides)
+        if args.command == "recommend":  # not a stage: reads a published run (default: the current one)
+            stage_function({"recommend": "gramian.retrieval.recommend:main"}, "recommend")(args, cfg)
+            return 0
         run_id = args.run_id or new_run_id()
-        names = PIPELINE if args.command == "run" else (args.command,)
-        summaries: dict[str, Any] = {}
-        for name in names:
-            kwargs = {"resume": args.resume} if name == "train" else {}
-            summaries[name] = run_stage(name, cfg, run_id, **kwargs)
+        from gramian.spark import get_session
+
+        spark = get_session(cfg.spark)
+
+        def echo(name: str, summary: dict[str, Any]) -> None:
             if not args.json:
-                print(format_summary(name, summaries[name]))
+                print(format_summary(name, summary), flush=True)
+
+        if args.command == "run":
+            summaries = run_pipeline(spark, cfg, run_id, STAGES, PIPELINE, force=args.force, resume=args.resume,
+                                     echo=echo)
+            if not args.json:
+                print(describe(spark, cfg, run_id), flush=True)
+        else:
+            kwargs: dict[str, Any] = {"resume": args.resume} if args.command == "train" else {}
+            if args.command == "gate":
+                kwargs = {"metric": args.metric, "k": args.k, "method": args.method, "floor": args.floor,
+                          "min_improvement": args.min_improvement}
+            summaries = {args.command: execute(spark, cfg, run_id, args.command, _stage(args.command), PIPELINE,
+                                               **kwargs)}
+            echo(args.command, summaries[args.command])
         if args.json:
             print(json.dumps(summaries, indent=2, default=str))
+        if args.command == "gate" and not summaries["gate"]["passed"]:
+            return GATE_REJECTED
     except GramianError as e:
         print(f"gramian {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -59,12 +59,67 @@ def active_session() -> Any | None:
         return None
 
 
+# What a session launched by spark-submit still needs (Delta, Arrow, UTC) unless the command line set it.
+_SUBMIT_DEFAULTS = ("spark.sql.extensions", "spark.sql.catalog.spark_catalog", "spark.sql.session.timeZone",
+                    "spark.sql.execution.arrow.pyspark.enabled", "spark.sql.legacy.timeParserPolicy")
+
+
+def delta_package() -> str:
+    """The Maven coordinate of the Delta jar matching the installed delta-spark and pyspark."""
+    from importlib.metadata import version
+
+    import pyspark
+
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta_spark')}"
+
+
+def launched_by_spark_submit() -> bool:
+    """True inside a Python driver started by spark-submit (its JVM is already up, with --master/--packages)."""
+    return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
+
+
+def _submitted_session(cfg: SparkConfig, extra_conf: dict[str, str] | None) -> Any:
+    """The session of a spark-submit driver: its master and jars as given, Delta settings added if missing."""
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    SparkContext._ensure_initialized()
+    given = SparkConf()  # now backed by the JVM's system properties, i.e. spark-submit's --conf/--master
+    builder = SparkSession.builder.appName(cfg.app_name)
+    wanted = {k: _LOCAL_DEFAULTS[k] for k in _SUBMIT_DEFAULTS}
+    wanted.update(cfg.conf)
+    wanted.update(extra_conf or {})
+    for key, value in wanted.items():
+        if not given.contains(key):
+            builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(cfg.log_level)
+    jvm = session.sparkContext._jvm
+    try:
+        jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension", True,
+                                    jvm.Thread.currentThread().getContextClassLoader())
+    except Exception as e:
+        from gramian.errors import ConfigError
+
+        raise ConfigError(f"the Delta jar must be on the driver's classpath under spark-submit, got none "
+                          f"(master {given.get('spark.master', '?')}). Add --packages {delta_package()} "
+                          f"(and --conf spark.jars.ivy={cfg.ivy_dir} to reuse the local cache).") from e
+    log.info("spark-submit session: Spark %s, master %s", session.version, session.sparkContext.master)
+    return session
+
+
 def get_session(cfg: SparkConfig | None = None, extra_conf: dict[str, str] | None = None) -> Any:
-    """Return the running session untouched, else build a local Spark + Delta session on loopback."""
+    """Return the running session untouched, else build a local Spark + Delta session on loopback.
+
+    Under spark-submit, the command line's master and packages win over `cfg` (see _submitted_session).
+    """
     existing = active_session()
     if existing is not None:
         return existing
     cfg = cfg or SparkConfig()
+    if launched_by_spark_submit():
+        return _submitted_session(cfg, extra_conf)
     pin_loopback_env()
     from delta import configure_spark_with_delta_pip
     from pyspark.sql import SparkSession
@@ -88,3 +143,7 @@ def get_session(cfg: SparkConfig | None = None, extra_conf: dict[str, str] | Non
 def is_connect(session: Any) -> bool:
     """True for a Spark Connect session (no SparkContext, no RDD API)."""
     return type(session).__module__.startswith("pyspark.sql.connect")
+
+
+if __name__ == "__main__":  # `python -m gramian.spark packages`: the --packages value for spark-submit
+    print(delta_package())

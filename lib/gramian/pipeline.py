@@ -1,0 +1,219 @@
+"""The pipeline runner behind `gramian run`: every stage in order under one run_id, resumable.
+
+Each stage's completion is recorded in the `stage_runs` table (run_id, stage, status, started,
+finished, fingerprint, summary). A re-run with the same run_id skips a stage only when all hold:
+it finished with the same config fingerprint (its own sections and every upstream stage's), its
+shared output tables were last written by this run_id (Delta commit userMetadata), its per-run
+output tables hold rows of this run_id, and no earlier stage was redone in this invocation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gramian import tables
+from gramian.config import Config
+
+log = logging.getLogger(__name__)
+
+STAGE_RUNS = "stage_runs"
+STAGE_RUNS_SCHEMA = ("run_id string, stage string, status string, started timestamp, finished timestamp, "
+                     "fingerprint string, summary string")
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a stage reads from the config and what it leaves behind."""
+
+    sections: tuple[str, ...]       # config sections that change its output
+    shared: tuple[str, ...] = ()    # tables the stage overwrites whole (not keyed by run_id)
+    per_run: tuple[str, ...] = ()   # tables holding rows keyed by run_id
+
+
+SPECS: dict[str, StageSpec] = {
+    "generate": StageSpec(("data", "generate")),
+    "ingest": StageSpec(("data", "generate"), shared=("interactions", "users", "items"), per_run=("ingest_runs",)),
+    "split": StageSpec(("split",), shared=("train", "test")),
+    "train": StageSpec(("model", "train"), per_run=("user_factors", "item_factors", "runs")),
+    "evaluate": StageSpec(("evaluate",), per_run=("metrics",)),
+    "publish": StageSpec(("publish",), per_run=("topn",)),
+}
+
+
+def stage_function(stages: dict[str, str], name: str) -> Callable[..., dict[str, Any]]:
+    """Resolve a "module:function" entry of cli.STAGES."""
+    module, func = stages[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def fingerprint(cfg: Config, pipeline: Iterable[str], stage: str) -> str:
+    """Hash of the config sections of `stage` and of every stage before it in `pipeline`, plus storage."""
+    order = list(pipeline)
+    upto = order[: order.index(stage) + 1] if stage in order else [stage]
+    full = cfg.to_dict()
+    sections = sorted({"storage", *(s for name in upto for s in SPECS.get(name, StageSpec(())).sections)})
+    text = json.dumps({s: full.get(s) for s in sections}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def record(spark: Any, cfg: Config, run_id: str, stage: str, status: str, started: datetime,
+           fp: str, summary: dict[str, Any]) -> None:
+    """Replace this (run_id, stage)'s row of `stage_runs`."""
+    row = (run_id, stage, status, started, datetime.now(UTC), fp, json.dumps(summary, default=str))
+    df = spark.createDataFrame([row], STAGE_RUNS_SCHEMA)
+    tables.write(df, cfg.storage, STAGE_RUNS,
+                 replace_where=f"run_id = {_sql_str(run_id)} AND stage = {_sql_str(stage)}")
+
+
+def stage_runs(spark: Any, cfg: Config, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Rows of `stage_runs` (of one run_id when given), oldest first."""
+    if not tables.exists(spark, cfg.storage, STAGE_RUNS):
+        return []
+    df = tables.read(spark, cfg.storage, STAGE_RUNS)
+    if run_id is not None:
+        df = df.filter(f"run_id = {_sql_str(run_id)}")
+    return [r.asDict() for r in df.orderBy("finished").collect()]
+
+
+def last_writer(spark: Any, cfg: Config, name: str) -> str | None:
+    """The userMetadata (gramian sets it to the run_id) of a table's latest Delta commit."""
+    ref = tables.table_ref(cfg.storage, name)
+    target = ref if cfg.storage.catalog else f"delta.`{ref}`"
+    rows = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").select("userMetadata").collect()
+    return rows[0][0] if rows else None
+
+
+def incomplete_reason(spark: Any, cfg: Config, run_id: str, stage: str, fp: str,
+                      previous: dict[str, Any] | None) -> str | None:
+    """Why `stage` must be (re)done for run_id, or None when its recorded outputs are complete."""
+    if previous is None:
+        return "never ran"
+    if previous["status"] != "finished":
+        return f"last attempt {previous['status']}"
+    if previous["fingerprint"] != fp:
+        return "config changed"
+    spec = SPECS.get(stage, StageSpec(()))
+    for name in (*spec.shared, *spec.per_run):
+        if not tables.exists(spark, cfg.storage, name):
+            return f"table {name} missing"
+    for name in spec.shared:
+        writer = last_writer(spark, cfg, name)
+        if writer != run_id:
+            return f"table {name} last written by {writer or 'another job'}"
+    for name in spec.per_run:
+        if tables.read(spark, cfg.storage, name).filter(f"run_id = {_sql_str(run_id)}").limit(1).count() == 0:
+            return f"table {name} has no rows of this run"
+    return None
+
+
+def execute(spark: Any, cfg: Config, run_id: str, stage: str, func: Callable[..., dict[str, Any]],
+            pipeline: Iterable[str], **kwargs: Any) -> dict[str, Any]:
+    """Run one stage, tagging its Delta commits with run_id and recording the outcome in `stage_runs`."""
+    fp = fingerprint(cfg, pipeline, stage)
+    started = datetime.now(UTC)
+    before = _get_conf(spark, USER_METADATA)
+    spark.conf.set(USER_METADATA, run_id)
+    try:
+        summary = func(spark, cfg, run_id, **kwargs)
+    except BaseException as e:
+        spark.conf.set(USER_METADATA, before) if before else spark.conf.unset(USER_METADATA)
+        try:
+            record(spark, cfg, run_id, stage, "failed", started, fp,
+                   {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=5)})
+        except Exception:  # recording must never hide the stage's own error
+            log.exception("could not record the failure of %s", stage)
+        raise
+    if before:
+        spark.conf.set(USER_METADATA, before)
+    else:
+        spark.conf.unset(USER_METADATA)
+    record(spark, cfg, run_id, stage, "finished", started, fp, summary)
+    return summary
+
+
+def _get_conf(spark: Any, key: str) -> str | None:
+    try:
+        return spark.conf.get(key)
+    except Exception:  # unset keys raise on some Spark versions / Connect
+        return None
+
+
+def run_pipeline(spark: Any, cfg: Config, run_id: str, stages: dict[str, str], pipeline: Iterable[str],
+                 force: bool = False, resume: bool = False,
+                 echo: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Run `pipeline` in order under run_id, skipping stages whose recorded outputs are complete."""
+    order = tuple(pipeline)
+    previous = {r["stage"]: r for r in stage_runs(spark, cfg, run_id)}
+    summaries: dict[str, dict[str, Any]] = {}
+    redo = force
+    for stage in order:
+        fp = fingerprint(cfg, order, stage)
+        reason = "forced" if force else ("an earlier stage was redone" if redo else
+                                         incomplete_reason(spark, cfg, run_id, stage, fp, previous.get(stage)))
+        if reason is None:
+            summary = {"skipped": True, "reason": "complete for this run_id",
+                       **json.loads(previous[stage]["summary"] or "{}")}
+            log.info("%s: complete for run %s, skipped", stage, run_id)
+        else:
+            log.info("%s: running (%s)", stage, reason)
+            kwargs: dict[str, Any] = {}
+            if stage == "train":
+                # same upstream data as the stopped attempt: continue from its checkpoint, if any
+                kwargs["resume"] = resume or not redo
+            t0 = time.perf_counter()
+            summary = execute(spark, cfg, run_id, stage, stage_function(stages, stage), order, **kwargs)
+            summary = {**summary, "stage_seconds": round(time.perf_counter() - t0, 2)}
+            redo = True
+        summaries[stage] = summary
+        if echo is not None:
+            echo(stage, summary)
+    return summaries
+
+
+def describe(spark: Any, cfg: Config, run_id: str, users: int = 3, n: int = 5) -> str:
+    """The run's metrics table and the top-n of a few users, as text (whichever of them exist)."""
+    parts: list[str] = []
+    st = cfg.storage
+    run = f"run_id = {_sql_str(run_id)}"
+    if tables.exists(spark, st, "metrics"):
+        df = tables.read(spark, st, "metrics").filter(run)
+        cols = [c for c in ("metric", "k", "method", "value", "sample_size") if c in df.columns]
+        rows = df.select(*cols).orderBy(*[c for c in ("metric", "method", "k") if c in cols]).collect()
+        if rows:
+            parts.append("== metrics (" + run_id + ")")
+            parts.append("  " + "  ".join(f"{c:>10}" for c in cols))
+            for r in rows:
+                parts.append("  " + "  ".join(_cell(r[c]) for c in cols))
+    if tables.exists(spark, st, "topn"):
+        from pyspark.sql import functions as F
+
+        df = tables.read(spark, st, "topn").filter(run)
+        some = [r[0] for r in df.select("user_id").distinct().orderBy("user_id").limit(users).collect()]
+        if some:
+            parts.append(f"== top-{n} of {len(some)} users ({run_id})")
+            rows = (df.filter(F.col("user_id").isin(some) & (F.col("rank") <= n))
+                    .orderBy("user_id", "rank").collect())
+            by_user: dict[str, list[str]] = {}
+            for r in rows:
+                by_user.setdefault(str(r["user_id"]), []).append(f"{r['item_id']} ({r['score']:.3f})")
+            for user, items in by_user.items():
+                parts.append(f"  user {user}: " + ", ".join(items))
+    return "\n".join(parts)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:>10.4f}" if isinstance(value, float) else f"{value!s:>10}"
