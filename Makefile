@@ -9,28 +9,44 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: setup demo test lint bench clean
+LINT   := lib tests jobs benchmarks airflow_dags notebooks
+
+.PHONY: setup demo test lint bench clean dist-zip airflow-demo
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,airflow]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/gramian run --conf $(CONF) --set storage.root=./warehouse
 
 test: $(STAMP)
-	$(PY) -m ruff check lib tests jobs benchmarks
+	$(PY) -m ruff check $(LINT)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check lib tests jobs benchmarks
+	$(PY) -m ruff check $(LINT)
+
+# lib/gramian as a zip for `spark-submit --py-files dist/gramian.zip` (spark-submit does not take wheels)
+dist-zip: $(STAMP)
+	$(PY) -m gramian.dist dist/gramian.zip
+
+# The Airflow face on this machine: a throw-away AIRFLOW_HOME, the DAG run once against local[2] on $(CONF)
+AIRFLOW_HOME ?= $(abspath .airflow)
+airflow-demo: $(STAMP)
+	export AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(abspath airflow_dags) \
+	  AIRFLOW__CORE__LOAD_EXAMPLES=False PATH=$(abspath $(VENV))/bin:$$PATH \
+	  AIRFLOW_CONN_SPARK_GRAMIAN='{"conn_type": "spark", "host": "local[2]"}' && \
+	$(VENV)/bin/airflow db migrate >/dev/null && \
+	$(VENV)/bin/airflow dags test gramian_pipeline \
+	  -c '{"conf": "$(abspath $(CONF))", "overrides": ["storage.root=$(abspath warehouse-airflow)"]}'
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
 clean:
-	rm -rf warehouse spark-warehouse metastore_db derby.log .pytest_cache
+	rm -rf warehouse warehouse-airflow spark-warehouse metastore_db derby.log .pytest_cache .airflow dist

@@ -15,7 +15,7 @@ from typing import Any
 
 from gramian.config import Config, load_config
 from gramian.errors import GramianError
-from gramian.pipeline import describe, execute, run_pipeline, stage_function
+from gramian.pipeline import ORDER, describe, execute, run_pipeline, stage_function
 
 # stage name -> "module:function"; each function is run(spark, cfg, run_id) -> dict summary
 STAGES: dict[str, str] = {
@@ -28,7 +28,7 @@ STAGES: dict[str, str] = {
     "publish": "gramian.retrieval.publish:run",
 }
 # `gramian run` order; a stage joins it as soon as its STAGES entry exists
-PIPELINE = tuple(s for s in ("ingest", "split", "train", "evaluate", "publish") if s in STAGES)
+PIPELINE = tuple(s for s in ORDER if s in STAGES)
 GATE_REJECTED = 3  # exit status of `gramian gate` when the candidate does not clear the bar
 
 

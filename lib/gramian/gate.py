@@ -1,7 +1,8 @@
 """Quality gate before publish: the candidate run's metric must reach a floor and beat the published run.
 
-The published run is the latest run_id whose `publish` stage finished (table `stage_runs`); with none,
-only the floor applies. Used by the Airflow DAG between evaluate and publish (`gramian gate`).
+The published run is the current row of publish's `publications` table (else the latest run whose
+`publish` stage finished in `stage_runs`); with none, only the floor applies. Used by the Airflow
+DAG between evaluate and publish (`gramian gate`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,22 @@ def metric_value(spark: Any, cfg: Config, run_id: str, metric: str, k: int, meth
         cond &= F.col("k") == k
     if "method" in df.columns:
         cond &= F.col("method") == method
+    if "model" in df.columns:  # evaluate also writes comparison rows labelled "<model>@<other run>"
+        cond &= ~F.col("model").contains("@")
     rows = df.filter(cond).select("value").limit(1).collect()
     return float(rows[0][0]) if rows else None
 
 
 def published_run(spark: Any, cfg: Config, exclude: str | None = None) -> str | None:
-    """The run_id most recently published (its publish stage finished), other than `exclude`."""
+    """The run_id currently published (publish's `publications` table; else the latest finished publish stage)."""
+    try:
+        from gramian.retrieval.publish import current_publication
+    except ImportError:  # publish stage not installed: fall back to the stage record
+        current_publication = None
+    if current_publication is not None:
+        current = current_publication(spark, cfg.storage)
+        if current is not None:
+            return current["run_id"] if current["run_id"] != exclude else None
     runs = [r for r in stage_runs(spark, cfg) if r["stage"] == "publish" and r["status"] == "finished"
             and r["run_id"] != exclude]
     return runs[-1]["run_id"] if runs else None

@@ -29,6 +29,7 @@ STAGE_RUNS = "stage_runs"
 STAGE_RUNS_SCHEMA = ("run_id string, stage string, status string, started timestamp, finished timestamp, "
                      "fingerprint string, summary string")
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+ORDER = ("ingest", "split", "train", "evaluate", "publish")  # the pipeline's stages, in order
 
 
 @dataclass(frozen=True)

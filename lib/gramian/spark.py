@@ -68,9 +68,7 @@ def delta_package() -> str:
     """The Maven coordinate of the Delta jar matching the installed delta-spark and pyspark."""
     from importlib.metadata import version
 
-    import pyspark
-
-    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    spark_minor = ".".join(version("pyspark").split(".")[:2])
     return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta_spark')}"
 
 

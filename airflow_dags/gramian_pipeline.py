@@ -1,0 +1,110 @@
+"""Airflow 3 DAG `gramian_pipeline`: one SparkSubmitOperator per gramian stage, a quality gate before publish.
+
+Each task runs the stage's thin job (jobs/<stage>.py) with the DAG run's params (conf file, --set
+overrides) and a run_id taken from the logical date, so every task of one DAG run writes one run_id
+and a retry replaces its own output. The gate (`jobs/gate.py`) exits 3 when the candidate does not
+reach `gate_floor` or beat the currently published run; the task is then skipped, and so is publish.
+Stages join the DAG as soon as their jobs/<stage>.py exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.exceptions import AirflowException, AirflowSkipException
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG, Param
+
+from gramian.spark import delta_package
+
+REPO = Path(os.environ.get("GRAMIAN_HOME", Path(__file__).resolve().parents[1]))
+STAGES = tuple(s for s in ("ingest", "split", "train", "evaluate", "publish") if (REPO / "jobs" / f"{s}.py").is_file())
+GATED = "evaluate" in STAGES and "publish" in STAGES
+CONN_ID = os.environ.get("GRAMIAN_SPARK_CONN", "spark_gramian")
+GATE_REJECTED = 3  # gramian.cli.GATE_REJECTED: not imported, DAG parsing stays light
+# Loopback defaults (DESIGN: local Spark on 127.0.0.1); GRAMIAN_SPARK_CONF (JSON) replaces them for a real cluster.
+SPARK_CONF: dict[str, str] = json.loads(os.environ.get("GRAMIAN_SPARK_CONF", "null") or "null") or {
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.jars.ivy": str(Path("~/.cache/gramian/ivy").expanduser()),
+    "spark.pyspark.python": sys.executable,
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "4",
+}
+ENV = {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+RUN_ID = "{{ (logical_date or dag_run.run_after).strftime('%Y%m%dT%H%M%S') }}"
+
+
+def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False) -> list[str]:
+    """--conf, one --set per override and --run-id (plus the gate's bar): what every jobs/<stage>.py takes."""
+    args = ["--conf", str(params["conf"])]
+    for item in params.get("overrides") or []:
+        args += ["--set", str(item)]
+    args += ["--run-id", run_id]
+    if gate:
+        args += ["--metric", str(params["gate_metric"]), "--k", str(params["gate_k"]),
+                 "--method", str(params["gate_method"]), "--floor", str(params["gate_floor"])]
+    return args
+
+
+class GateSubmitOperator(SparkSubmitOperator):
+    """spark-submit jobs/gate.py; its exit status 3 (candidate below the bar) skips this task and publish."""
+
+    def execute(self, context: Any) -> None:
+        try:
+            super().execute(context)
+        except AirflowException:
+            proc = getattr(self._hook, "_submit_sp", None)
+            if proc is not None and proc.returncode == GATE_REJECTED:
+                raise AirflowSkipException("quality gate: candidate does not clear the bar; publish skipped") from None
+            raise
+
+
+def stage_task(stage: str, gate: bool = False) -> SparkSubmitOperator:
+    """One spark-submit of jobs/<stage>.py with the run's arguments."""
+    cls = GateSubmitOperator if gate else SparkSubmitOperator
+    extra: dict[str, Any] = {"retries": 0} if gate else {}  # a rejection is a decision, not a failure to retry
+    return cls(
+        task_id="quality_gate" if gate else stage,
+        application=str(REPO / "jobs" / f"{'gate' if gate else stage}.py"),
+        application_args=f"{{{{ gramian_args(params, '{RUN_ID}', {gate}) }}}}",
+        conn_id=CONN_ID,
+        packages=delta_package(),
+        conf=SPARK_CONF,
+        env_vars=ENV,
+        name=f"gramian-{stage}",
+        **extra,
+    )
+
+
+with DAG(
+    dag_id="gramian_pipeline",
+    description="gramian: ingest -> split -> train -> evaluate -> quality gate -> publish",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,  # stages of two runs would race on the shared interactions/train tables
+    render_template_as_native_obj=True,  # application_args renders to a list (one --set per override)
+    user_defined_macros={"gramian_args": gramian_args},
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
+    params={
+        "conf": Param(str(REPO / "conf" / "synthetic.yaml"), type="string", description="gramian YAML config"),
+        "overrides": Param([], type="array", description="--set overrides, e.g. model.dim=128"),
+        "gate_metric": Param("ndcg", type="string", description="metric the gate compares"),
+        "gate_k": Param(20, type="integer", description="its cut-off"),
+        "gate_method": Param("exact", type="string", description="exact | sampled | corrected"),
+        "gate_floor": Param(0.0, type="number", description="publish only at or above this value"),
+    },
+    tags=["gramian"],
+) as dag:
+    previous = None
+    for name in STAGES:
+        if name == "publish" and GATED:
+            gate_task = stage_task("gate", gate=True)
+            previous = previous >> gate_task if previous is not None else gate_task
+        task = stage_task(name)
+        previous = previous >> task if previous is not None else task

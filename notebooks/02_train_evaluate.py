@@ -1,0 +1,69 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # gramian 2/3: train and evaluate
+# MAGIC Trains iALS on the split written by notebook 1 with the hyper-parameters in the widgets, evaluates the
+# MAGIC run (exact metrics on the full catalogue, sampled beside their correction) and plots loss and metrics.
+
+# COMMAND ----------
+
+dbutils.widgets.text("conf", "conf/synthetic.yaml", "config file")
+dbutils.widgets.text("overrides", "", "--set overrides, ';'-separated")
+dbutils.widgets.text("storage_root", "", "storage.root (blank: the conf's)")
+dbutils.widgets.text("run_id", "notebook", "run id")
+dbutils.widgets.text("dim", "32", "model.dim")
+dbutils.widgets.text("epochs", "10", "model.epochs")
+dbutils.widgets.text("alpha0", "", "model.alpha0 (blank: the conf's)")
+dbutils.widgets.text("reg", "", "model.reg (blank: the conf's)")
+
+# COMMAND ----------
+
+from gramian.evaluate.job import run as evaluate
+from gramian.notebook import config_from_widgets
+from gramian.pipeline import ORDER, execute
+from gramian.train.job import run as train
+
+cfg = config_from_widgets(dbutils, model__dim="dim", model__epochs="epochs", model__alpha0="alpha0",
+                          model__reg="reg")
+run_id = dbutils.widgets.get("run_id")
+trained = execute(spark, cfg, run_id, "train", train, ORDER)
+display(trained)
+
+# COMMAND ----------
+
+# MAGIC %md ## Training loss per epoch
+
+# COMMAND ----------
+
+import json
+
+import matplotlib.pyplot as plt
+
+from gramian import tables
+
+epochs = json.loads(tables.read(spark, cfg.storage, "runs").filter(f"run_id = '{run_id}'").first()["epochs"])
+fig, ax = plt.subplots(figsize=(6, 4))
+ax.plot([e["epoch"] for e in epochs], [e["loss"] for e in epochs], marker="o")
+ax.set(title=f"training loss, run {run_id}", xlabel="epoch", ylabel="loss (eq. 26)")
+display(fig)
+
+# COMMAND ----------
+
+# MAGIC %md ## Evaluation
+
+# COMMAND ----------
+
+evaluated = execute(spark, cfg, run_id, "evaluate", evaluate, ORDER)
+display(evaluated)
+metrics = (tables.read(spark, cfg.storage, "metrics").filter(f"run_id = '{run_id}' AND model NOT LIKE '%@%'")
+           .toPandas())
+display(metrics[["metric", "k", "method", "value"]].sort_values(["method", "metric", "k"]))
+
+# COMMAND ----------
+
+exact = metrics[(metrics["method"] == "exact") & metrics["metric"].isin(["recall", "ndcg", "precision", "ap"])]
+fig, ax = plt.subplots(figsize=(6, 4))
+for name, rows in exact.sort_values("k").groupby("metric"):
+    ax.plot(rows["k"], rows["value"], marker="o", label=name)
+ax.set(title=f"exact metrics @k, run {run_id}", xlabel="k", ylabel="value")
+ax.legend()
+display(fig)

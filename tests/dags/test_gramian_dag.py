@@ -1,0 +1,105 @@
+"""The Airflow 3 DAG: it imports cleanly, its graph is the README's, the gate skips publish, dag.test() runs it."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gramian.cli import PIPELINE
+from tests.dags.conftest import DAGS, ROOT
+
+pytestmark = pytest.mark.airflow
+
+SMALL = ["generate.n_users=300", "generate.n_items=150", "generate.n_interactions=6000", "model.dim=8",
+         "model.epochs=3", "evaluate.k=[10,20]", "publish.n=10"]
+
+
+@pytest.fixture(scope="module")
+def bag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_dagbag_imports_without_errors(bag):
+    assert bag.import_errors == {}
+    assert "gramian_pipeline" in bag.dags
+
+
+def test_task_graph_is_the_readme_chain_with_the_gate_before_publish(bag):
+    dag = bag.dags["gramian_pipeline"]
+    expected = [s for s in PIPELINE if s != "publish"]
+    if "evaluate" in PIPELINE and "publish" in PIPELINE:
+        expected += ["quality_gate", "publish"]
+    edges = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
+    assert edges == {a: [b] for a, b in zip(expected, expected[1:], strict=False)} | {expected[-1]: []}
+    readme = (ROOT / "README.md").read_text()
+    assert " >> ".join(expected) in readme  # the README states this exact chain
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    for task in dag.tasks:
+        assert isinstance(task, SparkSubmitOperator)
+        job = "gate" if task.task_id == "quality_gate" else task.task_id
+        assert task.application == str(ROOT / "jobs" / f"{job}.py") and Path(task.application).is_file()
+        assert task.retries == (0 if task.task_id == "quality_gate" else 2)
+
+
+def test_run_id_and_arguments_come_from_the_logical_date_and_params(bag):
+    dag = bag.dags["gramian_pipeline"]
+    fn = dag.user_defined_macros["gramian_args"]
+    args = fn({"conf": "c.yaml", "overrides": ["model.dim=8", "model.epochs=2"]}, "20260101T000000")
+    assert args == ["--conf", "c.yaml", "--set", "model.dim=8", "--set", "model.epochs=2", "--run-id",
+                    "20260101T000000"]
+    assert "logical_date" in dag.get_task("train").application_args
+
+
+def fake_spark_submit(tmp_path: Path, code: int) -> dict[str, str]:
+    """A PATH whose `spark-submit` only exits with `code`."""
+    bin_dir = tmp_path / f"bin{code}"
+    bin_dir.mkdir()
+    script = bin_dir / "spark-submit"
+    script.write_text(f"#!/bin/sh\necho fake spark-submit\nexit {code}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("code", [3, 1])
+def test_gate_rejection_skips_and_other_failures_fail(tmp_path, code):
+    from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+
+    import airflow_dags.gramian_pipeline as module
+
+    op = module.GateSubmitOperator(task_id=f"gate{code}", application=str(ROOT / "jobs" / "gate.py"),
+                                   conn_id="spark_gramian", env_vars=fake_spark_submit(tmp_path, code))
+    expected = AirflowSkipException if code == 3 else AirflowException
+    with pytest.raises(expected) as info:
+        op.execute({})
+    if code == 1:
+        assert not isinstance(info.value, AirflowSkipException)
+
+
+def test_dag_test_runs_every_stage_on_a_local_master(airflow_db, tmp_path, spark):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(DAGS)).dags["gramian_pipeline"]
+    overrides = [*SMALL, f"storage.root={tmp_path / 'wh'}"]
+    logical = datetime(2026, 11, 27, tzinfo=UTC)
+    dr = dag.test(logical_date=logical, run_conf={"conf": str(ROOT / "conf" / "synthetic.yaml"),
+                                                  "overrides": overrides})
+    states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+    assert str(dr.state) == "success", states
+    assert all(s.endswith("success") for s in states.values()), states
+    from gramian.config import StorageConfig
+    from gramian.tables import read
+
+    st = StorageConfig(root=str(tmp_path / "wh"))
+    run_id = "20261127T000000"
+    done = {r["stage"]: r["status"] for r in read(spark, st, "stage_runs").filter(f"run_id = '{run_id}'").collect()}
+    assert {s: "finished" for s in PIPELINE}.items() <= done.items()
+    if "publish" in PIPELINE:
+        assert done.get("gate") == "finished"
+        assert read(spark, st, "topn").filter(f"run_id = '{run_id}'").count() > 0
