@@ -128,7 +128,7 @@ class ConfidenceConfig:
 class ModelConfig:
     """The recommender and its hyper-parameters, in the paper's names."""
 
-    name: Literal["ials"] = "ials"
+    name: Literal["ials", "pairwise"] = "ials"  # pairwise: RankALS, docs/rankals.md
     dim: int = field(default=64, metadata=_check("> 0", _positive))
     epochs: int = field(default=15, metadata=_check("> 0", _positive))
     alpha0: float = field(default=0.1, metadata=_check(">= 0", _non_negative))
@@ -140,6 +140,7 @@ class ModelConfig:
     init_scale: float = field(default=0.1, metadata=_check("> 0", _positive))
     seed: int = 0
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+    support_power: float = field(default=0.0, metadata=_check(">= 0", _non_negative))  # pairwise: s_j ~ |U_j|^p
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ from gramian.kernels.pairwise import (
     fit_pairwise,
     item_coupling,
     item_moments,
+    item_side_partials,
     item_step,
+    observed_from_partials,
     pairwise_loss,
     row_sums,
     solve_items,
@@ -104,6 +106,15 @@ def test_block_moments_add_up_to_the_whole():
     both = user_moments(ip, data.user_alpha, p.users)
     np.testing.assert_allclose((top + rest).gram, both.gram, atol=1e-12)
     np.testing.assert_allclose((top + rest).b, both.b, atol=1e-12)
+
+
+def test_item_side_partials_give_the_centred_observed_term():
+    p, a, data = setup(11, 0.4, 1.0)
+    terms = data.loss(p.users, p.items)
+    square, v = item_side_partials(data.item_indptr, data.item_indices, data.item_alpha, p.items, p.users)
+    observed = observed_from_partials(square, v, user_moments(data.user_indptr, data.user_alpha, p.users),
+                                      item_moments(p.items, data.support))
+    assert observed == pytest.approx(terms.observed, rel=1e-10)
 
 
 def test_support_weights_have_mean_one_and_follow_popularity():

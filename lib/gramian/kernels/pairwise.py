@@ -154,6 +154,44 @@ def pairwise_loss(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, us
     return pairwise_terms(obs, um, im, regl)
 
 
+@njit(**_JIT)
+def _item_side_partials(indptr, indices, alpha, items, users, v):  # pragma: no cover - jitted
+    """Sum alpha (<w_c, h_i> - 1)^2 over an item CSR block; v += sum alpha (<w_c, h_i> - 1) w_c."""
+    d = users.shape[1]
+    total = 0.0
+    for r in range(items.shape[0]):
+        h = items[r]
+        for k in range(indptr[r], indptr[r + 1]):
+            w = users[indices[k]]
+            x = 0.0
+            for j in range(d):
+                x += w[j] * h[j]
+            e = x - 1.0
+            total += alpha[k] * e * e
+            for j in range(d):
+                v[j] += alpha[k] * e * w[j]
+    return total
+
+
+def item_side_partials(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, items: np.ndarray,
+                       users: np.ndarray) -> tuple[float, np.ndarray]:
+    """(sum alpha (y - 1)^2, sum alpha (y - 1) w_c) over an item block: the observed term before zbar is known.
+
+    The item step learns zbar only once every block has its new rows; `observed_from_partials` finishes it.
+    """
+    h = as_matrix(items, "items").astype(np.float64, copy=False)
+    w = as_matrix(users, "users", d=h.shape[1]).astype(np.float64, copy=False)
+    ip, ix, a, _ = as_csr(indptr, indices, alpha, np.ones(np.asarray(indices).shape[0]), h.shape[0], w.shape[0])
+    v = np.zeros(h.shape[1])
+    return float(_item_side_partials(ip, ix, a, h, w, v)), v
+
+
+def observed_from_partials(square: float, v: np.ndarray, users: UserMoments, items: ItemMoments) -> float:
+    """S sum_S alpha (<w_c, h_i - zbar> - 1)^2 = S (square - 2 zbar^T v + zbar^T G^C zbar) (first term of eq. 44)."""
+    zbar = items.mean
+    return items.total * (square - 2.0 * float(zbar @ v) + float(zbar @ users.gram @ zbar))
+
+
 # ---------------------------------------------------------------------------------------- user step
 
 

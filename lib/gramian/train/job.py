@@ -16,8 +16,11 @@ from gramian.config import Config
 from gramian.errors import InputDataError
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.model import IALS, IALSModel
+from gramian.train.pairwise import RankALS
 
 log = logging.getLogger(__name__)
+
+ESTIMATORS: dict[str, type[IALS]] = {"ials": IALS, "pairwise": RankALS}  # model.name -> estimator
 
 
 def fingerprint(cfg: Config, n_users: int, n_items: int) -> str:
@@ -45,7 +48,8 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     started = datetime.now(UTC)
     ckpt = Checkpointer(Path(st.root).expanduser() / "_checkpoints" / run_id, fingerprint(cfg, n_users, n_items))
     t0 = time.perf_counter()
-    model = IALS.from_config(cfg.model, cfg.train).fit(train_df, n_users, n_items, ckpt, resume=resume)
+    estimator = ESTIMATORS[cfg.model.name].from_config(cfg.model, cfg.train)
+    model = estimator.fit(train_df, n_users, n_items, ckpt, resume=resume)
     seconds = time.perf_counter() - t0
     write_factors(spark, cfg, run_id, model, users, items)
     write_run(spark, cfg, run_id, model, started, seconds)

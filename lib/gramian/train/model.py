@@ -34,6 +34,8 @@ def model_config(**params: Any) -> ModelConfig:
 class IALS:
     """iALS estimator: pointwise square loss over all pairs, Gramian trick, block-distributed (eq. 26)."""
 
+    trainer_class: type[BlockTrainer] = BlockTrainer  # the half-steps; RankALS swaps in its own
+
     def __init__(self, dim: int = 64, alpha0: float = 0.1, reg: float = 0.005, nu: float = 1.0,
                  epochs: int = 15, solver: str = "cg", cg_steps: int = 3,
                  solver_block_size: int | None = None, init_scale: float = 0.1, seed: int = 0,
@@ -65,7 +67,7 @@ class IALS:
             n_users = n_users if n_users is not None else int(row["u"] if row["u"] is not None else -1) + 1
             n_items = n_items if n_items is not None else int(row["i"] if row["i"] is not None else -1) + 1
         m = self.config
-        trainer = BlockTrainer(spark, train_df, n_users, n_items, m, self.train_config)
+        trainer = self.trainer_class(spark, train_df, n_users, n_items, m, self.train_config)
         state = None
         if resume and checkpointer is not None:
             state = checkpointer.load(spark)
