@@ -31,7 +31,7 @@ from gramian.kernels import (
 )
 from gramian.train import routed
 from gramian.train.blocks import Block, SideLayout, build_side_blocks, decode_blocks, empty_block
-from gramian.train.handoff import Handoff, resolve
+from gramian.train.handoff import FileRef, Handoff, resolve, writable
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,12 @@ class SolveParams:
 
 
 def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.ndarray, p: SolveParams,
-                 loss_after: bool) -> pa.RecordBatch:
+                 loss_after: bool, out: np.ndarray | None = None) -> pa.RecordBatch:
     """Solve one block's rows and summarise them (runs inside a task, or on the driver).
 
-    `b.indices` index rows of `other`; the result row carries the new float32 factors, their Gramian,
-    and the block's observed-loss and regularisation terms (both measured on the float32 factors).
+    `b.indices` index rows of `other`; the result row carries the new float32 factors (or writes them
+    into rows row_start.. of `out`, a shared local file, leaving `factors` empty), their Gramian, and the
+    block's observed-loss and regularisation terms (both measured on the float32 factors).
     """
     lam = regularization_weights(p.reg, p.nu, b.counts, p.alpha0, p.n_other)
     x = solve_side(b.indptr, b.indices, b.alpha, b.target, other, gram_other, p.alpha0, lam, x0,
@@ -101,10 +102,12 @@ def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.nda
     finite = np.isfinite(x).all(axis=1)
     bad = -1 if finite.all() else int(b.row_start + np.argmin(finite))
     observed = observed_loss(b.indptr, b.indices, b.alpha, b.target, x, other) if loss_after and bad < 0 else 0.0
+    if out is not None:
+        out[b.row_start:b.row_start + b.n_rows] = x
     return pa.RecordBatch.from_pydict({
         "block": pa.array([b.block], pa.int32()), "row_start": pa.array([b.row_start], pa.int32()),
         "n_rows": pa.array([b.n_rows], pa.int32()),
-        "factors": pa.array([x.tobytes()], pa.binary()),
+        "factors": pa.array([x.tobytes() if out is None else b""], pa.binary()),
         "gram": pa.array([gramian(x).tobytes()], pa.binary()),
         "observed": pa.array([float(observed)], pa.float64()),
         "reg": pa.array([regularization_term(lam, x)], pa.float64()),
@@ -122,6 +125,25 @@ def _broadcast_fn(other: Any, gram_other: np.ndarray, current: Any, p: SolvePara
             for b in decode_blocks(batch):
                 x0 = np.array(current_rows[b.row_start:b.row_start + b.n_rows])
                 yield _solve_block(b, other_rows, gram_other, x0, p, loss_after)
+
+    return step
+
+
+def _local_fn(other: FileRef, current: FileRef, gram: FileRef, out: FileRef, p: SolveParams,
+              loss_after: bool) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The per-block task on a local master: inputs and new rows go through files at stable paths.
+
+    Stable paths make the closure, hence the planned job, the same for every half-step of a side.
+    """
+
+    def step(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        other_rows, current_rows = resolve(other), resolve(current)
+        gram_other, new_rows = np.array(resolve(gram)), writable(out)
+        for batch in batches:
+            for b in decode_blocks(batch):
+                x0 = np.array(current_rows[b.row_start:b.row_start + b.n_rows])
+                yield _solve_block(b, other_rows, gram_other, x0, p, loss_after, new_rows)
+        new_rows.flush()
 
     return step
 
@@ -183,6 +205,11 @@ def init_factors(n: int, dim: int, scale: float, seed: int, side: int, start: in
     return out
 
 
+def out_name(side: str) -> str:
+    """Handoff name of the file a local half-step of `side` writes its new rows into."""
+    return f"{side}-new"
+
+
 class BlockTrainer:
     """Runs alternating half-steps over cached user and item blocks of one training set."""
 
@@ -208,6 +235,7 @@ class BlockTrainer:
                  else "sent whole to every block")
         self.blocks: dict[str, Any] = {}
         self.routes: dict[str, Any] = {}
+        self._local_jobs: dict[tuple[str, bool], tuple[Any, FileRef]] = {}
         self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed)
         for side, row_col, other_col in (("user", "user_idx", "item_idx"), ("item", "item_idx", "user_idx")):
             df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
@@ -249,9 +277,18 @@ class BlockTrainer:
                   loss_after: bool) -> tuple[Any, np.ndarray, float, float]:
         """Solve every row of `side`; return its factors, Gramian, observed and regularisation terms."""
         p = SolveParams.of(self.model, self.other_size(side))
+        new_rows: np.ndarray | None = None
         if self.routed:
             result = self._routed_step(side, current, other, gram_other, p, loss_after)
             summary = result.select("block", "row_start", "n_rows", "gram", "observed", "reg", "bad_row").toArrow()
+        elif self.handoff.enabled:
+            job, out = self._local_job(side, p, loss_after)
+            self.handoff.publish(f"{side}-other", other)
+            self.handoff.publish(f"{side}-current", current)
+            self.handoff.publish(f"{side}-gram", gram_other)
+            self.handoff.output(out_name(side), current.shape)
+            summary = result = job.toArrow()
+            new_rows = np.array(resolve(out))
         else:
             refs = self.handoff.pack(other), self.handoff.pack(current)
             fn = _broadcast_fn(refs[0], gram_other, refs[1], p, loss_after)
@@ -274,8 +311,8 @@ class BlockTrainer:
             reg += cols["reg"][k]
         if self.routed:
             return result, gram, observed, reg
-        x = np.empty_like(current)
-        for k in range(summary.num_rows):
+        x = np.empty_like(current) if new_rows is None else new_rows
+        for k in range(summary.num_rows if new_rows is None else 0):
             start, n = cols["row_start"][k], cols["n_rows"][k]
             x[start:start + n] = np.frombuffer(summary.column("factors")[k].as_buffer(), np.float32).reshape(n, d)
         layout = self.layouts[side]
@@ -286,6 +323,18 @@ class BlockTrainer:
             gram += np.frombuffer(rec.column("gram")[0].as_buffer(), np.float64).reshape(d, d)
             reg += rec.column("reg")[0].as_py()
         return x, gram, observed, reg
+
+    def _local_job(self, side: str, p: SolveParams, loss_after: bool) -> tuple[Any, FileRef]:
+        """The half-step job of `side` on a local master, planned once and re-run every half-step."""
+        key = (side, loss_after)
+        if key not in self._local_jobs:
+            folder = self.handoff.folder
+            assert folder is not None
+            ref = {name: FileRef(str(folder / f"{side}-{name}.npy")) for name in ("other", "current", "gram")}
+            out = FileRef(str(folder / f"{out_name(side)}.npy"))
+            fn = _local_fn(ref["other"], ref["current"], ref["gram"], out, p, loss_after)
+            self._local_jobs[key] = (self.blocks[side].mapInArrow(fn, STEP_SCHEMA), out)
+        return self._local_jobs[key]
 
     def _routed_step(self, side: str, current: Any, other: Any, gram_other: np.ndarray, p: SolveParams,
                      loss_after: bool) -> Any:
