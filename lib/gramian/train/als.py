@@ -31,7 +31,7 @@ from gramian.kernels import (
 )
 from gramian.train import routed
 from gramian.train.blocks import Block, SideLayout, build_side_blocks, decode_blocks, empty_block
-from gramian.train.handoff import FileRef, Handoff, resolve, writable
+from gramian.train.handoff import FileRef, Handoff, is_local_master, resolve, writable
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,13 @@ class BlockTrainer:
         self.layouts = {"user": SideLayout.balanced(user_counts, nub, model.dim),
                         "item": SideLayout.balanced(item_counts, nib, model.dim)}
         factor_mb = (n_users + n_items) * model.dim * 4 / 2**20
-        self.routed = train.routing == "routed" or (train.routing == "auto" and factor_mb > train.broadcast_max_mb)
+        # On a local master the factors reach tasks as memory-mapped files (nothing copied per task), so
+        # whole factors stay cheap at any size; elsewhere every task receives them, hence the size limit.
+        local = train.local_file_handoff and is_local_master(spark)
+        self.routed = train.routing == "routed" or (
+            train.routing == "auto" and not local and factor_mb > train.broadcast_max_mb)
         log.info("factors %.1f MiB: %s", factor_mb, "routed to the blocks that need them" if self.routed
-                 else "sent whole to every block")
+                 else "memory-mapped by every block (local master)" if local else "sent whole to every block")
         self.blocks: dict[str, Any] = {}
         self.routes: dict[str, Any] = {}
         self._local_jobs: dict[tuple[str, bool], tuple[Any, FileRef]] = {}
