@@ -266,7 +266,9 @@ def fit_gramian_numpy(split: Split, params: dict[str, Any], track_loss: bool = T
 
     m = {"dim": 64, "alpha0": 0.1, "reg": 0.005, "nu": 1.0, "epochs": 15, "solver": "cg", "cg_steps": 3,
          "solver_block_size": None, "init_scale": 0.1, "seed": 0, "confidence": {}}
-    m.update({k: v for k, v in params.items() if k != "alpha0_items"})
+    m.update({k: v for k, v in params.items() if k not in ("alpha0_items", "support_power")})
+    if m["alpha0"] is None:  # catalogue-scaled, as ModelConfig.resolved
+        m["alpha0"] = params["alpha0_items"] / split.n_items
     conf = {"form": "rendle", "scale": "constant", "beta": 1.0, "eps": 1.0, **m["confidence"]}
     with PeakRSS() as mem:
         t0 = time.perf_counter()

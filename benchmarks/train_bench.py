@@ -54,7 +54,21 @@ def gramian_defaults() -> dict[str, Any]:
 
     m = load_config().model
     out = dataclasses.asdict(m)
-    out.pop("name")
+    for key in ("name", "support_power"):  # RankALS-only keys
+        out.pop(key)
+    return out
+
+
+def gramian_dataset_conf(dataset: str) -> dict[str, Any] | None:
+    """The tuned model section of conf/<dataset>.yaml (None when it has none), as IALS keyword arguments."""
+    from gramian.config import CONF_DIR, load_config
+
+    path = CONF_DIR / f"{dataset}.yaml"
+    if not path.exists() or "model:" not in path.read_text():
+        return None
+    out = dataclasses.asdict(load_config(path).model)
+    for key in ("name", "support_power"):
+        out.pop(key)
     return out
 
 
@@ -94,15 +108,8 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
     runs: list[dict[str, Any]] = []
     synthetic = dataset == "synthetic10m"
     defaults = gramian_defaults()
-    rec, rec_src = recommended()
-    rec_params = {**defaults, **rec} if rec is not None else None
-    if rec_params is not None and isinstance(rec_params["alpha0"], str):  # "c/n_items"
-        if synthetic:
-            rec_params = None
-        else:
-            c = float(rec_params["alpha0"].split("/")[0])
-            rec_params["alpha0"] = round(c / D.load(dataset).n_items, 8)
-            rec_src = f"alpha0 = {c:g}/n_items; " + rec_src
+    rec_params = None  # the defaults are the cross-dataset recommendation (alpha0 = alpha0_items / n_items)
+    conf_params = gramian_dataset_conf(dataset)
     for method in methods:
         if method == "gramian":
             p = dict(defaults)
@@ -110,9 +117,9 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
                 p.update(dim=SYNTHETIC["dim"], epochs=SYNTHETIC["gramian_epochs"])
             runs.append({"label": "gramian (defaults)", "method": "gramian", "params": p,
                          "source": "conf/defaults.yaml"})
-            if rec_params is not None and rec_params != defaults and not synthetic:
-                runs.append({"label": "gramian (recommended)", "method": "gramian", "params": rec_params,
-                             "source": rec_src})
+            if conf_params is not None and with_tuned and not synthetic:
+                runs.append({"label": "gramian (conf)", "method": "gramian", "params": conf_params,
+                             "source": f"conf/{dataset}.yaml (tuned on validation; larger d)"})
             t, score = tuned(dataset, "gramian")
             if with_tuned and t is not None and not synthetic:
                 runs.append({"label": "gramian (tuned)", "method": "gramian", "params": {**defaults, **t},
@@ -122,7 +129,7 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
                 continue
             q = rec_params or defaults
             runs.append({"label": "gramian numpy 1-proc", "method": "gramian_np", "params": q,
-                         "source": "as gramian (recommended); one process, one thread, no Spark"})
+                         "source": "as gramian (defaults); one process, one thread, no Spark"})
         elif method == "popularity":
             if not synthetic:
                 runs.append({"label": "popularity", "method": "popularity", "params": {}, "source": "-"})
@@ -247,7 +254,7 @@ def ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     by = {(r["dataset"], r["method"], r["label"]): r for r in records if "error" not in r}
     for ds in sorted({r["dataset"] for r in records}):
-        for label in ("gramian (defaults)", "gramian (recommended)", "gramian (tuned)"):
+        for label in ("gramian (defaults)", "gramian (tuned)", "gramian (conf)"):
             g = by.get((ds, "gramian", label))
             if g is None:
                 continue

@@ -131,8 +131,10 @@ class ModelConfig:
     name: Literal["ials", "pairwise"] = "ials"  # pairwise: RankALS, docs/rankals.md
     dim: int = field(default=64, metadata=_check("> 0", _positive))
     epochs: int = field(default=15, metadata=_check("> 0", _positive))
-    alpha0: float = field(default=0.1, metadata=_check(">= 0", _non_negative))
-    reg: float = field(default=0.005, metadata=_check(">= 0", _non_negative))
+    # alpha0 = null: alpha0_items / |I|, the same total unobserved weight per user whatever the catalogue size
+    alpha0: float | None = field(default=None, metadata=_check(">= 0 or null", _non_negative))
+    alpha0_items: float = field(default=400.0, metadata=_check("> 0", _positive))
+    reg: float = field(default=0.01, metadata=_check(">= 0", _non_negative))
     nu: float = field(default=1.0, metadata=_check(">= 0", _non_negative))
     solver: Literal["cg", "cholesky", "subspace"] = "cg"
     cg_steps: int = field(default=3, metadata=_check("> 0", _positive))
@@ -141,6 +143,15 @@ class ModelConfig:
     seed: int = 0
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     support_power: float = field(default=0.0, metadata=_check(">= 0", _non_negative))  # pairwise: s_j ~ |U_j|^p
+
+    def resolved(self, n_items: int) -> ModelConfig:
+        """This config with alpha0 fixed for a catalogue of `n_items` (alpha0_items / n_items when null)."""
+        if self.alpha0 is not None:
+            return self
+        if n_items <= 0:
+            raise ConfigError(f"model.alpha0=null scales by the catalogue size, got {n_items} items: "
+                              "train on a non-empty item set or set model.alpha0")
+        return dataclasses.replace(self, alpha0=self.alpha0_items / n_items)
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,7 @@ class SampledConfig:
     sampler: Literal["uniform", "popularity"] = "uniform"
     seed: int = 0
     enabled: bool = True
+    gamma: float = field(default=0.01, metadata=_check(">= 0", _non_negative))  # bias-variance trade-off
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,11 @@ class EvaluateConfig:
     k: tuple[int, ...] = (10, 20, 50, 100)
     per_user: bool = False
     sampled: SampledConfig = field(default_factory=SampledConfig)
+    popularity: bool = True  # the popularity baseline in the same metrics table
+    compare_runs: tuple[str, ...] = ()  # other run_ids whose factors are evaluated beside this run's
+    score_batch_size: int = field(default=256, metadata=_check("> 0", _positive))  # users per matrix product
+    item_block: int = field(default=8192, metadata=_check("> 0", _positive))  # items per matrix product
+    users_per_task: int = field(default=4096, metadata=_check("> 0", _positive))
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,22 @@ class PublishConfig:
 
     n: int = field(default=100, metadata=_check("> 0", _positive))
     min_index_recall: float = field(default=0.9, metadata=_check(">= 0", _non_negative))
+    index_dir: str | None = None
+    brute_force_below: int = field(default=20_000, metadata=_check(">= 0", _non_negative))
+    num_leaves: int = field(default=0, metadata=_check(">= 0 (0 = auto)", _non_negative))
+    num_leaves_to_search: int = field(default=0, metadata=_check(">= 0 (0 = auto)", _non_negative))
+    search_fraction: float = field(default=0.05, metadata=_check("in (0, 1]", lambda v: 0 < v <= 1))
+    training_sample_size: int = field(default=100_000, metadata=_check("> 0", _positive))
+    quantize: Literal["auto", "ah", "none"] = "auto"
+    dims_per_block: int = field(default=2, metadata=_check("> 0", _positive))
+    anisotropic_threshold: float = 0.2
+    reorder: int = field(default=0, metadata=_check(">= 0", _non_negative))
+    reorder_factor: float = field(default=4.0, metadata=_check(">= 1", lambda v: v >= 1))
+    exact_history_above: int = field(default=500, metadata=_check(">= 0", _non_negative))
+    recall_sample: int = field(default=1000, metadata=_check("> 0", _positive))
+    batch_size: int = field(default=1024, metadata=_check("> 0", _positive))
+    partitions: int = field(default=0, metadata=_check(">= 0 (0 = as read)", _non_negative))
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -113,3 +113,17 @@ def test_override_syntax_errors_are_reported():
         parse_override("model.dim")
     with pytest.raises(ConfigError, match="dotted"):
         parse_override(".dim=3")
+
+
+def test_alpha0_null_scales_with_the_catalogue() -> None:
+    cfg = load_config(None, [])
+    assert cfg.model.alpha0 is None
+    m = cfg.model.resolved(2000)
+    assert m.alpha0 == pytest.approx(cfg.model.alpha0_items / 2000)
+    assert m.resolved(10) is m  # a fixed alpha0 is kept whatever the catalogue
+    fixed = load_config(None, ["model.alpha0=0.05"]).model
+    assert fixed.resolved(2000).alpha0 == 0.05
+    with pytest.raises(ConfigError, match="non-empty item set"):
+        cfg.model.resolved(0)
+    with pytest.raises(ConfigError, match="model.alpha0_items must be > 0"):
+        load_config(None, ["model.alpha0_items=0"])

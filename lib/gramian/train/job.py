@@ -54,7 +54,8 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     write_factors(spark, cfg, run_id, model, users, items)
     write_run(spark, cfg, run_id, model, started, seconds)
     last = model.history[-1]
-    return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "epochs": last.epoch,
+    return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "alpha0": model.config.alpha0,
+            "epochs": last.epoch,
             "users": n_users, "items": n_items, "final_loss": last.loss, "fit_seconds": round(seconds, 2)}
 
 
@@ -73,7 +74,9 @@ def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users:
 def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: datetime, seconds: float) -> None:
     """One `runs` row: config, per-epoch loss and time, status."""
     history = [dataclasses.asdict(h) for h in model.history]
-    row = {"run_id": run_id, "model": cfg.model.name, "config": json.dumps(cfg.to_dict(), default=str),
+    config = cfg.to_dict()
+    config["model"] = dataclasses.asdict(model.config)  # as trained: alpha0 resolved for this catalogue
+    row = {"run_id": run_id, "model": cfg.model.name, "config": json.dumps(config, default=str),
            "started": started, "finished": datetime.now(UTC), "status": "finished",
            "fit_seconds": float(seconds), "epochs": json.dumps(history)}
     schema = ("run_id string, model string, config string, started timestamp, finished timestamp, "
