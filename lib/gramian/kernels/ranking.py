@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from numba import njit
 
 
 def _row_ranges(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,4 +168,151 @@ def ranking_metrics(
         out[f"recall_min@{k}"] = float(np.mean(hits / denom_min))
         out[f"precision@{k}"] = float(np.mean(hits / k))
         out[f"ndcg@{k}"] = float(np.mean(dcg_cum[:, k - 1] / ideal_cum[denom_min - 1]))
+    return out
+
+
+# ---------------------------------------------------------------- ranks of held-out items (exact)
+#
+# rank(i | u) = 1 + #{j candidate, j != i : s_j > s_i, or s_j == s_i and j < i}, where candidates are the
+# catalogue items outside the user's history (training or fold-in items). Equal scores go to the lower
+# item id, the order `topk_excluding` publishes, so ranks are a permutation and metrics from ranks equal
+# metrics from top-k lists.
+
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+@njit(**_JIT)
+def _count_above(scores, pair_row, pair_item, out):  # pragma: no cover - jitted
+    """out[p] = #{items j beating item pair_item[p] in row pair_row[p] of `scores`} (ties: lower id wins)."""
+    n = scores.shape[1]
+    for p in range(pair_row.shape[0]):
+        row = scores[pair_row[p]]
+        it = pair_item[p]
+        s = row[it]
+        c = 0
+        for j in range(it):
+            if row[j] >= s:
+                c += 1
+        for j in range(it + 1, n):
+            if row[j] > s:
+                c += 1
+        out[p] = c
+
+
+def _csr(indptr: np.ndarray, indices: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    ip = np.asarray(indptr, dtype=np.int64)
+    ix = np.asarray(indices, dtype=np.int64)
+    if ip.ndim != 1 or len(ip) < 1 or ip[0] != 0 or ip[-1] != len(ix) or np.any(np.diff(ip) < 0):
+        raise ValueError(f"{name} must be a CSR (indptr from 0 to len(indices), non-decreasing), got indptr "
+                         f"of length {len(ip)} ending at {ip[-1] if len(ip) else None} for {len(ix)} indices")
+    return ip, ix
+
+
+def heldout_ranks(
+    user_vectors: np.ndarray,
+    item_factors: np.ndarray,
+    history_indptr: np.ndarray,
+    history_indices: np.ndarray,
+    test_indptr: np.ndarray,
+    test_indices: np.ndarray,
+    item_present: np.ndarray | None = None,
+    item_block: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full-catalogue rank (1-based) of every held-out item of every user, and each user's candidate count.
+
+    Row r of `user_vectors` is scored against all items in blocks of `item_block` (float64); items in
+    row r of the history CSR, and items with `item_present` False, are not candidates. Returns (ranks
+    aligned with `test_indices`, n_candidates per row). Exact, O(|test| x n_items) comparisons.
+    """
+    if item_block <= 0:
+        raise ValueError(f"item_block must be a positive integer, got {item_block!r}")
+    uv = np.ascontiguousarray(user_vectors, dtype=np.float64)
+    itf = np.ascontiguousarray(item_factors, dtype=np.float64)
+    if uv.ndim != 2 or itf.ndim != 2 or uv.shape[1] != itf.shape[1]:
+        raise ValueError(f"user_vectors and item_factors must be 2-D with equal columns, got shapes "
+                         f"{uv.shape} and {itf.shape}")
+    n_rows, n_items = uv.shape[0], itf.shape[0]
+    hp, hx = _csr(history_indptr, history_indices, "history")
+    tp, tx = _csr(test_indptr, test_indices, "test")
+    if len(hp) != n_rows + 1 or len(tp) != n_rows + 1:
+        raise ValueError(f"history and test CSRs must have one row per user vector ({n_rows}), got "
+                         f"{len(hp) - 1} and {len(tp) - 1}")
+    for name, ix in (("history", hx), ("test", tx)):
+        if len(ix) and (ix.min() < 0 or ix.max() >= n_items):
+            raise ValueError(f"{name} item ids must index item_factors rows 0..{n_items - 1}, got ids in "
+                             f"[{ix.min()}, {ix.max()}]: map ids (or drop items without factors) first")
+    if not (np.isfinite(uv).all() and np.isfinite(itf).all()):
+        raise ValueError("user_vectors and item_factors must be finite, got NaN or inf: the model diverged "
+                         "(raise its regularisation)")
+    present = np.ones(n_items, dtype=bool) if item_present is None else np.asarray(item_present, dtype=bool)
+    if present.shape != (n_items,):
+        raise ValueError(f"item_present must have one flag per item ({n_items}), got shape {present.shape}")
+    # Candidates: present items outside the (deduplicated) history.
+    h_owner = np.repeat(np.arange(n_rows), np.diff(hp))
+    keys = np.unique(h_owner * n_items + hx)
+    h_owner, h_items = keys // n_items, keys % n_items
+    in_hist = np.bincount(h_owner[present[h_items]], minlength=n_rows)
+    n_cand = int(present.sum()) - in_hist
+    t_owner = np.repeat(np.arange(n_rows), np.diff(tp))
+    above = np.zeros(len(tx), dtype=np.int64)
+    # Rows per pass: the whole catalogue's scores of a pass stay under ~128 MiB. The held-out item's own
+    # score is read from the same matrix product as its competitors, so rounding cannot split a tie.
+    rows_per_pass = max(1, min(n_rows, (128 << 20) // (8 * max(n_items, 1))))
+    for r0 in range(0, n_rows, rows_per_pass):
+        r1 = min(r0 + rows_per_pass, n_rows)
+        scores = np.empty((r1 - r0, n_items))
+        for start in range(0, n_items, item_block):
+            stop = min(start + item_block, n_items)
+            scores[:, start:stop] = uv[r0:r1] @ itf[start:stop].T
+        scores[:, ~present] = -np.inf
+        sel = (h_owner >= r0) & (h_owner < r1)
+        scores[h_owner[sel] - r0, h_items[sel]] = -np.inf
+        p0, p1 = tp[r0], tp[r1]
+        if p1 > p0:
+            own = scores[t_owner[p0:p1] - r0, tx[p0:p1]]
+            if not np.isfinite(own).all():
+                bad = int(tx[p0:p1][~np.isfinite(own)][0])
+                raise ValueError(f"held-out item {bad} must be a candidate (present, not in the user's history), "
+                                 f"got it excluded: drop held-out items without factors or in the history first")
+            _count_above(scores, t_owner[p0:p1] - r0, tx[p0:p1], above[p0:p1])
+    return above + 1, n_cand.astype(np.int64)
+
+
+def metrics_from_ranks(
+    indptr: np.ndarray, ranks: np.ndarray, n_candidates: np.ndarray, ks: Iterable[int],
+) -> dict[str, np.ndarray]:
+    """Per-user Precision, Recall (|T| and min(k,|T|) denominators), AP, NDCG @k and AUC from held-out ranks.
+
+    Paper §2.3 eq. 4-8 with R the user's ranks among `n_candidates` items. Users without held-out items
+    get NaN everywhere; AUC is NaN when every candidate is held out. Keys: "precision@k", "recall@k",
+    "recall_min@k", "ap@k", "ndcg@k", "auc".
+    """
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] <= 0:
+        raise ValueError(f"k must hold positive cut-offs, got {ks}: use e.g. k=[10, 20]")
+    ip, r = _csr(indptr, ranks, "ranks")
+    n_rows = len(ip) - 1
+    n_cand = np.asarray(n_candidates, dtype=np.float64)
+    t = np.diff(ip).astype(np.float64)
+    owner = np.repeat(np.arange(n_rows), np.diff(ip))
+    order = np.lexsort((r, owner))
+    r, owner = r[order].astype(np.float64), owner[order]
+    pos = np.arange(len(r)) - np.repeat(ip[:-1], np.diff(ip)) + 1.0  # 1-based place among the user's ranks
+    empty = t == 0
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in ks:
+            hit = r <= k
+            hits = np.bincount(owner, weights=hit, minlength=n_rows)
+            cap = np.minimum(k, t)
+            idcg = np.array([np.sum(1.0 / np.log2(np.arange(2, c + 2))) for c in cap.astype(np.int64)])
+            dcg = np.bincount(owner, weights=hit / np.log2(r + 1.0), minlength=n_rows)
+            ap = np.bincount(owner, weights=hit * pos / r, minlength=n_rows)
+            out[f"precision@{k}"] = np.where(empty, np.nan, hits / k)
+            out[f"recall@{k}"] = np.where(empty, np.nan, hits / t)
+            out[f"recall_min@{k}"] = np.where(empty, np.nan, hits / cap)
+            out[f"ap@{k}"] = np.where(empty, np.nan, ap / cap)
+            out[f"ndcg@{k}"] = np.where(empty, np.nan, dcg / idcg)
+        below = np.bincount(owner, weights=(n_cand[owner] - r) - (t[owner] - pos), minlength=n_rows)
+        out["auc"] = np.where(empty | (n_cand <= t), np.nan, below / (t * (n_cand - t)))
     return out

@@ -1,0 +1,141 @@
+"""Sampled ranking metrics and their correction (Krichene & Rendle 2020, "On Sampled Metrics"), pure numpy.
+
+Protocol (leave-one-out style, per held-out item): each held-out item i of user u is ranked against m
+negatives drawn for u (items outside u's history and held-out set), with the same tie rule as the exact
+ranks (equal scores: lower item id first). Its sampled rank is s = 1 + #{sampled negatives beating i}.
+The exact counterpart ranks i against *all* negatives: rho = 1 + #{negatives beating i}; it follows from
+the exact full-list ranks as rho_j = r_j - (j - 1) for the j-th best held-out item.
+
+With uniform negatives drawn with replacement, s - 1 ~ Binomial(m, (rho - 1) / n_neg): the correction
+chooses per-sampled-rank values M~(s) minimising bias^2 + gamma * variance over rho = 1..n_neg + 1
+(the paper's bias-variance estimator; gamma -> 0 is its minimal-bias least squares). Popularity
+negatives have no such closed form; there the rank is estimated by importance weighting,
+rho^ = 1 + (1/m) sum_l [negative l beats i] / q(l), and the metric is taken at rho^.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ITEM_METRICS = ("item_recall", "item_ndcg", "item_ap")  # @k; plus "item_auc"
+
+
+def item_metric(name: str, k: int | None, ranks: np.ndarray, n_neg: np.ndarray | int) -> np.ndarray:
+    """A single held-out item's metric at (possibly fractional) rank `ranks` among `n_neg` negatives + itself.
+
+    item_recall@k = [r <= k]; item_ndcg@k = [r <= k] / log2(r + 1); item_ap@k = [r <= k] / r;
+    item_auc = share of the negatives ranked below = (n_neg - (r - 1)) / n_neg.
+    """
+    r = np.asarray(ranks, dtype=np.float64)
+    if name == "item_auc":
+        n = np.asarray(n_neg, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(n > 0, (n - (r - 1.0)) / n, np.nan)
+    if k is None or k <= 0:
+        raise ValueError(f"k must be a positive cut-off for {name}, got {k!r}")
+    hit = r <= k
+    if name == "item_recall":
+        return hit.astype(np.float64)
+    if name == "item_ndcg":
+        return np.where(hit, 1.0 / np.log2(r + 1.0), 0.0)
+    if name == "item_ap":
+        return np.where(hit, 1.0 / r, 0.0)
+    raise ValueError(f"metric must be one of {ITEM_METRICS} or 'item_auc', got {name!r}")
+
+
+def binomial_rank_matrix(n_neg: int, m: int) -> np.ndarray:
+    """A[rho - 1, s - 1] = P(sampled rank s | exact rank rho) for m uniform negatives drawn with replacement."""
+    if n_neg <= 0 or m <= 0:
+        raise ValueError(f"n_neg and m must be positive, got n_neg={n_neg!r}, m={m!r}")
+    p = np.arange(n_neg + 1, dtype=np.float64) / n_neg  # chance one negative beats an item at rank rho
+    x = np.arange(m + 1, dtype=np.float64)
+    log_c = np.concatenate([[0.0], np.cumsum(np.log((m - x[1:] + 1.0) / x[1:]))])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lp = np.where(x[None, :] > 0, x[None, :] * np.log(p[:, None]), 0.0)
+        lq = np.where(m - x[None, :] > 0, (m - x[None, :]) * np.log1p(-p[:, None]), 0.0)
+    return np.exp(log_c[None, :] + lp + lq)
+
+
+def corrected_values(name: str, k: int | None, n_neg: int, m: int, gamma: float,
+                     rank_matrix: np.ndarray | None = None) -> np.ndarray:
+    """M~(s) for s = 1..m+1: the bias-variance corrected value of a sampled rank (Krichene & Rendle §5).
+
+    Minimises sum_rho [(E[M~ | rho] - M(rho))^2 + gamma Var[M~ | rho]] over exact ranks rho = 1..n_neg + 1:
+    x = ((1 - gamma) A^T A + gamma diag(A^T 1))^-1 A^T b, with A from `binomial_rank_matrix` (pass it as
+    `rank_matrix` when correcting several metrics for the same n_neg and m).
+    """
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+    a = binomial_rank_matrix(n_neg, m) if rank_matrix is None else rank_matrix
+    b = item_metric(name, k, np.arange(1, n_neg + 2), n_neg)
+    lhs = (1.0 - gamma) * (a.T @ a) + gamma * np.diag(a.sum(axis=0))
+    return np.linalg.lstsq(lhs, a.T @ b, rcond=None)[0]
+
+
+def negative_weights(sampler: str, item_counts: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Unnormalised draw weight of every item: 1 (uniform) or train count + 1 (popularity); 0 when absent."""
+    present = np.asarray(present, dtype=bool)
+    if sampler == "uniform":
+        w = np.ones(len(present))
+    elif sampler == "popularity":
+        w = np.asarray(item_counts, dtype=np.float64) + 1.0  # add-one: every item can be drawn, IPS stays finite
+    else:
+        raise ValueError(f"sampler must be 'uniform' or 'popularity', got {sampler!r}")
+    return np.where(present, w, 0.0)
+
+
+def sampled_ranks(
+    user_vectors: np.ndarray,
+    item_factors: np.ndarray,
+    user_ids: np.ndarray,
+    positive_indptr: np.ndarray,
+    positive_indices: np.ndarray,
+    test_indptr: np.ndarray,
+    test_indices: np.ndarray,
+    weights: np.ndarray,
+    m: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sampled rank and importance-weighted rank estimate of every held-out item, and each user's n_neg.
+
+    Negatives for user row r are m draws with replacement, P(j) proportional to `weights[j]` over items
+    outside row r of `positive_indptr/indices` (history and held-out items); the generator is seeded by
+    (seed, user id), so a user's sample does not depend on how users were batched.
+    """
+    if m <= 0:
+        raise ValueError(f"m must be a positive sample size, got {m!r}")
+    uv = np.asarray(user_vectors, dtype=np.float64)
+    itf = np.asarray(item_factors, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    cum = np.cumsum(w)
+    total = cum[-1] if len(cum) else 0.0
+    pp, px = np.asarray(positive_indptr, np.int64), np.asarray(positive_indices, np.int64)
+    tp, tx = np.asarray(test_indptr, np.int64), np.asarray(test_indices, np.int64)
+    n_rows = uv.shape[0]
+    s_rank = np.zeros(len(tx), dtype=np.int64)
+    ips = np.zeros(len(tx), dtype=np.float64)
+    n_neg = np.zeros(n_rows, dtype=np.int64)
+    positive_count = int((w > 0).sum())
+    for r in range(n_rows):
+        pos = np.unique(px[pp[r]:pp[r + 1]])
+        pos_w = w[pos].sum()
+        n_neg[r] = positive_count - int((w[pos] > 0).sum())
+        lo, hi = tp[r], tp[r + 1]
+        if hi == lo or n_neg[r] == 0:
+            continue
+        rng = np.random.default_rng([int(seed), int(user_ids[r])])
+        neg = np.empty(0, dtype=np.int64)
+        while len(neg) < m:  # rejection: draw from the whole catalogue, drop the user's positives
+            draw = np.searchsorted(cum, rng.random(2 * m + 8) * total, side="right").clip(0, len(w) - 1)
+            draw = draw[w[draw] > 0]
+            neg = np.concatenate([neg, draw[~np.isin(draw, pos)]])
+        neg = neg[:m]
+        q = w[neg] / (total - pos_w)
+        neg_scores = itf[neg] @ uv[r]
+        items = tx[lo:hi]
+        t_scores = itf[items] @ uv[r]
+        beats = (neg_scores[None, :] > t_scores[:, None]) | (
+            (neg_scores[None, :] == t_scores[:, None]) & (neg[None, :] < items[:, None]))
+        s_rank[lo:hi] = 1 + beats.sum(axis=1)
+        ips[lo:hi] = 1.0 + (beats / q[None, :]).sum(axis=1) / m
+    return s_rank, ips, n_neg
