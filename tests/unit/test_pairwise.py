@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from gramian.kernels.pairwise import (
+    Coupling,
+    ItemBasis,
     PairwiseData,
     fit_pairwise,
     item_coupling,
@@ -170,7 +172,7 @@ def test_item_step_is_the_joint_minimiser_of_the_brute_force_loss(seed, power, n
 
 def test_item_step_split_into_blocks_equals_the_whole():
     p, a, data = setup(7, 0.6, 1.0, n_items=13)
-    um = user_moments(data.user_indptr, data.user_alpha, p.users)
+    basis = ItemBasis.of(user_moments(data.user_indptr, data.user_alpha, p.users))
     s_total = float(data.support.sum())
     ip, ix, al = data.item_indptr, data.item_indices, data.item_alpha
     blocks = [(0, 5), (5, 6), (6, 13)]
@@ -180,13 +182,21 @@ def test_item_step_split_into_blocks_equals_the_whole():
 
     coupling = None
     for lo, hi in blocks:
-        c = item_coupling(*part(lo, hi), p.users, um, data.support[lo:hi], s_total, data.reg_items[lo:hi])
-        coupling = c if coupling is None else coupling + c
-    z, u = coupling.solve()
-    h = np.vstack([solve_items(*part(lo, hi), p.users, um, data.support[lo:hi], s_total, data.reg_items[lo:hi], z, u)
-                   for lo, hi in blocks])
+        c = item_coupling(*part(lo, hi), p.users, basis, data.support[lo:hi], s_total, data.reg_items[lo:hi])
+        coupling = c if coupling is None else coupling + Coupling.from_array(c.to_array(), 4)
+    m, mu = coupling.solve()
+    h = np.vstack([solve_items(*part(lo, hi), p.users, basis, data.support[lo:hi], s_total, data.reg_items[lo:hi],
+                               m, mu) for lo, hi in blocks])
     np.testing.assert_allclose(h, items_step(data, p.users), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(z, data.support @ h, atol=1e-9)
+    np.testing.assert_allclose(basis.q @ m, data.support @ h / s_total, atol=1e-9)  # m is the new mean item
+
+
+@pytest.mark.parametrize("n_users,d", [(30, 3), (6, 8)])
+def test_item_step_is_exact_for_items_with_more_and_fewer_users_than_d(n_users, d):
+    p, a, data = setup(12, 0.5, 1.0, n_users=n_users, d=d, density=0.5)
+    h = items_step(data, p.users)
+    _, g_items = grads(a, data, p.users, h)
+    assert np.abs(g_items).max() < 1e-8 * max(1.0, np.abs(grads(a, data, p.users, p.items)[1]).max())
 
 
 def test_item_step_beats_the_per_item_jacobi_update_of_the_published_method():

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from gramian.kernels._checks import as_csr, as_matrix, nonneg_scalar, per_row
-from gramian.kernels._rows import _CHUNK, _JIT, _axpys, _gather, _load_weights, _max_row_nnz, _rank_update
+from gramian.kernels._rows import _JIT
 from gramian.kernels.loss import LossTerms, observed_loss, regularization_term, regularization_weights
 from gramian.kernels.solvers import check_finite, solve_side
 
@@ -226,48 +226,180 @@ def solve_users(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, item
 # ---------------------------------------------------------------------------------------- item step
 
 
-@njit(**_JIT)
-def _weighted_grams(indptr, indices, alpha, other, grams, sums):  # pragma: no cover - jitted
-    """Lower triangles of P_r = sum alpha w w^T and q_r = sum alpha w over each CSR row (zeroed outputs)."""
-    d = other.shape[1]
-    cap = max(1, min(_max_row_nnz(indptr), _CHUNK))
-    hc = np.empty((cap, d))
-    q = np.empty(cap)
-    for r in range(grams.shape[0]):
-        for c0 in range(indptr[r], indptr[r + 1], cap):
-            n = min(cap, indptr[r + 1] - c0)
-            _gather(hc, other, indices, c0, n)
-            _load_weights(q, alpha, c0, n)
-            _rank_update(grams[r], hc, n, q, 0, d)
-            _axpys(sums[r], hc, n, q, 0, d)
+_WB = {"cache": True, "nogil": True, "error_model": "numpy"}  # exact arithmetic (no fastmath): Woodbury subtracts
+
+
+@njit(**_WB)
+def _item_inverse(xh, a, dinv, total):  # pragma: no cover - jitted
+    """B^-1 for B = diag(1/dinv) + S X^T diag(a) X in the G^C eigenbasis (X: the item's rotated user rows).
+
+    Few users (n <= d): Woodbury, B^-1 = D^-1 - V^T V with V = L^-1 X D^-1, L L^T = diag(1/(S a)) + X D^-1 X^T,
+    O(n d^2). Many users: the d x d matrix is formed and inverted, O(n d^2 + d^3).
+    """
+    n, d = xh.shape
+    if n == 0:
+        return np.diag(dinv)
+    if n <= d:
+        y = xh * dinv
+        c = y @ xh.T
+        for k in range(n):
+            c[k, k] += 1.0 / (total * a[k])
+        low = np.linalg.cholesky(c)
+        v = np.empty_like(y)
+        for k in range(n):  # forward substitution L V = Y
+            inv = 1.0 / low[k, k]
+            for j in range(d):
+                acc = y[k, j]
+                for m in range(k):
+                    acc -= low[k, m] * v[m, j]
+                v[k, j] = acc * inv
+        binv = -(v.T @ v)
+        for j in range(d):
+            binv[j, j] += dinv[j]
+        return binv
+    xa = xh.T * (total * a)
+    b = xa @ xh
+    for j in range(d):
+        b[j, j] += 1.0 / dinv[j]
+    binv = np.linalg.inv(b)
+    return 0.5 * (binv + binv.T)
+
+
+@njit(**_WB)
+def _item_apply(xh, a, dinv, total, rhs):  # pragma: no cover - jitted
+    """B^-1 rhs for the B of _item_inverse without forming B^-1 (Woodbury on a vector for n <= d)."""
+    n, d = xh.shape
+    if n == 0:
+        return dinv * rhs
+    if n <= d:
+        y = xh * dinv
+        c = y @ xh.T
+        for k in range(n):
+            c[k, k] += 1.0 / (total * a[k])
+        low = np.linalg.cholesky(c)
+        t = y @ rhs
+        for k in range(n):  # L t' = t
+            acc = t[k]
+            for m in range(k):
+                acc -= low[k, m] * t[m]
+            t[k] = acc / low[k, k]
+        for k in range(n - 1, -1, -1):  # L^T t'' = t'
+            acc = t[k]
+            for m in range(k + 1, n):
+                acc -= low[m, k] * t[m]
+            t[k] = acc / low[k, k]
+        return dinv * rhs - y.T @ t
+    b = (xh.T * (total * a)) @ xh
+    for j in range(d):
+        b[j, j] += 1.0 / dinv[j]
+    return np.linalg.solve(b, rhs)
+
+
+@njit(**_WB)
+def _coupling_rows(indptr, indices, alpha, users, g, s, lam, total, m_ss, m_sl, m_ll, y_s, y_l):  # pragma: no cover
+    """Accumulate sum w B_i^-1 for w in (s^2, s lambda, lambda^2) and sum (s, lambda) S B_i^-1 q_i over items."""
+    d = users.shape[1]
+    for r in range(s.shape[0]):
+        lo, hi = indptr[r], indptr[r + 1]
+        if hi == lo and s[r] == 0.0:
+            continue  # h_r = 0; contributes lambda_r I and lambda_r to both sides of the m equation, which cancel
+        dinv = 1.0 / (s[r] * g + lam[r])
+        xh = np.empty((hi - lo, d))
+        a = np.empty(hi - lo)
+        for k in range(hi - lo):
+            xh[k] = users[indices[lo + k]]
+            a[k] = alpha[lo + k]
+        binv = _item_inverse(xh, a, dinv, total)
+        y = total * (binv @ (xh.T @ a))
+        m_ss += (s[r] * s[r]) * binv
+        m_sl += (s[r] * lam[r]) * binv
+        m_ll += (lam[r] * lam[r]) * binv
+        y_s += s[r] * y
+        y_l += lam[r] * y
+
+
+@njit(**_WB)
+def _item_rows(indptr, indices, alpha, users, g, s, lam, total, m, mu, out):  # pragma: no cover - jitted
+    """e_i = B_i^-1 (S q_i - lambda_i m + s_i mu) and out_i = m + e_i (rotated basis); 0 for items in no term."""
+    d = users.shape[1]
+    for r in range(s.shape[0]):
+        lo, hi = indptr[r], indptr[r + 1]
+        if hi == lo and s[r] == 0.0:
+            out[r] = 0.0
+            continue
+        dinv = 1.0 / (s[r] * g + lam[r])
+        xh = np.empty((hi - lo, d))
+        a = np.empty(hi - lo)
+        for k in range(hi - lo):
+            xh[k] = users[indices[lo + k]]
+            a[k] = alpha[lo + k]
+        out[r] = m + _item_apply(xh, a, dinv, total, total * (xh.T @ a) - lam[r] * m + s[r] * mu)
+
+
+@dataclass(frozen=True)
+class ItemBasis:
+    """Eigenbasis of G^C = Q diag(g) Q^T, fixed for one item step: there every s_i G^C + lambda_i I is diagonal.
+
+    Computed once on the driver and handed to every block, so all blocks work in the same basis.
+    """
+
+    q: np.ndarray
+    g: np.ndarray
+
+    @classmethod
+    def of(cls, users: UserMoments) -> ItemBasis:
+        g, q = np.linalg.eigh(0.5 * (users.gram + users.gram.T))
+        return cls(np.ascontiguousarray(q), np.maximum(g, 0.0))
 
 
 @dataclass(frozen=True)
 class Coupling:
-    """Partial sums of the 2d x 2d coupling system (I - F) [z; u] = e of the exact item step; they add up."""
+    """Partial sums of the 2d x 2d system for (m, mu) of the exact item step (rotated basis); they add up.
 
-    f: np.ndarray
-    e: np.ndarray
+    m_xy = sum x_i y_i B_i^-1 (x, y in s, lambda), y_x = sum x_i S B_i^-1 q_i, lam = sum lambda_i.
+    """
+
+    m_ss: np.ndarray
+    m_sl: np.ndarray
+    m_ll: np.ndarray
+    y_s: np.ndarray
+    y_l: np.ndarray
+    lam: float
 
     def __add__(self, other: Coupling) -> Coupling:
-        return Coupling(self.f + other.f, self.e + other.e)
+        return Coupling(self.m_ss + other.m_ss, self.m_sl + other.m_sl, self.m_ll + other.m_ll,
+                        self.y_s + other.y_s, self.y_l + other.y_l, self.lam + other.lam)
+
+    def to_array(self) -> np.ndarray:
+        """Flat float64 vector (for shipping a block's share to the driver)."""
+        return np.concatenate([self.m_ss.ravel(), self.m_sl.ravel(), self.m_ll.ravel(), self.y_s, self.y_l,
+                               [self.lam]])
+
+    @classmethod
+    def from_array(cls, x: np.ndarray, d: int) -> Coupling:
+        dd = d * d
+        return cls(x[:dd].reshape(d, d), x[dd:2 * dd].reshape(d, d), x[2 * dd:3 * dd].reshape(d, d),
+                   x[3 * dd:3 * dd + d], x[3 * dd + d:3 * dd + 2 * d], float(x[3 * dd + 2 * d]))
 
     def solve(self) -> tuple[np.ndarray, np.ndarray]:
-        """(z, u) at the joint item minimiser: z = sum s_i h_i, u = sum P_i h_i of the new items."""
-        d = self.e.shape[0] // 2
-        m = np.eye(2 * d) - self.f
+        """(m, mu): the new support-weighted mean item and the constraint's multiplier (rotated basis).
+
+        Equations: sum s_i e_i = 0 and sum lambda_i (m + e_i) = 0 with e_i = B_i^-1 (S q_i - lambda_i m + s_i mu).
+        """
+        d = self.y_s.shape[0]
+        k = np.block([[-self.m_sl, self.m_ss], [self.lam * np.eye(d) - self.m_ll, self.m_sl]])
         try:
-            g = np.linalg.solve(m, self.e)
+            x = np.linalg.solve(k, -np.concatenate([self.y_s, self.y_l]))
         except np.linalg.LinAlgError as exc:
             raise FloatingPointError("the item coupling system is singular: the item subproblem has no unique "
                                      "minimiser (raise reg so every item has lambda_i > 0)") from exc
-        check_finite(g[None, :], "item coupling solution")
-        return g[:d], g[d:]
+        check_finite(x[None, :], "item coupling solution")
+        return x[:d], x[d:]
 
 
 @dataclass(frozen=True)
 class _ItemBlock:
-    """Validated item CSR with the per-item quantities of the item step."""
+    """Validated item CSR with the per-item support and lambda, users rotated into the G^C eigenbasis."""
 
     indptr: np.ndarray
     indices: np.ndarray
@@ -275,11 +407,10 @@ class _ItemBlock:
     users: np.ndarray
     support: np.ndarray
     reg: np.ndarray
-    empty: np.ndarray
 
 
-def _item_block(indptr, indices, alpha, users, support, reg) -> _ItemBlock:
-    w = as_matrix(users, "users")
+def _item_block(indptr, indices, alpha, users, support, reg, basis: ItemBasis) -> _ItemBlock:
+    w = as_matrix(users, "users", d=basis.g.shape[0])
     s = np.asarray(support, dtype=np.float64)
     n = s.shape[0] if s.ndim == 1 else -1
     s = per_row(s, "support", n)
@@ -290,86 +421,54 @@ def _item_block(indptr, indices, alpha, users, support, reg) -> _ItemBlock:
         k = int(np.argmax((lam == 0) & ~empty))
         raise ValueError(f"reg must be > 0 for every item in the pairwise item step, got reg[{k}]=0.0: the pair "
                          "loss is unchanged by shifting all items, so raise reg (and keep nu finite)")
-    return _ItemBlock(ip, ix, a, w, s, lam, empty)
-
-
-def _item_systems(blk: _ItemBlock, um: UserMoments, total_support: float, lo: int, hi: int):
-    """B_i = S P_i + s_i G^C + lambda_i I, r_i = S q_i - s_i b and P_i for items lo:hi (float64 batches)."""
-    d = blk.users.shape[1]
-    n = hi - lo
-    p = np.zeros((n, d, d))
-    q = np.zeros((n, d))
-    ip = blk.indptr[lo:hi + 1] - blk.indptr[lo]
-    span = slice(blk.indptr[lo], blk.indptr[hi])
-    _weighted_grams(ip, blk.indices[span], blk.alpha[span], blk.users, p, q)
-    p = np.tril(p) + np.swapaxes(np.tril(p, -1), 1, 2)
-    s = blk.support[lo:hi]
-    b = total_support * p + s[:, None, None] * um.gram + blk.reg[lo:hi, None, None] * np.eye(d)
-    b[blk.empty[lo:hi]] = np.eye(d)
-    r = total_support * q - s[:, None] * um.b
-    return b, r, p, s
-
-
-def _batch(n: int, d: int) -> int:
-    return max(1, _BATCH_ELEMS // (d * (2 * d + 2)))
-
-
-def _solve_batch(b: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    try:
-        return np.linalg.solve(b, rhs)
-    except np.linalg.LinAlgError as exc:
-        raise FloatingPointError("an item system B_i is singular: raise reg so every item has lambda_i > 0") from exc
+    if (a <= 0).any():
+        k = int(np.argmax(a <= 0))
+        raise ValueError(f"alpha must be > 0 for every observed pair, got alpha[{k}]={float(a[k])!r}: "
+                         "drop pairs of weight 0 or use confidence form 'rendle'")
+    rotated = np.ascontiguousarray(w.astype(np.float64, copy=False) @ basis.q)
+    return _ItemBlock(ip, ix, a, rotated, s, lam)
 
 
 def item_coupling(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
-                  user_moments: UserMoments, support: np.ndarray, total_support: float,
-                  reg: np.ndarray) -> Coupling:
-    """One item block's share of the coupling system: F = sum [s_i; P_i] B_i^-1 [P_i, s_i I], e = sum ... r_i.
+                  basis: ItemBasis, support: np.ndarray, total_support: float, reg: np.ndarray) -> Coupling:
+    """One item block's share of the (m, mu) system: first pass of the exact item step (docs/rankals.md).
 
-    First pass of the exact item step; the driver adds the blocks' shares and calls Coupling.solve().
+    The driver adds the blocks' shares and calls Coupling.solve().
     """
     total_support = nonneg_scalar(total_support, "total_support")
-    blk = _item_block(indptr, indices, alpha, users, support, reg)
-    d = blk.users.shape[1]
-    f = np.zeros((2 * d, 2 * d))
-    e = np.zeros(2 * d)
-    n = blk.support.shape[0]
-    eye = np.eye(d)
-    for lo in range(0, n, _batch(n, d)):
-        hi = min(n, lo + _batch(n, d))
-        b, r, p, s = _item_systems(blk, user_moments, total_support, lo, hi)
-        rhs = np.concatenate([r[:, :, None], p, np.broadcast_to(eye, p.shape)], axis=2)
-        sol = _solve_batch(b, rhs)
-        y, x, binv = sol[:, :, 0], sol[:, :, 1:d + 1], sol[:, :, d + 1:]  # B^-1 r, B^-1 P, B^-1
-        f[:d, :d] += np.einsum("n,nij->ij", s, x)
-        f[:d, d:] += np.einsum("n,nij->ij", s * s, binv)
-        f[d:, :d] += np.einsum("nij,njk->ik", p, x)
-        e[:d] += s @ y
-        e[d:] += np.einsum("nij,nj->i", p, y)
-    f[d:, d:] = f[:d, :d].T  # sum s_i P_i B_i^-1 = (sum s_i B_i^-1 P_i)^T: P_i, B_i symmetric
-    return Coupling(f, e)
+    blk = _item_block(indptr, indices, alpha, users, support, reg, basis)
+    d = basis.g.shape[0]
+    mats = [np.zeros((d, d)) for _ in range(3)]
+    vecs = [np.zeros(d) for _ in range(2)]
+    try:
+        _coupling_rows(blk.indptr, blk.indices, blk.alpha, blk.users, basis.g, blk.support, blk.reg,
+                       total_support, *mats, *vecs)
+    except np.linalg.LinAlgError as exc:
+        raise FloatingPointError("an item system is not positive definite: raise reg") from exc
+    live = (np.diff(blk.indptr) > 0) | (blk.support > 0)  # the rows _coupling_rows does not skip
+    return Coupling(*mats, *vecs, float(blk.reg[live].sum()))
 
 
 def solve_items(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
-                user_moments: UserMoments, support: np.ndarray, total_support: float, reg: np.ndarray,
-                z: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """New item rows h_i = B_i^-1 (r_i + P_i z + s_i u): the exact joint minimiser once (z, u) solve the coupling.
+                basis: ItemBasis, support: np.ndarray, total_support: float, reg: np.ndarray,
+                m: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """New item rows h_i = m + B_i^-1 (S q_i - lambda_i m + s_i mu): second pass of the exact item step.
 
-    Second pass of the exact item step (stationarity of the item subproblem, docs/rankals.md).
+    With (m, mu) from Coupling.solve() this is the joint minimiser of the item subproblem.
     """
     total_support = nonneg_scalar(total_support, "total_support")
-    blk = _item_block(indptr, indices, alpha, users, support, reg)
-    n, d = blk.support.shape[0], blk.users.shape[1]
-    zz, uu = np.asarray(z, np.float64), np.asarray(u, np.float64)
-    if zz.shape != (d,) or uu.shape != (d,):
-        raise ValueError(f"z and u must have shape ({d},), got {zz.shape} and {uu.shape}: pass Coupling.solve()")
-    out = np.zeros((n, d))
-    for lo in range(0, n, _batch(n, d)):
-        hi = min(n, lo + _batch(n, d))
-        b, r, p, s = _item_systems(blk, user_moments, total_support, lo, hi)
-        out[lo:hi] = _solve_batch(b, (r + p @ zz + s[:, None] * uu)[:, :, None])[:, :, 0]
-    out[blk.empty] = 0.0
-    return out
+    blk = _item_block(indptr, indices, alpha, users, support, reg, basis)
+    d = basis.g.shape[0]
+    mm, mmu = np.asarray(m, np.float64), np.asarray(mu, np.float64)
+    if mm.shape != (d,) or mmu.shape != (d,):
+        raise ValueError(f"m and mu must have shape ({d},), got {mm.shape} and {mmu.shape}: pass Coupling.solve()")
+    out = np.zeros((blk.support.shape[0], d))
+    try:
+        _item_rows(blk.indptr, blk.indices, blk.alpha, blk.users, basis.g, blk.support, blk.reg, total_support,
+                   mm, mmu, out)
+    except np.linalg.LinAlgError as exc:
+        raise FloatingPointError("an item system is not positive definite: raise reg") from exc
+    return out @ basis.q.T
 
 
 def item_step(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
@@ -377,11 +476,10 @@ def item_step(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users:
     """The exact item half-step for all items at once (single process): coupling pass, 2d solve, item pass."""
     w = as_matrix(users, "users").astype(np.float64, copy=False)
     a = np.asarray(user_alpha_sums, np.float64)
-    um = UserMoments(float(a.sum()), a @ w, (w * a[:, None]).T @ w)
+    basis = ItemBasis.of(UserMoments(float(a.sum()), a @ w, (w * a[:, None]).T @ w))
     s_total = float(np.sum(support))
-    coupling = item_coupling(indptr, indices, alpha, w, um, support, s_total, reg)
-    z, u = coupling.solve()
-    return solve_items(indptr, indices, alpha, w, um, support, s_total, reg, z, u)
+    m, mu = item_coupling(indptr, indices, alpha, w, basis, support, s_total, reg).solve()
+    return solve_items(indptr, indices, alpha, w, basis, support, s_total, reg, m, mu)
 
 
 # ------------------------------------------------------------------------------ single-process trainer

@@ -4,9 +4,9 @@ Same cached CSR blocks, factor handoff, checkpoints and estimator face as iALS (
 only the half-steps differ. One epoch is three Spark jobs over the blocks:
   user step     every user block solves its rows against centred items (exact or CG) and returns them
                 with its share of (A, b, G^C);
-  item coupling every item block returns its share of the 2d x 2d system (F, e); the driver solves it
-                for (z, u), the two vectors through which items are coupled;
-  item solve    every item block solves h_i = B_i^-1 (r_i + P_i z + s_i u), the exact joint minimiser,
+  item coupling every item block returns its share of the 2d x 2d system; the driver solves it for
+                (m, mu): the new mean item and the multiplier of the centring constraint;
+  item solve    every item block solves h_i = m + B_i^-1 (S q_i - lambda_i m + s_i mu), the exact joint minimiser,
                 and returns its share of (S, z, G^I) and of the observed loss term.
 Factors travel whole to every block (closure or local file); routed factor tables are not supported yet.
 """
@@ -29,6 +29,7 @@ from gramian.errors import ConfigError, SolverError
 from gramian.kernels.loss import regularization_term
 from gramian.kernels.pairwise import (
     Coupling,
+    ItemBasis,
     ItemMoments,
     UserMoments,
     item_coupling,
@@ -99,20 +100,21 @@ def _item_lambdas(b: Block, support: np.ndarray, p: PairParams) -> np.ndarray:
     return item_regularization(p.reg, p.nu, row_sums(b.indptr, b.alpha), support, p.total_support, p.total_alpha)
 
 
-def _coupling_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, um: UserMoments) -> pa.RecordBatch:
-    """First pass of the exact item step: the block's share of the coupling system (F, e)."""
+def _coupling_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, basis: ItemBasis) -> pa.RecordBatch:
+    """First pass of the exact item step: the block's share of the (m, mu) coupling system."""
     s = np.array(arrays["support"][b.row_start:b.row_start + b.n_rows])
-    c = item_coupling(b.indptr, b.indices, b.alpha, arrays["other"], um, s, p.total_support, _item_lambdas(b, s, p))
-    return _record(b, None, np.concatenate([c.f.ravel(), c.e]), 0.0)
+    c = item_coupling(b.indptr, b.indices, b.alpha, arrays["other"], basis, s, p.total_support,
+                      _item_lambdas(b, s, p))
+    return _record(b, None, c.to_array(), 0.0)
 
 
-def _item_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, um: UserMoments, z: np.ndarray,
-                u: np.ndarray) -> pa.RecordBatch:
+def _item_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, basis: ItemBasis, m: np.ndarray,
+                mu: np.ndarray) -> pa.RecordBatch:
     """Second pass of the exact item step: new rows, their (S, z, G^I) and the observed-loss partials."""
     s = np.array(arrays["support"][b.row_start:b.row_start + b.n_rows])
     lam = _item_lambdas(b, s, p)
     users = arrays["other"]
-    h = solve_items(b.indptr, b.indices, b.alpha, users, um, s, p.total_support, lam, z, u).astype(np.float32)
+    h = solve_items(b.indptr, b.indices, b.alpha, users, basis, s, p.total_support, lam, m, mu).astype(np.float32)
     im = item_moments(h, s)
     square, v = item_side_partials(b.indptr, b.indices, b.alpha, h, users)
     stats = np.concatenate([[im.total], im.z, im.gram.ravel(), [square], v])
@@ -211,16 +213,16 @@ class PairwiseTrainer(BlockTrainer):
                          sum(s[1 + d:].reshape(d, d) for s in stats))
         t1 = time.perf_counter()
         arrays = {"other": w, "support": self.support}
-        out = self._map_blocks("item", functools.partial(_coupling_block, p=p, um=um), arrays, e)
+        basis = ItemBasis.of(um)
+        out = self._map_blocks("item", functools.partial(_coupling_block, p=p, basis=basis), arrays, e)
         _, stats, _ = self._gather(out, self.n_items)
-        coupling = functools.reduce(Coupling.__add__, (Coupling(s[:4 * d * d].reshape(2 * d, 2 * d), s[4 * d * d:])
-                                                       for s in stats))
+        coupling = functools.reduce(Coupling.__add__, (Coupling.from_array(s, d) for s in stats))
         try:
-            z, u = coupling.solve()
+            m, mu = coupling.solve()
         except FloatingPointError as exc:
             raise SolverError(f"the item step at epoch {e} has no unique minimiser ({exc}). Increase model.reg.") \
                 from exc
-        out = self._map_blocks("item", functools.partial(_item_block, p=p, um=um, z=z, u=u), arrays, e)
+        out = self._map_blocks("item", functools.partial(_item_block, p=p, basis=basis, m=m, mu=mu), arrays, e)
         h, stats, reg_h = self._gather(out, self.n_items)
         t2 = time.perf_counter()
         o = 1 + d + d * d
