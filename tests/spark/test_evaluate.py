@@ -253,3 +253,77 @@ def test_empty_test_set_is_refused(spark, storage):
         evaluate(spark, Config(storage=storage), RUN)
 
 
+
+
+CONNECT_SCRIPT = """
+import json, sys
+import numpy as np, pandas as pd
+from pyspark.sql import SparkSession
+from gramian.spark import pin_loopback_env, is_connect
+from gramian.evaluate import metrics as M
+from gramian.evaluate.ranks import Scorer, rank_users
+from gramian.kernels.sampled import negative_weights
+pin_loopback_env()
+spark = (SparkSession.builder.remote("local[2]").config("spark.driver.host", "127.0.0.1")
+         .config("spark.driver.bindAddress", "127.0.0.1").config("spark.ui.enabled", "false").getOrCreate())
+assert is_connect(spark), type(spark)
+rows = pd.read_json(sys.argv[1])
+z = np.load(sys.argv[2])
+H, present = z["H"], z["present"]
+rows["factors"] = [list(map(float, r)) for r in z["W"]]
+df = spark.createDataFrame(rows, "user_idx int, test array<int>, hist array<int>, fold_items array<int>, "
+                                 "fold_w array<double>, factors array<float>")
+sc = Scorer(H, present, None, None, negative_weights("uniform", np.zeros(len(present)), present), 20, 0, 8, 16)
+ranked = rank_users(df, sc, 2).cache()
+from pyspark.sql import functions as F
+long = M.long_format(M.exact_per_user(ranked, (3, 5)), ["user_idx"]).withColumn("method", F.lit("exact"))
+corr = M.correction_tables(spark, [int(r[0]) for r in ranked.select("n_neg").distinct().collect()], (3, 5), 20, 0.01)
+long = long.unionByName(M.sampled_per_user(ranked, (3, 5), 20, "uniform", corr).select(*long.columns))
+out = {f"{r['method']}:{r['metric']}@{r['k']}": r["value"] for r in M.user_average(long, ["method"])}
+json.dump(out, open(sys.argv[3], "w"))
+spark.stop()
+"""
+
+
+def test_spark_connect_session_computes_the_same_metrics_as_classic(spark, tmp_path):
+    """The rank tasks and aggregations use no RDD/SparkContext: a Spark Connect session gives equal values."""
+    import json
+    import subprocess
+    import sys
+
+    from pyspark.sql import functions as F
+
+    from gramian.evaluate import metrics as M
+    from gramian.evaluate.ranks import Scorer, rank_users
+    from gramian.kernels.sampled import negative_weights
+
+    rng = np.random.default_rng(5)
+    n_users, n_items, d = 30, 50, 4
+    W, H = rng.normal(size=(n_users, d)).astype(np.float32), rng.normal(size=(n_items, d)).astype(np.float32)
+    present = np.ones(n_items, bool)
+    perms = [rng.permutation(n_items) for _ in range(n_users)]
+    rows = pd.DataFrame({"user_idx": np.arange(n_users), "test": [p[:4].tolist() for p in perms],
+                         "hist": [p[4:12].tolist() for p in perms], "fold_items": [[] for _ in perms],
+                         "fold_w": [[] for _ in perms]})
+    rows.to_json(tmp_path / "rows.json")
+    np.savez(tmp_path / "f.npz", W=W, H=H, present=present)
+    (tmp_path / "connect_eval.py").write_text(CONNECT_SCRIPT)
+    proc = subprocess.run([sys.executable, str(tmp_path / "connect_eval.py"), str(tmp_path / "rows.json"),
+                           str(tmp_path / "f.npz"), str(tmp_path / "out.json")], capture_output=True, text=True,
+                          timeout=400, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    connect = json.loads((tmp_path / "out.json").read_text())
+    local = rows.assign(factors=[list(map(float, r)) for r in W])
+    df = spark.createDataFrame(local, "user_idx int, test array<int>, hist array<int>, fold_items array<int>, "
+                                      "fold_w array<double>, factors array<float>")
+    sc = Scorer(H, present, None, None, negative_weights("uniform", np.zeros(n_items), present), 20, 0, 8, 16)
+    ranked = rank_users(df, sc, 2).cache()
+    long = M.long_format(M.exact_per_user(ranked, (3, 5)), ["user_idx"]).withColumn("method", F.lit("exact"))
+    corr = M.correction_tables(spark, [int(r[0]) for r in ranked.select("n_neg").distinct().collect()], (3, 5), 20,
+                               0.01)
+    long = long.unionByName(M.sampled_per_user(ranked, (3, 5), 20, "uniform", corr).select(*long.columns))
+    classic = {f"{r['method']}:{r['metric']}@{r['k']}": r["value"] for r in M.user_average(long, ["method"])}
+    ranked.unpersist()
+    assert set(connect) == set(classic) and len(classic) > 20
+    for key, value in classic.items():
+        assert connect[key] == pytest.approx(value, abs=1e-12), key

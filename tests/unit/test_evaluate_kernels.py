@@ -134,3 +134,17 @@ def test_popularity_weights_are_add_one_counts_and_zero_for_absent_items():
     assert w.tolist() == [1.0, 5.0, 0.0]
     with pytest.raises(ValueError, match="sampler"):
         negative_weights("zipf", np.zeros(3), np.ones(3, bool))
+
+
+def test_rank_grid_correction_matches_the_exact_sum_over_all_ranks():
+    from gramian.kernels.sampled import corrected_table, rank_grid
+
+    ranks, weight = rank_grid(30000, exact_up_to=500, points=500)
+    assert len(ranks) == 1000 and weight.sum() == pytest.approx(30001)
+    metrics = [("item_recall", 10), ("item_ndcg", 20), ("item_auc", None)]
+    coarse = corrected_table(metrics, 30000, 50, 0.01)
+    a = binomial_rank_matrix(30000, 50)  # every rank: the objective as written in the paper
+    b = np.stack([item_metric(n, k, np.arange(1, 30002), 30000) for n, k in metrics], axis=1)
+    lhs = 0.99 * (a.T @ a) + 0.01 * np.diag(a.sum(axis=0))
+    full = np.linalg.solve(lhs, a.T @ b)
+    np.testing.assert_allclose(a @ coarse, a @ full, atol=2e-3)  # same expected corrected value at every rank

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gramian.kernels.sampled import ITEM_METRICS, binomial_rank_matrix, corrected_values
+from gramian.kernels.sampled import ITEM_METRICS, corrected_table
 
 EXACT_METRICS = ("precision", "recall", "recall_min", "ap", "ndcg")
 BIN_WIDTH = 0.005  # users whose negative counts differ by < 0.5% share one correction table
@@ -90,10 +90,10 @@ def correction_tables(spark: Any, n_negs: list[int], ks: tuple[int, ...], m: int
     bins = sorted({neg_bin(n) for n in n_negs})
     parts = []
     for b in bins:
-        a = binomial_rank_matrix(bin_center(b), m)
+        values = corrected_table(names, bin_center(b), m, gamma)
         cols = {"bin": np.full(m + 1, b, np.int32), "s": np.arange(1, m + 2, dtype=np.int32)}
-        for (name, k), label in zip(names, labels, strict=True):
-            cols[label] = corrected_values(name, k, bin_center(b), m, gamma, a)
+        for j, label in enumerate(labels):
+            cols[label] = values[:, j]
         parts.append(pd.DataFrame(cols))
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["bin", "s", *labels])
     members = pd.DataFrame({"n_neg": np.array(n_negs, np.int64), "bin": np.array([neg_bin(n) for n in n_negs],

@@ -43,11 +43,15 @@ def item_metric(name: str, k: int | None, ranks: np.ndarray, n_neg: np.ndarray |
     raise ValueError(f"metric must be one of {ITEM_METRICS} or 'item_auc', got {name!r}")
 
 
-def binomial_rank_matrix(n_neg: int, m: int) -> np.ndarray:
-    """A[rho - 1, s - 1] = P(sampled rank s | exact rank rho) for m uniform negatives drawn with replacement."""
+def binomial_rank_matrix(n_neg: int, m: int, ranks: np.ndarray | None = None) -> np.ndarray:
+    """A[rho - 1, s - 1] = P(sampled rank s | exact rank rho) for m uniform negatives drawn with replacement.
+
+    Rows are exact ranks 1..n_neg + 1, or the given `ranks` (one row each).
+    """
     if n_neg <= 0 or m <= 0:
         raise ValueError(f"n_neg and m must be positive, got n_neg={n_neg!r}, m={m!r}")
-    p = np.arange(n_neg + 1, dtype=np.float64) / n_neg  # chance one negative beats an item at rank rho
+    rho = np.arange(1, n_neg + 2, dtype=np.float64) if ranks is None else np.asarray(ranks, dtype=np.float64)
+    p = (rho - 1.0) / n_neg  # chance one negative beats an item at rank rho
     x = np.arange(m + 1, dtype=np.float64)
     log_c = np.concatenate([[0.0], np.cumsum(np.log((m - x[1:] + 1.0) / x[1:]))])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -56,20 +60,38 @@ def binomial_rank_matrix(n_neg: int, m: int) -> np.ndarray:
     return np.exp(log_c[None, :] + lp + lq)
 
 
-def corrected_values(name: str, k: int | None, n_neg: int, m: int, gamma: float,
-                     rank_matrix: np.ndarray | None = None) -> np.ndarray:
+def corrected_values(name: str, k: int | None, n_neg: int, m: int, gamma: float) -> np.ndarray:
     """M~(s) for s = 1..m+1: the bias-variance corrected value of a sampled rank (Krichene & Rendle §5).
 
     Minimises sum_rho [(E[M~ | rho] - M(rho))^2 + gamma Var[M~ | rho]] over exact ranks rho = 1..n_neg + 1:
-    x = ((1 - gamma) A^T A + gamma diag(A^T 1))^-1 A^T b, with A from `binomial_rank_matrix` (pass it as
-    `rank_matrix` when correcting several metrics for the same n_neg and m).
+    x = ((1 - gamma) A^T A + gamma diag(A^T 1))^-1 A^T b, with A from `binomial_rank_matrix`.
     """
+    return corrected_table([(name, k)], n_neg, m, gamma)[:, 0]
+
+
+def corrected_table(metrics: list[tuple[str, int | None]], n_neg: int, m: int, gamma: float) -> np.ndarray:
+    """`corrected_values` of several metrics at once, shape (m + 1, len(metrics)): one A^T A, many right sides."""
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma!r}")
-    a = binomial_rank_matrix(n_neg, m) if rank_matrix is None else rank_matrix
-    b = item_metric(name, k, np.arange(1, n_neg + 2), n_neg)
-    lhs = (1.0 - gamma) * (a.T @ a) + gamma * np.diag(a.sum(axis=0))
-    return np.linalg.lstsq(lhs, a.T @ b, rcond=None)[0]
+    ranks, weight = rank_grid(n_neg)
+    a = binomial_rank_matrix(n_neg, m, ranks)
+    b = np.stack([item_metric(name, k, ranks, n_neg) for name, k in metrics], axis=1)
+    aw = a * weight[:, None]
+    lhs = (1.0 - gamma) * (aw.T @ a) + gamma * np.diag(aw.sum(axis=0))
+    return np.linalg.lstsq(lhs, aw.T @ b, rcond=None)[0]
+
+
+def rank_grid(n_neg: int, exact_up_to: int = 2048, points: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ranks 1..n_neg+1 with unit weights, or, for large catalogues, every rank up to `exact_up_to`
+    and then `points` evenly spaced ranks weighted by the ranks they stand for (the objective's sum over
+    rho is smooth there: the metrics are flat and the binomial moves by well under one sampled rank)."""
+    top = n_neg + 1
+    if top <= exact_up_to + points:
+        return np.arange(1, top + 1, dtype=np.float64), np.ones(top)
+    head = np.arange(1, exact_up_to + 1, dtype=np.float64)
+    edges = np.linspace(exact_up_to + 0.5, top + 0.5, points + 1)
+    tail = np.round((edges[:-1] + edges[1:]) / 2.0)
+    return np.concatenate([head, tail]), np.concatenate([np.ones(exact_up_to), np.diff(edges)])
 
 
 def negative_weights(sampler: str, item_counts: np.ndarray, present: np.ndarray) -> np.ndarray:
