@@ -16,9 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.exceptions import AirflowException, AirflowSkipException
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from gramian.spark import delta_package
 
@@ -37,7 +37,8 @@ SPARK_CONF: dict[str, str] = json.loads(os.environ.get("GRAMIAN_SPARK_CONF", "nu
     "spark.sql.shuffle.partitions": "4",
 }
 ENV = {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-RUN_ID = "{{ (logical_date or dag_run.run_after).strftime('%Y%m%dT%H%M%S') }}"
+# Jinja expression of the run_id: the logical date (a manual run without one: when it was due)
+RUN_ID = "(logical_date or dag_run.run_after).strftime('%Y%m%dT%H%M%S')"
 
 
 def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False) -> list[str]:
@@ -72,7 +73,7 @@ def stage_task(stage: str, gate: bool = False) -> SparkSubmitOperator:
     return cls(
         task_id="quality_gate" if gate else stage,
         application=str(REPO / "jobs" / f"{'gate' if gate else stage}.py"),
-        application_args=f"{{{{ gramian_args(params, '{RUN_ID}', {gate}) }}}}",
+        application_args=f"{{{{ gramian_args(params, {RUN_ID}, {gate}) }}}}",
         conn_id=CONN_ID,
         packages=delta_package(),
         conf=SPARK_CONF,

@@ -1,11 +1,14 @@
 """The pipeline through spark-submit on a real two-worker standalone cluster on loopback, and losing a worker.
 
-Slow by nature (JVMs, a cluster, spark-submit): one cluster for the module, small synthetic data.
+Slow by nature (JVMs, a cluster, spark-submit): one cluster for the module, small synthetic data. To keep
+the suite's time reasonable, ingest and split run in-process first under the same run_id; `jobs/run.py`
+on the cluster then skips them (resumability, stage_runs) and runs train, evaluate and publish there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import threading
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gramian.cli import PIPELINE
+from gramian.cli import PIPELINE, main
 from gramian.config import StorageConfig
 from gramian.tables import read
 from tests.cluster.standalone import ROOT, StandaloneCluster, build_zip, spark_env
@@ -25,7 +28,7 @@ pytestmark = pytest.mark.cluster
 SMALL = ["generate.n_users=400", "generate.n_items=200", "generate.n_interactions=8000", "model.dim=8",
          "model.epochs=6", "train.checkpoint_every=0", "train.num_user_blocks=4", "train.num_item_blocks=4",
          "evaluate.k=[10,20]", "publish.n=10"]
-TIMEOUT = 480
+TIMEOUT = float(os.environ.get("GRAMIAN_CLUSTER_TIMEOUT", "1200"))  # per spark-submit; a loaded 2-core box is slow
 
 
 class Submitted:
@@ -87,9 +90,16 @@ def submit(cluster, job: str, run_id: str, name: str) -> Submitted:
     return Submitted(cluster.submit_command(job, args, py_files=cluster.zip), cluster.workdir / f"{name}.log")
 
 
+def local_args(cluster, *extra: str) -> list[str]:
+    sets = [x for s in [*SMALL, f"storage.root={cluster.warehouse}"] for x in ("--set", s)]
+    return ["--conf", "conf/synthetic.yaml", *sets, *extra]
+
+
 @pytest.fixture(scope="module")
-def baseline(cluster) -> str:
-    """The whole pipeline through spark-submit jobs/run.py, undisturbed; returns its output."""
+def baseline(spark, cluster) -> str:
+    """ingest + split in-process, then `jobs/run.py` through spark-submit (the rest), undisturbed."""
+    for stage in ("ingest", "split"):
+        assert main([stage, *local_args(cluster, "--run-id", "base")]) == 0
     return submit(cluster, "jobs/run.py", "base", "run-base").finish()
 
 
@@ -123,6 +133,8 @@ def test_pipeline_runs_through_spark_submit_on_a_two_worker_cluster(spark, clust
     assert f"master {cluster.url}" in baseline  # the driver ran against the standalone master, not local
     for stage in PIPELINE:
         assert f"== {stage}" in baseline
+    assert "ingest: complete for run base, skipped" in baseline and "split: complete for run base" in baseline
+    assert "train: running" in baseline
     for i in range(2):
         assert "Asked to launch executor" in cluster.logs[f"worker{i}"].read_text()
     st = StorageConfig(root=str(cluster.warehouse))
@@ -140,17 +152,18 @@ def test_losing_a_worker_mid_training_still_finishes_with_the_same_model(spark, 
     text = job.finish()
     later = "".join(job.lines[killed_after + 1:])
     assert re.search(r"epoch 6/6 loss", later), "the worker must be lost before training ended"
-    assert "Lost executor" in text or "lost executor" in text.lower()
+    assert re.search(r"(?i)lost executor|executor \S+ (is now )?lost|removed executor", text), "no executor loss seen"
     st = StorageConfig(root=str(cluster.warehouse))
     assert final_loss(spark, st, "faulty")[0] == 6
     np.testing.assert_allclose(final_loss(spark, st, "faulty")[1], final_loss(spark, st, "base")[1], rtol=1e-4)
     assert abs(recall_at(spark, st, "faulty") - recall_at(spark, st, "base")) < 1e-3
-    if "evaluate" in PIPELINE:  # the stage's own metrics, once it exists
-        submit(cluster, "jobs/evaluate.py", "faulty", "evaluate-faulty").finish()
-        metrics = read(spark, st, "metrics").filter("run_id in ('base', 'faulty')").collect()
+    if "evaluate" in PIPELINE:  # the stage's own metrics (computed in-process: the factors are what is tested)
+        assert main(["evaluate", *local_args(cluster, "--run-id", "faulty")]) == 0
+        metrics = read(spark, st, "metrics").filter(
+            "run_id in ('base', 'faulty') AND method = 'exact' AND model NOT LIKE '%@%'").collect()
         by_run: dict[str, dict[tuple, float]] = {}
         for r in metrics:
-            key = tuple(r[c] for c in ("metric", "k", "method") if c in r.asDict())
+            key = (r["metric"], r["k"])
             by_run.setdefault(r["run_id"], {})[key] = r["value"]
         assert by_run["base"].keys() == by_run["faulty"].keys() and by_run["base"]
         for key, value in by_run["base"].items():

@@ -54,7 +54,16 @@ def test_run_id_and_arguments_come_from_the_logical_date_and_params(bag):
     args = fn({"conf": "c.yaml", "overrides": ["model.dim=8", "model.epochs=2"]}, "20260101T000000")
     assert args == ["--conf", "c.yaml", "--set", "model.dim=8", "--set", "model.epochs=2", "--run-id",
                     "20260101T000000"]
-    assert "logical_date" in dag.get_task("train").application_args
+    env = dag.get_template_env()
+    params = {"conf": "c.yaml", "overrides": ["model.dim=8"], "gate_metric": "ndcg", "gate_k": 20,
+              "gate_method": "exact", "gate_floor": 0.1}
+    rendered = env.from_string(dag.get_task("train").application_args).render(
+        params=params, logical_date=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), dag_run=None)
+    assert rendered == ["--conf", "c.yaml", "--set", "model.dim=8", "--run-id", "20260102T030405"]
+    if "quality_gate" in dag.task_ids:
+        gate = env.from_string(dag.get_task("quality_gate").application_args).render(
+            params=params, logical_date=datetime(2026, 1, 2, tzinfo=UTC), dag_run=None)
+        assert gate[-8:] == ["--metric", "ndcg", "--k", "20", "--method", "exact", "--floor", "0.1"]
 
 
 def fake_spark_submit(tmp_path: Path, code: int) -> dict[str, str]:
