@@ -1,0 +1,276 @@
+"""`gramian publish`: top-n lists for every training user in the `topn` Delta table, gated on index quality.
+
+Order of work, so that a bad index never reaches readers:
+1. collect the run's item factors on the driver, build the index once, serialize it under
+   `<storage.root>/_index/<run_id>` (publish.index_dir overrides the parent folder);
+2. on a seeded user sample, compare the published lists with exact top-n (recall@n) and write that to
+   `metrics`; below publish.min_index_recall raise PublishError, leaving `topn` untouched;
+3. score every user with training history inside Spark tasks (mapInArrow: each Python worker loads the
+   serialized index once), write all rows of the run in ONE Delta transaction (replaceWhere run_id), so
+   readers see the previous lists or the new ones, never a mix, and a re-run replaces, never duplicates;
+4. record the publish in `publications` (run_id, the topn Delta version it produced, recall, ...), whose one
+   row with current = true says which run applications should read (`read_topn`). Earlier runs keep
+   their rows in `topn`, and every earlier version stays readable through Delta history (time travel)
+   until VACUUM removes its files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gramian import tables
+from gramian.config import Config, ModelConfig, PublishConfig, StorageConfig, _build
+from gramian.errors import InputDataError, PublishError
+from gramian.kernels.ranking import topk_excluding
+from gramian.retrieval.index import ItemIndex, build_index, index_recall, load_index, topn_excluding
+
+log = logging.getLogger(__name__)
+
+TOPN, PUBLICATIONS, METRICS = "topn", "publications", "metrics"
+TOPN_SCHEMA = "run_id string, user_id string, rank int, item_id string, score float"
+# the columns of gramian.evaluate.job.METRICS_SCHEMA: index rows sit beside the ranking metrics
+METRICS_SCHEMA = ("run_id string, model string, metric string, k int, method string, sampler string, "
+                  "sample_size int, value double, users long, evaluated_at timestamp")
+PUBLICATIONS_SCHEMA = ("run_id string, published_at timestamp, n int, users long, rows long, index_kind string, "
+                       "index_recall double, index_path string, topn_version long, current boolean")
+
+
+def index_path(cfg: Config, run_id: str) -> Path:
+    """Where a run's index is serialized: beside the run's tables unless publish.index_dir says otherwise."""
+    parent = cfg.publish.index_dir or str(Path(cfg.storage.root).expanduser() / "_index")
+    return Path(parent).expanduser().resolve() / run_id
+
+
+def _require(spark: Any, st: StorageConfig, *names: str) -> None:
+    for name in names:
+        if not tables.exists(spark, st, name):
+            raise InputDataError(f"table {name!r} must exist before publishing, got none at "
+                                 f"{tables.table_ref(st, name)}. Run `gramian train` first.")
+
+
+def _list_column(col: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, flat values) of an Arrow list column, nulls as empty lists."""
+    import pyarrow as pa
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    col = col.fill_null(pa.scalar([], type=col.type)) if col.null_count else col
+    offsets = col.offsets.to_numpy().astype(np.int64)
+    values = col.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]].astype(dtype)
+    return offsets - offsets[0], values
+
+
+def item_matrix(spark: Any, cfg: Config, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The run's item factors as a dense (n_items, d) float32 matrix by idx, and the external ids."""
+    from pyspark.sql import functions as F
+
+    t = (tables.read(spark, cfg.storage, "item_factors").filter(F.col("run_id") == run_id)
+         .select("idx", "id", "factors").toArrow())
+    if t.num_rows == 0:
+        raise InputDataError(f"item_factors must hold rows for run_id {run_id!r}, got none. Train that run first "
+                             f"or pass the run id of a finished training run.")
+    idx = t.column("idx").to_numpy()
+    offsets, flat = _list_column(t.column("factors"), np.float32)
+    dims = np.diff(offsets)
+    if dims.min() != dims.max() or dims[0] == 0:
+        raise InputDataError(f"item factors of run {run_id!r} must all have one length, got "
+                             f"{dims.min()}..{dims.max()}. Re-run `gramian train`.")
+    n = int(idx.max()) + 1
+    if len(np.unique(idx)) != n or len(idx) != n:
+        raise InputDataError(f"item_factors of run {run_id!r} must hold each idx 0..{n - 1} once, got {len(idx)} rows "
+                             f"with {len(np.unique(idx))} distinct idx. Re-run `gramian train`.")
+    h = np.empty((n, int(dims[0])), dtype=np.float32)
+    h[idx] = flat.reshape(len(idx), -1)
+    ids = np.empty(n, dtype=object)
+    ids[idx] = t.column("id").to_pylist()
+    missing = np.array([v is None for v in ids])
+    if missing.any():
+        raise InputDataError(f"item_factors of run {run_id!r} must carry an external id on every row, got "
+                             f"{int(missing.sum())} without (e.g. idx {int(np.flatnonzero(missing)[0])}). "
+                             f"Check the items table.")
+    return h, ids.astype(str)
+
+
+def run_model_config(spark: Any, st: StorageConfig, run_id: str) -> ModelConfig | None:
+    """The model section of a run's recorded config (None when the `runs` table has no such run)."""
+    from pyspark.sql import functions as F
+
+    if not tables.exists(spark, st, "runs"):
+        return None
+    rows = tables.read(spark, st, "runs").filter(F.col("run_id") == run_id).select("config").collect()
+    if not rows:
+        return None
+    model = json.loads(rows[0]["config"])["model"]
+    return _build(ModelConfig, model, {k: f"runs[{run_id}].config" for k in model}, "model.")
+
+
+def users_frame(spark: Any, cfg: Config, run_id: str) -> Any:
+    """(idx, id, factors, history array<int>) for every user of the run with at least one training item."""
+    from pyspark.sql import functions as F
+
+    uf = (tables.read(spark, cfg.storage, "user_factors").filter(F.col("run_id") == run_id)
+          .select("idx", "id", "factors"))
+    hist = (tables.read(spark, cfg.storage, "train").groupBy("user_idx")
+            .agg(F.collect_list(F.col("item_idx").cast("int")).alias("history")))
+    return uf.join(hist, uf["idx"] == hist["user_idx"], "inner").select("idx", "id", "factors", "history")
+
+
+def score_batch(index: ItemIndex, batch: Any, run_id: str, pub: PublishConfig) -> Any:
+    """One Arrow batch of users (idx, id, factors, history) -> their topn rows as an Arrow batch."""
+    import pyarrow as pa
+
+    offsets, flat = _list_column(batch.column("factors"), np.float32)
+    m = batch.num_rows
+    q = flat.reshape(m, -1) if m else np.zeros((0, index.item_factors.shape[1]), np.float32)
+    ip, ix = _list_column(batch.column("history"), np.int64)
+    items, scores, _ = topn_excluding(index, q, ip, ix, pub.n, pub.exact_history_above)
+    valid = items >= 0
+    rows, ranks = np.nonzero(valid)
+    user_ids = np.asarray(batch.column("id").to_pylist(), dtype=object)
+    return pa.RecordBatch.from_pydict({
+        "run_id": pa.array(np.full(len(rows), run_id, dtype=object), pa.string()),
+        "user_id": pa.array(user_ids[rows], pa.string()),
+        "rank": pa.array((ranks + 1).astype(np.int32), pa.int32()),
+        "item_id": pa.array(index.item_ids[items[rows, ranks]], pa.string()),
+        "score": pa.array(scores[rows, ranks].astype(np.float32), pa.float32()),
+    })
+
+
+def _scorer(path: str, token: str, run_id: str, pub: PublishConfig) -> Any:
+    """The mapInArrow function: loads the index once per worker process (cached), never per batch."""
+
+    def score(batches: Any) -> Any:
+        index = load_index(path, token)
+        for batch in batches:
+            for start in range(0, batch.num_rows, pub.batch_size):
+                yield score_batch(index, batch.slice(start, pub.batch_size), run_id, pub)
+
+    return score
+
+
+def check_index(index: ItemIndex, sample: Any, pub: PublishConfig) -> dict[str, float]:
+    """Recall@n of the published lists (and of the bare searcher) against exact top-n on a user sample."""
+    offsets, flat = _list_column(sample.column("factors"), np.float32)
+    q = flat.reshape(sample.num_rows, -1)
+    ip, ix = _list_column(sample.column("history"), np.int64)
+    n = pub.n
+    got, _, exact_rows = topn_excluding(index, q, ip, ix, n, pub.exact_history_above)
+    users = np.arange(len(q))
+    truth, _ = topk_excluding(q, index.item_factors, users, ip, ix, n)
+    raw, _ = index.search(q, n)
+    raw_truth, _ = topk_excluding(q, index.item_factors, users, np.zeros(len(q) + 1, np.int64),
+                                  np.zeros(0, np.int64), n)
+    return {"index_recall": index_recall(got, truth), "index_recall_searcher": index_recall(raw, raw_truth),
+            "exact_fallback_share": float(exact_rows.mean()) if len(exact_rows) else 0.0}
+
+
+def write_metrics(spark: Any, cfg: Config, run_id: str, model_name: str, values: dict[str, float],
+                  sample_size: int) -> None:
+    """Index-quality rows of this run in `metrics` (evaluate's columns), replacing only this run's index rows."""
+    names = ("index_recall", "index_recall_searcher")
+    now = datetime.now(UTC)
+    rows = [(run_id, model_name, m, cfg.publish.n, "scann_vs_exact", None, int(sample_size), float(values[m]),
+             int(sample_size), now) for m in names]
+    where = f"run_id = '{run_id}' AND metric IN ({', '.join(repr(m) for m in names)})"
+    tables.write(spark.createDataFrame(rows, METRICS_SCHEMA), cfg.storage, METRICS, mode="overwrite",
+                 replace_where=where)
+
+
+def _latest_version(spark: Any, st: StorageConfig, name: str) -> int:
+    ref = tables.table_ref(st, name)
+    target = ref if st.catalog else f"delta.`{ref}`"
+    return int(spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]["version"])
+
+
+def _mark_current(spark: Any, cfg: Config, row: dict[str, Any]) -> None:
+    """Rewrite the small `publications` table in one transaction with `row` as the only current entry."""
+    st = cfg.storage
+    old = []
+    if tables.exists(spark, st, PUBLICATIONS):
+        old = [r.asDict() for r in tables.read(spark, st, PUBLICATIONS).collect() if r["run_id"] != row["run_id"]]
+    for r in old:
+        r["current"] = False
+    frame = spark.createDataFrame([*old, {**row, "current": True}], PUBLICATIONS_SCHEMA)
+    tables.write(frame, st, PUBLICATIONS, mode="overwrite")
+
+
+def current_publication(spark: Any, st: StorageConfig) -> dict[str, Any] | None:
+    """The `publications` row marked current (the run applications should read), or None."""
+    if not tables.exists(spark, st, PUBLICATIONS):
+        return None
+    rows = tables.read(spark, st, PUBLICATIONS).filter("current").collect()
+    return rows[0].asDict() if rows else None
+
+
+def read_topn(spark: Any, st: StorageConfig, run_id: str | None = None) -> Any:
+    """Published top-n rows: of `run_id`, or of the current publication pinned to the Delta version it wrote."""
+    from pyspark.sql import functions as F
+
+    if run_id is not None:
+        return tables.read(spark, st, TOPN).filter(F.col("run_id") == run_id)
+    pub = current_publication(spark, st)
+    if pub is None:
+        raise PublishError(f"a current publication must exist to read top-n lists, got none under "
+                           f"{tables.table_ref(st, PUBLICATIONS)}. Run `gramian publish` first.")
+    ref = tables.table_ref(st, TOPN)
+    reader = spark.read.format("delta").option("versionAsOf", int(pub["topn_version"]))
+    frame = reader.table(ref) if st.catalog else reader.load(ref)
+    return frame.filter(F.col("run_id") == pub["run_id"])
+
+
+def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
+    """Build the index for `run_id`, check its recall, publish every training user's top-n (see module doc)."""
+    from pyspark.sql import functions as F
+
+    st, pub = cfg.storage, cfg.publish
+    _require(spark, st, "item_factors", "user_factors", "train")
+    t0 = time.perf_counter()
+    h, ids = item_matrix(spark, cfg, run_id)
+    model = run_model_config(spark, st, run_id)
+    meta = {"run_id": run_id, "model": dataclasses.asdict(model) if model else None}
+    path = index_path(cfg, run_id)
+    index = build_index(h, ids, path, pub, pub.n, meta=meta)
+    build_s = time.perf_counter() - t0
+    log.info("index for run %s: %s over %d items (d=%d) in %.1fs at %s", run_id, index.params.kind, len(h),
+             h.shape[1], build_s, path)
+
+    users = users_frame(spark, cfg, run_id)
+    sample = users.orderBy(F.xxhash64("idx", F.lit(pub.seed))).limit(pub.recall_sample).toArrow()
+    if sample.num_rows == 0:
+        raise InputDataError(f"user_factors of run {run_id!r} must have users with training rows, got none. "
+                             f"Check that `train` and the run's factors come from the same split.")
+    quality = check_index(index, sample, pub)
+    write_metrics(spark, cfg, run_id, model.name if model else cfg.model.name, quality, sample.num_rows)
+    recall = quality["index_recall"]
+    if recall < pub.min_index_recall:
+        raise PublishError(
+            f"index recall@{pub.n} must be >= publish.min_index_recall={pub.min_index_recall}, got {recall:.4f} on "
+            f"{sample.num_rows} sampled users (run {run_id!r}, {index.params.kind} index, "
+            f"{index.params.num_leaves_to_search}/{index.params.num_leaves} leaves searched); topn was not written. "
+            f"Raise publish.search_fraction or publish.num_leaves_to_search, or publish.reorder_factor.")
+
+    t1 = time.perf_counter()
+    frame = users.repartition(pub.partitions) if pub.partitions else users
+    out = frame.mapInArrow(_scorer(str(path), index.token, run_id, pub), TOPN_SCHEMA)
+    tables.write(out, st, TOPN, mode="overwrite", replace_where=f"run_id = '{run_id}'")
+    publish_s = time.perf_counter() - t1
+    version = _latest_version(spark, st, TOPN)
+    written = tables.read(spark, st, TOPN).filter(F.col("run_id") == run_id)
+    counts = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users")).collect()[0]
+    _mark_current(spark, cfg, {"run_id": run_id, "published_at": datetime.now(UTC), "n": pub.n,
+                               "users": int(counts["users"]), "rows": int(counts["rows"]),
+                               "index_kind": index.params.kind, "index_recall": float(recall),
+                               "index_path": str(path), "topn_version": version})
+    return {"run_id": run_id, "n": pub.n, "users": int(counts["users"]), "rows": int(counts["rows"]),
+            "items": len(h), "index": index.params.kind, "index_recall": round(recall, 4),
+            "index_recall_searcher": round(quality["index_recall_searcher"], 4),
+            "recall_sample": sample.num_rows, "topn_version": version, "index_seconds": round(build_s, 2),
+            "publish_seconds": round(publish_s, 2), "index_path": str(path)}
