@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,15 @@ from gramian.kernels import (
     solve_side,
 )
 from gramian.train import routed
-from gramian.train.blocks import Block, SideLayout, build_side_blocks, decode_blocks, empty_block
+from gramian.train.blocks import (
+    Block,
+    SideLayout,
+    build_side_blocks,
+    decode_blocks,
+    empty_block,
+    read_local_block,
+    write_local_blocks,
+)
 from gramian.train.handoff import FileRef, Handoff, is_local_master, resolve, writable
 
 log = logging.getLogger(__name__)
@@ -129,18 +138,21 @@ def _broadcast_fn(other: Any, gram_other: np.ndarray, current: Any, p: SolvePara
     return step
 
 
-def _local_fn(other: FileRef, current: FileRef, gram: FileRef, out: FileRef, p: SolveParams,
-              loss_after: bool) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The per-block task on a local master: inputs and new rows go through files at stable paths.
+def _local_fn(side: str, layout: SideLayout, other: FileRef, current: FileRef, gram: FileRef, out: FileRef,
+              p: SolveParams, loss_after: bool) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The per-block task on a local master: block CSR, inputs and new rows all go through local files.
 
-    Stable paths make the closure, hence the planned job, the same for every half-step of a side.
+    The task's input is just the block ids; stable paths make the closure, hence the planned job, the
+    same for every half-step of a side.
     """
+    folder = str(Path(out.path).parent)
 
     def step(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         other_rows, current_rows = resolve(other), resolve(current)
         gram_other, new_rows = np.array(resolve(gram)), writable(out)
         for batch in batches:
-            for b in decode_blocks(batch):
+            for block in batch.column("id").to_pylist():
+                b = read_local_block(folder, side, layout, block)
                 x0 = np.array(current_rows[b.row_start:b.row_start + b.n_rows])
                 yield _solve_block(b, other_rows, gram_other, x0, p, loss_after, new_rows)
         new_rows.flush()
@@ -205,6 +217,23 @@ def init_factors(n: int, dim: int, scale: float, seed: int, side: int, start: in
     return out
 
 
+class _CachedBlocks(dict):
+    """Block DataFrames by side; on a local master they are built and cached only if something asks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._deferred: dict[str, Any] = {}
+
+    def defer(self, side: str, df: Any) -> None:
+        self._deferred[side] = df
+
+    def __missing__(self, side: str) -> Any:
+        df = self._deferred.pop(side).cache()
+        df.count()
+        self[side] = df
+        return df
+
+
 def out_name(side: str) -> str:
     """Handoff name of the file a local half-step of `side` writes its new rows into."""
     return f"{side}-new"
@@ -237,17 +266,22 @@ class BlockTrainer:
             train.routing == "auto" and not local and factor_mb > train.broadcast_max_mb)
         log.info("factors %.1f MiB: %s", factor_mb, "routed to the blocks that need them" if self.routed
                  else "memory-mapped by every block (local master)" if local else "sent whole to every block")
-        self.blocks: dict[str, Any] = {}
+        self.blocks = _CachedBlocks()
         self.routes: dict[str, Any] = {}
         self._local_jobs: dict[tuple[str, bool], tuple[Any, FileRef]] = {}
         self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed)
         for side, row_col, other_col in (("user", "user_idx", "item_idx"), ("item", "item_idx", "user_idx")):
             df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
-                                   model.confidence).cache()
-            sizes = [r["nnz"] for r in df.select("nnz").collect()]  # materialises the cache
+                                   model.confidence)
+            if self.handoff.enabled:  # local master: blocks live in memory-mapped files, not in the JVM
+                sizes = write_local_blocks(df, str(self.handoff.folder), side)
+                self.blocks.defer(side, df)
+            else:
+                df = df.cache()
+                sizes = [r["nnz"] for r in df.select("nnz").collect()]  # materialises the cache
+                self.blocks[side] = df
             log.info("%s side: %d blocks, interactions per block min %d max %d", side,
                      self.layouts[side].num_blocks, min(sizes, default=0), max(sizes, default=0))
-            self.blocks[side] = df
         if self.routed:
             for side, other in (("user", "item"), ("item", "user")):
                 self.routes[side] = routed.build_routes(self.blocks[side], self.layouts[other]).cache()
@@ -336,8 +370,10 @@ class BlockTrainer:
             assert folder is not None
             ref = {name: FileRef(str(folder / f"{side}-{name}.npy")) for name in ("other", "current", "gram")}
             out = FileRef(str(folder / f"{out_name(side)}.npy"))
-            fn = _local_fn(ref["other"], ref["current"], ref["gram"], out, p, loss_after)
-            self._local_jobs[key] = (self.blocks[side].mapInArrow(fn, STEP_SCHEMA), out)
+            layout = self.layouts[side]
+            fn = _local_fn(side, layout, ref["other"], ref["current"], ref["gram"], out, p, loss_after)
+            ids = self.spark.range(0, layout.num_blocks, 1, layout.num_blocks)  # block b in partition b
+            self._local_jobs[key] = (ids.mapInArrow(fn, STEP_SCHEMA), out)
         return self._local_jobs[key]
 
     def _routed_step(self, side: str, current: Any, other: Any, gram_other: np.ndarray, p: SolveParams,

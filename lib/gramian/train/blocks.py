@@ -188,3 +188,38 @@ def empty_block(layout: SideLayout, block: int) -> Block:
     n = stop - start
     return Block(block, start, n, np.zeros(n + 1, np.int64), np.zeros(0, np.int32),
                  np.zeros(0, np.float64), np.zeros(0, np.float64))
+
+
+BLOCK_ARRAYS = (("indptr", np.int64), ("indices", np.int32), ("alpha", np.float64), ("target", np.float64))
+
+
+def block_path(folder: str, side: str, block: int, name: str) -> str:
+    """Where a local master keeps one array of one block's CSR."""
+    return f"{folder}/{side}-block{block}-{name}.npy"
+
+
+def write_local_blocks(blocks_df: Any, folder: str, side: str) -> list[int]:
+    """Store every block's CSR as .npy files in `folder` (local master: tasks then map them, the JVM
+    never carries the CSR again); returns the interactions per written block."""
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for b in decode_blocks(batch):
+                for name, _ in BLOCK_ARRAYS:
+                    np.save(block_path(folder, side, b.block, name), getattr(b, name))
+                yield pa.RecordBatch.from_pydict({"block": pa.array([b.block], pa.int32()),
+                                                  "nnz": pa.array([len(b.indices)], pa.int64())})
+
+    out = blocks_df.mapInArrow(write, "block int, nnz long").toArrow()
+    return out.column("nnz").to_pylist()
+
+
+def read_local_block(folder: str, side: str, layout: SideLayout, block: int) -> Block:
+    """A block written by `write_local_blocks`, memory-mapped (an empty block if it has no interactions)."""
+    import os
+
+    if not os.path.exists(block_path(folder, side, block, "indptr")):
+        return empty_block(layout, block)
+    arrays = {name: np.load(block_path(folder, side, block, name), mmap_mode="r") for name, _ in BLOCK_ARRAYS}
+    start, stop = layout.bounds(block)
+    return Block(block, start, stop - start, **arrays)
