@@ -161,7 +161,7 @@ def _local_fn(side: str, layout: SideLayout, other: FileRef, current: FileRef, g
 
 
 def default_num_blocks(spark: Any, nnz: int) -> int:
-    """Enough blocks to keep every core busy, and blocks of at most ~4M interactions."""
+    """Enough blocks to keep every core busy, blocks of at most ~4M interactions, a multiple of the cores."""
     try:
         parallelism = int(spark.conf.get("spark.default.parallelism"))
     except Exception:
@@ -170,7 +170,8 @@ def default_num_blocks(spark: Any, nnz: int) -> int:
         parallelism = spark.sparkContext.defaultParallelism
     except Exception:
         pass
-    return max(1, parallelism, math.ceil(nnz / 4_000_000))
+    parallelism = max(1, parallelism)
+    return parallelism * math.ceil(max(1, math.ceil(nnz / 4_000_000)) / parallelism)
 
 
 def row_counts(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:

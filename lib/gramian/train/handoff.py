@@ -8,6 +8,7 @@ carry the same data both ways for a fraction of the cost, at stable paths so a j
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -57,6 +58,8 @@ class Handoff:
         self.folder = (Path(tempfile.mkdtemp(prefix="gramian-handoff-", dir=_scratch_root()))
                        if enabled and is_local_master(spark) else None)
         self._count = 0
+        if self.folder is not None:  # /dev/shm is memory: never leave it behind, even on an error exit
+            atexit.register(self.close)
 
     @property
     def enabled(self) -> bool:
