@@ -217,7 +217,8 @@ def recommend_defaults(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
         a0 = t["params"]["alpha0"]
         if "alpha0_items" in t["params"]:  # the catalogue-scaled rule: one setting across datasets
             a0 = f"{t['params']['alpha0_items']:g}/n_items"
-        key = (a0, t["params"]["reg"], conf_name(t["params"]))
+        nu = t["params"].get("nu", 1.0)
+        key = (a0, t["params"]["reg"], conf_name(t["params"]) + ("" if nu == 1.0 else f", nu={nu:g}"))
         table.setdefault(key, {})[t["dataset"]] = t["metrics"].get("recall@20", np.nan)
     rows = []
     for (a0, reg, conf), rec in table.items():
