@@ -59,3 +59,11 @@ def test_fold_in_rejects_rows_outside_the_catalogue() -> None:
     h = np.zeros((4, 2))
     with pytest.raises(ValueError, match="row 7 is outside the item factors"):
         fold_in_one(np.array([1, 7]), None, h, ModelConfig(dim=2))
+
+
+def test_fold_in_resolves_a_catalogue_scaled_alpha0_as_training_does() -> None:
+    mask, raw, indptr, cols, weights = _histories(seed=5)
+    h = np.random.default_rng(4).normal(0, 0.5, (mask.shape[1], 3))
+    scaled = ModelConfig(dim=3, alpha0=None, alpha0_items=6.0, reg=0.02)
+    fixed = ModelConfig(dim=3, alpha0=6.0 / mask.shape[1], reg=0.02)
+    np.testing.assert_allclose(fold_in(indptr, cols, None, h, scaled), fold_in(indptr, cols, None, h, fixed))

@@ -42,6 +42,7 @@ def fold_in(
     if len(ix) and (ix.min() < 0 or ix.max() >= h.shape[0]):
         bad = int(ix[(ix < 0) | (ix >= h.shape[0])][0])
         raise ValueError(f"history item row {bad} is outside the item factors (0..{h.shape[0] - 1}): map ids first")
+    model = model.resolved(int(h.shape[0]))  # alpha0 null: alpha0_items / |I|, as in training
     conf = model.confidence
     alpha, target = observed_weights(w, model.alpha0, form=conf.form, scale=conf.scale, beta=conf.beta, eps=conf.eps)
     g = gramian_of(h) if item_gramian is None else np.asarray(item_gramian, dtype=np.float64)
