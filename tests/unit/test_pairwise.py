@@ -254,3 +254,16 @@ def test_cg_trainer_decreases_the_loss_every_epoch():
     p, a, data = setup(10, 0.3, 1.0, reg=0.05)
     _, _, history = fit_pairwise(data, p.users, p.items, epochs=6, solver="cg", cg_steps=2)
     assert all(b <= a + 1e-9 * a for a, b in zip(history, history[1:], strict=False))
+
+
+def test_every_model_name_in_the_config_selects_an_estimator_of_that_name():
+    import typing
+
+    from gramian.config import ModelConfig
+    from gramian.train.job import ESTIMATORS
+    from gramian.train.pairwise import PairwiseTrainer, RankALS
+
+    names = typing.get_args(typing.get_type_hints(ModelConfig)["name"])
+    assert set(names) == set(ESTIMATORS)
+    assert ESTIMATORS["pairwise"] is RankALS and RankALS.trainer_class is PairwiseTrainer
+    assert RankALS(dim=8, support_power=0.5).config.name == "pairwise"
