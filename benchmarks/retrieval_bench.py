@@ -191,6 +191,9 @@ def publish_vs_mllib(spark: Any, split: Any, w: np.ndarray, h: np.ndarray, root:
     try:  # the same factors: ALSModel's constructor is package-private in Scala, public in bytecode
         jmodel = spark._jvm.org.apache.spark.ml.recommendation.ALSModel("gramian-bench", int(w.shape[1]), uf._jdf,
                                                                         itf._jdf)
+        # a model built this way has no param defaults: set those recommendForAllUsers reads
+        jmodel.setUserCol("user").setItemCol("item").setPredictionCol("prediction")
+        jmodel.setColdStartStrategy("nan").setBlockSize(4096)
         als = ALSModel(jmodel)
         how = "ALSModel built from gramian's factor DataFrames (JVM constructor), not retrained"
     except Exception as e:  # noqa: BLE001 - py4j raises several kinds; fall back to a same-shape model
@@ -281,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         split, w, h, fit_s = gowalla_factors()
         doc["gowalla_fit_seconds"] = fit_s
         doc["gowalla_index"] = gowalla_index(split, w, h, 2000, tmp)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "retrieval.json").write_text(json.dumps(doc, indent=2, default=str))  # kept if Spark fails
         if not args.skip_publish:
             from benchmarks.peers import spark_session
 

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
-import textwrap
 import threading
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -199,49 +194,3 @@ def test_cli_recommend_prints_the_list_and_exits_2_when_every_id_is_unknown(spar
     assert main(["recommend", "--items", "zzz", *base]) == 2
     assert "only unknown ids" in capsys.readouterr().err
 
-
-CONNECT_SCRIPT = textwrap.dedent("""
-    import sys, json, numpy as np, pyarrow as pa
-    from pyspark.sql import SparkSession
-    from gramian.spark import pin_loopback_env, is_connect
-    from gramian import tables
-    from gramian.config import Config, ModelConfig, PublishConfig, StorageConfig
-    from gramian.retrieval.publish import run as publish, read_topn
-    pin_loopback_env()
-    spark = (SparkSession.builder.remote("local[2]")
-             .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-             .config("spark.ui.enabled", "false").getOrCreate())
-    assert is_connect(spark), type(spark)
-    rng = np.random.default_rng(0)
-    n_users, n_items, d = 40, 300, 4
-    cfg = Config(storage=StorageConfig(root=sys.argv[1]), model=ModelConfig(dim=d),
-                 publish=PublishConfig(n=5, brute_force_below=0, num_leaves=6, num_leaves_to_search=6,
-                                       quantize="none", training_sample_size=300))
-    st = cfg.storage
-    def factors(n, prefix):
-        f = rng.standard_normal((n, d)).astype(np.float32)
-        return spark.createDataFrame(pa.table({"run_id": ["c1"] * n, "idx": pa.array(np.arange(n, dtype=np.int32)),
-            "id": [f"{prefix}{i}" for i in range(n)], "factors": [list(map(float, r)) for r in f]}).cast(
-            pa.schema([("run_id", pa.string()), ("idx", pa.int32()), ("id", pa.string()),
-                       ("factors", pa.list_(pa.float32()))])))
-    tables.write(factors(n_users, "u"), st, "user_factors")
-    tables.write(factors(n_items, "i"), st, "item_factors")
-    pairs = pa.table({"user_idx": pa.array(np.repeat(np.arange(n_users), 3).astype(np.int32)),
-                      "item_idx": pa.array(rng.integers(0, n_items, 3 * n_users).astype(np.int32)),
-                      "weight": pa.array(np.ones(3 * n_users))})
-    tables.write(spark.createDataFrame(pairs), st, "train")
-    summary = publish(spark, cfg, "c1")
-    print(json.dumps({"rows": read_topn(spark, st).count(), "summary_rows": summary["rows"],
-                      "recall": summary["index_recall"]}))
-    spark.stop()
-""")
-
-
-def test_publish_runs_on_a_spark_connect_session(tmp_path):
-    script = tmp_path / "connect_publish.py"
-    script.write_text(CONNECT_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "wh")], capture_output=True, text=True,
-                          timeout=600, cwd=Path(__file__).parents[2])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["rows"] == out["summary_rows"] == 40 * 5 and out["recall"] == 1.0
