@@ -98,6 +98,9 @@ def mllib_route(spark: Any, split: Split, uf: np.ndarray, itf: np.ndarray) -> di
     u_df, i_df = factors_df(uf), factors_df(itf)
     u_df.count(), i_df.count()
     java = spark._jvm.org.apache.spark.ml.recommendation.ALSModel("bench-als", uf.shape[1], u_df._jdf, i_df._jdf)
+    # An ALSModel built outside ALS.fit has no param defaults: set what recommendForAllUsers reads.
+    java.setUserCol("user").setItemCol("item").setPredictionCol("prediction").setBlockSize(4096)
+    java.setColdStartStrategy("nan")
     model = ALSModel(java)
     test_users = np.repeat(np.arange(split.n_users), np.diff(split.test_indptr))
     labels = (spark.createDataFrame(pa.table({"user": pa.array(test_users.astype(np.int32)),
@@ -142,7 +145,7 @@ def check(name: str, got: dict[str, float], ref: dict[str, float], keys: list[st
 
 def write_md(doc: dict[str, Any]) -> Path:
     m = doc["machine"]
-    g, gs, ml = doc["gramian_exact"], doc["gramian_full"], doc["mllib"]
+    g, gs, ml = doc.get("gramian_exact", {}), doc.get("gramian_full"), doc.get("mllib")
     lines = [f"# Evaluation benchmark ({doc['dataset']})", "",
              f"{m.get('cpu', '?')}, {m.get('nproc', '?')} cores, {m.get('ram_gib', 0):.0f} GiB; pyspark "
              f"{m.get('versions', {}).get('pyspark', '?')}, local[2]; {doc['date']}, commit {m.get('git_commit')}. "
@@ -151,25 +154,34 @@ def write_md(doc: dict[str, Any]) -> Path:
              f"{doc['factors_source']} (fit {doc['factor_fit_seconds']:.0f} s, not timed below).", "",
              "| route | wall s | peak RSS MiB (driver + JVM + workers) | what it computes |", "|---|---|---|---|",
              f"| gramian evaluate, exact only | {g['seconds']:.1f} | {g['peak_rss_mib']:.0f} | full-catalogue ranks "
-             f"of every held-out item, training items excluded; P, R (two denominators), AP, NDCG @4 k, AUC |",
-             f"| gramian evaluate, exact + sampled (m=100) + popularity | {gs['seconds']:.1f} | "
-             f"{gs['peak_rss_mib']:.0f} | the above, plus sampled/corrected/exact item_* metrics and the "
-             f"popularity baseline |",
-             f"| MLlib recommendForAllUsers({max(KS)}) + RankingEvaluator | {ml['seconds']:.1f} | "
-             f"{ml['peak_rss_mib']:.0f} | top-{max(KS)} lists *with* training items, P/R/NDCG/MAP @4 k |", "",
-             "Correctness, asserted before reporting: gramian's Spark metrics equal the numpy top-k reference "
-             f"(max abs diff {doc['check_gramian_max_diff']:.2e}); MLlib's equal the numpy top-k without "
-             f"exclusion (max abs diff {doc['check_mllib_max_diff']:.2e}; float32 scores in MLlib).", "",
-             "| metric | gramian (train excluded) | MLlib route (train not excluded) |", "|---|---|---|"]
+             f"of every held-out item, training items excluded; P, R (two denominators), AP, NDCG @4 k, AUC |"]
+    if gs:
+        lines.append(f"| gramian evaluate, exact + sampled (m=100) + popularity | {gs['seconds']:.1f} | "
+                     f"{gs['peak_rss_mib']:.0f} | the above, plus sampled/corrected/exact item_* metrics and the "
+                     f"popularity baseline |")
+    if ml and "error" not in ml:
+        lines.append(f"| MLlib recommendForAllUsers({max(KS)}) + RankingEvaluator | {ml['seconds']:.1f} | "
+                     f"{ml['peak_rss_mib']:.0f} | top-{max(KS)} lists *with* training items, P/R/NDCG/MAP @4 k |")
+    elif ml:
+        lines.append(f"| MLlib recommendForAllUsers({max(KS)}) + RankingEvaluator | failed | | {ml['error']} |")
+    lines += ["", "Correctness, asserted before reporting: gramian's Spark metrics equal the numpy top-k reference "
+              f"(max abs diff {doc.get('check_gramian_max_diff', float('nan')):.2e})"
+              + (f"; MLlib's equal the numpy top-k without exclusion (max abs diff "
+                 f"{doc['check_mllib_max_diff']:.2e}; float32 scores in MLlib)." if "check_mllib_max_diff" in doc
+                 else "."), ""]
+    has_ml = bool(ml) and "error" not in ml
+    lines += ["| metric | gramian (train excluded) | MLlib route (train not excluded) |", "|---|---|---|"]
     for k in KS:
         for name in ("precision", "recall", "ndcg"):
-            lines.append(f"| {name}@{k} | {g['metrics'][f'{name}@{k}']:.4f} | {ml['metrics'][f'{name}@{k}']:.4f} |")
-    lines += ["", "Sampled metrics on the same model (uniform m=100): item_recall@k exact / naive / corrected", "",
-              "| k | exact | naive sampled | corrected |", "|---|---|---|---|"]
-    for k in KS:
-        s = gs["sampled"]
-        lines.append(f"| {k} | {s[f'item_recall@{k}/exact']:.4f} | {s[f'item_recall@{k}/sampled']:.4f} | "
-                     f"{s[f'item_recall@{k}/corrected']:.4f} |")
+            other = f"{ml['metrics'][f'{name}@{k}']:.4f}" if has_ml else "—"
+            lines.append(f"| {name}@{k} | {g['metrics'][f'{name}@{k}']:.4f} | {other} |")
+    if gs:
+        lines += ["", "Sampled metrics on the same model (uniform m=100): item_recall@k exact / naive / corrected", "",
+                  "| k | exact | naive sampled | corrected |", "|---|---|---|---|"]
+        for k in KS:
+            s = gs["sampled"]
+            lines.append(f"| {k} | {s[f'item_recall@{k}/exact']:.4f} | {s[f'item_recall@{k}/sampled']:.4f} | "
+                         f"{s[f'item_recall@{k}/corrected']:.4f} |")
     path = RESULTS / "evaluate.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -188,26 +200,38 @@ def main(argv: list[str] | None = None) -> int:
     uf, itf = np.asarray(fit.user_factors, np.float32), np.asarray(fit.item_factors, np.float32)
     spark = spark_session()
     run_id = "bench"
-    with tempfile.TemporaryDirectory(prefix="gramian-evalbench-") as root:
-        st = write_tables(spark, split, uf, itf, root, run_id)
-        g = gramian_route(spark, st, run_id, sampled=False)
-        gs = gramian_route(spark, st, run_id, sampled=True)
-    ml = mllib_route(spark, split, uf, itf)
     ref = numpy_reference(split, uf, itf, exclude=True)
     ref_noex = numpy_reference(split, uf, itf, exclude=False)
     keys = [f"{n}@{k}" for k in KS for n in ("precision", "recall", "recall_min", "ndcg")]
-    check("gramian", g["metrics"], ref, keys, 1e-9)
     keys_ml = [f"{n}@{k}" for k in KS for n in ("precision", "recall", "ndcg")]
-    check("MLlib", ml["metrics"], ref_noex, keys_ml, 2e-3)
-    doc = {"dataset": "gowalla", "users": int(ref["users"]), "items": split.n_items, "dim": uf.shape[1],
-           "ks": list(KS), "factors_source": f"implicit ALS {FACTORS}", "factor_fit_seconds": fit_s,
-           "machine": report.machine_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "load_avg": [round(x, 1) for x in load], "gramian_exact": g, "gramian_full": gs, "mllib": ml,
-           "check_gramian_max_diff": max(abs(g["metrics"][k] - ref[k]) for k in keys),
-           "check_mllib_max_diff": max(abs(ml["metrics"][k] - ref_noex[k]) for k in keys_ml)}
+    doc: dict[str, Any] = {
+        "dataset": "gowalla", "users": int(ref["users"]), "items": split.n_items, "dim": uf.shape[1],
+        "ks": list(KS), "factors_source": f"implicit ALS {FACTORS}", "factor_fit_seconds": fit_s,
+        "machine": report.machine_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_avg": [round(x, 1) for x in load]}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "evaluate.json").write_text(json.dumps(doc, indent=2, default=str))
-    print(write_md(doc).read_text())
+
+    def save() -> None:  # after every route: a later failure (e.g. the machine's OOM killer) keeps the rest
+        (RESULTS / "evaluate.json").write_text(json.dumps(doc, indent=2, default=str))
+        write_md(doc)
+
+    with tempfile.TemporaryDirectory(prefix="gramian-evalbench-") as root:
+        st = write_tables(spark, split, uf, itf, root, run_id)
+        doc["gramian_exact"] = g = gramian_route(spark, st, run_id, sampled=False)
+        check("gramian", g["metrics"], ref, keys, 1e-9)
+        doc["check_gramian_max_diff"] = max(abs(g["metrics"][k] - ref[k]) for k in keys)
+        save()
+        try:
+            doc["mllib"] = ml = mllib_route(spark, split, uf, itf)
+            check("MLlib", ml["metrics"], ref_noex, keys_ml, 2e-3)
+            doc["check_mllib_max_diff"] = max(abs(ml["metrics"][k] - ref_noex[k]) for k in keys_ml)
+        except Exception as e:  # recorded, not hidden: the table says the route failed and why
+            doc["mllib"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            spark = spark_session()
+        save()
+        doc["gramian_full"] = gramian_route(spark, st, run_id, sampled=True)
+        save()
+    print((RESULTS / "evaluate.md").read_text())
     return 0
 
 
