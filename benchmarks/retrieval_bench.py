@@ -226,6 +226,26 @@ def publish_vs_mllib(spark: Any, split: Any, w: np.ndarray, h: np.ndarray, root:
             "speedup": mllib_s / ours_s}
 
 
+def _targets(doc: dict[str, Any]) -> list[str]:
+    """The issue's targets (recall@100 >= 0.95, >= 10x exact q/s) checked against the publish defaults."""
+    out = ["## Against the targets (publish defaults)", ""]
+    for s in doc["synthetic"]:
+        c = next(c for c in s["configs"] if c["default"])
+        out.append(f"- synthetic {s['kind']}: recall {c['recall']:.3f} ({'met' if c['recall'] >= 0.95 else 'MISSED'}), "
+                   f"{c['speedup']:.0f}x exact ({'met' if c['speedup'] >= 10 else 'MISSED'})")
+    g = doc.get("gowalla_index")
+    if g:
+        sp = g["scann_excluding_qps"] / g["exact_qps"]
+        rec = g["recall_excluding"]
+        out.append(f"- Gowalla: recall {rec:.3f} ({'met' if rec >= 0.95 else 'MISSED'}), {sp:.1f}x exact with "
+                   f"training items excluded ({'met' if sp >= 10 else 'MISSED'}: 41k items "
+                   f"are cheap to score exactly; raw top-100 {g['raw_scann_qps'] / g['raw_exact_qps']:.1f}x)")
+    out += ["", "i.i.d. Gaussian factors have no cluster structure for partitions to exploit (the worst case: see "
+            "the sweep above for what searching more leaves buys); trained embeddings (Gowalla) and clustered "
+            "factors reach the recall target at the defaults.", ""]
+    return out
+
+
 def write_md(doc: dict[str, Any]) -> Path:
     lines = _header(doc["machine"], "gramian retrieval benchmark")
     lines += ["Timings were taken on 2 cores shared with other jobs: treat them as noisy (see load).", "",
@@ -265,6 +285,7 @@ def write_md(doc: dict[str, Any]) -> Path:
                   f"| {p['mllib_rows']} | {p['mllib_model']}; training items NOT excluded "
                   f"({p['mllib_training_items_in_first_list']} in the first user's list) |", "",
                   f"Speed-up: {p['speedup']:.1f}x.", ""]
+    lines += _targets(doc)
     path = RESULTS / "retrieval.md"
     path.write_text("\n".join(lines))
     return path
