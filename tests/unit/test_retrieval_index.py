@@ -63,10 +63,11 @@ def test_no_history_item_is_ever_returned_and_lists_are_best_first(tmp_path):
 def test_searcher_that_comes_back_short_falls_back_to_exact(tmp_path):
     w, h = _factors(n_users=40, n_items=600)
     ip, ix = _histories(len(w), len(h), max_len=30)
-    cfg = dataclasses.replace(EXHAUSTIVE, num_leaves=60, num_leaves_to_search=1)  # ~10 items per leaf searched
-    index = build_index(h, np.arange(len(h)).astype(str), tmp_path / "ix", cfg, k=40)
-    items, _, exact = topn_excluding(index, w[:40], ip, ix, 40, exact_history_above=10_000)
-    truth, _ = topk_excluding(w[:40], h, np.arange(40), ip, ix, 40)
+    # one leaf of 60 searched (~10 of 600 items) can never supply 100 neighbours
+    cfg = dataclasses.replace(EXHAUSTIVE, num_leaves=60, num_leaves_to_search=1)
+    index = build_index(h, np.arange(len(h)).astype(str), tmp_path / "ix", cfg, k=100)
+    items, _, exact = topn_excluding(index, w[:40], ip, ix, 100, exact_history_above=10_000)
+    truth, _ = topk_excluding(w[:40], h, np.arange(40), ip, ix, 100)
     assert exact.all()
     np.testing.assert_array_equal(items, truth)
 
