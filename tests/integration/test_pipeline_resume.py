@@ -85,7 +85,7 @@ def test_tables_rewritten_by_another_run_make_the_stage_incomplete(spark, first)
     assert not summaries["split"].get("skipped") and not summaries["train"].get("skipped")
 
 
-def boom(spark, cfg, run_id):
+def boom(spark, cfg, run_id, **kwargs):
     """A stage that fails, for the failure record."""
     raise InputDataError("boom must not happen, got it (test). Remove the failing stage.")
 
