@@ -11,7 +11,8 @@ from typing import Any
 from gramian.config import StorageConfig
 
 TABLES = ("interactions", "given_test", "quarantine", "users", "items", "ingest_runs", "train", "test", "foldin",
-          "user_factors", "item_factors", "runs", "metrics", "metrics_by_user", "topn", "stage_runs")
+          "user_factors", "item_factors", "runs", "metrics", "metrics_by_user", "topn", "publications",
+          "stage_runs")
 
 
 def table_ref(storage: StorageConfig, name: str) -> str:
