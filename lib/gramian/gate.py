@@ -30,8 +30,8 @@ def metric_value(spark: Any, cfg: Config, run_id: str, metric: str, k: int, meth
         cond &= F.col("k") == k
     if "method" in df.columns:
         cond &= F.col("method") == method
-    if "model" in df.columns:  # evaluate also writes comparison rows labelled "<model>@<other run>"
-        cond &= ~F.col("model").contains("@")
+    if "model" in df.columns:  # evaluate also writes the popularity baseline and "<model>@<other run>" rows
+        cond &= ~F.col("model").contains("@") & (F.col("model") != "popularity")
     rows = df.filter(cond).select("value").limit(1).collect()
     return float(rows[0][0]) if rows else None
 
