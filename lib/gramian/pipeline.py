@@ -192,8 +192,8 @@ def describe(spark: Any, cfg: Config, run_id: str, users: int = 3, n: int = 5) -
     run = f"run_id = {_sql_str(run_id)}"
     if tables.exists(spark, st, "metrics"):
         df = tables.read(spark, st, "metrics").filter(run)
-        cols = [c for c in ("metric", "k", "method", "value", "sample_size") if c in df.columns]
-        rows = df.select(*cols).orderBy(*[c for c in ("metric", "method", "k") if c in cols]).collect()
+        cols = [c for c in ("model", "metric", "k", "method", "value", "sample_size") if c in df.columns]
+        rows = df.select(*cols).orderBy(*[c for c in ("model", "metric", "method", "k") if c in cols]).collect()
         if rows:
             parts.append("== metrics (" + run_id + ")")
             parts.append("  " + "  ".join(f"{c:>10}" for c in cols))
