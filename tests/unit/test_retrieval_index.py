@@ -101,6 +101,8 @@ def test_index_params_follow_catalogue_size_with_config_overrides():
     big = choose_params(1_000_000, 64, PublishConfig())
     assert big.kind == "scann" and big.num_leaves == 1000 and big.quantize == "ah"
     assert big.num_leaves_to_search == int(np.ceil(1000 * PublishConfig().search_fraction))
+    small = choose_params(40_981, 64, PublishConfig())  # Gowalla: >= 400 items a leaf, searched leaves scored exactly
+    assert (small.num_leaves, small.num_leaves_to_search, small.quantize) == (102, 8, "none")
     over = choose_params(1_000_000, 64, PublishConfig(num_leaves=500, num_leaves_to_search=500, quantize="none"))
     assert (over.num_leaves, over.num_leaves_to_search, over.quantize) == (500, 500, "none")
     with pytest.raises(ConfigError, match="num_leaves_to_search must be <= num_leaves"):
