@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -194,3 +200,52 @@ def test_cli_recommend_prints_the_list_and_exits_2_when_every_id_is_unknown(spar
     assert main(["recommend", "--items", "zzz", *base]) == 2
     assert "only unknown ids" in capsys.readouterr().err
 
+
+
+CONNECT_PUBLISH = textwrap.dedent("""
+    import json, os, sys
+    import pyarrow.parquet as pq
+    from pyspark.sql import SparkSession
+    from gramian.config import Config, PublishConfig, SparkConfig, StorageConfig
+    from gramian.retrieval.publish import read_topn, run as publish
+    from gramian.spark import _LOCAL_DEFAULTS, delta_package, is_connect, pin_loopback_env
+    pin_loopback_env()
+    builder = SparkSession.builder.remote("local[2]")
+    ivy = os.path.expanduser(SparkConfig().ivy_dir)  # the classic sessions' Ivy cache: Delta resolves offline
+    for key, value in {**_LOCAL_DEFAULTS, "spark.jars.packages": delta_package(), "spark.jars.ivy": ivy}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    assert is_connect(spark), type(spark)
+    cfg = Config(storage=StorageConfig(root=sys.argv[1]), publish=PublishConfig(**json.loads(sys.argv[2])))
+    summary = publish(spark, cfg, "r1")
+    pq.write_table(read_topn(spark, cfg.storage).toArrow(), sys.argv[3])
+    json.dump(summary, open(sys.argv[4], "w"))
+    spark.stop()
+""")
+
+
+def test_spark_connect_session_publishes_the_same_topn_as_classic(spark, trained, tmp_path):
+    """publish uses no RDD/SparkContext/JVM handle: a Spark Connect local session writes the same lists."""
+    cfg, _, _ = trained
+    roots = {}
+    for name in ("classic", "connect"):  # two copies of the trained warehouse's inputs, one per session
+        roots[name] = tmp_path / name / "wh"
+        for table in ("train", "user_factors", "item_factors", "runs"):
+            shutil.copytree(Path(cfg.storage.root) / table, roots[name] / table)
+    classic_cfg = dataclasses.replace(cfg, storage=StorageConfig(root=str(roots["classic"])))
+    classic_summary = publish(spark, classic_cfg, "r1")
+    classic = read_topn(spark, classic_cfg.storage).toPandas()
+    proc = subprocess.run([sys.executable, "-c", CONNECT_PUBLISH, str(roots["connect"]),
+                           json.dumps(dataclasses.asdict(cfg.publish)), str(tmp_path / "topn.parquet"),
+                           str(tmp_path / "summary.json")],
+                          capture_output=True, text=True, timeout=420, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    connect = pd.read_parquet(tmp_path / "topn.parquet")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("users", "rows", "index", "index_recall"):
+        assert summary[key] == classic_summary[key], key
+    key = ["user_id", "rank"]
+    classic, connect = classic.sort_values(key).reset_index(drop=True), connect.sort_values(key).reset_index(drop=True)
+    assert len(classic) == classic_summary["rows"] > 0
+    pd.testing.assert_frame_equal(connect[["run_id", *key, "item_id"]], classic[["run_id", *key, "item_id"]])
+    np.testing.assert_allclose(connect["score"], classic["score"], rtol=1e-6, atol=1e-6)
