@@ -90,29 +90,20 @@ class StandaloneCluster:
     def kill_worker(self, i: int) -> None:
         """SIGKILL worker i and everything it started (its executor and Python workers): a lost machine."""
         proc = self.procs[f"worker{i}"]
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _signal_group(proc, signal.SIGKILL)
         proc.wait(timeout=30)
 
     def stop(self) -> None:
         """Stop every process this cluster started: SIGTERM, then SIGKILL what is left."""
         for proc in self.procs.values():
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _signal_group(proc, signal.SIGKILL)
             proc.wait(timeout=30)
 
     def __enter__(self) -> StandaloneCluster:
@@ -139,3 +130,11 @@ class StandaloneCluster:
         if py_files is not None:
             cmd += ["--py-files", str(py_files)]
         return [*cmd, str(ROOT / job), *args]
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send `sig` to the process group `proc` leads (it and everything it started), if it still exists."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
