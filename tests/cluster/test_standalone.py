@@ -162,9 +162,11 @@ def test_losing_a_worker_mid_training_still_finishes_with_the_same_model(spark, 
         metrics = read(spark, st, "metrics").filter(
             "run_id in ('base', 'faulty') AND method = 'exact' AND model NOT LIKE '%@%'").collect()
         by_run: dict[str, dict[tuple, float]] = {}
-        for r in metrics:
-            key = (r["metric"], r["k"])
+        for r in metrics:  # keyed by model too: the popularity baseline shares metric, k and method
+            key = (r["model"], r["metric"], r["k"])
+            assert key not in by_run.get(r["run_id"], {}), f"two exact rows for {key} in run {r['run_id']}"
             by_run.setdefault(r["run_id"], {})[key] = r["value"]
         assert by_run["base"].keys() == by_run["faulty"].keys() and by_run["base"]
+        assert {m for m, _, _ in by_run["base"]} >= {"popularity"}
         for key, value in by_run["base"].items():
             assert abs(by_run["faulty"][key] - value) < 1e-3, key
