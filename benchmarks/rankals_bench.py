@@ -37,9 +37,22 @@ GRID = {"ml-100k": {"reg": [0.01, 0.1, 0.3, 1.0], "support_power": [0.0, 0.5]},
 
 
 def fit_rankals(split: D.Split, reg: float, support_power: float, dim: int, epochs: int,
-                nu: float = 1.0) -> dict[str, Any]:
-    """RankALS epochs with the pairwise kernels; per-epoch user/item seconds and loss (loss time excluded)."""
-    from gramian.kernels.pairwise import PairwiseData, item_moments, item_step, row_sums, solve_users
+                nu: float = 1.0, item_step_kind: str = "descent") -> dict[str, Any]:
+    """RankALS epochs with the pairwise kernels; per-epoch user/item seconds and loss (loss time excluded).
+
+    item_step_kind: "exact" (joint minimiser, model.solver=cholesky) or "descent" (one CG direction per item and
+    an exact joint step along it, model.solver=cg: what the Spark trainer runs by default).
+    """
+    from gramian.kernels.pairwise import (
+        PairwiseData,
+        item_descent,
+        item_moments,
+        item_step,
+        row_sums,
+        solve_users,
+        user_moments,
+        user_side_partials,
+    )
     from gramian.train.als import init_factors
 
     t0 = time.perf_counter()
@@ -50,20 +63,32 @@ def fit_rankals(split: D.Split, reg: float, support_power: float, dim: int, epoc
     h = init_factors(split.n_items, dim, 0.1, 0, 1)
     setup = time.perf_counter() - t0
     user_s, item_s, loss = [], [], []
+    im = item_moments(h, data.support)
     for _ in range(epochs):
         t1 = time.perf_counter()
-        w = solve_users(data.user_indptr, data.user_indices, data.user_alpha, h, item_moments(h, data.support),
-                        data.reg_users, w, solver="cg", cg_steps=3).astype(np.float32)
+        w = solve_users(data.user_indptr, data.user_indices, data.user_alpha, h, im, data.reg_users, w,
+                        solver="cg", cg_steps=3).astype(np.float32)
+        if item_step_kind == "descent":  # what the Spark user job also returns: (A, b, G^C) and (sq, v0) shares
+            um = user_moments(data.user_indptr, data.user_alpha, w)
+            _, v0 = user_side_partials(data.user_indptr, data.user_indices, data.user_alpha, w, h)
         t2 = time.perf_counter()
-        h = item_step(data.item_indptr, data.item_indices, data.item_alpha, w, data.support, data.reg_items,
-                      user_sums).astype(np.float32)
+        if item_step_kind == "exact":
+            h = item_step(data.item_indptr, data.item_indices, data.item_alpha, w, data.support, data.reg_items,
+                          user_sums).astype(np.float32)
+            im = item_moments(h, data.support)
+        else:
+            delta, part = item_descent(data.item_indptr, data.item_indices, data.item_alpha, w, h, data.support,
+                                       data.reg_items, um, im, v0, cg_steps=3)
+            t = part.step(um, im, v0)
+            h = (h + t * delta).astype(np.float32)
+            im = part.moved(im, t)
         t3 = time.perf_counter()
         user_s.append(t2 - t1)
         item_s.append(t3 - t2)
         loss.append(data.loss(w, h).total)
     return {"w": w, "h": h, "user_seconds": user_s, "item_seconds": item_s, "loss": loss, "setup_seconds": setup,
             "params": {"dim": dim, "epochs": epochs, "reg": reg, "nu": nu, "support_power": support_power,
-                       "user_solver": "cg", "cg_steps": 3, "item_step": "exact"}}
+                       "user_solver": "cg", "cg_steps": 3, "item_step": item_step_kind}}
 
 
 def fit_ials(split: D.Split, dim: int) -> dict[str, Any]:

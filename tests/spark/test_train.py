@@ -212,29 +212,36 @@ CONNECT_SCRIPT = textwrap.dedent("""
     from pyspark.sql import SparkSession
     from gramian.spark import pin_loopback_env, is_connect
     from gramian.config import TrainConfig
-    from gramian.train import IALS
+    from gramian import train
     pin_loopback_env()
     spark = (SparkSession.builder.remote("local[2]")
              .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
              .config("spark.ui.enabled", "false").getOrCreate())
     assert is_connect(spark), type(spark)
     pairs = pd.read_parquet(sys.argv[1])
-    model = IALS(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2)).fit(
+    estimator = getattr(train, sys.argv[5])  # IALS or RankALS
+    model = estimator(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2)).fit(
         spark.createDataFrame(pairs), int(sys.argv[3]), int(sys.argv[4]))
     np.savez(sys.argv[2], user=model.user_array, item=model.item_array)
     spark.stop()
 """)
 
 
-def test_spark_connect_session_trains_the_same_factors_as_classic(train_df, pairs, tmp_path):
+def fit_on_connect(pairs, tmp_path, estimator: str) -> Path:
+    """Fit `estimator` (a gramian.train class name) on a Spark Connect local session in a subprocess."""
     src = tmp_path / "pairs.parquet"
     pairs.to_parquet(src)
     script = tmp_path / "connect_fit.py"
     script.write_text(CONNECT_SCRIPT)
     out = tmp_path / "connect.npz"
-    proc = subprocess.run([sys.executable, str(script), str(src), str(out), str(N_USERS), str(N_ITEMS)],
+    proc = subprocess.run([sys.executable, str(script), str(src), str(out), str(N_USERS), str(N_ITEMS), estimator],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_spark_connect_session_trains_the_same_factors_as_classic(train_df, pairs, tmp_path):
+    out = fit_on_connect(pairs, tmp_path, "IALS")
     classic = IALS(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2)).fit(
         train_df, N_USERS, N_ITEMS)
     with np.load(out) as z:

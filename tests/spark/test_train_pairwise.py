@@ -9,7 +9,7 @@ import pytest
 from gramian.config import ModelConfig, TrainConfig
 from gramian.errors import ConfigError
 from gramian.kernels import observed_weights
-from gramian.kernels.pairwise import PairwiseData, item_moments, item_step, row_sums, solve_users
+from gramian.kernels.pairwise import PairwiseData, item_descent_step, item_moments, item_step, row_sums, solve_users
 from gramian.train import IALSModel, RankALS
 from gramian.train.als import init_factors
 from gramian.train.checkpoint import Checkpointer
@@ -29,8 +29,13 @@ def numpy_fit(pairs: pd.DataFrame, m: ModelConfig, n_users: int = N_USERS,
     for _ in range(m.epochs):
         W = solve_users(data.user_indptr, data.user_indices, data.user_alpha, H, item_moments(H, data.support),
                         data.reg_users, W, solver=m.solver, cg_steps=m.cg_steps).astype(np.float32)
-        H = item_step(data.item_indptr, data.item_indices, data.item_alpha, W, data.support, data.reg_items,
-                      row_sums(data.user_indptr, data.user_alpha)).astype(np.float32)
+        if m.solver == "cholesky":  # the exact joint item step
+            H = item_step(data.item_indptr, data.item_indices, data.item_alpha, W, data.support, data.reg_items,
+                          row_sums(data.user_indptr, data.user_alpha)).astype(np.float32)
+        else:  # one descent pass and the exact step along it
+            H = item_descent_step(data.item_indptr, data.item_indices, data.item_alpha, W, H, data.support,
+                                  data.reg_items, data.user_indptr, data.user_indices, data.user_alpha,
+                                  cg_steps=m.cg_steps).astype(np.float32)
         losses.append(data.loss(W, H).total)
     return W, H, losses
 
@@ -45,11 +50,13 @@ def train_df(spark, pairs):
     return spark.createDataFrame(pairs)
 
 
-@pytest.mark.parametrize("solver,support_power,nu", [("cholesky", 0.0, 1.0), ("cg", 0.5, 0.0)])
-def test_spark_rankals_equals_single_process_numpy_run(train_df, pairs, solver, support_power, nu):
+@pytest.mark.parametrize("solver,support_power,nu,local_files", [
+    ("cholesky", 0.0, 1.0, True), ("cg", 0.5, 0.0, True), ("cg", 0.0, 1.0, False)])
+def test_spark_rankals_equals_single_process_numpy_run(train_df, pairs, solver, support_power, nu, local_files):
+    # local_files: blocks as local files read by block id (local master) or cached block DataFrames (elsewhere)
     est = RankALS(dim=8, epochs=3, solver=solver, reg=0.01 if nu else 1.0, nu=nu, support_power=support_power,
                   confidence={"form": "rendle", "scale": "log", "beta": 1.0, "eps": 1.0},
-                  train=TrainConfig(num_user_blocks=3, num_item_blocks=2))
+                  train=TrainConfig(num_user_blocks=3, num_item_blocks=2, local_file_handoff=local_files))
     model = est.fit(train_df, N_USERS, N_ITEMS)
     W, H, losses = numpy_fit(pairs, est.config)
     np.testing.assert_allclose(model.user_array, W, atol=1e-4)
@@ -81,6 +88,17 @@ def test_rankals_resumes_from_a_checkpoint_to_the_same_factors(train_df, tmp_pat
     resumed.save(tmp_path / "model")
     loaded = IALSModel.load(tmp_path / "model")
     assert loaded.config.name == "pairwise"
+
+
+def test_spark_connect_session_trains_the_same_rankals_factors_as_classic(train_df, pairs, tmp_path):
+    from tests.spark.test_train import fit_on_connect
+
+    out = fit_on_connect(pairs, tmp_path, "RankALS")
+    classic = RankALS(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2)).fit(
+        train_df, N_USERS, N_ITEMS)
+    with np.load(out) as z:
+        np.testing.assert_allclose(z["user"], classic.user_array, atol=1e-5)
+        np.testing.assert_allclose(z["item"], classic.item_array, atol=1e-5)
 
 
 def test_rankals_refuses_routed_factors_naming_the_remedy(train_df):

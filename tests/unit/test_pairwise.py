@@ -7,10 +7,13 @@ import pytest
 
 from gramian.kernels.pairwise import (
     Coupling,
+    Descent,
     ItemBasis,
     PairwiseData,
     fit_pairwise,
     item_coupling,
+    item_descent,
+    item_descent_step,
     item_moments,
     item_side_partials,
     item_step,
@@ -21,6 +24,7 @@ from gramian.kernels.pairwise import (
     solve_users,
     support_weights,
     user_moments,
+    user_side_partials,
 )
 from gramian.kernels.reference import random_problem
 from gramian.kernels.reference_pairwise import dense_pairwise_gradients, dense_pairwise_loss, jacobi_item_update
@@ -267,3 +271,82 @@ def test_every_model_name_in_the_config_selects_an_estimator_of_that_name():
     assert set(names) == set(ESTIMATORS)
     assert ESTIMATORS["pairwise"] is RankALS and RankALS.trainer_class is PairwiseTrainer
     assert RankALS(dim=8, support_power=0.5).config.name == "pairwise"
+
+
+# --------------------------------------------------------------------------- inexact item step (descent)
+
+
+def descent_parts(data, users, items, cg_steps=3, rows=None):
+    """Direction and line-search share of item rows lo:hi (all by default), with the whole problem's moments."""
+    um = user_moments(data.user_indptr, data.user_alpha, users)
+    im = item_moments(items, data.support)
+    _, v0 = user_side_partials(data.user_indptr, data.user_indices, data.user_alpha, users, items)
+    lo, hi = rows or (0, items.shape[0])
+    ip, ix, al = data.item_indptr, data.item_indices, data.item_alpha
+    delta, part = item_descent(ip[lo:hi + 1] - ip[lo], ix[ip[lo]:ip[hi]], al[ip[lo]:ip[hi]], users, items[lo:hi],
+                               data.support[lo:hi], data.reg_items[lo:hi], um, im, v0, cg_steps=cg_steps)
+    return delta, part, um, im, v0
+
+
+def descend(data, users, items, **kw):
+    return item_descent_step(data.item_indptr, data.item_indices, data.item_alpha, users, items, data.support,
+                             data.reg_items, data.user_indptr, data.user_indices, data.user_alpha, **kw)
+
+
+def test_user_side_partials_equal_the_item_side_ones():
+    p, a, data = setup(3, 0.5, 1.0)
+    by_users = user_side_partials(data.user_indptr, data.user_indices, data.user_alpha, p.users, p.items)
+    by_items = item_side_partials(data.item_indptr, data.item_indices, data.item_alpha, p.items, p.users)
+    np.testing.assert_allclose(by_users[0], by_items[0], rtol=1e-12)
+    np.testing.assert_allclose(by_users[1], by_items[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("power,nu,constant", SETTINGS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_line_search_polynomial_is_the_brute_force_loss_along_the_direction(seed, power, nu, constant):
+    p, a, data = setup(seed, power, nu, constant, scale=1.0)
+    delta, part, um, im, v0 = descent_parts(data, p.users, p.items)
+    base = brute(a, data, p.users, p.items)
+    l1, l2 = part.coefficients(um, im, v0)
+    assert l1 < 0 < l2  # a descent direction of a strictly convex quadratic
+    for t in (-0.5, 0.3, 1.0, 2.5):
+        np.testing.assert_allclose(base + t * l1 + t * t * l2, brute(a, data, p.users, p.items + t * delta),
+                                   rtol=1e-9)
+    t = part.step(um, im, v0)
+    moved = item_moments(p.items + t * delta, data.support)
+    np.testing.assert_allclose(part.moved(im, t).z, moved.z, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(part.moved(im, t).gram, moved.gram, rtol=1e-10, atol=1e-12)
+    # the exact step along the direction is where the brute-force derivative vanishes
+    _, g_items = grads(a, data, p.users, p.items + t * delta)
+    assert abs(np.sum(g_items * delta)) < 1e-8 * np.abs(g_items).sum() * np.abs(delta).max() + 1e-10
+
+
+def test_descent_split_into_blocks_equals_the_whole():
+    p, a, data = setup(7, 0.6, 1.0, n_items=13)
+    whole_delta, whole, *_ = descent_parts(data, p.users, p.items)
+    parts = [descent_parts(data, p.users, p.items, rows=r) for r in ((0, 5), (5, 6), (6, 13))]
+    np.testing.assert_allclose(np.vstack([x[0] for x in parts]), whole_delta, rtol=1e-12, atol=1e-14)
+    summed = parts[0][1] + Descent.from_array(parts[1][1].to_array(), 4) + parts[2][1]
+    np.testing.assert_allclose(summed.to_array(), whole.to_array(), rtol=1e-10, atol=1e-12)
+
+
+def test_repeated_descent_steps_never_increase_the_loss_and_reach_the_exact_item_step():
+    p, a, data = setup(4, 0.5, 1.0, reg=0.05, scale=1.0)
+    exact = brute(a, data, p.users, items_step(data, p.users))
+    h, losses = p.items, [brute(a, data, p.users, p.items)]
+    for _ in range(150):
+        h = descend(data, p.users, h, cg_steps=4)
+        losses.append(brute(a, data, p.users, h))
+    assert all(no_increase(x, y) for x, y in zip(losses, losses[1:], strict=False))
+    assert losses[1] - exact < 0.2 * (losses[0] - exact)  # the first step already does most of the work
+    assert losses[-1] - exact < 1e-5 * (losses[0] - exact)  # linear convergence to the joint minimiser
+    _, g_items = grads(a, data, p.users, h)
+    assert np.abs(g_items).max() < 1e-3 * np.abs(grads(a, data, p.users, p.items)[1]).max()
+
+
+def test_descent_trainer_decreases_the_loss_every_epoch_and_tracks_the_exact_one():
+    p, a, data = setup(11, 0.3, 1.0, reg=0.05)
+    _, _, exact = fit_pairwise(data, p.users, p.items, epochs=8, solver="cholesky")
+    _, _, inexact = fit_pairwise(data, p.users, p.items, epochs=8, solver="cg", cg_steps=3)
+    assert all(b <= a + 1e-9 * a for a, b in zip(inexact, inexact[1:], strict=False))
+    assert inexact[-1] < 1.02 * exact[-1]

@@ -4,7 +4,8 @@ L = sum_(c,i) in S sum_(j in I) alpha_ci s_j [y(i|c) - y(j|c) - 1]^2 + sum_c lam
 With S = sum_j s_j, zbar = sum_j s_j h_j / S and the centred Gramian G^ = sum_j s_j (h_j - zbar)(h_j - zbar)^T,
 the data term is S sum_S alpha_ci (<w_c, h_i - zbar> - 1)^2 + <G^C, G^>, G^C = sum_c A_c w_c w_c^T (docs/rankals.md).
 The user step is therefore an iALS row solve against centred items; the item step couples items only
-through two d-vectors (z, u), so it is solved exactly with a 2d x 2d system (a Woodbury/Schur correction).
+through two d-vectors, so it is solved exactly with a 2d x 2d system (a Woodbury/Schur correction), or, by
+default, inexactly in one pass: per-item CG directions and the exact joint step along them (item_descent).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from gramian.kernels import _rows
 from gramian.kernels._checks import as_csr, as_matrix, nonneg_scalar, per_row
 from gramian.kernels._rows import _JIT
 from gramian.kernels.loss import LossTerms, observed_loss, regularization_term, regularization_weights
@@ -482,6 +484,225 @@ def item_step(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users:
     return solve_items(indptr, indices, alpha, w, basis, support, s_total, reg, m, mu)
 
 
+# ------------------------------------------------------------------------- inexact item step (descent)
+
+
+@njit(**_JIT)
+def _user_side_partials(indptr, indices, alpha, users, items, v):  # pragma: no cover - jitted
+    """Sum alpha (<w_c, h_i> - 1)^2 over a user CSR block; v += sum alpha (<w_c, h_i> - 1) w_c."""
+    d = users.shape[1]
+    total = 0.0
+    for r in range(users.shape[0]):
+        w = users[r]
+        acc = 0.0
+        for k in range(indptr[r], indptr[r + 1]):
+            h = items[indices[k]]
+            x = 0.0
+            for j in range(d):
+                x += w[j] * h[j]
+            e = x - 1.0
+            total += alpha[k] * e * e
+            acc += alpha[k] * e
+        for j in range(d):
+            v[j] += acc * w[j]
+    return total
+
+
+def user_side_partials(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
+                       items: np.ndarray) -> tuple[float, np.ndarray]:
+    """(sum alpha (y - 1)^2, sum alpha (y - 1) w_c) over a user block: what item_side_partials gives, by users.
+
+    The user step emits it so the item step knows the item gradient (through R = v - G^C zbar) before it starts.
+    """
+    w = as_matrix(users, "users").astype(np.float64, copy=False)
+    h = as_matrix(items, "items", d=w.shape[1])
+    ip, ix, a, _ = as_csr(indptr, indices, alpha, np.ones(np.asarray(indices).shape[0]), w.shape[0], h.shape[0])
+    v = np.zeros(w.shape[1])
+    return float(_user_side_partials(ip, ix, a, w, h, v)), v
+
+
+@njit(**_JIT)
+def _row_partials(hc, q, qd, users, indices, alpha, lo, hi, hr, dr, v, resident):  # pragma: no cover - jitted
+    """One item's (sum alpha (<w, h> - 1) <w, delta>, sum alpha <w, delta>^2); v += sum alpha <w, delta> w."""
+    cap, d = hc.shape
+    c1 = 0.0
+    c2 = 0.0
+    for c0 in range(lo, hi, cap):
+        n = min(cap, hi - c0)
+        if not resident:
+            _rows._gather(hc, users, indices, c0, n)
+        _rows._dots(q, hc, n, hr, 0, d)
+        _rows._dots(qd, hc, n, dr, 0, d)
+        for p in range(n):
+            a = alpha[c0 + p]
+            c1 += a * (q[p] - 1.0) * qd[p]
+            c2 += a * qd[p] * qd[p]
+            qd[p] *= a
+        _rows._axpys(v, hc, n, qd, 0, d)
+    return c1, c2
+
+
+@njit(**_JIT)
+def _descent_rows(indptr, indices, alpha, alpha_s, target, users, g, s, u, lam, h, delta, steps,
+                  v_delta):  # pragma: no cover - jitted
+    """Per item, `steps` CG steps from 0 on D_i x = -grad_i / 2 with D_i = S sum alpha w w^T + s_i G^C + lambda_i I.
+
+    alpha_s = S alpha; -grad_i / 2 = S sum alpha (1 + <w, zbar> - <w, h_i>) w + s_i (u - G^C h_i) - lambda_i h_i
+    with target = 1 + <w, zbar> per pair and u = R + G^C zbar (docs/rankals.md, "inexact item step").
+    Returns the line-search sums c1, c2 and adds v_delta while the item's users are still in cache.
+    """
+    d = h.shape[1]
+    cap = max(1, min(_rows._max_row_nnz(indptr), _rows._CHUNK))
+    hc = np.empty((cap, d))
+    q = np.empty(cap)
+    qd = np.empty(cap)
+    res = np.empty(d)
+    pv = np.empty(d)
+    ap = np.empty(d)
+    c1 = 0.0
+    c2 = 0.0
+    for r in range(h.shape[0]):
+        x = delta[r]
+        lo, hi = indptr[r], indptr[r + 1]
+        resident = hi - lo <= cap
+        if resident:
+            _rows._gather(hc, users, indices, lo, hi - lo)
+        for j in range(d):
+            res[j] = s[r] * u[j] - lam[r] * h[r, j]
+            x[j] = 0.0
+        _rows._gram_matvec(res, g, h[r], -s[r], 0, d)
+        _rows._observed_part(res, hc, q, users, indices, alpha_s, target, lo, hi, h[r], True, resident)
+        rs = 0.0
+        for j in range(d):
+            pv[j] = res[j]
+            rs += res[j] * res[j]
+        for _ in range(steps):
+            if rs <= 0.0:
+                break
+            for j in range(d):
+                ap[j] = lam[r] * pv[j]
+            _rows._gram_matvec(ap, g, pv, s[r], 0, d)
+            _rows._observed_part(ap, hc, q, users, indices, alpha_s, target, lo, hi, pv, False, resident)
+            pap = 0.0
+            for j in range(d):
+                pap += pv[j] * ap[j]
+            if pap <= 0.0:
+                break
+            step = rs / pap
+            rs_new = 0.0
+            for j in range(d):
+                x[j] += step * pv[j]
+                res[j] -= step * ap[j]
+                rs_new += res[j] * res[j]
+            beta = rs_new / rs
+            for j in range(d):
+                pv[j] = res[j] + beta * pv[j]
+            rs = rs_new
+        a1, a2 = _row_partials(hc, q, qd, users, indices, alpha, lo, hi, h[r], x, v_delta, resident)
+        c1 += a1
+        c2 += a2
+    return c1, c2
+
+
+@dataclass(frozen=True)
+class Descent:
+    """One item block's share of the exact line search along the joint direction Delta; shares add up.
+
+    c1 = sum_S alpha (y - 1) <w, Delta_i>, c2 = sum_S alpha <w, Delta_i>^2, v = sum_S alpha <w, Delta_i> w,
+    z = sum s Delta, cross = sum s Delta h^T, outer = sum s Delta Delta^T, reg_hd = sum lambda <h, Delta>,
+    reg_dd = sum lambda |Delta|^2.
+    """
+
+    c1: float
+    c2: float
+    v: np.ndarray
+    z: np.ndarray
+    cross: np.ndarray
+    outer: np.ndarray
+    reg_hd: float
+    reg_dd: float
+
+    def __add__(self, other: Descent) -> Descent:
+        return Descent(self.c1 + other.c1, self.c2 + other.c2, self.v + other.v, self.z + other.z,
+                       self.cross + other.cross, self.outer + other.outer, self.reg_hd + other.reg_hd,
+                       self.reg_dd + other.reg_dd)
+
+    def to_array(self) -> np.ndarray:
+        """Flat float64 vector (for shipping a block's share to the driver)."""
+        return np.concatenate([[self.c1, self.c2, self.reg_hd, self.reg_dd], self.v, self.z, self.cross.ravel(),
+                               self.outer.ravel()])
+
+    @classmethod
+    def from_array(cls, x: np.ndarray, d: int) -> Descent:
+        dd = d * d
+        return cls(float(x[0]), float(x[1]), x[4:4 + d], x[4 + d:4 + 2 * d], x[4 + 2 * d:4 + 2 * d + dd].reshape(d, d),
+                   x[4 + 2 * d + dd:4 + 2 * d + 2 * dd].reshape(d, d), float(x[2]), float(x[3]))
+
+    def coefficients(self, users: UserMoments, items: ItemMoments, v0: np.ndarray) -> tuple[float, float]:
+        """(L1, L2) with L(H + t Delta) = L(H) + t L1 + t^2 L2 (v0 = sum_S alpha (y - 1) w at H; docs/rankals.md)."""
+        s_total, gc = items.total, users.gram
+        l1 = 2.0 * (s_total * self.c1 - float(items.z @ self.v) - float(self.z @ v0) + float(np.sum(gc * self.cross))
+                    + self.reg_hd)
+        l2 = s_total * self.c2 - 2.0 * float(self.z @ self.v) + float(np.sum(gc * self.outer)) + self.reg_dd
+        return l1, l2
+
+    def step(self, users: UserMoments, items: ItemMoments, v0: np.ndarray) -> float:
+        """t minimising L(H + t Delta) exactly (the loss is quadratic in the items); 0 when Delta does nothing."""
+        l1, l2 = self.coefficients(users, items, v0)
+        if not l2 > 0.0:
+            return 0.0
+        return -l1 / (2.0 * l2)
+
+    def moved(self, items: ItemMoments, t: float) -> ItemMoments:
+        """(S, z, G^I) of H + t Delta from those of H."""
+        return ItemMoments(items.total, items.z + t * self.z,
+                           items.gram + t * (self.cross + self.cross.T) + (t * t) * self.outer)
+
+
+def item_descent(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
+                 items: np.ndarray, support: np.ndarray, reg: np.ndarray, user_moments_: UserMoments,
+                 moments: ItemMoments, v0: np.ndarray, cg_steps: int = 3) -> tuple[np.ndarray, Descent]:
+    """One item block's direction Delta and its share of the line search (the inexact item step, one pass).
+
+    Delta_i takes `cg_steps` CG steps on item i's own Newton system (the other items' coupling through zbar and R
+    held at H), so <grad, Delta> < 0; the driver then moves every item by the same exact step t along Delta,
+    which never increases the loss (docs/rankals.md).
+    """
+    h = as_matrix(items, "items").astype(np.float64, copy=False)
+    n, d = h.shape
+    w = as_matrix(users, "users", d=d)
+    s = per_row(support, "support", n)
+    lam = per_row(reg, "reg", n)
+    if cg_steps < 1:
+        raise ValueError(f"cg_steps must be >= 1, got cg_steps={cg_steps!r}: use 3")
+    ip, ix, a, _ = as_csr(indptr, indices, alpha, np.ones(np.asarray(indices).shape[0]), n, w.shape[0])
+    gc = np.ascontiguousarray(0.5 * (user_moments_.gram + user_moments_.gram.T))
+    zbar = moments.mean
+    u = np.ascontiguousarray(v0, np.float64)  # R + G^C zbar, R = v0 - G^C zbar the observed gradient sum
+    target = 1.0 + (w @ zbar)[ix]
+    delta = np.zeros((n, d))
+    v = np.zeros(d)
+    c1, c2 = _descent_rows(ip, ix, a, moments.total * a, np.ascontiguousarray(target, np.float64), w, gc, s, u,
+                           lam, np.ascontiguousarray(h), delta, int(cg_steps), v)
+    ds = delta * s[:, None]
+    part = Descent(float(c1), float(c2), v, s @ delta, ds.T @ h, ds.T @ delta,
+                   float(lam @ np.einsum("ij,ij->i", h, delta)), float(lam @ np.einsum("ij,ij->i", delta, delta)))
+    return delta, part
+
+
+def item_descent_step(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
+                      items: np.ndarray, support: np.ndarray, reg: np.ndarray, user_indptr: np.ndarray,
+                      user_indices: np.ndarray, user_alpha: np.ndarray, cg_steps: int = 3) -> np.ndarray:
+    """The inexact item half-step for all items at once (single process): direction, exact step along it."""
+    w = as_matrix(users, "users").astype(np.float64, copy=False)
+    h = as_matrix(items, "items", d=w.shape[1]).astype(np.float64, copy=False)
+    um = user_moments(user_indptr, user_alpha, w)
+    im = item_moments(h, support)
+    _, v0 = user_side_partials(user_indptr, user_indices, user_alpha, w, h)
+    delta, part = item_descent(indptr, indices, alpha, w, h, support, reg, um, im, v0, cg_steps=cg_steps)
+    return h + part.step(um, im, v0) * delta
+
+
 # ------------------------------------------------------------------------------ single-process trainer
 
 
@@ -527,13 +748,17 @@ class PairwiseData:
 
 def pairwise_epoch(data: PairwiseData, users: np.ndarray, items: np.ndarray, solver: str = "cholesky",
                    cg_steps: int = 3, solver_block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One RankALS epoch on one process: exact (or CG) user half-step, then the exact item half-step."""
+    """One RankALS epoch on one process: user half-step, then the exact (cholesky) or descent (cg) item step."""
     im = item_moments(items, data.support)
     w = solve_users(data.user_indptr, data.user_indices, data.user_alpha, items, im, data.reg_users, users,
                     solver=solver, cg_steps=cg_steps, solver_block_size=solver_block_size)
     check_finite(w, "user factors")
-    h = item_step(data.item_indptr, data.item_indices, data.item_alpha, w, data.support, data.reg_items,
-                  row_sums(data.user_indptr, data.user_alpha))
+    if solver == "cholesky":
+        h = item_step(data.item_indptr, data.item_indices, data.item_alpha, w, data.support, data.reg_items,
+                      row_sums(data.user_indptr, data.user_alpha))
+    else:  # one inexact pass that still descends: per-item CG direction, exact joint step along it
+        h = item_descent_step(data.item_indptr, data.item_indices, data.item_alpha, w, items, data.support,
+                              data.reg_items, data.user_indptr, data.user_indices, data.user_alpha, cg_steps=cg_steps)
     check_finite(h, "item factors")
     return w, h
 

@@ -1,9 +1,14 @@
 """Block-distributed RankALS on Spark: ALS for the pairwise square loss (paper §5.2, docs/rankals.md).
 
-Same cached CSR blocks, factor handoff, checkpoints and estimator face as iALS (als.BlockTrainer);
-only the half-steps differ. One epoch is three Spark jobs over the blocks:
-  user step     every user block solves its rows against centred items (exact or CG) and returns them
-                with its share of (A, b, G^C);
+Same CSR blocks (local block files on a local master, cached block DataFrames elsewhere), factor handoff,
+checkpoints and estimator face as iALS (als.BlockTrainer); only the half-steps differ.
+With model.solver cg or subspace (the default, cg) an epoch is two Spark jobs:
+  user step     every user block solves its rows against centred items and returns them with its share of
+                (A, b, G^C) and of v0 = sum alpha (y - 1) w at the current items;
+  item descent  every item block takes CG steps on each item's own Newton system (the coupling held fixed)
+                and returns that direction with its share of the line search; the driver moves all items by
+                the exact minimising step along it (the loss is quadratic in the items), so it never increases.
+With model.solver cholesky the item step is exact, in two jobs:
   item coupling every item block returns its share of the 2d x 2d system; the driver solves it for
                 (m, mu): the new mean item and the multiplier of the centring constraint;
   item solve    every item block solves h_i = m + B_i^-1 (S q_i - lambda_i m + s_i mu), the exact joint minimiser,
@@ -29,10 +34,12 @@ from gramian.errors import ConfigError, SolverError
 from gramian.kernels.loss import regularization_term
 from gramian.kernels.pairwise import (
     Coupling,
+    Descent,
     ItemBasis,
     ItemMoments,
     UserMoments,
     item_coupling,
+    item_descent,
     item_moments,
     item_regularization,
     item_side_partials,
@@ -44,9 +51,10 @@ from gramian.kernels.pairwise import (
     support_weights,
     user_moments,
     user_regularization,
+    user_side_partials,
 )
 from gramian.train.als import BlockTrainer, EpochStats, FitState
-from gramian.train.blocks import Block, decode_blocks, empty_block
+from gramian.train.blocks import Block, decode_blocks, empty_block, read_local_block
 from gramian.train.handoff import resolve
 from gramian.train.model import IALS, model_config
 
@@ -87,13 +95,18 @@ def _record(b: Block, x: np.ndarray | None, stats: np.ndarray, reg: float) -> pa
 
 
 def _user_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, moments: ItemMoments) -> pa.RecordBatch:
-    """User half-step of one block: exact/CG rows against centred items, and the block's (A, b, G^C)."""
+    """User half-step of one block: exact/CG rows against centred items, the block's (A, b, G^C), and for the
+    descent item step its share of (sum alpha (y - 1)^2, v0 = sum alpha (y - 1) w) at the current items."""
     x0 = np.array(arrays["current"][b.row_start:b.row_start + b.n_rows])
     lam = user_regularization(p.reg, p.nu, row_sums(b.indptr, b.alpha), p.total_support)
     x = solve_users(b.indptr, b.indices, b.alpha, arrays["other"], moments, lam, x0, solver=p.solver,
                     cg_steps=p.cg_steps, solver_block_size=p.block_size).astype(np.float32)
     um = user_moments(b.indptr, b.alpha, x)
-    return _record(b, x, np.concatenate([[um.total], um.b, um.gram.ravel()]), regularization_term(lam, x))
+    stats = [[um.total], um.b, um.gram.ravel()]
+    if p.solver != "cholesky":
+        square, v0 = user_side_partials(b.indptr, b.indices, b.alpha, x, arrays["other"])
+        stats += [[square], v0]
+    return _record(b, x, np.concatenate(stats), regularization_term(lam, x))
 
 
 def _item_lambdas(b: Block, support: np.ndarray, p: PairParams) -> np.ndarray:
@@ -121,14 +134,23 @@ def _item_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, basis: I
     return _record(b, h, stats, regularization_term(lam, h))
 
 
-def _totals_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _descent_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, users: UserMoments,
+                   items: ItemMoments, v0: np.ndarray) -> pa.RecordBatch:
+    """The inexact item step of one block: direction Delta (as `factors`), its line-search share, sum lambda |h|^2."""
+    s = np.array(arrays["support"][b.row_start:b.row_start + b.n_rows])
+    lam = _item_lambdas(b, s, p)
+    h = np.array(arrays["current"][b.row_start:b.row_start + b.n_rows], np.float64)
+    delta, part = item_descent(b.indptr, b.indices, b.alpha, arrays["other"], h, s, lam, users, items, v0,
+                               cg_steps=p.cg_steps)
+    return _record(b, delta.astype(np.float32), part.to_array(), regularization_term(lam, h))
+
+
+def _totals_block(b: Block) -> pa.RecordBatch:
     """Per item block: interactions and alpha sum of every row (support weights, lambda_i, A)."""
-    for batch in batches:
-        for b in decode_blocks(batch):
-            yield pa.RecordBatch.from_pydict({
-                "row_start": pa.array([b.row_start], pa.int32()), "n_rows": pa.array([b.n_rows], pa.int32()),
-                "counts": pa.array([np.diff(b.indptr).astype(np.float64).tobytes()], pa.binary()),
-                "sums": pa.array([row_sums(b.indptr, b.alpha).tobytes()], pa.binary())})
+    return pa.RecordBatch.from_pydict({
+        "row_start": pa.array([b.row_start], pa.int32()), "n_rows": pa.array([b.n_rows], pa.int32()),
+        "counts": pa.array([np.diff(b.indptr).astype(np.float64).tobytes()], pa.binary()),
+        "sums": pa.array([row_sums(b.indptr, b.alpha).tobytes()], pa.binary())})
 
 
 class PairwiseTrainer(BlockTrainer):
@@ -145,7 +167,7 @@ class PairwiseTrainer(BlockTrainer):
                         "(routing is not implemented for the pairwise loss)", factor_mb, train.broadcast_max_mb)
         super().__init__(spark, train_df, n_users, n_items, model, dataclasses.replace(train, routing="broadcast"))
         counts, sums = np.zeros(n_items), np.zeros(n_items)
-        totals = self.blocks["item"].mapInArrow(_totals_fn, TOTALS_SCHEMA).toArrow()
+        totals = self._run("item", _totals_block, TOTALS_SCHEMA)
         for k in range(totals.num_rows):
             start, n = totals.column("row_start")[k].as_py(), totals.column("n_rows")[k].as_py()
             counts[start:start + n] = np.frombuffer(totals.column("counts")[k].as_buffer(), np.float64)
@@ -154,19 +176,43 @@ class PairwiseTrainer(BlockTrainer):
         self.params = PairParams(model.reg, model.nu, model.solver, model.cg_steps, model.solver_block_size,
                                  float(self.support.sum()), float(sums.sum()))
 
+    def _run(self, side: str, per_block: Callable[[Block], pa.RecordBatch], schema: str) -> pa.Table:
+        """One Spark job applying `per_block` to every block of `side`.
+
+        On a local master the job runs over block ids and each task maps its block's CSR files (as the iALS
+        half-step does); elsewhere it runs over the cached block DataFrame.
+        """
+        if self.handoff.enabled:
+            folder, layout = str(self.handoff.folder), self.layouts[side]
+
+            def by_id(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+                for batch in batches:
+                    for block in batch.column("id").to_pylist():
+                        yield per_block(read_local_block(folder, side, layout, block))
+
+            ids = self.spark.range(0, layout.num_blocks, 1, layout.num_blocks)
+            return ids.mapInArrow(by_id, schema).toArrow()
+
+        def by_row(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                for b in decode_blocks(batch):
+                    yield per_block(b)
+
+        return self.blocks[side].mapInArrow(by_row, schema).toArrow()
+
     def _map_blocks(self, side: str, per_block: Callable[[Block, dict[str, np.ndarray]], pa.RecordBatch],
                     arrays: dict[str, np.ndarray], epoch: int) -> pa.Table:
         """Run `per_block` on every block of `side` (blocks without interactions on the driver); check finiteness."""
         refs = {k: self.handoff.pack(v) for k, v in arrays.items()}
+        cache: dict[str, np.ndarray] = {}
 
-        def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            local = {k: resolve(r) for k, r in refs.items()}
-            for batch in batches:
-                for b in decode_blocks(batch):
-                    yield per_block(b, local)
+        def task(b: Block) -> pa.RecordBatch:
+            if not cache:  # once per Python worker and job
+                cache.update({k: resolve(r) for k, r in refs.items()})
+            return per_block(b, cache)
 
         try:
-            out = self.blocks[side].mapInArrow(task, PAIR_SCHEMA).toArrow()
+            out = self._run(side, task, PAIR_SCHEMA)
         finally:
             for ref in refs.values():
                 self.handoff.release(ref)
@@ -199,7 +245,8 @@ class PairwiseTrainer(BlockTrainer):
         return item_moments(items, self.support)
 
     def epoch(self, state: FitState) -> EpochStats:
-        """User step, item coupling + exact item solve; the loss (eq. 44) is measured after the item step."""
+        """User step, then the item step (exact: coupling + solve; otherwise one descent pass and an exact step
+        along it); the loss (eq. 44) after the item step comes from the jobs' partial sums."""
         e, d, p = state.epoch + 1, self.model.dim, self.params
         if "item_z" in state.grams:
             im = ItemMoments(float(state.grams["item_total"][0]), state.grams["item_z"], state.grams["item_gram"])
@@ -210,8 +257,26 @@ class PairwiseTrainer(BlockTrainer):
                                {"other": state.item_factors, "current": state.user_factors}, e)
         w, stats, reg_w = self._gather(out, self.n_users)
         um = UserMoments(sum(float(s[0]) for s in stats), sum(s[1:1 + d] for s in stats),
-                         sum(s[1 + d:].reshape(d, d) for s in stats))
+                         sum(s[1 + d:1 + d + d * d].reshape(d, d) for s in stats))
         t1 = time.perf_counter()
+        if p.solver == "cholesky":
+            h, im, square, v, reg_h = self._exact_item_step(w, um, e)
+        else:
+            o = 1 + d + d * d
+            square0, v0 = sum(float(s[o]) for s in stats), sum(s[o + 1:o + 1 + d] for s in stats)
+            h, im, square, v, reg_h = self._descent_item_step(w, state.item_factors, um, im, square0, v0, e)
+        t2 = time.perf_counter()
+        terms = pairwise_terms(observed_from_partials(square, v, um, im), um, im, reg_w + reg_h)
+        stats_e = EpochStats(e, terms.total, terms.observed, terms.gramian, terms.regularization, t1 - t0, t2 - t1)
+        state.user_factors, state.item_factors, state.epoch = w, h, e
+        state.grams = {"item_total": np.array([im.total]), "item_z": im.z, "item_gram": im.gram}
+        state.history.append(stats_e)
+        return stats_e
+
+    def _exact_item_step(self, w: np.ndarray, um: UserMoments,
+                         e: int) -> tuple[np.ndarray, ItemMoments, float, np.ndarray, float]:
+        """Coupling job, 2d x 2d solve on the driver, solve job: the joint minimiser of the item subproblem."""
+        d, p = self.model.dim, self.params
         arrays = {"other": w, "support": self.support}
         basis = ItemBasis.of(um)
         out = self._map_blocks("item", functools.partial(_coupling_block, p=p, basis=basis), arrays, e)
@@ -224,21 +289,39 @@ class PairwiseTrainer(BlockTrainer):
                 from exc
         out = self._map_blocks("item", functools.partial(_item_block, p=p, basis=basis, m=m, mu=mu), arrays, e)
         h, stats, reg_h = self._gather(out, self.n_items)
-        t2 = time.perf_counter()
+        assert h is not None
         o = 1 + d + d * d
         im = ItemMoments(sum(float(s[0]) for s in stats), sum(s[1:1 + d] for s in stats),
                          sum(s[1 + d:o].reshape(d, d) for s in stats))
-        square, v = sum(float(s[o]) for s in stats), sum(s[o + 1:] for s in stats)
-        terms = pairwise_terms(observed_from_partials(square, v, um, im), um, im, reg_w + reg_h)
-        stats_e = EpochStats(e, terms.total, terms.observed, terms.gramian, terms.regularization, t1 - t0, t2 - t1)
-        state.user_factors, state.item_factors, state.epoch = w, h, e
-        state.grams = {"item_total": np.array([im.total]), "item_z": im.z, "item_gram": im.gram}
-        state.history.append(stats_e)
-        return stats_e
+        return h, im, sum(float(s[o]) for s in stats), sum(s[o + 1:] for s in stats), reg_h
+
+    def _descent_item_step(self, w: np.ndarray, items: np.ndarray, um: UserMoments, im: ItemMoments,
+                           square0: float, v0: np.ndarray,
+                           e: int) -> tuple[np.ndarray, ItemMoments, float, np.ndarray, float]:
+        """One job: every block's direction and line-search share; the driver moves all items by the exact step.
+
+        The loss is quadratic in the items, so the partial sums give L(H + t Delta) for every t: the step never
+        increases it, and the new moments and loss terms follow without another pass (docs/rankals.md).
+        """
+        d, p = self.model.dim, self.params
+        arrays = {"other": w, "support": self.support, "current": items}
+        out = self._map_blocks("item", functools.partial(_descent_block, p=p, users=um, items=im, v0=v0),
+                               arrays, e)
+        delta, stats, reg_h0 = self._gather(out, self.n_items)
+        assert delta is not None
+        part = functools.reduce(Descent.__add__, (Descent.from_array(s, d) for s in stats))
+        t = part.step(um, im, v0)
+        h = (items + np.float32(t) * delta).astype(np.float32)
+        square = square0 + 2.0 * t * part.c1 + t * t * part.c2
+        reg_h = reg_h0 + 2.0 * t * part.reg_hd + t * t * part.reg_dd
+        log.debug("epoch %d item step: t=%.4f along the descent direction", e, t)
+        return h, part.moved(im, t), square, v0 + t * part.v, reg_h
 
 
 class RankALS(IALS):
-    """RankALS estimator: pairwise square loss (eq. 42) by exact alternating least squares, block-distributed.
+    """RankALS estimator: pairwise square loss (eq. 42) by alternating least squares, block-distributed.
+
+    solver="cg" (default): CG user rows and the one-pass descent item step; "cholesky": both steps exact.
 
     Same fit/checkpoint/model face as IALS; alpha(c,i) comes from `confidence` (form rendle: 1 or 1 + beta w').
     """
@@ -246,7 +329,7 @@ class RankALS(IALS):
     trainer_class = PairwiseTrainer
 
     def __init__(self, dim: int = 64, reg: float = 0.005, nu: float = 1.0, epochs: int = 15,
-                 solver: str = "cholesky", cg_steps: int = 3, solver_block_size: int | None = None,
+                 solver: str = "cg", cg_steps: int = 3, solver_block_size: int | None = None,
                  support_power: float = 0.0, init_scale: float = 0.1, seed: int = 0,
                  confidence: ConfidenceConfig | dict[str, Any] | None = None,
                  train: TrainConfig | None = None) -> None:
