@@ -22,7 +22,7 @@ import numpy as np
 from benchmarks.datasets import Split
 from benchmarks.memory import PeakRSS
 
-METHODS = ("gramian", "gramian_np", "mllib", "implicit_als", "implicit_bpr", "popularity")
+METHODS = ("gramian", "rankals", "gramian_np", "mllib", "implicit_als", "implicit_bpr", "popularity")
 
 
 @dataclass
@@ -103,12 +103,12 @@ def train_dataframe(spark: Any, split: Split, values: np.ndarray | None = None) 
     return df
 
 
-def fit_gramian(split: Split, params: dict[str, Any], spark: Any) -> FitResult:
-    """gramian IALS on Spark; per-epoch seconds and the half-step split come from its history."""
-    from gramian.train import IALS
+def fit_gramian(split: Split, params: dict[str, Any], spark: Any, estimator: str = "IALS") -> FitResult:
+    """gramian IALS (or RankALS) on Spark; per-epoch seconds and the half-step split come from its history."""
+    from gramian import train
 
     df = train_dataframe(spark, split)
-    est = IALS(**params)
+    est = getattr(train, estimator)(**params)
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         model = est.fit(df, split.n_users, split.n_items)
@@ -116,8 +116,9 @@ def fit_gramian(split: Split, params: dict[str, Any], spark: Any) -> FitResult:
     df.unpersist()
     hist = model.history
     loss = [h.loss for h in hist]
+    name = "gramian" if estimator == "IALS" else estimator.lower()
     return _attach(FitResult(
-        "gramian", params, model.user_array, model.item_array, fit_s, len(hist),
+        name, params, model.user_array, model.item_array, fit_s, len(hist),
         [h.user_seconds + h.item_seconds for h in hist], mem.start, mem.peak,
         {"loss": loss, "observed": [h.observed for h in hist], "gramian_term": [h.gramian for h in hist],
          "regularization": [h.regularization for h in hist],

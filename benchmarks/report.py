@@ -143,7 +143,7 @@ def write_train_md(doc: dict[str, Any]) -> Path:
         if splits:
             lines.append("- peak RSS by process (MiB): " + "; ".join(splits))
         for r in rs:
-            if r.get("method") == "gramian" and "error" not in r:
+            if r.get("method") in ("gramian", "rankals") and "error" not in r:
                 e = r["extra"]
                 us, its = np.mean(e["user_seconds"]), np.mean(e["item_seconds"])
                 first = e["user_seconds"][0] + e["item_seconds"][0]
@@ -159,11 +159,12 @@ def write_train_md(doc: dict[str, Any]) -> Path:
     lines += ["\\* seconds per epoch = fit seconds / iterations (no per-iteration timing exposed); "
               "otherwise measured per epoch (gramian: `history`, implicit: fit callback).", "",
               "## Ratios", "", "| dataset | gramian run | fit / MLlib fit | s/epoch / MLlib s/epoch | "
-              "s/epoch / implicit s/epoch | fit / implicit fit |", "|---|---|---|---|---|---|"]
+              "s/epoch / implicit s/epoch | fit / implicit fit | RankALS s/epoch / this run's |",
+              "|---|---|---|---|---|---|---|"]
     for q in doc["ratios"]:
         lines.append(f"| {q['dataset']} | {q['gramian']} | {_f(q.get('fit_vs_mllib'), '.2f')} | "
                      f"{_f(q.get('epoch_vs_mllib'), '.2f')} | {_f(q.get('epoch_vs_implicit'), '.2f')} | "
-                     f"{_f(q.get('fit_vs_implicit'), '.2f')} |")
+                     f"{_f(q.get('fit_vs_implicit'), '.2f')} | {_f(q.get('rankals_epoch_vs_ials'), '.2f')} |")
     bad = [c for c in doc["checks"] if not c["ok"]]
     lines += ["", "## Checks (asserted before timings are reported)", "",
               f"{len(doc['checks']) - len(bad)} of {len(doc['checks'])} passed."]

@@ -103,6 +103,21 @@ def recommended() -> tuple[dict[str, Any] | None, str]:
     return p, f"cross-dataset validation choice (share of each dataset's best: {per})"
 
 
+def rankals_params(dataset: str) -> tuple[dict[str, Any], str]:
+    """RankALS at d=64 for 15 epochs with the reg and support power chosen on validation by rankals_bench."""
+    p: dict[str, Any] = {"dim": 64, "epochs": 15, "reg": 0.1, "nu": 1.0, "support_power": 0.0, "solver": "cg",
+                         "cg_steps": 3}
+    path = RESULTS / "rankals.json"
+    if path.is_file():
+        for ds in json.loads(path.read_text()).get("datasets", []):
+            if ds["dataset"] == dataset:
+                best = max(ds["trials"], key=lambda t: t["val_recall@20"])
+                p.update(reg=best["reg"], support_power=best["support_power"])
+                score = best["val_recall@20"]
+                return p, f"reg, support_power: validation optimum in rankals.json (recall@20={score:.4f})"
+    return p, "untuned (no rankals.json entry)"
+
+
 def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict[str, Any]]:
     """The runs of one dataset: label, method, params and where the params came from."""
     runs: list[dict[str, Any]] = []
@@ -124,6 +139,11 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
             if with_tuned and t is not None and not synthetic:
                 runs.append({"label": "gramian (tuned)", "method": "gramian", "params": {**defaults, **t},
                              "source": f"this dataset's validation optimum (recall@20={score:.4f})"})
+        elif method == "rankals":
+            if synthetic:
+                continue
+            q, src = rankals_params(dataset)
+            runs.append({"label": "gramian RankALS", "method": "rankals", "params": q, "source": src})
         elif method == "gramian_np":
             if synthetic:
                 continue
@@ -166,13 +186,15 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     method, params = spec["method"], spec["params"]
     spark = None
     session_s = 0.0
-    if method in ("gramian", "mllib"):
+    if method in ("gramian", "rankals", "mllib"):
         t1 = time.perf_counter()
         mem = SYNTHETIC["driver_memory"] if spec["dataset"] == "synthetic10m" else None
         spark = P.spark_session(mem)
         session_s = time.perf_counter() - t1
     if method == "gramian":
         r = P.fit_gramian(split, params, spark)
+    elif method == "rankals":
+        r = P.fit_gramian(split, params, spark, estimator="RankALS")
     elif method == "gramian_np":
         r = P.fit_gramian_numpy(split, params)
     elif method == "mllib":
@@ -267,6 +289,9 @@ def ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if i is not None:
                 row["epoch_vs_implicit"] = g["seconds_per_epoch"] / i["seconds_per_epoch"]
                 row["fit_vs_implicit"] = g["fit_seconds"] / i["fit_seconds"]
+            rk = by.get((ds, "rankals", "gramian RankALS"))
+            if rk is not None and label == "gramian (defaults)":
+                row["rankals_epoch_vs_ials"] = rk["seconds_per_epoch"] / g["seconds_per_epoch"]
             out.append(row)
     return out
 
@@ -280,7 +305,7 @@ def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(D.DATASETS))
-    ap.add_argument("--methods", default="popularity,gramian,gramian_np,mllib,implicit_als,implicit_bpr")
+    ap.add_argument("--methods", default="popularity,gramian,rankals,gramian_np,mllib,implicit_als,implicit_bpr")
     ap.add_argument("--quick", action="store_true",
                     help="skip synthetic10m, implicit BPR and the single-process gramian reference")
     ap.add_argument("--skip-synthetic", action="store_true", help="leave out the 10M synthetic set")

@@ -39,6 +39,7 @@ from gramian.train.blocks import (
     empty_block,
     read_local_block,
     write_local_blocks,
+    write_local_blocks_from_pairs,
 )
 from gramian.train.handoff import FileRef, Handoff, is_local_master, resolve, writable
 
@@ -174,6 +175,27 @@ def default_num_blocks(spark: Any, nnz: int) -> int:
     return parallelism * math.ceil(max(1, math.ceil(nnz / 4_000_000)) / parallelism)
 
 
+def _check_range(name: str, idx: np.ndarray, n: int) -> None:
+    bad = (idx < 0) | (idx >= n)
+    if bad.any():
+        raise InputDataError(f"{name} must be in [0, {n}), got {int(idx[bad][0])}. The train "
+                             f"table and the id maps disagree: re-run `gramian split`.")
+
+
+def collect_pairs(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user_idx, item_idx, weight) on the driver in one Arrow job (local master: the executors share its RAM)."""
+    from pyspark.sql import functions as F
+
+    t = train_df.select(F.col("user_idx").cast("int"), F.col("item_idx").cast("int"),
+                        F.col("weight").cast("double")).toArrow()
+    u = t.column("user_idx").to_numpy().astype(np.int64)
+    i = t.column("item_idx").to_numpy().astype(np.int64)
+    w = t.column("weight").to_numpy()
+    _check_range("user_idx", u, n_users)
+    _check_range("item_idx", i, n_items)
+    return u, i, w
+
+
 def row_counts(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Interactions per user and per item in one pass (they drive the balanced block layouts)."""
 
@@ -184,10 +206,7 @@ def row_counts(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray, n
             u = b.column("user_idx").to_numpy(zero_copy_only=False)
             i = b.column("item_idx").to_numpy(zero_copy_only=False)
             for name, idx, n in (("user_idx", u, n_users), ("item_idx", i, n_items)):
-                bad = (idx < 0) | (idx >= n)
-                if bad.any():
-                    raise InputDataError(f"{name} must be in [0, {n}), got {int(idx[bad][0])}. The train "
-                                         f"table and the id maps disagree: re-run `gramian split`.")
+                _check_range(name, idx, n)
             cu += np.bincount(u, minlength=n_users)
             ci += np.bincount(i, minlength=n_items)
         yield pa.RecordBatch.from_pydict({"users": [cu.tobytes()], "items": [ci.tobytes()]})
@@ -250,7 +269,15 @@ class BlockTrainer:
                                  f"{n_items} items. Check the split stage's output.")
         self.spark, self.model, self.train_cfg = spark, model, train
         self.n_users, self.n_items = n_users, n_items
-        user_counts, item_counts = row_counts(train_df, n_users, n_items)
+        # On a local master the pairs come to the driver once (one Arrow job) and the CSR blocks are cut there:
+        # no counting pass and no shuffle. Elsewhere counts come from one pass and blocks from one shuffle/side.
+        local = train.local_file_handoff and is_local_master(spark)
+        pairs = collect_pairs(train_df, n_users, n_items) if local and train.routing != "routed" else None
+        if pairs is not None:
+            user_counts = np.bincount(pairs[0], minlength=n_users)
+            item_counts = np.bincount(pairs[1], minlength=n_items)
+        else:
+            user_counts, item_counts = row_counts(train_df, n_users, n_items)
         self.nnz = nnz = int(user_counts.sum())
         if nnz == 0:
             raise InputDataError("train set must not be empty, got 0 interactions. Check ingest's "
@@ -262,7 +289,6 @@ class BlockTrainer:
         factor_mb = (n_users + n_items) * model.dim * 4 / 2**20
         # On a local master the factors reach tasks as memory-mapped files (nothing copied per task), so
         # whole factors stay cheap at any size; elsewhere every task receives them, hence the size limit.
-        local = train.local_file_handoff and is_local_master(spark)
         self.routed = train.routing == "routed" or (
             train.routing == "auto" and not local and factor_mb > train.broadcast_max_mb)
         log.info("factors %.1f MiB: %s", factor_mb, "routed to the blocks that need them" if self.routed
@@ -274,7 +300,12 @@ class BlockTrainer:
         for side, row_col, other_col in (("user", "user_idx", "item_idx"), ("item", "item_idx", "user_idx")):
             df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
                                    model.confidence)
-            if self.handoff.enabled:  # local master: blocks live in memory-mapped files, not in the JVM
+            if self.handoff.enabled and pairs is not None:  # local master: blocks in memory-mapped files
+                rows, cols = (pairs[0], pairs[1]) if side == "user" else (pairs[1], pairs[0])
+                sizes = write_local_blocks_from_pairs(rows, cols, pairs[2], self.layouts[side],
+                                                      str(self.handoff.folder), side, model.alpha0, model.confidence)
+                self.blocks.defer(side, df)
+            elif self.handoff.enabled:
                 sizes = write_local_blocks(df, str(self.handoff.folder), side)
                 self.blocks.defer(side, df)
             else:

@@ -98,24 +98,32 @@ def decode_blocks(batch: pa.RecordBatch) -> Iterator[Block]:
                     alpha=view("alpha", k, np.float64), target=view("target", k, np.float64))
 
 
+def _csr_arrays(layout: SideLayout, block: int, rows: np.ndarray, cols: np.ndarray, weight: np.ndarray,
+                alpha0: float, confidence: ConfidenceConfig, ordered: bool = False) -> dict[str, np.ndarray]:
+    """One block's (row, col, weight) triples as CSR arrays (columns ascending within a row)."""
+    start, stop = layout.bounds(block)
+    if not ordered:
+        order = np.lexsort((cols, rows))
+        rows, cols, weight = rows[order], cols[order], weight[order]
+    n = stop - start
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows - start, minlength=n), out=indptr[1:])
+    alpha, target = observed_weights(weight, alpha0, form=confidence.form, scale=confidence.scale,
+                                     beta=confidence.beta, eps=confidence.eps)
+    return {"indptr": indptr, "indices": np.ascontiguousarray(cols, dtype=np.int32),
+            "alpha": np.ascontiguousarray(alpha, dtype=np.float64),
+            "target": np.ascontiguousarray(target, dtype=np.float64)}
+
+
 def _csr_block(layout: SideLayout, block: int, rows: np.ndarray, cols: np.ndarray, weight: np.ndarray,
                alpha0: float, confidence: ConfidenceConfig) -> pa.RecordBatch:
     """One block's (row, col, weight) triples as a CSR row of the block DataFrame."""
     start, stop = layout.bounds(block)
-    order = np.lexsort((cols, rows))
-    rows, cols, weight = rows[order] - start, cols[order].astype(np.int32), weight[order]
-    n = stop - start
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    alpha, target = observed_weights(weight, alpha0, form=confidence.form, scale=confidence.scale,
-                                     beta=confidence.beta, eps=confidence.eps)
+    a = _csr_arrays(layout, block, rows, cols, weight, alpha0, confidence)
     return pa.RecordBatch.from_pydict({
         "block": pa.array([block], pa.int32()), "row_start": pa.array([start], pa.int32()),
-        "n_rows": pa.array([n], pa.int32()), "nnz": pa.array([len(cols)], pa.int64()),
-        "indptr": pa.array([indptr.tobytes()], pa.binary()),
-        "indices": pa.array([cols.tobytes()], pa.binary()),
-        "alpha": pa.array([np.ascontiguousarray(alpha, dtype=np.float64).tobytes()], pa.binary()),
-        "target": pa.array([np.ascontiguousarray(target, dtype=np.float64).tobytes()], pa.binary()),
+        "n_rows": pa.array([stop - start], pa.int32()), "nnz": pa.array([len(a["indices"])], pa.int64()),
+        **{name: pa.array([a[name].tobytes()], pa.binary()) for name, _ in BLOCK_ARRAYS},
     })
 
 
@@ -212,6 +220,28 @@ def write_local_blocks(blocks_df: Any, folder: str, side: str) -> list[int]:
 
     out = blocks_df.mapInArrow(write, "block int, nnz long").toArrow()
     return out.column("nnz").to_pylist()
+
+
+def write_local_blocks_from_pairs(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray, layout: SideLayout,
+                                  folder: str, side: str, alpha0: float, confidence: ConfidenceConfig) -> list[int]:
+    """`write_local_blocks` from pairs already on the driver (local master): one sort, no Spark shuffle.
+
+    Blocks without interactions get no files (read_local_block then gives an empty block).
+    """
+    order = np.lexsort((cols, rows))
+    rows, cols, weight = rows[order], cols[order], weight[order]
+    cuts = np.searchsorted(rows, np.asarray(layout.bounds_array), side="left")
+    sizes = []
+    for block in range(layout.num_blocks):
+        lo, hi = int(cuts[block]), int(cuts[block + 1])
+        if hi == lo:
+            continue
+        arrays = _csr_arrays(layout, block, rows[lo:hi], cols[lo:hi], weight[lo:hi], alpha0, confidence,
+                             ordered=True)
+        for name, _ in BLOCK_ARRAYS:
+            np.save(block_path(folder, side, block, name), arrays[name])
+        sizes.append(hi - lo)
+    return sizes
 
 
 def read_local_block(folder: str, side: str, layout: SideLayout, block: int) -> Block:
