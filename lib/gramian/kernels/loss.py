@@ -61,7 +61,7 @@ def observed_loss(
 ) -> float:
     """Sum over the CSR block of alpha_tilde * (<x_r, other_i> - target)^2 (first term of eq. 21)."""
     xm = as_matrix(x, "x").astype(np.float64, copy=False)
-    om = as_matrix(other, "other", d=xm.shape[1]).astype(np.float64, copy=False)
+    om = as_matrix(other, "other", d=xm.shape[1])  # float32 or float64: the kernel reads either, no copy
     ip, ix, a, t = as_csr(indptr, indices, alpha, target, xm.shape[0], om.shape[0])
     return float(_rows.observed_sq_error(ip, ix, a, t, xm, om))
 

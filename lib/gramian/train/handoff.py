@@ -29,8 +29,12 @@ class FileRef:
 
 
 def resolve(ref: Any) -> np.ndarray:
-    """The array behind a handoff reference (inside a task or on the driver)."""
-    return np.load(ref.path, mmap_mode="r") if isinstance(ref, FileRef) else ref
+    """The array behind a handoff reference (inside a task or on the driver).
+
+    Mapped copy-on-write: the array is writeable, so the kernels' canonical-array check (C, writeable)
+    takes it as is instead of copying the whole matrix in every task; nothing writes to it.
+    """
+    return np.load(ref.path, mmap_mode="c") if isinstance(ref, FileRef) else ref
 
 
 def writable(ref: FileRef) -> np.ndarray:
