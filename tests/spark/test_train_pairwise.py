@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from gramian.config import ModelConfig, TrainConfig
-from gramian.errors import ConfigError
 from gramian.kernels import observed_weights
 from gramian.kernels.pairwise import PairwiseData, item_descent_step, item_moments, item_step, row_sums, solve_users
 from gramian.train import IALSModel, RankALS
@@ -101,6 +100,24 @@ def test_spark_connect_session_trains_the_same_rankals_factors_as_classic(train_
         np.testing.assert_allclose(z["item"], classic.item_array, atol=1e-5)
 
 
-def test_rankals_refuses_routed_factors_naming_the_remedy(train_df):
-    with pytest.raises(ConfigError, match="routing=broadcast"):
-        RankALS(dim=4, epochs=1, train=TrainConfig(routing="routed")).fit(train_df, N_USERS, N_ITEMS)
+@pytest.mark.parametrize("solver", ["cg", "cholesky"])
+def test_routed_rankals_equals_the_single_process_numpy_run(train_df, pairs, solver):
+    # routed: each block gets only the factor rows its CSR references; 4 extra users make an empty user block
+    est = RankALS(dim=6, epochs=3, solver=solver, reg=0.02, support_power=0.5,
+                  train=TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed"))
+    model = est.fit(train_df, N_USERS + 4, N_ITEMS)
+    W, H, losses = numpy_fit(pairs, est.config, N_USERS + 4, N_ITEMS)
+    np.testing.assert_allclose(model.user_array, W, atol=1e-4)
+    np.testing.assert_allclose(model.item_array, H, atol=1e-4)
+    np.testing.assert_allclose([h.loss for h in model.history], losses, rtol=1e-6)
+
+
+def test_routed_rankals_resumes_from_its_checkpoint(train_df, tmp_path):
+    cfg = TrainConfig(num_user_blocks=2, num_item_blocks=2, routing="routed", checkpoint_every=1)
+    full = RankALS(dim=4, epochs=3, reg=0.01, train=cfg).fit(train_df, N_USERS, N_ITEMS)
+    ckpt = Checkpointer(tmp_path / "ckpt", "fp")
+    RankALS(dim=4, epochs=2, reg=0.01, train=cfg).fit(train_df, N_USERS, N_ITEMS, ckpt)
+    resumed = RankALS(dim=4, epochs=3, reg=0.01, train=cfg).fit(train_df, N_USERS, N_ITEMS, ckpt, resume=True)
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    np.testing.assert_allclose(resumed.item_array, full.item_array, atol=1e-5)
+    np.testing.assert_allclose(resumed.history[-1].loss, full.history[-1].loss, rtol=1e-6)

@@ -411,6 +411,20 @@ class BlockTrainer:
     def _routed_step(self, side: str, current: Any, other: Any, gram_other: np.ndarray, p: SolveParams,
                      loss_after: bool) -> Any:
         """Cogroup each block's CSR and current rows with the routed rows it needs; solve; persist."""
+
+        def solve(b: Block, rows: np.ndarray, vecs: np.ndarray, x_init: np.ndarray) -> pa.RecordBatch:
+            return _solve_block(routed.localise(b, rows), vecs, gram_other, x_init, p, loss_after)
+
+        return self.routed_map(side, current, other, solve, STEP_SCHEMA)
+
+    def routed_map(self, side: str, current: Any, other: Any,
+                   per_block: Callable[[Block, np.ndarray, np.ndarray, np.ndarray], pa.RecordBatch],
+                   schema: str) -> Any:
+        """Run per_block(block, routed row ids, their rows, current rows) on every block of `side`; persist.
+
+        Each block's CSR and current factor rows are cogrouped with the other side's rows it references
+        (routes built once); blocks without interactions still run, with an empty CSR.
+        """
         d, layout = self.model.dim, self.layouts[side]
         payload = routed.route_payload(self.routes[side], other, d)
         x0 = current.select("block", current.row_start.alias("x_start"), current.n_rows.alias("x_rows"),
@@ -429,11 +443,10 @@ class BlockTrainer:
                     "row_start", pa.array([start], pa.int32())).append_column("n_rows", pa.array([n], pa.int32()))
                     .to_batches()[0]))
             rows, vecs = routed.gather(right, d)
-            rec = _solve_block(routed.localise(b, rows), vecs, gram_other, x_init, p, loss_after)
-            return pa.Table.from_batches([rec])
+            return pa.Table.from_batches([per_block(b, rows, vecs, x_init)])
 
         result = (solving.groupBy("block").cogroup(payload.groupBy("dst_block"))
-                  .applyInArrow(solve, STEP_SCHEMA))
+                  .applyInArrow(solve, schema))
         return result.localCheckpoint()
 
     def gram_of(self, side: str, factors: Any) -> np.ndarray:

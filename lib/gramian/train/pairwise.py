@@ -13,12 +13,12 @@ With model.solver cholesky the item step is exact, in two jobs:
                 (m, mu): the new mean item and the multiplier of the centring constraint;
   item solve    every item block solves h_i = m + B_i^-1 (S q_i - lambda_i m + s_i mu), the exact joint minimiser,
                 and returns its share of (S, z, G^I) and of the observed loss term.
-Factors travel whole to every block (closure or local file); routed factor tables are not supported yet.
+Factors travel whole to every block (closure or local file) or, with train.routing routed (or auto above
+train.broadcast_max_mb off a local master), each block receives only the rows its CSR references, as for iALS.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import time
@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from gramian.config import ConfidenceConfig, ModelConfig, TrainConfig
-from gramian.errors import ConfigError, SolverError
+from gramian.errors import SolverError
 from gramian.kernels.loss import regularization_term
 from gramian.kernels.pairwise import (
     Coupling,
@@ -53,6 +53,7 @@ from gramian.kernels.pairwise import (
     user_regularization,
     user_side_partials,
 )
+from gramian.train import routed
 from gramian.train.als import BlockTrainer, EpochStats, FitState
 from gramian.train.blocks import Block, decode_blocks, empty_block, read_local_block
 from gramian.train.handoff import resolve
@@ -94,17 +95,19 @@ def _record(b: Block, x: np.ndarray | None, stats: np.ndarray, reg: float) -> pa
     })
 
 
-def _user_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, moments: ItemMoments) -> pa.RecordBatch:
+BlockFn = Callable[[Block, np.ndarray, np.ndarray], pa.RecordBatch]  # (block, other side's rows, own rows)
+
+
+def _user_block(b: Block, items: np.ndarray, x0: np.ndarray, p: PairParams, moments: ItemMoments) -> pa.RecordBatch:
     """User half-step of one block: exact/CG rows against centred items, the block's (A, b, G^C), and for the
     descent item step its share of (sum alpha (y - 1)^2, v0 = sum alpha (y - 1) w) at the current items."""
-    x0 = np.array(arrays["current"][b.row_start:b.row_start + b.n_rows])
     lam = user_regularization(p.reg, p.nu, row_sums(b.indptr, b.alpha), p.total_support)
-    x = solve_users(b.indptr, b.indices, b.alpha, arrays["other"], moments, lam, x0, solver=p.solver,
+    x = solve_users(b.indptr, b.indices, b.alpha, items, moments, lam, np.array(x0), solver=p.solver,
                     cg_steps=p.cg_steps, solver_block_size=p.block_size).astype(np.float32)
     um = user_moments(b.indptr, b.alpha, x)
     stats = [[um.total], um.b, um.gram.ravel()]
     if p.solver != "cholesky":
-        square, v0 = user_side_partials(b.indptr, b.indices, b.alpha, x, arrays["other"])
+        square, v0 = user_side_partials(b.indptr, b.indices, b.alpha, x, items)
         stats += [[square], v0]
     return _record(b, x, np.concatenate(stats), regularization_term(lam, x))
 
@@ -113,20 +116,23 @@ def _item_lambdas(b: Block, support: np.ndarray, p: PairParams) -> np.ndarray:
     return item_regularization(p.reg, p.nu, row_sums(b.indptr, b.alpha), support, p.total_support, p.total_alpha)
 
 
-def _coupling_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, basis: ItemBasis) -> pa.RecordBatch:
+def _own(support: np.ndarray, b: Block) -> np.ndarray:
+    return np.array(support[b.row_start:b.row_start + b.n_rows], np.float64)
+
+
+def _coupling_block(b: Block, users: np.ndarray, support: np.ndarray, p: PairParams,
+                    basis: ItemBasis) -> pa.RecordBatch:
     """First pass of the exact item step: the block's share of the (m, mu) coupling system."""
-    s = np.array(arrays["support"][b.row_start:b.row_start + b.n_rows])
-    c = item_coupling(b.indptr, b.indices, b.alpha, arrays["other"], basis, s, p.total_support,
-                      _item_lambdas(b, s, p))
+    s = _own(support, b)
+    c = item_coupling(b.indptr, b.indices, b.alpha, users, basis, s, p.total_support, _item_lambdas(b, s, p))
     return _record(b, None, c.to_array(), 0.0)
 
 
-def _item_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, basis: ItemBasis, m: np.ndarray,
+def _item_block(b: Block, users: np.ndarray, support: np.ndarray, p: PairParams, basis: ItemBasis, m: np.ndarray,
                 mu: np.ndarray) -> pa.RecordBatch:
     """Second pass of the exact item step: new rows, their (S, z, G^I) and the observed-loss partials."""
-    s = np.array(arrays["support"][b.row_start:b.row_start + b.n_rows])
+    s = _own(support, b)
     lam = _item_lambdas(b, s, p)
-    users = arrays["other"]
     h = solve_items(b.indptr, b.indices, b.alpha, users, basis, s, p.total_support, lam, m, mu).astype(np.float32)
     im = item_moments(h, s)
     square, v = item_side_partials(b.indptr, b.indices, b.alpha, h, users)
@@ -134,15 +140,47 @@ def _item_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, basis: I
     return _record(b, h, stats, regularization_term(lam, h))
 
 
-def _descent_block(b: Block, arrays: dict[str, np.ndarray], p: PairParams, users: UserMoments,
-                   items: ItemMoments, v0: np.ndarray) -> pa.RecordBatch:
+def _descent_block(b: Block, users: np.ndarray, h0: np.ndarray, support: np.ndarray, p: PairParams,
+                   um: UserMoments, im: ItemMoments, v0: np.ndarray) -> pa.RecordBatch:
     """The inexact item step of one block: direction Delta (as `factors`), its line-search share, sum lambda |h|^2."""
-    s = np.array(arrays["support"][b.row_start:b.row_start + b.n_rows])
+    s = _own(support, b)
     lam = _item_lambdas(b, s, p)
-    h = np.array(arrays["current"][b.row_start:b.row_start + b.n_rows], np.float64)
-    delta, part = item_descent(b.indptr, b.indices, b.alpha, arrays["other"], h, s, lam, users, items, v0,
-                               cg_steps=p.cg_steps)
+    h = np.array(h0, np.float64)
+    delta, part = item_descent(b.indptr, b.indices, b.alpha, users, h, s, lam, um, im, v0, cg_steps=p.cg_steps)
     return _record(b, delta.astype(np.float32), part.to_array(), regularization_term(lam, h))
+
+
+def _moments_fn(support: np.ndarray, dim: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Per factor block: its share of (S, z, G^I) (routed factors, before the first user step)."""
+
+    def part(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for k in range(batch.num_rows):
+                start, n = batch.column("row_start")[k].as_py(), batch.column("n_rows")[k].as_py()
+                x = np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32).reshape(n, dim)
+                im = item_moments(x, support[start:start + n])
+                yield pa.RecordBatch.from_pydict({"stats": [np.concatenate([[im.total], im.z,
+                                                                            im.gram.ravel()]).tobytes()]})
+
+    return part
+
+
+def _moved_fn(t: float, dim: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Per item factor block joined with its direction: the rows h + t Delta (routed descent step)."""
+
+    def move(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for k in range(batch.num_rows):
+                h = np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32)
+                delta = np.frombuffer(batch.column("delta")[k].as_buffer(), np.float32)
+                x = (h + np.float32(t) * delta).astype(np.float32)
+                yield pa.RecordBatch.from_pydict({
+                    "block": pa.array([batch.column("block")[k].as_py()], pa.int32()),
+                    "row_start": pa.array([batch.column("row_start")[k].as_py()], pa.int32()),
+                    "n_rows": pa.array([batch.column("n_rows")[k].as_py()], pa.int32()),
+                    "factors": pa.array([x.tobytes()], pa.binary())})
+
+    return move
 
 
 def _totals_block(b: Block) -> pa.RecordBatch:
@@ -154,18 +192,11 @@ def _totals_block(b: Block) -> pa.RecordBatch:
 
 
 class PairwiseTrainer(BlockTrainer):
-    """Runs RankALS epochs over the cached user and item blocks of one training set (broadcast factors)."""
+    """Runs RankALS epochs over the user and item blocks of one training set (whole or routed factors)."""
 
     def __init__(self, spark: Any, train_df: Any, n_users: int, n_items: int, model: ModelConfig,
                  train: TrainConfig) -> None:
-        if train.routing == "routed":
-            raise ConfigError("train.routing must be 'auto' or 'broadcast' for model.name=pairwise, got 'routed': "
-                              "RankALS sends factors whole to every block; set train.routing=broadcast")
-        factor_mb = (n_users + n_items) * model.dim * 4 / 2**20
-        if factor_mb > train.broadcast_max_mb:
-            log.warning("RankALS factors are %.0f MiB, above train.broadcast_max_mb=%.0f, but are sent whole "
-                        "(routing is not implemented for the pairwise loss)", factor_mb, train.broadcast_max_mb)
-        super().__init__(spark, train_df, n_users, n_items, model, dataclasses.replace(train, routing="broadcast"))
+        super().__init__(spark, train_df, n_users, n_items, model, train)
         counts, sums = np.zeros(n_items), np.zeros(n_items)
         totals = self._run("item", _totals_block, TOTALS_SCHEMA)
         for k in range(totals.num_rows):
@@ -200,16 +231,30 @@ class PairwiseTrainer(BlockTrainer):
 
         return self.blocks[side].mapInArrow(by_row, schema).toArrow()
 
-    def _map_blocks(self, side: str, per_block: Callable[[Block, dict[str, np.ndarray]], pa.RecordBatch],
-                    arrays: dict[str, np.ndarray], epoch: int) -> pa.Table:
-        """Run `per_block` on every block of `side` (blocks without interactions on the driver); check finiteness."""
-        refs = {k: self.handoff.pack(v) for k, v in arrays.items()}
+    def _step(self, side: str, fn: BlockFn, other: Any, current: Any, epoch: int) -> tuple[Any, list[np.ndarray],
+                                                                                              float]:
+        """Run fn(block, other rows, own current rows) on every block of `side` in one Spark job.
+
+        Returns (new rows: an array, or a factor-block DataFrame when routed; per-block stats; summed reg).
+        Whole factors reach tasks as mapped files or in the closure; routed ones as the rows each block needs.
+        """
+        if self.routed:
+            def routed_fn(b: Block, rows: np.ndarray, vecs: np.ndarray, x_init: np.ndarray) -> pa.RecordBatch:
+                return fn(routed.localise(b, rows), vecs, x_init)
+
+            result = self.routed_map(side, current, other, routed_fn, PAIR_SCHEMA)
+            out = result.select("block", "stats", "reg", "bad_row").toArrow()
+            self._check(out, side, epoch)
+            stats = [np.frombuffer(out.column("stats")[k].as_buffer(), np.float64) for k in range(out.num_rows)]
+            return result.select("block", "row_start", "n_rows", "factors"), stats, float(sum(
+                out.column("reg").to_pylist()))
+        refs = {"other": self.handoff.pack(other), "current": self.handoff.pack(current)}
         cache: dict[str, np.ndarray] = {}
 
         def task(b: Block) -> pa.RecordBatch:
             if not cache:  # once per Python worker and job
                 cache.update({k: resolve(r) for k, r in refs.items()})
-            return per_block(b, cache)
+            return fn(b, cache["other"], cache["current"][b.row_start:b.row_start + b.n_rows])
 
         try:
             out = self._run(side, task, PAIR_SCHEMA)
@@ -218,15 +263,23 @@ class PairwiseTrainer(BlockTrainer):
                 self.handoff.release(ref)
         layout = self.layouts[side]
         done = set(out.column("block").to_pylist())
-        extra = [per_block(empty_block(layout, blk), arrays) for blk in range(layout.num_blocks) if blk not in done]
+        extra = []
+        for blk in range(layout.num_blocks):
+            if blk not in done:  # blocks without interactions (not in the cached DataFrame): on the driver
+                start, stop = layout.bounds(blk)
+                extra.append(fn(empty_block(layout, blk), other, current[start:stop]))
         if extra:
             out = pa.concat_tables([out, pa.Table.from_batches(extra, schema=out.schema)])
+        self._check(out, side, epoch)
+        return self._gather(out, self.n_users if side == "user" else self.n_items)
+
+    @staticmethod
+    def _check(out: pa.Table, side: str, epoch: int) -> None:
         for blk, bad in zip(out.column("block").to_pylist(), out.column("bad_row").to_pylist(), strict=True):
             if bad >= 0:
                 raise SolverError(f"{side} factors must stay finite, got NaN/inf at epoch {epoch}, block {blk}, "
                                   f"row {bad}. Increase model.reg or lower the confidence scale "
                                   "(model.confidence.beta).")
-        return out
 
     def _gather(self, out: pa.Table, n: int) -> tuple[np.ndarray | None, list[np.ndarray], float]:
         """Assemble factor rows, the per-block stats vectors and the summed regularisation of one job."""
@@ -240,9 +293,16 @@ class PairwiseTrainer(BlockTrainer):
             stats.append(np.frombuffer(out.column("stats")[k].as_buffer(), np.float64))
         return x, stats, float(sum(out.column("reg").to_pylist()))
 
-    def item_moments_of(self, items: np.ndarray) -> ItemMoments:
+    def item_moments_of(self, items: Any) -> ItemMoments:
         """(S, z, G^I) of the current items (used once, before the first user step of a fit or resume)."""
-        return item_moments(items, self.support)
+        if not self.routed:
+            return item_moments(items, self.support)
+        d = self.model.dim
+        out = items.select("row_start", "n_rows", "factors").mapInArrow(_moments_fn(self.support, d),
+                                                                        "stats binary").toArrow()
+        parts = [np.frombuffer(out.column("stats")[k].as_buffer(), np.float64) for k in range(out.num_rows)]
+        return ItemMoments(sum(float(x[0]) for x in parts), sum(x[1:1 + d] for x in parts),
+                           sum(x[1 + d:].reshape(d, d) for x in parts))
 
     def epoch(self, state: FitState) -> EpochStats:
         """User step, then the item step (exact: coupling + solve; otherwise one descent pass and an exact step
@@ -253,14 +313,13 @@ class PairwiseTrainer(BlockTrainer):
         else:
             im = self.item_moments_of(state.item_factors)
         t0 = time.perf_counter()
-        out = self._map_blocks("user", functools.partial(_user_block, p=p, moments=im),
-                               {"other": state.item_factors, "current": state.user_factors}, e)
-        w, stats, reg_w = self._gather(out, self.n_users)
+        w, stats, reg_w = self._step("user", functools.partial(_user_block, p=p, moments=im), state.item_factors,
+                                     state.user_factors, e)
         um = UserMoments(sum(float(s[0]) for s in stats), sum(s[1:1 + d] for s in stats),
                          sum(s[1 + d:1 + d + d * d].reshape(d, d) for s in stats))
         t1 = time.perf_counter()
         if p.solver == "cholesky":
-            h, im, square, v, reg_h = self._exact_item_step(w, um, e)
+            h, im, square, v, reg_h = self._exact_item_step(w, state.item_factors, um, e)
         else:
             o = 1 + d + d * d
             square0, v0 = sum(float(s[o]) for s in stats), sum(s[o + 1:o + 1 + d] for s in stats)
@@ -273,45 +332,55 @@ class PairwiseTrainer(BlockTrainer):
         state.history.append(stats_e)
         return stats_e
 
-    def _exact_item_step(self, w: np.ndarray, um: UserMoments,
-                         e: int) -> tuple[np.ndarray, ItemMoments, float, np.ndarray, float]:
+    def _exact_item_step(self, w: Any, items: Any, um: UserMoments,
+                         e: int) -> tuple[Any, ItemMoments, float, np.ndarray, float]:
         """Coupling job, 2d x 2d solve on the driver, solve job: the joint minimiser of the item subproblem."""
-        d, p = self.model.dim, self.params
-        arrays = {"other": w, "support": self.support}
+        d, p, support = self.model.dim, self.params, self.support
         basis = ItemBasis.of(um)
-        out = self._map_blocks("item", functools.partial(_coupling_block, p=p, basis=basis), arrays, e)
-        _, stats, _ = self._gather(out, self.n_items)
+
+        def coupling_fn(b: Block, users: np.ndarray, _h: np.ndarray) -> pa.RecordBatch:
+            return _coupling_block(b, users, support, p, basis)
+
+        _, stats, _ = self._step("item", coupling_fn, w, items, e)
         coupling = functools.reduce(Coupling.__add__, (Coupling.from_array(s, d) for s in stats))
         try:
             m, mu = coupling.solve()
         except FloatingPointError as exc:
             raise SolverError(f"the item step at epoch {e} has no unique minimiser ({exc}). Increase model.reg.") \
                 from exc
-        out = self._map_blocks("item", functools.partial(_item_block, p=p, basis=basis, m=m, mu=mu), arrays, e)
-        h, stats, reg_h = self._gather(out, self.n_items)
-        assert h is not None
+
+        def solve_fn(b: Block, users: np.ndarray, _h: np.ndarray) -> pa.RecordBatch:
+            return _item_block(b, users, support, p, basis, m, mu)
+
+        h, stats, reg_h = self._step("item", solve_fn, w, items, e)
+        if self.routed:
+            h = h.localCheckpoint()
         o = 1 + d + d * d
         im = ItemMoments(sum(float(s[0]) for s in stats), sum(s[1:1 + d] for s in stats),
                          sum(s[1 + d:o].reshape(d, d) for s in stats))
         return h, im, sum(float(s[o]) for s in stats), sum(s[o + 1:] for s in stats), reg_h
 
-    def _descent_item_step(self, w: np.ndarray, items: np.ndarray, um: UserMoments, im: ItemMoments,
-                           square0: float, v0: np.ndarray,
-                           e: int) -> tuple[np.ndarray, ItemMoments, float, np.ndarray, float]:
+    def _descent_item_step(self, w: Any, items: Any, um: UserMoments, im: ItemMoments, square0: float,
+                           v0: np.ndarray, e: int) -> tuple[Any, ItemMoments, float, np.ndarray, float]:
         """One job: every block's direction and line-search share; the driver moves all items by the exact step.
 
         The loss is quadratic in the items, so the partial sums give L(H + t Delta) for every t: the step never
         increases it, and the new moments and loss terms follow without another pass (docs/rankals.md).
         """
-        d, p = self.model.dim, self.params
-        arrays = {"other": w, "support": self.support, "current": items}
-        out = self._map_blocks("item", functools.partial(_descent_block, p=p, users=um, items=im, v0=v0),
-                               arrays, e)
-        delta, stats, reg_h0 = self._gather(out, self.n_items)
-        assert delta is not None
+        d, p, support = self.model.dim, self.params, self.support
+
+        def descent_fn(b: Block, users: np.ndarray, h: np.ndarray) -> pa.RecordBatch:
+            return _descent_block(b, users, h, support, p, um, im, v0)
+
+        delta, stats, reg_h0 = self._step("item", descent_fn, w, items, e)
         part = functools.reduce(Descent.__add__, (Descent.from_array(s, d) for s in stats))
         t = part.step(um, im, v0)
-        h = (items + np.float32(t) * delta).astype(np.float32)
+        if self.routed:
+            joined = items.join(delta.select("block", delta.factors.alias("delta")), "block")
+            h = joined.mapInArrow(_moved_fn(t, d), "block int, row_start int, n_rows int, factors binary")
+            h = h.localCheckpoint()
+        else:
+            h = (items + np.float32(t) * delta).astype(np.float32)
         square = square0 + 2.0 * t * part.c1 + t * t * part.c2
         reg_h = reg_h0 + 2.0 * t * part.reg_hd + t * t * part.reg_dd
         log.debug("epoch %d item step: t=%.4f along the descent direction", e, t)
