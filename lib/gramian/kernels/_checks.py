@@ -95,3 +95,12 @@ def as_csr(
         k = int(np.argmax(a < 0))
         raise ValueError(f"alpha must be >= 0, got alpha[{k}]={float(a[k])!r}: build it with observed_weights()")
     return ip, ix, a, t
+
+
+def check_int(value: object, name: str, lo: int, hi: int | None, remedy: str) -> int:
+    """Return `value` as int, raising ValueError unless it is an integer in [lo, hi]."""
+    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if ok and value >= lo and (hi is None or value <= hi):
+        return int(value)
+    rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+    raise ValueError(f"{name} must be an integer in {rng}, got {name}={value!r}: {remedy}")

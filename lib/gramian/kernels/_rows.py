@@ -233,6 +233,27 @@ def _observed_part(acc, hc, q, other, indices, alpha, target, lo, hi, v, residua
 
 
 @njit(**_JIT)
+def cg_advance(x, res, pv, ap, rs):  # pragma: no cover - jitted
+    """One CG update given ap = A pv: x, res and pv move in place; returns the new |res|^2 (0 stops the loop)."""
+    d = x.shape[0]
+    pap = 0.0
+    for j in range(d):
+        pap += pv[j] * ap[j]
+    if pap <= 0.0:
+        return 0.0
+    step = rs / pap
+    rs_new = 0.0
+    for j in range(d):
+        x[j] += step * pv[j]
+        res[j] -= step * ap[j]
+        rs_new += res[j] * res[j]
+    beta = rs_new / rs
+    for j in range(d):
+        pv[j] = res[j] + beta * pv[j]
+    return rs_new
+
+
+@njit(**_JIT)
 def cg_rows(indptr, indices, alpha, target, other, a0g, reg, out, steps):  # pragma: no cover - jitted
     """`steps` CG steps per row, warm-started at out[r], never forming the matrix (Takacs et al. 2011)."""
     d = out.shape[1]
@@ -264,21 +285,7 @@ def cg_rows(indptr, indices, alpha, target, other, a0g, reg, out, steps):  # pra
                 ap[j] = lam * pv[j]
             _gram_matvec(ap, a0g, pv, 1.0, 0, d)
             _observed_part(ap, hc, q, other, indices, alpha, target, lo, hi, pv, False, resident)
-            pap = 0.0
-            for j in range(d):
-                pap += pv[j] * ap[j]
-            if pap <= 0.0:
-                break
-            step = rs / pap
-            rs_new = 0.0
-            for j in range(d):
-                x[j] += step * pv[j]
-                res[j] -= step * ap[j]
-                rs_new += res[j] * res[j]
-            beta = rs_new / rs
-            for j in range(d):
-                pv[j] = res[j] + beta * pv[j]
-            rs = rs_new
+            rs = cg_advance(x, res, pv, ap, rs)
 
 
 @njit(**_JIT)

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from gramian.kernels import _rows
-from gramian.kernels._checks import as_csr, as_matrix, nonneg_scalar, per_row
+from gramian.kernels._checks import as_csr, as_matrix, check_int, nonneg_scalar, per_row
 from gramian.kernels._rows import _JIT
 from gramian.kernels.loss import LossTerms, observed_loss, regularization_term, regularization_weights
 from gramian.kernels.solvers import check_finite, solve_side
@@ -157,21 +157,31 @@ def pairwise_loss(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, us
 
 
 @njit(**_JIT)
-def _item_side_partials(indptr, indices, alpha, items, users, v):  # pragma: no cover - jitted
-    """Sum alpha (<w_c, h_i> - 1)^2 over an item CSR block; v += sum alpha (<w_c, h_i> - 1) w_c."""
-    d = users.shape[1]
+def _pair_partials(indptr, indices, alpha, rows, cols, v, rows_are_users):  # pragma: no cover - jitted
+    """Sum alpha (<w_c, h_i> - 1)^2 over a CSR block; v += sum alpha (<w_c, h_i> - 1) w_c.
+
+    The block's rows are users (w_c = the row) or items (w_c = the column), as rows_are_users says.
+    """
+    d = rows.shape[1]
     total = 0.0
-    for r in range(items.shape[0]):
-        h = items[r]
+    for r in range(rows.shape[0]):
+        x = rows[r]
+        acc = 0.0
         for k in range(indptr[r], indptr[r + 1]):
-            w = users[indices[k]]
-            x = 0.0
+            y = cols[indices[k]]
+            dot = 0.0
             for j in range(d):
-                x += w[j] * h[j]
-            e = x - 1.0
+                dot += x[j] * y[j]
+            e = dot - 1.0
             total += alpha[k] * e * e
+            if rows_are_users:
+                acc += alpha[k] * e
+            else:
+                for j in range(d):
+                    v[j] += alpha[k] * e * y[j]
+        if rows_are_users:
             for j in range(d):
-                v[j] += alpha[k] * e * w[j]
+                v[j] += acc * x[j]
     return total
 
 
@@ -185,7 +195,7 @@ def item_side_partials(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarra
     w = as_matrix(users, "users", d=h.shape[1]).astype(np.float64, copy=False)
     ip, ix, a, _ = as_csr(indptr, indices, alpha, np.ones(np.asarray(indices).shape[0]), h.shape[0], w.shape[0])
     v = np.zeros(h.shape[1])
-    return float(_item_side_partials(ip, ix, a, h, w, v)), v
+    return float(_pair_partials(ip, ix, a, h, w, v, False)), v
 
 
 def observed_from_partials(square: float, v: np.ndarray, users: UserMoments, items: ItemMoments) -> float:
@@ -487,27 +497,6 @@ def item_step(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users:
 # ------------------------------------------------------------------------- inexact item step (descent)
 
 
-@njit(**_JIT)
-def _user_side_partials(indptr, indices, alpha, users, items, v):  # pragma: no cover - jitted
-    """Sum alpha (<w_c, h_i> - 1)^2 over a user CSR block; v += sum alpha (<w_c, h_i> - 1) w_c."""
-    d = users.shape[1]
-    total = 0.0
-    for r in range(users.shape[0]):
-        w = users[r]
-        acc = 0.0
-        for k in range(indptr[r], indptr[r + 1]):
-            h = items[indices[k]]
-            x = 0.0
-            for j in range(d):
-                x += w[j] * h[j]
-            e = x - 1.0
-            total += alpha[k] * e * e
-            acc += alpha[k] * e
-        for j in range(d):
-            v[j] += acc * w[j]
-    return total
-
-
 def user_side_partials(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
                        items: np.ndarray) -> tuple[float, np.ndarray]:
     """(sum alpha (y - 1)^2, sum alpha (y - 1) w_c) over a user block: what item_side_partials gives, by users.
@@ -518,7 +507,7 @@ def user_side_partials(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarra
     h = as_matrix(items, "items", d=w.shape[1])
     ip, ix, a, _ = as_csr(indptr, indices, alpha, np.ones(np.asarray(indices).shape[0]), w.shape[0], h.shape[0])
     v = np.zeros(w.shape[1])
-    return float(_user_side_partials(ip, ix, a, w, h, v)), v
+    return float(_pair_partials(ip, ix, a, w, h, v, True)), v
 
 
 @njit(**_JIT)
@@ -548,7 +537,7 @@ def _descent_rows(indptr, indices, alpha, alpha_s, target, users, g, s, u, lam, 
     """Per item, `steps` CG steps from 0 on D_i x = -grad_i / 2 with D_i = S sum alpha w w^T + s_i G^C + lambda_i I.
 
     alpha_s = S alpha; -grad_i / 2 = S sum alpha (1 + <w, zbar> - <w, h_i>) w + s_i (u - G^C h_i) - lambda_i h_i
-    with target = 1 + <w, zbar> per pair and u = R + G^C zbar (docs/rankals.md, "inexact item step").
+    with target = 1 + <w, zbar> per pair and u = R + G^C zbar = v0 (docs/rankals.md, "inexact item step").
     Returns the line-search sums c1, c2 and adds v_delta while the item's users are still in cache.
     """
     d = h.shape[1]
@@ -583,21 +572,7 @@ def _descent_rows(indptr, indices, alpha, alpha_s, target, users, g, s, u, lam, 
                 ap[j] = lam[r] * pv[j]
             _rows._gram_matvec(ap, g, pv, s[r], 0, d)
             _rows._observed_part(ap, hc, q, users, indices, alpha_s, target, lo, hi, pv, False, resident)
-            pap = 0.0
-            for j in range(d):
-                pap += pv[j] * ap[j]
-            if pap <= 0.0:
-                break
-            step = rs / pap
-            rs_new = 0.0
-            for j in range(d):
-                x[j] += step * pv[j]
-                res[j] -= step * ap[j]
-                rs_new += res[j] * res[j]
-            beta = rs_new / rs
-            for j in range(d):
-                pv[j] = res[j] + beta * pv[j]
-            rs = rs_new
+            rs = _rows.cg_advance(x, res, pv, ap, rs)
         a1, a2 = _row_partials(hc, q, qd, users, indices, alpha, lo, hi, h[r], x, v_delta, resident)
         c1 += a1
         c2 += a2
@@ -658,6 +633,16 @@ class Descent:
         return ItemMoments(items.total, items.z + t * self.z,
                            items.gram + t * (self.cross + self.cross.T) + (t * t) * self.outer)
 
+    def partials_at(self, t: float, square0: float, v0: np.ndarray, reg0: float) -> tuple[float, np.ndarray, float]:
+        """(sum alpha (y - 1)^2, sum alpha (y - 1) w, sum lambda |h|^2) at H + t Delta from their values at H."""
+        return (square0 + 2.0 * t * self.c1 + t * t * self.c2, v0 + t * self.v,
+                reg0 + 2.0 * t * self.reg_hd + t * t * self.reg_dd)
+
+
+def move_rows(rows: np.ndarray, delta: np.ndarray, t: float) -> np.ndarray:
+    """The float32 factor rows h + t Delta (one block, or all items)."""
+    return (np.asarray(rows, np.float32) + np.float32(t) * np.asarray(delta, np.float32)).astype(np.float32)
+
 
 def item_descent(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, users: np.ndarray,
                  items: np.ndarray, support: np.ndarray, reg: np.ndarray, user_moments_: UserMoments,
@@ -673,17 +658,15 @@ def item_descent(indptr: np.ndarray, indices: np.ndarray, alpha: np.ndarray, use
     w = as_matrix(users, "users", d=d)
     s = per_row(support, "support", n)
     lam = per_row(reg, "reg", n)
-    if cg_steps < 1:
-        raise ValueError(f"cg_steps must be >= 1, got cg_steps={cg_steps!r}: use 3")
+    cg_steps = check_int(cg_steps, "cg_steps", 1, None, "use cg_steps=3 or more")
     ip, ix, a, _ = as_csr(indptr, indices, alpha, np.ones(np.asarray(indices).shape[0]), n, w.shape[0])
     gc = np.ascontiguousarray(0.5 * (user_moments_.gram + user_moments_.gram.T))
     zbar = moments.mean
-    u = np.ascontiguousarray(v0, np.float64)  # R + G^C zbar, R = v0 - G^C zbar the observed gradient sum
     target = 1.0 + (w @ zbar)[ix]
     delta = np.zeros((n, d))
     v = np.zeros(d)
-    c1, c2 = _descent_rows(ip, ix, a, moments.total * a, np.ascontiguousarray(target, np.float64), w, gc, s, u,
-                           lam, np.ascontiguousarray(h), delta, int(cg_steps), v)
+    c1, c2 = _descent_rows(ip, ix, a, moments.total * a, np.ascontiguousarray(target, np.float64), w, gc, s,
+                           np.ascontiguousarray(v0, np.float64), lam, np.ascontiguousarray(h), delta, cg_steps, v)
     ds = delta * s[:, None]
     part = Descent(float(c1), float(c2), v, s @ delta, ds.T @ h, ds.T @ delta,
                    float(lam @ np.einsum("ij,ij->i", h, delta)), float(lam @ np.einsum("ij,ij->i", delta, delta)))

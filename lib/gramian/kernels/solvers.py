@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gramian.kernels import _rows
-from gramian.kernels._checks import as_csr, as_matrix, nonneg_scalar, per_row
+from gramian.kernels._checks import as_csr, as_matrix, check_int, nonneg_scalar, per_row
 
 SOLVERS = ("cholesky", "cg", "subspace")
 
@@ -22,15 +22,6 @@ def check_finite(x: np.ndarray, what: str) -> None:
         f"{what} is not finite: first bad row is {r}; training diverged or a row system was singular "
         "(raise reg or alpha0, or check the input weights)"
     )
-
-
-def _check_int(value: object, name: str, lo: int, hi: int | None, remedy: str) -> int:
-    """Return `value` as int, raising ValueError unless it is an integer in [lo, hi]."""
-    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
-    if ok and value >= lo and (hi is None or value <= hi):
-        return int(value)
-    rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-    raise ValueError(f"{name} must be an integer in {rng}, got {name}={value!r}: {remedy}")
 
 
 def solve_side(
@@ -50,13 +41,13 @@ def solve_side(
     """New rows solving (alpha0 G + sum alpha_t h h^T + lambda I) w = sum alpha_t y_t h per row (Alg. 4)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got solver={solver!r}: pick one of those names")
-    cg_steps = _check_int(cg_steps, "cg_steps", 1, None, "use cg_steps=3 (Takacs et al.) or more")
+    cg_steps = check_int(cg_steps, "cg_steps", 1, None, "use cg_steps=3 (Takacs et al.) or more")
     x = as_matrix(x0, "x0")
     n_rows, d = x.shape
     if d == 0:
         raise ValueError("x0 must have d >= 1 columns, got d=0: the embedding rank must be positive")
     block = d if solver_block_size is None else solver_block_size
-    block = _check_int(block, "solver_block_size", 1, d, f"use a block size between 1 (iCD) and d={d} (ALS)")
+    block = check_int(block, "solver_block_size", 1, d, f"use a block size between 1 (iCD) and d={d} (ALS)")
     oth = as_matrix(other, "other", d=d)
     g = np.asarray(gramian_other, dtype=np.float64)
     if g.shape != (d, d):

@@ -38,7 +38,6 @@ from gramian.train.blocks import (
     decode_blocks,
     empty_block,
     read_local_block,
-    write_local_blocks,
     write_local_blocks_from_pairs,
 )
 from gramian.train.handoff import FileRef, Handoff, is_local_master, resolve, writable
@@ -161,6 +160,13 @@ def _local_fn(side: str, layout: SideLayout, other: FileRef, current: FileRef, g
     return step
 
 
+def check_rows_finite(side: str, epoch: int, block: int, bad_row: int) -> None:
+    """Raise SolverError naming the epoch, block and first row when a block task reported non-finite rows."""
+    if bad_row >= 0:
+        raise SolverError(f"{side} factors must stay finite, got NaN/inf at epoch {epoch}, block {block}, row "
+                          f"{bad_row}. Increase model.reg or lower the confidence scale (model.confidence.beta).")
+
+
 def default_num_blocks(spark: Any, nnz: int) -> int:
     """Enough blocks to keep every core busy, blocks of at most ~4M interactions, a multiple of the cores."""
     try:
@@ -237,23 +243,6 @@ def init_factors(n: int, dim: int, scale: float, seed: int, side: int, start: in
     return out
 
 
-class _CachedBlocks(dict):
-    """Block DataFrames by side; on a local master they are built and cached only if something asks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._deferred: dict[str, Any] = {}
-
-    def defer(self, side: str, df: Any) -> None:
-        self._deferred[side] = df
-
-    def __missing__(self, side: str) -> Any:
-        df = self._deferred.pop(side).cache()
-        df.count()
-        self[side] = df
-        return df
-
-
 def out_name(side: str) -> str:
     """Handoff name of the file a local half-step of `side` writes its new rows into."""
     return f"{side}-new"
@@ -293,23 +282,18 @@ class BlockTrainer:
             train.routing == "auto" and not local and factor_mb > train.broadcast_max_mb)
         log.info("factors %.1f MiB: %s", factor_mb, "routed to the blocks that need them" if self.routed
                  else "memory-mapped by every block (local master)" if local else "sent whole to every block")
-        self.blocks = _CachedBlocks()
+        self.blocks: dict[str, Any] = {}  # cached block DataFrames (not on a local master)
         self.routes: dict[str, Any] = {}
         self._local_jobs: dict[tuple[str, bool], tuple[Any, FileRef]] = {}
         self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed)
         for side, row_col, other_col in (("user", "user_idx", "item_idx"), ("item", "item_idx", "user_idx")):
-            df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
-                                   model.confidence)
-            if self.handoff.enabled and pairs is not None:  # local master: blocks in memory-mapped files
+            if self.handoff.enabled and pairs is not None:  # local master: memory-mapped block files
                 rows, cols = (pairs[0], pairs[1]) if side == "user" else (pairs[1], pairs[0])
                 sizes = write_local_blocks_from_pairs(rows, cols, pairs[2], self.layouts[side],
                                                       str(self.handoff.folder), side, model.alpha0, model.confidence)
-                self.blocks.defer(side, df)
-            elif self.handoff.enabled:
-                sizes = write_local_blocks(df, str(self.handoff.folder), side)
-                self.blocks.defer(side, df)
             else:
-                df = df.cache()
+                df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
+                                       model.confidence).cache()
                 sizes = [r["nnz"] for r in df.select("nnz").collect()]  # materialises the cache
                 self.blocks[side] = df
             log.info("%s side: %d blocks, interactions per block min %d max %d", side,
@@ -372,10 +356,7 @@ class BlockTrainer:
         cols = {name: summary.column(name).to_pylist() for name in ("block", "row_start", "n_rows", "bad_row",
                                                                      "observed", "reg")}
         for k in range(summary.num_rows):
-            if cols["bad_row"][k] >= 0:
-                raise SolverError(f"{side} factors must stay finite, got NaN/inf at epoch {epoch}, block "
-                                  f"{cols['block'][k]}, row {cols['bad_row'][k]}. Increase model.reg or lower "
-                                  f"the confidence scale (model.confidence.beta).")
+            check_rows_finite(side, epoch, cols["block"][k], cols["bad_row"][k])
             gram += np.frombuffer(summary.column("gram")[k].as_buffer(), np.float64).reshape(d, d)
             observed += cols["observed"][k]
             reg += cols["reg"][k]

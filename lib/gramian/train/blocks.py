@@ -214,25 +214,10 @@ def block_path(folder: str, side: str, block: int, name: str) -> str:
     return f"{folder}/{side}-block{block}-{name}.npy"
 
 
-def write_local_blocks(blocks_df: Any, folder: str, side: str) -> list[int]:
-    """Store every block's CSR as .npy files in `folder` (local master: tasks then map them, the JVM
-    never carries the CSR again); returns the interactions per written block."""
-
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for b in decode_blocks(batch):
-                for name, _ in BLOCK_ARRAYS:
-                    np.save(block_path(folder, side, b.block, name), getattr(b, name))
-                yield pa.RecordBatch.from_pydict({"block": pa.array([b.block], pa.int32()),
-                                                  "nnz": pa.array([len(b.indices)], pa.int64())})
-
-    out = blocks_df.mapInArrow(write, "block int, nnz long").toArrow()
-    return out.column("nnz").to_pylist()
-
-
 def write_local_blocks_from_pairs(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray, layout: SideLayout,
                                   folder: str, side: str, alpha0: float, confidence: ConfidenceConfig) -> list[int]:
-    """`write_local_blocks` from pairs already on the driver (local master): one sort, no Spark shuffle.
+    """Every block's CSR as .npy files in `folder`, cut from pairs on the driver (local master): one sort, no
+    Spark shuffle, and the JVM never carries the CSR; returns the interactions per written block.
 
     Blocks without interactions get no files (read_local_block then gives an empty block).
     """
@@ -253,7 +238,7 @@ def write_local_blocks_from_pairs(rows: np.ndarray, cols: np.ndarray, weight: np
 
 
 def read_local_block(folder: str, side: str, layout: SideLayout, block: int) -> Block:
-    """A block written by `write_local_blocks`, memory-mapped (an empty block if it has no interactions)."""
+    """A block written by `write_local_blocks_from_pairs`, memory-mapped (an empty block if it has no interactions)."""
     import os
 
     if not os.path.exists(block_path(folder, side, block, "indptr")):

@@ -43,6 +43,7 @@ from gramian.kernels.pairwise import (
     item_moments,
     item_regularization,
     item_side_partials,
+    move_rows,
     observed_from_partials,
     pairwise_terms,
     row_sums,
@@ -54,7 +55,7 @@ from gramian.kernels.pairwise import (
     user_side_partials,
 )
 from gramian.train import routed
-from gramian.train.als import BlockTrainer, EpochStats, FitState
+from gramian.train.als import BlockTrainer, EpochStats, FitState, check_rows_finite
 from gramian.train.blocks import Block, decode_blocks, empty_block, read_local_block
 from gramian.train.handoff import resolve
 from gramian.train.model import IALS, model_config
@@ -171,9 +172,8 @@ def _moved_fn(t: float, dim: int) -> Callable[[Iterator[pa.RecordBatch]], Iterat
     def move(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for k in range(batch.num_rows):
-                h = np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32)
-                delta = np.frombuffer(batch.column("delta")[k].as_buffer(), np.float32)
-                x = (h + np.float32(t) * delta).astype(np.float32)
+                x = move_rows(np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32),
+                              np.frombuffer(batch.column("delta")[k].as_buffer(), np.float32), t)
                 yield pa.RecordBatch.from_pydict({
                     "block": pa.array([batch.column("block")[k].as_py()], pa.int32()),
                     "row_start": pa.array([batch.column("row_start")[k].as_py()], pa.int32()),
@@ -276,10 +276,7 @@ class PairwiseTrainer(BlockTrainer):
     @staticmethod
     def _check(out: pa.Table, side: str, epoch: int) -> None:
         for blk, bad in zip(out.column("block").to_pylist(), out.column("bad_row").to_pylist(), strict=True):
-            if bad >= 0:
-                raise SolverError(f"{side} factors must stay finite, got NaN/inf at epoch {epoch}, block {blk}, "
-                                  f"row {bad}. Increase model.reg or lower the confidence scale "
-                                  "(model.confidence.beta).")
+            check_rows_finite(side, epoch, blk, bad)
 
     def _gather(self, out: pa.Table, n: int) -> tuple[np.ndarray | None, list[np.ndarray], float]:
         """Assemble factor rows, the per-block stats vectors and the summed regularisation of one job."""
@@ -380,11 +377,10 @@ class PairwiseTrainer(BlockTrainer):
             h = joined.mapInArrow(_moved_fn(t, d), "block int, row_start int, n_rows int, factors binary")
             h = h.localCheckpoint()
         else:
-            h = (items + np.float32(t) * delta).astype(np.float32)
-        square = square0 + 2.0 * t * part.c1 + t * t * part.c2
-        reg_h = reg_h0 + 2.0 * t * part.reg_hd + t * t * part.reg_dd
+            h = move_rows(items, delta, t)
+        square, v, reg_h = part.partials_at(t, square0, v0, reg_h0)
         log.debug("epoch %d item step: t=%.4f along the descent direction", e, t)
-        return h, part.moved(im, t), square, v0 + t * part.v, reg_h
+        return h, part.moved(im, t), square, v, reg_h
 
 
 class RankALS(IALS):
