@@ -13,6 +13,7 @@ gramian alpha0 on all pairs plus 1 on observed ones, so alpha (peers) ~ 1/alpha0
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -264,18 +265,18 @@ def fit_gramian_numpy(split: Split, params: dict[str, Any], track_loss: bool = T
     """
     from gramian.kernels import gramian, ials_loss, regularization_weights, solve_side
     from gramian.train.als import init_factors
+    from gramian.train.model import model_config
 
-    m = {"dim": 64, "alpha0": 0.1, "reg": 0.005, "nu": 1.0, "epochs": 15, "solver": "cg", "cg_steps": 3,
-         "solver_block_size": None, "init_scale": 0.1, "seed": 0, "confidence": {}}
-    m.update({k: v for k, v in params.items() if k not in ("alpha0_items", "support_power")})
-    if m["alpha0"] is None:  # catalogue-scaled, as ModelConfig.resolved
-        m["alpha0"] = params["alpha0_items"] / split.n_items
-    conf = {"form": "rendle", "scale": "constant", "beta": 1.0, "eps": 1.0, **m["confidence"]}
+    cfg = model_config(**{k: v for k, v in params.items() if k not in ("support_power", "name")})
+    m = dataclasses.asdict(cfg.resolved(split.n_items, split.n_users))  # alpha0 null: as the Spark trainer
+    conf = m["confidence"]
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         us, its = side_csrs(split, m["alpha0"], conf)
-        lam_u = regularization_weights(m["reg"], m["nu"], us.counts, m["alpha0"], split.n_items)
-        lam_i = regularization_weights(m["reg"], m["nu"], its.counts, m["alpha0"], split.n_users)
+        lam_u = regularization_weights(m["reg"], m["nu"], us.counts, m["alpha0"], split.n_items,
+                                       reg_counts=m["reg_counts"])
+        lam_i = regularization_weights(m["reg"], m["nu"], its.counts, m["alpha0"], split.n_users,
+                                       reg_counts=m["reg_counts"])
         w = init_factors(split.n_users, m["dim"], m["init_scale"], m["seed"], 0)
         h = init_factors(split.n_items, m["dim"], m["init_scale"], m["seed"], 1)
         kw = {"solver": m["solver"], "cg_steps": m["cg_steps"], "solver_block_size": m["solver_block_size"]}

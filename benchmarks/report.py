@@ -165,6 +165,12 @@ def write_train_md(doc: dict[str, Any]) -> Path:
         lines.append(f"| {q['dataset']} | {q['gramian']} | {_f(q.get('fit_vs_mllib'), '.2f')} | "
                      f"{_f(q.get('epoch_vs_mllib'), '.2f')} | {_f(q.get('epoch_vs_implicit'), '.2f')} | "
                      f"{_f(q.get('fit_vs_implicit'), '.2f')} | {_f(q.get('rankals_epoch_vs_ials'), '.2f')} |")
+    if doc.get("targets"):
+        lines += ["", "## Targets (issue #3)", "", "| target | measured | limit | met |", "|---|---|---|---|"]
+        for t in doc["targets"]:
+            detail = f" ({t['detail']})" if t["detail"] else ""
+            lines.append(f"| {t['target']} | {t['measured']:.4g}{detail} | {t['limit']:g} | "
+                         f"{'yes' if t['ok'] else '**no**'} |")
     bad = [c for c in doc["checks"] if not c["ok"]]
     lines += ["", "## Checks (asserted before timings are reported)", "",
               f"{len(doc['checks']) - len(bad)} of {len(doc['checks'])} passed."]
@@ -202,6 +208,15 @@ def best_peer(trials: list[dict[str, Any]], ds: str) -> dict[str, Any] | None:
     return max(cands, key=lambda t: t["metrics"]["recall@20"]) if cands else None
 
 
+REG_FORMS = {"all": "lambda_c = reg (|I_c| + alpha0 |I|)^nu", "observed": "lambda_c = reg |I_c|^nu"}
+SCALE_NAMES = {"items": "n_items", "users": "n_users", "geometric": "sqrt(n_users n_items)"}
+
+
+def scaled_name(p: dict[str, Any]) -> str:
+    """alpha0's rule as written in the report, e.g. '350/sqrt(n_users n_items)'."""
+    return f"{p['alpha0_total']:g}/{SCALE_NAMES[p['alpha0_scale_by']]}"
+
+
 def recommend_defaults(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """d=64 gramian settings tried on every dataset, ranked by their worst ratio to the best peer.
 
@@ -216,10 +231,11 @@ def recommend_defaults(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     table: dict[tuple[Any, ...], dict[str, float]] = {}
     for t in d64:
         a0 = t["params"]["alpha0"]
-        if "alpha0_items" in t["params"]:  # the catalogue-scaled rule: one setting across datasets
-            a0 = f"{t['params']['alpha0_items']:g}/n_items"
+        if "alpha0_total" in t["params"]:  # a size-scaled rule: one setting across datasets
+            a0 = scaled_name(t["params"])
         nu = t["params"].get("nu", 1.0)
-        key = (a0, t["params"]["reg"], conf_name(t["params"]) + ("" if nu == 1.0 else f", nu={nu:g}"))
+        extra = ("" if nu == 1.0 else f", nu={nu:g}") + f", reg counts {t['params'].get('reg_counts', 'all')}"
+        key = (a0, t["params"]["reg"], conf_name(t["params"]) + extra)
         table.setdefault(key, {})[t["dataset"]] = t["metrics"].get("recall@20", np.nan)
     rows = []
     for (a0, reg, conf), rec in table.items():
@@ -239,7 +255,9 @@ def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
              "Validation: 10% of each user's train pairs (seed 0), carved from the benchmark's train split; "
              "metric Recall@20 (hits/|val|) with train-minus-validation items excluded. gramian ran "
              "single-process (`benchmarks.peers.fit_gramian_numpy`, the Spark trainer's math), 15 epochs, "
-             "CG 3 steps, nu=1, rendle form (constant confidence unless marked log: g = 1 + log(1 + w)). "
+             "CG 3 steps, nu=1 unless marked, rendle form (constant confidence unless marked log: "
+             "g = 1 + log(1 + w)); regularisation counts all pairs (lambda_c = reg (|I_c| + alpha0 |I|)^nu) "
+             "unless marked observed (lambda_c = reg |I_c|^nu). "
              "Peers ran as in the benchmark (implicit: 2 threads; MLlib: Spark local[2]).", ""]
     datasets = list(dict.fromkeys(t["dataset"] for t in trials))
     for ds in datasets:
@@ -247,7 +265,7 @@ def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
         g = [t for t in trials if t["dataset"] == ds and t["method"] == "gramian"]
         for conf in sorted({conf_name(t["params"]) for t in g}):
             d64 = [t for t in g if t["params"].get("dim") == 64 and conf_name(t["params"]) == conf
-                   and "alpha0_items" not in t["params"] and t["params"].get("solver", "cg") == "cg"]
+                   and "alpha0_total" not in t["params"] and t["params"].get("solver", "cg") == "cg"]
             if not d64:
                 continue
             a0s = sorted({t["params"]["alpha0"] for t in d64})
@@ -262,14 +280,17 @@ def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
                     cells.append(_f(t["metrics"].get("recall@20")) if t else "")
                 lines.append(f"| {a0} | " + " | ".join(cells) + " |")
             lines.append("")
-        scaled = [t for t in g if "alpha0_items" in t["params"]]
-        if scaled:
-            lines += ["gramian, d=64, alpha0 = c / n_items (catalogue-scaled rule):", "",
-                      "| c | alpha0 | reg | Recall@20 |", "|---|---|---|---|"]
-            for t in sorted(scaled, key=lambda t: (t["params"]["alpha0_items"], t["params"]["reg"])):
+        scaled = [t for t in g if "alpha0_total" in t["params"]]
+        for rule in sorted({(t["params"]["alpha0_scale_by"], t["params"]["reg_counts"]) for t in scaled}):
+            part = [t for t in scaled if (t["params"]["alpha0_scale_by"], t["params"]["reg_counts"]) == rule]
+            lines += [f"gramian, d=64, alpha0 = c / {SCALE_NAMES[rule[0]]}, regularisation counts {rule[1]} pairs "
+                      f"({REG_FORMS[rule[1]]}):", "",
+                      "| c | alpha0 | reg | nu | confidence | Recall@20 |", "|---|---|---|---|---|---|"]
+            for t in sorted(part, key=lambda t: (t["params"]["alpha0_total"], t["params"]["reg"],
+                                                 t["params"].get("nu", 1.0), conf_name(t["params"]))):
                 p = t["params"]
-                lines.append(f"| {p['alpha0_items']:g} | {p['alpha0']:.3g} | {p['reg']} | "
-                             f"{_f(t['metrics'].get('recall@20'))} |")
+                lines.append(f"| {p['alpha0_total']:g} | {p['alpha0']:.3g} | {p['reg']} | {p.get('nu', 1.0):g} | "
+                             f"{conf_name(p)} | {_f(t['metrics'].get('recall@20'))} |")
             lines.append("")
         big = [t for t in g if t["params"].get("dim", 64) != 64 or t["params"].get("solver", "cg") != "cg"]
         if big:
@@ -308,11 +329,10 @@ def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
         absolute = next((r for r in rec if not isinstance(r["alpha0"], str)), None)
         scaled = next((r for r in rec if isinstance(r["alpha0"], str)), None)
         lines += ["## Recommendation", ""]
-        for what, r in (("Absolute alpha0 (the config as it is)", absolute),
-                        ("alpha0 scaled by the catalogue (needs a config option)", scaled)):
+        for what, r in (("Absolute alpha0", absolute), ("alpha0 scaled by the data's size", scaled)):
             if r is not None:
-                lines.append(f"- {what}: alpha0={r['alpha0']}, reg={r['reg']}, nu=1, {r['confidence']} "
-                             f"confidence: worst ratio to the best peer {r['worst']:.3f} ("
+                lines.append(f"- {what}: alpha0={r['alpha0']}, reg={r['reg']}, confidence {r['confidence']}: "
+                             f"worst ratio to the best peer {r['worst']:.3f} ("
                              + ", ".join(f"{d} {v:.3f}" for d, v in r["per"].items()) + ").")
         for ds in dss:
             b64 = _best(trials, ds, "gramian", lambda t: t["params"].get("dim") == 64)

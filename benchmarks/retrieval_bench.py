@@ -41,7 +41,8 @@ from gramian.kernels.ranking import topk_excluding
 from gramian.retrieval.index import build_index, index_recall, topn_excluding
 
 K = 100
-RECOMMENDED = {"dim": 64, "alpha0": 0.00854054, "reg": 0.01, "nu": 1.0, "epochs": 15, "solver": "cg", "cg_steps": 3}
+RECOMMENDED = {"dim": 64, "alpha0": 0.00854054, "reg": 0.01, "nu": 1.0, "reg_counts": "all", "epochs": 15,
+               "solver": "cg", "cg_steps": 3}
 
 
 def generated_factors(n: int, d: int, kind: str, seed: int, centres_seed: int = 7) -> np.ndarray:

@@ -83,24 +83,7 @@ def tuned(dataset: str, method: str) -> tuple[dict[str, Any] | None, float | Non
     if not trials:
         return None, None
     b = max(trials, key=lambda t: t["metrics"][METRIC])
-    params = {k: v for k, v in b["params"].items() if k != "alpha0_items"}
-    return params, float(b["metrics"][METRIC])
-
-
-def recommended() -> tuple[dict[str, Any] | None, str]:
-    """The single d=64 gramian setting with the best worst-case validation ratio across datasets."""
-    from benchmarks.report import recommend_defaults
-    from benchmarks.tune import LOG_CONF, load_results
-
-    rows = recommend_defaults(load_results())
-    if not rows:
-        return None, ""
-    r = rows[0]
-    p: dict[str, Any] = {"alpha0": r["alpha0"], "reg": r["reg"], "nu": 1.0}  # alpha0 may be "c/n_items"
-    if r["confidence"] != "constant":
-        p["confidence"] = LOG_CONF
-    per = ", ".join(f"{k} {v:.3f}" for k, v in r["per"].items())
-    return p, f"cross-dataset validation choice (share of each dataset's best: {per})"
+    return dict(b["params"]), float(b["metrics"][METRIC])
 
 
 def rankals_params(dataset: str) -> tuple[dict[str, Any], str]:
@@ -123,7 +106,6 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
     runs: list[dict[str, Any]] = []
     synthetic = dataset == "synthetic10m"
     defaults = gramian_defaults()
-    rec_params = None  # the defaults are the cross-dataset recommendation (alpha0 = alpha0_items / n_items)
     conf_params = gramian_dataset_conf(dataset)
     for method in methods:
         if method == "gramian":
@@ -147,7 +129,7 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
         elif method == "gramian_np":
             if synthetic:
                 continue
-            q = rec_params or defaults
+            q = defaults
             runs.append({"label": "gramian numpy 1-proc", "method": "gramian_np", "params": q,
                          "source": "as gramian (defaults); one process, one thread, no Spark"})
         elif method == "popularity":
@@ -296,6 +278,53 @@ def ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+PEER_METHODS = ("mllib", "implicit_als", "implicit_bpr")
+
+
+def targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue #3's targets, each with what this benchmark measured (a target is missing when its runs are)."""
+    by = {(r["dataset"], r["label"]): r for r in records if "error" not in r}
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, measured: float, limit: float, ok: bool, detail: str) -> None:
+        out.append({"target": name, "measured": measured, "limit": limit, "ok": bool(ok), "detail": detail})
+
+    g, m = by.get(("gowalla", "gramian (defaults)")), by.get(("gowalla", "Spark MLlib ALS"))
+    if g and m:
+        q = g["fit_seconds"] / m["fit_seconds"]
+        add("gowalla d=64 fit time / MLlib's", q, 0.33, q <= 0.33,
+            f"{g['fit_seconds']:.1f} s vs {m['fit_seconds']:.1f} s")
+    if g:
+        rec = g["metrics"]["recall@20"]
+        add("gowalla d=64 defaults Recall@20", rec, 0.144, rec >= 0.144, "")
+    c = by.get(("gowalla", "gramian (conf)"))
+    if c:
+        rec = c["metrics"]["recall@20"]
+        add("gowalla conf/gowalla.yaml Recall@20", rec, 0.17, rec >= 0.17, f"d={c['params'].get('dim')}")
+    for ds in ("gowalla", "ml-100k", "lastfm-2k"):
+        d = by.get((ds, "gramian (defaults)"))
+        peers = [r for r in records if r["dataset"] == ds and r["method"] in PEER_METHODS and "error" not in r]
+        if d and peers:
+            best = max(peers, key=lambda r: r["metrics"]["recall@20"])
+            rec, top = d["metrics"]["recall@20"], best["metrics"]["recall@20"]
+            add(f"{ds} defaults Recall@20 / best tuned peer's", rec / top, 1.0, rec >= top,
+                f"{rec:.4f} vs {best['label']} {top:.4f}")
+    s = by.get(("synthetic10m", "gramian (defaults)"))
+    sm, si = by.get(("synthetic10m", "Spark MLlib ALS")), by.get(("synthetic10m", "implicit ALS (CG)"))
+    if s and sm:
+        q = s["seconds_per_epoch"] / sm["seconds_per_epoch"]
+        add("synthetic10m d=128 s/epoch / MLlib's", q, 0.1, q <= 0.1,
+            f"{s['seconds_per_epoch']:.2f} s vs {sm['seconds_per_epoch']:.2f} s")
+    if s and si:
+        q = s["seconds_per_epoch"] / si["seconds_per_epoch"]
+        add("synthetic10m d=128 s/epoch / implicit's", q, 2.0, q <= 2.0,
+            f"{s['seconds_per_epoch']:.2f} s vs {si['seconds_per_epoch']:.2f} s")
+    if s:
+        gib = s["peak_rss_mib"] / 1024
+        add("synthetic10m peak RSS of all processes, GiB", gib, 12.0, gib <= 12.0, "")
+    return out
+
+
 def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Replace old records of the same (dataset, label); keep the rest."""
     keys = {(r["dataset"], r["label"]) for r in new}
@@ -357,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = merge(old, records)
     checks = check(runs)
     doc = {"machine": {**env_before, "load_after": os.getloadavg()}, "runs": runs, "checks": checks,
-           "ratios": ratios(runs), "bench_seconds": time.perf_counter() - t_all,
+           "ratios": ratios(runs), "targets": targets(runs), "bench_seconds": time.perf_counter() - t_all,
            "notes": ["fit seconds: wall time around .fit in a fresh process (gramian: includes block "
                      "building); MLlib and BPR seconds/epoch = fit seconds / iterations",
                      "peak RSS: max over 0.2 s samples of summed VmRSS of the fit's process tree "

@@ -7,6 +7,7 @@ names the key and the file (or `--set`) it came from, so a typo never silently t
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -131,11 +132,15 @@ class ModelConfig:
     name: Literal["ials", "pairwise"] = "ials"  # pairwise: RankALS, docs/rankals.md
     dim: int = field(default=64, metadata=_check("> 0", _positive))
     epochs: int = field(default=15, metadata=_check("> 0", _positive))
-    # alpha0 = null: alpha0_items / |I|, the same total unobserved weight per user whatever the catalogue size
+    # alpha0 = null: alpha0_total / n, n from alpha0_scale_by (geometric: sqrt(|U| |I|), the same rule for a
+    # matrix and its transpose), so one setting carries over to data of another size
     alpha0: float | None = field(default=None, metadata=_check(">= 0 or null", _non_negative))
-    alpha0_items: float = field(default=400.0, metadata=_check("> 0", _positive))
-    reg: float = field(default=0.01, metadata=_check(">= 0", _non_negative))
+    alpha0_total: float = field(default=350.0, metadata=_check("> 0", _positive))
+    alpha0_scale_by: Literal["geometric", "items", "users"] = "geometric"
+    reg: float = field(default=0.07, metadata=_check(">= 0", _non_negative))
     nu: float = field(default=1.0, metadata=_check(">= 0", _non_negative))
+    # lambda_c = reg * base^nu, base = |I_c| (observed: ALS-WR, MLlib) or |I_c| + alpha0 |I| (all: Rendle 2022)
+    reg_counts: Literal["observed", "all"] = "observed"
     solver: Literal["cg", "cholesky", "subspace"] = "cg"
     cg_steps: int = field(default=3, metadata=_check("> 0", _positive))
     solver_block_size: int | None = None
@@ -144,14 +149,21 @@ class ModelConfig:
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     support_power: float = field(default=0.0, metadata=_check(">= 0", _non_negative))  # pairwise: s_j ~ |U_j|^p
 
-    def resolved(self, n_items: int) -> ModelConfig:
-        """This config with alpha0 fixed for a catalogue of `n_items` (alpha0_items / n_items when null)."""
+    def resolved(self, n_items: int, n_users: int | None = None) -> ModelConfig:
+        """This config with alpha0 fixed for `n_users` x `n_items` training data (alpha0_total / n when null)."""
         if self.alpha0 is not None:
             return self
         if n_items <= 0:
-            raise ConfigError(f"model.alpha0=null scales by the catalogue size, got {n_items} items: "
+            raise ConfigError(f"model.alpha0=null scales by the data size, got {n_items} items: "
                               "train on a non-empty item set or set model.alpha0")
-        return dataclasses.replace(self, alpha0=self.alpha0_items / n_items)
+        if self.alpha0_scale_by == "items":
+            return dataclasses.replace(self, alpha0=self.alpha0_total / n_items)
+        if n_users is None or n_users <= 0:
+            raise ConfigError(f"model.alpha0=null with alpha0_scale_by={self.alpha0_scale_by!r} needs the number "
+                              f"of training users, got {n_users!r}: pass the run's resolved model config (its "
+                              "`runs` row records alpha0) or set model.alpha0")
+        n = float(n_users) if self.alpha0_scale_by == "users" else math.sqrt(float(n_users) * float(n_items))
+        return dataclasses.replace(self, alpha0=self.alpha0_total / n)
 
 
 @dataclass(frozen=True)
@@ -361,6 +373,8 @@ def _type_name(tp: Any) -> str:
 def _build(cls: type, data: Mapping[str, Any], origin: Mapping[str, str], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "sources"}
+    if cls is ModelConfig and "alpha0_items" in data:
+        data = _legacy_model(data, origin, prefix)
     for key in data:
         if key not in fields:
             dotted = f"{prefix}{key}"
@@ -386,6 +400,21 @@ def _build(cls: type, data: Mapping[str, Any], origin: Mapping[str, str], prefix
             raise ConfigError(f"{dotted} must be {f.metadata['rule']}, got {value!r} ({where})")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _legacy_model(data: Mapping[str, Any], origin: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    """Model sections of earlier versions (`alpha0_items`: alpha0 = c/|I|, reg counts all pairs) keep their meaning."""
+    def set_here(key: str) -> bool:  # set by the user's file, an override or a stored row, not the defaults
+        return key in data and not origin.get(prefix + key, "").endswith(DEFAULTS_FILE)
+
+    if set_here("alpha0_total") or set_here("alpha0_scale_by"):
+        raise ConfigError(f"{prefix}alpha0_items is the old name of {prefix}alpha0_total with alpha0_scale_by=items "
+                          f"({origin.get(prefix + 'alpha0_items', '?')}): keep only alpha0_total and alpha0_scale_by")
+    out = {k: v for k, v in data.items() if k != "alpha0_items"}
+    out.update(alpha0_total=data["alpha0_items"], alpha0_scale_by="items")
+    if not set_here("reg_counts"):
+        out["reg_counts"] = "all"
+    return out
 
 
 def _first_origin(origin: Mapping[str, str], prefix: str) -> str:

@@ -43,7 +43,8 @@ def _fit(u: np.ndarray, i: np.ndarray, w: np.ndarray, n_users: int, n_items: int
         for name in ("u", "i"):
             ip, ix, alpha, target = sides[name]
             x, other = (W, H) if name == "u" else (H, W)
-            lam = regularization_weights(MODEL.reg, MODEL.nu, np.diff(ip), MODEL.alpha0, other.shape[0])
+            lam = regularization_weights(MODEL.reg, MODEL.nu, np.diff(ip), MODEL.alpha0, other.shape[0],
+                                         reg_counts=MODEL.reg_counts)
             new = solve_side(ip, ix, alpha, target, other, gramian(other), MODEL.alpha0, lam, x, solver="cholesky")
             if name == "u":
                 W = new

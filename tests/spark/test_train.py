@@ -55,14 +55,16 @@ def numpy_fit(pairs: pd.DataFrame, m: ModelConfig, n_users: int = N_USERS,
         for name in ("user", "item"):
             indptr, indices, alpha, target = sides[name]
             x, other = (W, H) if name == "user" else (H, W)
-            lam = regularization_weights(m.reg, m.nu, np.diff(indptr), m.alpha0, other.shape[0])
+            lam = regularization_weights(m.reg, m.nu, np.diff(indptr), m.alpha0, other.shape[0],
+                                         reg_counts=m.reg_counts)
             new = solve_side(indptr, indices, alpha, target, other, gramian(other), m.alpha0, lam, x,
                              solver=m.solver, cg_steps=m.cg_steps,
                              solver_block_size=m.solver_block_size).astype(np.float32)
             W, H = (new, H) if name == "user" else (W, new)
         indptr, indices, alpha, target = sides["user"]
-        lam_u = regularization_weights(m.reg, m.nu, np.diff(indptr), m.alpha0, n_items)
-        lam_i = regularization_weights(m.reg, m.nu, np.diff(sides["item"][0]), m.alpha0, n_users)
+        lam_u = regularization_weights(m.reg, m.nu, np.diff(indptr), m.alpha0, n_items, reg_counts=m.reg_counts)
+        lam_i = regularization_weights(m.reg, m.nu, np.diff(sides["item"][0]), m.alpha0, n_users,
+                                       reg_counts=m.reg_counts)
         losses.append(ials_loss(indptr, indices, alpha, target, W, H, m.alpha0, lam_u, lam_i).total)
     return W, H, losses
 
@@ -77,9 +79,10 @@ def train_df(spark, pairs):
     return spark.createDataFrame(pairs)
 
 
-@pytest.mark.parametrize("solver,block", [("cg", None), ("cholesky", None), ("subspace", 4)])
-def test_spark_fit_equals_single_process_numpy_run(train_df, pairs, solver, block):
-    est = IALS(dim=8, epochs=3, solver=solver, solver_block_size=block, alpha0=0.05, reg=0.01,
+@pytest.mark.parametrize("solver,block,reg_counts", [("cg", None, "observed"), ("cholesky", None, "all"),
+                                                    ("subspace", 4, "observed")])
+def test_spark_fit_equals_single_process_numpy_run(train_df, pairs, solver, block, reg_counts):
+    est = IALS(dim=8, epochs=3, solver=solver, solver_block_size=block, alpha0=0.05, reg=0.01, reg_counts=reg_counts,
                confidence={"form": "rendle", "scale": "log", "beta": 1.0, "eps": 1.0},
                train=TrainConfig(num_user_blocks=3, num_item_blocks=2))
     model = est.fit(train_df, N_USERS, N_ITEMS)
@@ -250,10 +253,12 @@ def test_spark_connect_session_trains_the_same_factors_as_classic(train_df, pair
 
 
 def test_routed_rows_give_the_same_factors_as_whole_factor_matrices(train_df, pairs):
-    est = IALS(dim=8, epochs=3, alpha0=0.05, reg=0.01,
+    est = IALS(dim=8, epochs=3, alpha0=None, reg=0.01,  # alpha0 resolved from the sizes (geometric rule)
                train=TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed"))
     model = est.fit(train_df, N_USERS + 4, N_ITEMS)  # 4 users without interactions: a block may be empty
-    W, H, losses = numpy_fit(pairs, est.config, N_USERS + 4, N_ITEMS)
+    resolved = est.config.resolved(N_ITEMS, N_USERS + 4)
+    assert resolved.alpha0 == pytest.approx(350.0 / np.sqrt((N_USERS + 4) * N_ITEMS))
+    W, H, losses = numpy_fit(pairs, resolved, N_USERS + 4, N_ITEMS)
     np.testing.assert_allclose(model.user_array, W, atol=1e-4)
     np.testing.assert_allclose(model.item_array, H, atol=1e-4)
     np.testing.assert_allclose([h.loss for h in model.history], losses, rtol=1e-6)

@@ -20,7 +20,7 @@ def numpy_fit(pairs: pd.DataFrame, m: ModelConfig, n_users: int = N_USERS,
     """The reference: the pairwise kernels in one process, one block per side, float32 between steps."""
     u, i, w = (pairs[c].to_numpy() for c in ("user_idx", "item_idx", "weight"))
     c = m.confidence
-    alpha, _ = observed_weights(w, m.resolved(n_items).alpha0, c.form, c.scale, c.beta, c.eps)  # alpha0 unused
+    alpha, _ = observed_weights(w, m.resolved(n_items, n_users).alpha0, c.form, c.scale, c.beta, c.eps)  # unused
     data = PairwiseData.from_coo(u, i, alpha, n_users, n_items, m.reg, m.nu, m.support_power)
     W = init_factors(n_users, m.dim, m.init_scale, m.seed, 0)
     H = init_factors(n_items, m.dim, m.init_scale, m.seed, 1)

@@ -115,15 +115,36 @@ def test_override_syntax_errors_are_reported():
         parse_override(".dim=3")
 
 
-def test_alpha0_null_scales_with_the_catalogue() -> None:
+def test_alpha0_null_scales_with_the_data_size() -> None:
     cfg = load_config(None, [])
-    assert cfg.model.alpha0 is None
-    m = cfg.model.resolved(2000)
-    assert m.alpha0 == pytest.approx(cfg.model.alpha0_items / 2000)
+    assert cfg.model.alpha0 is None and cfg.model.alpha0_scale_by == "geometric"
+    m = cfg.model.resolved(2000, 500)
+    assert m.alpha0 == pytest.approx(cfg.model.alpha0_total / 1000.0)  # sqrt(500 * 2000)
     assert m.resolved(10) is m  # a fixed alpha0 is kept whatever the catalogue
+    by_items = load_config(None, ["model.alpha0_scale_by=items", "model.alpha0_total=400"]).model
+    assert by_items.resolved(2000).alpha0 == pytest.approx(0.2)  # users not needed
+    by_users = load_config(None, ["model.alpha0_scale_by=users"]).model
+    assert by_users.resolved(2000, 700).alpha0 == pytest.approx(cfg.model.alpha0_total / 700)
     fixed = load_config(None, ["model.alpha0=0.05"]).model
     assert fixed.resolved(2000).alpha0 == 0.05
     with pytest.raises(ConfigError, match="non-empty item set"):
-        cfg.model.resolved(0)
-    with pytest.raises(ConfigError, match="model.alpha0_items must be > 0"):
-        load_config(None, ["model.alpha0_items=0"])
+        cfg.model.resolved(0, 5)
+    with pytest.raises(ConfigError, match="needs the number of training users, got None"):
+        cfg.model.resolved(2000)
+    with pytest.raises(ConfigError, match="model.alpha0_total must be > 0"):
+        load_config(None, ["model.alpha0_total=0"])
+    with pytest.raises(ConfigError, match="alpha0_scale_by"):
+        load_config(None, ["model.alpha0_scale_by=catalogue"])
+    with pytest.raises(ConfigError, match="reg_counts"):
+        load_config(None, ["model.reg_counts=some"])
+
+
+def test_model_sections_of_earlier_versions_keep_their_meaning() -> None:
+    """`alpha0_items: c` was alpha0 = c/|I| with the regularisation counting all pairs."""
+    old = load_config(None, ["model.alpha0_items=400"]).model
+    assert (old.alpha0_total, old.alpha0_scale_by, old.reg_counts) == (400.0, "items", "all")
+    assert old.resolved(1600).alpha0 == pytest.approx(0.25)
+    kept = load_config(None, ["model.alpha0_items=400", "model.reg_counts=observed"]).model
+    assert kept.reg_counts == "observed"
+    with pytest.raises(ConfigError, match="old name of model.alpha0_total"):  # both given by the user
+        load_config(None, ["model.alpha0_items=400", "model.alpha0_total=300"])

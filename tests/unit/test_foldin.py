@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gramian.config import ConfidenceConfig, ModelConfig
+from gramian.errors import ConfigError
 from gramian.kernels.confidence import observed_weights
 from gramian.kernels.foldin import fold_in, fold_in_one
 from gramian.kernels.loss import regularization_weights
@@ -25,10 +26,11 @@ def _histories(seed: int = 0, n_users: int = 5, n_items: int = 12):
 @pytest.mark.parametrize("conf", [ConfidenceConfig(), ConfidenceConfig(form="hu", scale="log", beta=2.0, eps=3.0),
                                   ConfidenceConfig(form="rendle", scale="linear", beta=0.5)])
 @pytest.mark.parametrize("nu", [0.0, 1.0])
-def test_fold_in_is_row_minimiser_of_dense_loss(conf: ConfidenceConfig, nu: float) -> None:
+@pytest.mark.parametrize("reg_counts", ["observed", "all"])
+def test_fold_in_is_row_minimiser_of_dense_loss(conf: ConfidenceConfig, nu: float, reg_counts: str) -> None:
     mask, raw, indptr, cols, weights = _histories()
     h = np.random.default_rng(1).normal(0, 0.5, (mask.shape[1], 4))
-    model = ModelConfig(dim=4, alpha0=0.2, reg=0.05, nu=nu, confidence=conf)
+    model = ModelConfig(dim=4, alpha0=0.2, reg=0.05, nu=nu, confidence=conf, reg_counts=reg_counts)
     w = fold_in(indptr, cols, weights, h, model)
     # dense twin: alpha_tilde/target over every pair, zero where unobserved
     a_obs, t_obs = observed_weights(weights, model.alpha0, form=conf.form, scale=conf.scale, beta=conf.beta,
@@ -36,7 +38,8 @@ def test_fold_in_is_row_minimiser_of_dense_loss(conf: ConfidenceConfig, nu: floa
     a = np.zeros(mask.shape)
     t = np.zeros(mask.shape)
     a[mask], t[mask] = a_obs, t_obs
-    lam = regularization_weights(model.reg, nu, mask.sum(axis=1).astype(float), model.alpha0, mask.shape[1])
+    lam = regularization_weights(model.reg, nu, mask.sum(axis=1).astype(float), model.alpha0, mask.shape[1],
+                                 reg_counts=reg_counts)
     expected = dense_row_solution(a, t, h, model.alpha0, lam)
     np.testing.assert_allclose(w, expected, rtol=1e-9, atol=1e-12)
     assert np.abs(dense_gradient(a, t, w, h, model.alpha0, lam)).max() < 1e-9
@@ -64,6 +67,12 @@ def test_fold_in_rejects_rows_outside_the_catalogue() -> None:
 def test_fold_in_resolves_a_catalogue_scaled_alpha0_as_training_does() -> None:
     mask, raw, indptr, cols, weights = _histories(seed=5)
     h = np.random.default_rng(4).normal(0, 0.5, (mask.shape[1], 3))
-    scaled = ModelConfig(dim=3, alpha0=None, alpha0_items=6.0, reg=0.02)
+    by_items = ModelConfig(dim=3, alpha0=None, alpha0_total=6.0, alpha0_scale_by="items", reg=0.02)
     fixed = ModelConfig(dim=3, alpha0=6.0 / mask.shape[1], reg=0.02)
-    np.testing.assert_allclose(fold_in(indptr, cols, None, h, scaled), fold_in(indptr, cols, None, h, fixed))
+    np.testing.assert_allclose(fold_in(indptr, cols, None, h, by_items), fold_in(indptr, cols, None, h, fixed))
+    geo = ModelConfig(dim=3, alpha0=None, alpha0_total=6.0, reg=0.02)  # sqrt(|U| |I|): needs the user count
+    fixed = ModelConfig(dim=3, alpha0=6.0 / np.sqrt(50 * mask.shape[1]), reg=0.02)
+    np.testing.assert_allclose(fold_in(indptr, cols, None, h, geo, n_users=50),
+                               fold_in(indptr, cols, None, h, fixed))
+    with pytest.raises(ConfigError, match="needs the number of training users"):
+        fold_in(indptr, cols, None, h, geo)

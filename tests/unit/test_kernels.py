@@ -25,11 +25,11 @@ from gramian.kernels.reference import (
 SEEDS = [0, 1, 2]
 
 
-def lambdas(p, reg=0.2, nu=0.0):
+def lambdas(p, reg=0.2, nu=0.0, reg_counts="all"):
     """Per-row regularisation of users and items for a reference problem."""
     n_users, n_items = p.A.shape
-    lam_u = regularization_weights(reg, nu, (p.A > 0).sum(axis=1), p.alpha0, n_items)
-    lam_i = regularization_weights(reg, nu, (p.A > 0).sum(axis=0), p.alpha0, n_users)
+    lam_u = regularization_weights(reg, nu, (p.A > 0).sum(axis=1), p.alpha0, n_items, reg_counts=reg_counts)
+    lam_i = regularization_weights(reg, nu, (p.A > 0).sum(axis=0), p.alpha0, n_users, reg_counts=reg_counts)
     return lam_u, lam_i
 
 
@@ -110,9 +110,20 @@ def test_gramian_is_xtx_in_float64():
 
 def test_regularization_weights_scale_with_row_frequency_as_in_revisiting_ials():
     counts = np.array([0, 3, 10])
-    np.testing.assert_allclose(regularization_weights(0.5, 0.0, counts, 0.1, 20), [0.5, 0.5, 0.5])
-    np.testing.assert_allclose(regularization_weights(0.5, 1.0, counts, 0.1, 20), [1.0, 2.5, 6.0])
-    np.testing.assert_allclose(regularization_weights(2.0, 0.5, counts, 0.0, 20), [0.0, 2 * 3**0.5, 2 * 10**0.5])
+    allp = {"reg_counts": "all"}
+    np.testing.assert_allclose(regularization_weights(0.5, 0.0, counts, 0.1, 20, **allp), [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(regularization_weights(0.5, 1.0, counts, 0.1, 20, **allp), [1.0, 2.5, 6.0])
+    np.testing.assert_allclose(regularization_weights(2.0, 0.5, counts, 0.0, 20, **allp),
+                               [0.0, 2 * 3**0.5, 2 * 10**0.5])
+
+
+def test_regularization_weights_counting_observed_pairs_only_are_als_wr():
+    """reg_counts='observed': lambda_c = reg |I_c|^nu whatever alpha0 (Zhou et al. 2008, Spark MLlib)."""
+    counts = np.array([0, 3, 10])
+    obs = {"reg_counts": "observed"}
+    np.testing.assert_allclose(regularization_weights(0.5, 1.0, counts, 0.1, 20, **obs), [0.0, 1.5, 5.0])
+    np.testing.assert_allclose(regularization_weights(0.5, 1.0, counts, 0.7, 9000, **obs), [0.0, 1.5, 5.0])
+    np.testing.assert_allclose(regularization_weights(0.5, 0.0, counts, 0.1, 20, **obs), [0.5, 0.5, 0.5])
 
 
 # ----------------------------------------------------------------------------------------- cholesky

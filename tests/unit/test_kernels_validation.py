@@ -101,11 +101,14 @@ def test_observed_weights_rejects_bad_arguments_by_name(weight, kw, needle):
         ((1.0, 0.0, np.ones(2), -0.1, 5), "alpha0=-0.1"),
         ((1.0, 0.0, np.ones(2), 0.1, -5), "n_other=-5"),
         ((1.0, -1.0, np.array([0.0, 1.0]), 0.0, 5), "nu=-1.0"),
+        ((1.0, -1.0, np.array([0.0, 1.0]), 0.5, 5, "observed"), "reg_counts='observed'"),
+        ((1.0, 1.0, np.ones(2), 0.1, 5, "pairs"), "reg_counts='pairs'"),
     ],
 )
 def test_regularization_weights_rejects_bad_arguments_by_name(args, needle):
+    *positional, reg_counts = args if len(args) == 6 else (*args, "all")
     with pytest.raises(ValueError) as err:
-        regularization_weights(*args)
+        regularization_weights(*positional, reg_counts=reg_counts)
     assert needle in str(err.value)
 
 

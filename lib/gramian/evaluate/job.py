@@ -172,7 +172,10 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
         item_counts[ci[ok]] = np.asarray(counts_t.column("count"), np.float64)[ok]
         neg_w = negative_weights(ev.sampled.sampler, item_counts, present) if ev.sampled.enabled else None
         label, model_cfg = run_model(spark, cfg, run_id)
-        model_cfg = model_cfg.resolved(len(present))  # runs rows hold the resolved alpha0; this is the fallback
+        if model_cfg.alpha0 is None:  # runs rows hold the resolved alpha0; this is the fallback
+            n_users = (int(tables.read(spark, st, "users").agg(F.max("idx")).collect()[0][0] or -1) + 1
+                       if tables.exists(spark, st, "users") else None)
+            model_cfg = model_cfg.resolved(len(present), n_users)
         models = [(label, run_id)] + [(f"{run_model(spark, cfg, other)[0]}@{other}", other)
                                        for other in ev.compare_runs]
         metric_rows: list[dict[str, Any]] = []

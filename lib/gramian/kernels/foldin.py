@@ -22,11 +22,13 @@ def fold_in(
     item_factors: np.ndarray,
     model: ModelConfig,
     item_gramian: np.ndarray | None = None,
+    n_users: int | None = None,
 ) -> np.ndarray:
     """Embeddings of users given as CSR histories over item rows, minimising their iALS row loss exactly.
 
     `weight` are raw interaction weights (None: all 1), mapped to confidences exactly as in training;
-    `item_gramian` defaults to item_factors^T item_factors (pass it when folding in many batches).
+    `item_gramian` defaults to item_factors^T item_factors (pass it when folding in many batches);
+    `n_users` (training users) is needed only to resolve a null alpha0 that scales with the user count.
     """
     h = np.ascontiguousarray(item_factors, dtype=np.float64)
     if h.ndim != 2:
@@ -42,21 +44,22 @@ def fold_in(
     if len(ix) and (ix.min() < 0 or ix.max() >= h.shape[0]):
         bad = int(ix[(ix < 0) | (ix >= h.shape[0])][0])
         raise ValueError(f"history item row {bad} is outside the item factors (0..{h.shape[0] - 1}): map ids first")
-    model = model.resolved(int(h.shape[0]))  # alpha0 null: alpha0_items / |I|, as in training
+    model = model.resolved(int(h.shape[0]), n_users)  # alpha0 null: alpha0_total / n, as in training
     conf = model.confidence
     alpha, target = observed_weights(w, model.alpha0, form=conf.form, scale=conf.scale, beta=conf.beta, eps=conf.eps)
     g = gramian_of(h) if item_gramian is None else np.asarray(item_gramian, dtype=np.float64)
     counts = np.diff(ip).astype(np.float64)
-    lam = regularization_weights(model.reg, model.nu, counts, model.alpha0, int(h.shape[0]))
+    lam = regularization_weights(model.reg, model.nu, counts, model.alpha0, int(h.shape[0]),
+                                 reg_counts=model.reg_counts)
     x0 = np.zeros((n_rows, h.shape[1]))
     return solve_side(ip, ix, alpha, target, h, g, model.alpha0, lam, x0, solver="cholesky")
 
 
 def fold_in_one(
     item_rows: np.ndarray, weights: np.ndarray | None, item_factors: np.ndarray, model: ModelConfig,
-    item_gramian: np.ndarray | None = None,
+    item_gramian: np.ndarray | None = None, n_users: int | None = None,
 ) -> np.ndarray:
     """One user's embedding from the item rows of their history (see `fold_in`)."""
     rows = np.asarray(item_rows, dtype=np.int64)
-    out = fold_in(np.array([0, len(rows)]), rows, weights, item_factors, model, item_gramian)
+    out = fold_in(np.array([0, len(rows)]), rows, weights, item_factors, model, item_gramian, n_users)
     return out[0]

@@ -9,9 +9,15 @@ import numpy as np
 from gramian.kernels import _rows
 from gramian.kernels._checks import as_csr, as_matrix, nonneg_scalar, per_row
 
+REG_COUNTS = ("observed", "all")
 
-def regularization_weights(reg: float, nu: float, counts: np.ndarray, alpha0: float, n_other: int) -> np.ndarray:
-    """Per-row lambda_c = reg * (|I_c| + alpha0 * n_other)^nu (Rendle et al. 2022, 'Revisiting iALS' §3)."""
+
+def regularization_weights(reg: float, nu: float, counts: np.ndarray, alpha0: float, n_other: int, *,
+                           reg_counts: str) -> np.ndarray:
+    """Per-row lambda_c = reg * base^nu: base |I_c| + alpha0 * n_other (reg_counts='all', Rendle et al. 2022,
+    'Revisiting iALS' §3) or |I_c| (reg_counts='observed', Zhou et al. 2008's ALS-WR, as Spark MLlib)."""
+    if reg_counts not in REG_COUNTS:
+        raise ValueError(f"reg_counts must be one of {REG_COUNTS}, got reg_counts={reg_counts!r}: pick one of those")
     reg = nonneg_scalar(reg, "reg")
     alpha0 = nonneg_scalar(alpha0, "alpha0")
     if not np.isfinite(nu):
@@ -24,12 +30,11 @@ def regularization_weights(reg: float, nu: float, counts: np.ndarray, alpha0: fl
     if (c < 0).any():
         k = int(np.argmax(c < 0))
         raise ValueError(f"counts must be >= 0, got counts[{k}]={float(c[k])!r}: pass |I_c| per row")
-    base = c + alpha0 * float(n_other)
+    base = c + alpha0 * float(n_other) if reg_counts == "all" else c
     if nu < 0 and (base == 0).any():
         k = int(np.argmax(base == 0))
-        raise ValueError(
-            f"nu={float(nu)!r} < 0 needs |I_c| + alpha0 * n_other > 0, but row {k} has none: use nu >= 0 or alpha0 > 0"
-        )
+        raise ValueError(f"nu={float(nu)!r} < 0 needs a positive base, but row {k} has none "
+                         f"(reg_counts={reg_counts!r}): use nu >= 0, or reg_counts='all' with alpha0 > 0")
     if nu == 0:
         return np.full(c.shape, reg)
     return reg * np.power(base, nu)

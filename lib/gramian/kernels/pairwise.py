@@ -58,14 +58,15 @@ def row_sums(indptr: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def user_regularization(reg: float, nu: float, alpha_sums: np.ndarray, total_support: float) -> np.ndarray:
     """lambda_c = reg * (A_c S)^nu: A_c S is the total pair weight of the terms that contain w_c."""
-    return regularization_weights(reg, nu, np.asarray(alpha_sums, np.float64) * total_support, 0.0, 0)
+    return regularization_weights(reg, nu, np.asarray(alpha_sums, np.float64) * total_support, 0.0, 0,
+                                  reg_counts="observed")
 
 
 def item_regularization(reg: float, nu: float, alpha_sums: np.ndarray, support: np.ndarray, total_support: float,
                         total_alpha: float) -> np.ndarray:
     """lambda_i = reg * (S sum_c alpha_ci + s_i A)^nu: pair weight of h_i as positive plus as negative item."""
     weight = total_support * np.asarray(alpha_sums, np.float64) + total_alpha * np.asarray(support, np.float64)
-    return regularization_weights(reg, nu, weight, 0.0, 0)
+    return regularization_weights(reg, nu, weight, 0.0, 0, reg_counts="observed")
 
 
 # ------------------------------------------------------------------------------------------ moments

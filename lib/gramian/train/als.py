@@ -90,11 +90,12 @@ class SolveParams:
     cg_steps: int
     block_size: int | None
     n_other: int
+    reg_counts: str
 
     @classmethod
     def of(cls, model: ModelConfig, n_other: int) -> SolveParams:
         return cls(model.alpha0, model.reg, model.nu, model.solver, model.cg_steps, model.solver_block_size,
-                   n_other)
+                   n_other, model.reg_counts)
 
 
 def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.ndarray, p: SolveParams,
@@ -105,7 +106,7 @@ def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.nda
     into rows row_start.. of `out`, a shared local file, leaving `factors` empty), their Gramian, and the
     block's observed-loss and regularisation terms (both measured on the float32 factors).
     """
-    lam = regularization_weights(p.reg, p.nu, b.counts, p.alpha0, p.n_other)
+    lam = regularization_weights(p.reg, p.nu, b.counts, p.alpha0, p.n_other, reg_counts=p.reg_counts)
     x = solve_side(b.indptr, b.indices, b.alpha, b.target, other, gram_other, p.alpha0, lam, x0,
                    solver=p.solver, cg_steps=p.cg_steps, solver_block_size=p.block_size).astype(np.float32)
     finite = np.isfinite(x).all(axis=1)

@@ -36,12 +36,14 @@ class IALS:
 
     trainer_class: type[BlockTrainer] = BlockTrainer  # the half-steps; RankALS swaps in its own
 
-    def __init__(self, dim: int = 64, alpha0: float | None = None, alpha0_items: float = 400.0, reg: float = 0.01,
-                 nu: float = 1.0, epochs: int = 15, solver: str = "cg", cg_steps: int = 3,
+    def __init__(self, dim: int = 64, alpha0: float | None = None, alpha0_total: float = 350.0,
+                 alpha0_scale_by: str = "geometric", reg: float = 0.07, nu: float = 1.0,
+                 reg_counts: str = "observed", epochs: int = 15, solver: str = "cg", cg_steps: int = 3,
                  solver_block_size: int | None = None, init_scale: float = 0.1, seed: int = 0,
                  confidence: ConfidenceConfig | dict[str, Any] | None = None,
                  train: TrainConfig | None = None) -> None:
-        params: dict[str, Any] = dict(dim=dim, alpha0=alpha0, alpha0_items=alpha0_items, reg=reg, nu=nu,
+        params: dict[str, Any] = dict(dim=dim, alpha0=alpha0, alpha0_total=alpha0_total,
+                                      alpha0_scale_by=alpha0_scale_by, reg=reg, nu=nu, reg_counts=reg_counts,
                                       epochs=epochs, solver=solver,
                                       cg_steps=cg_steps, solver_block_size=solver_block_size,
                                       init_scale=init_scale, seed=seed)
@@ -67,7 +69,7 @@ class IALS:
             row = train_df.agg(F.max("user_idx").alias("u"), F.max("item_idx").alias("i")).collect()[0]
             n_users = n_users if n_users is not None else int(row["u"] if row["u"] is not None else -1) + 1
             n_items = n_items if n_items is not None else int(row["i"] if row["i"] is not None else -1) + 1
-        m = self.config.resolved(n_items)
+        m = self.config.resolved(n_items, n_users)
         trainer = self.trainer_class(spark, train_df, n_users, n_items, m, self.train_config)
         state = None
         if resume and checkpointer is not None:
