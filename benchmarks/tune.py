@@ -82,9 +82,10 @@ def defaults_grid(n_users: int, n_items: int) -> list[dict[str, Any]]:
     """The sweeps behind the package defaults, run on every dataset with `--defaults-sweep`; the setting
     with the best worst-case ratio to the best peer became the default.
 
-    The current one first: ALS-WR regularisation (reg_counts=observed, as MLlib) with alpha0 scaled by |I|,
-    |U| or sqrt(|U| |I|), and nu other than 1 with the geometric rule. Then the earlier one (Rendle et al. 2022 regularisation, reg_counts=all, alpha0 =
-    c/|I|, reg, nu, confidence), whose best setting stayed 2% short of MLlib on lastfm-2k.
+    The current one first: ALS-WR regularisation (reg_counts=observed, as MLlib) with alpha0 scaled by
+    |I|, |U| or sqrt(|U| |I|), and nu other than 1 with the geometric rule. Then the earlier one (Rendle
+    et al. 2022 regularisation, reg_counts=all, alpha0 = c/|I|, reg, nu, confidence), whose best setting
+    stayed 2% short of MLlib on lastfm-2k.
     """
     out = []
     observed = {"items": (600, 800, 1000, 1400), "users": (100, 150, 200, 250, 300),
@@ -92,7 +93,8 @@ def defaults_grid(n_users: int, n_items: int) -> list[dict[str, Any]]:
     for scale_by, cs in observed.items():
         for c, reg in itertools.product(cs, (0.03, 0.05, 0.06, 0.07, 0.08, 0.1)):
             out.append(scaled(c, scale_by, n_users, n_items, reg, reg_counts="observed"))
-    for nu, regs in ((0.5, (0.25, 0.4, 0.6)), (0.75, (0.1, 0.15, 0.2)), (1.25, (0.02, 0.03, 0.04))):
+    for nu, regs in ((0.5, (0.25, 0.4, 0.6, 0.8, 1.0)), (0.75, (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)),
+                     (1.25, (0.02, 0.03, 0.04))):
         for c, reg in itertools.product((250, 350, 500), regs):  # reg ~ 0.07 * 30^(1 - nu): same at 30 pairs
             out.append(scaled(c, "geometric", n_users, n_items, reg, nu, reg_counts="observed"))
     for conf, c, reg in itertools.product(("constant", "log"), (300, 500, 800, 1200, 2000), (0.003, 0.01, 0.03, 0.1)):

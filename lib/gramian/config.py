@@ -137,8 +137,8 @@ class ModelConfig:
     alpha0: float | None = field(default=None, metadata=_check(">= 0 or null", _non_negative))
     alpha0_total: float = field(default=350.0, metadata=_check("> 0", _positive))
     alpha0_scale_by: Literal["geometric", "items", "users"] = "geometric"
-    reg: float = field(default=0.07, metadata=_check(">= 0", _non_negative))
-    nu: float = field(default=1.0, metadata=_check(">= 0", _non_negative))
+    reg: float = field(default=0.2, metadata=_check(">= 0", _non_negative))
+    nu: float = field(default=0.75, metadata=_check(">= 0", _non_negative))
     # lambda_c = reg * base^nu, base = |I_c| (observed: ALS-WR, MLlib) or |I_c| + alpha0 |I| (all: Rendle 2022)
     reg_counts: Literal["observed", "all"] = "observed"
     solver: Literal["cg", "cholesky", "subspace"] = "cg"

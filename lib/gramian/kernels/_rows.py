@@ -17,6 +17,8 @@ from numba import njit
 _FM = {"nsz", "arcp", "contract", "reassoc"}
 _JIT = {"cache": True, "nogil": True, "fastmath": _FM, "error_model": "numpy"}
 _CHUNK = 2048  # observations gathered at once: 2048 x 64 float64 = 1 MiB, within L2
+_ROWS = 32  # rows CG advances in lockstep (one alpha0 G product per group and step)
+_GROUP_OBS = 4096  # observations of a group kept gathered across its CG steps
 
 
 @njit(**_JIT)
@@ -255,37 +257,61 @@ def cg_advance(x, res, pv, ap, rs):  # pragma: no cover - jitted
 
 @njit(**_JIT)
 def cg_rows(indptr, indices, alpha, target, other, a0g, reg, out, steps):  # pragma: no cover - jitted
-    """`steps` CG steps per row, warm-started at out[r], never forming the matrix (Takacs et al. 2011)."""
-    d = out.shape[1]
-    cap = max(1, min(_max_row_nnz(indptr), _CHUNK))
-    hc = np.empty((cap, d))
-    q = np.empty(cap)
-    res = np.empty(d)
-    pv = np.empty(d)
-    ap = np.empty(d)
-    for r in range(out.shape[0]):
-        x = out[r]
-        lam = reg[r]
-        lo, hi = indptr[r], indptr[r + 1]
-        resident = hi - lo <= cap
-        if resident:
-            _gather(hc, other, indices, lo, hi - lo)
-        for j in range(d):  # res = b - A x
-            res[j] = -lam * x[j]
-        _gram_matvec(res, a0g, x, -1.0, 0, d)
-        _observed_part(res, hc, q, other, indices, alpha, target, lo, hi, x, True, resident)
-        rs = 0.0
-        for j in range(d):
-            pv[j] = res[j]
-            rs += res[j] * res[j]
+    """`steps` CG steps per row, warm-started at out[r], never forming the matrix (Takacs et al. 2011).
+
+    Rows advance in lockstep, _ROWS at a time, so alpha0 G P is one matrix product per group and step
+    (a0g is read once per group instead of once per row: 1.5x on short rows at d=128); each row's
+    observed `other` rows are gathered once per group while they fit in _GROUP_OBS, else on the fly.
+    """
+    n_rows, d = out.shape
+    big = max(1, min(_max_row_nnz(indptr), _CHUNK))
+    scratch = np.empty((big, d))
+    hg = np.empty((_GROUP_OBS, d))
+    q = np.empty(max(big, _GROUP_OBS))
+    res = np.empty((_ROWS, d))
+    pv = np.empty((_ROWS, d))
+    ap = np.empty((_ROWS, d))
+    rs = np.empty(_ROWS)
+    start = np.empty(_ROWS, np.int64)
+    resident = np.empty(_ROWS, np.bool_)
+    for g0 in range(0, n_rows, _ROWS):
+        m = min(_ROWS, n_rows - g0)
+        x = out[g0:g0 + m]
+        used = 0
+        for i in range(m):
+            lo, hi = indptr[g0 + i], indptr[g0 + i + 1]
+            start[i] = used
+            resident[i] = used + hi - lo <= _GROUP_OBS
+            if resident[i]:
+                _gather(hg[used:], other, indices, lo, hi - lo)
+                used += hi - lo
+        np.dot(x, a0g, ap[:m])
+        for i in range(m):  # res = b - A x
+            r = g0 + i
+            lam = reg[r]
+            for j in range(d):
+                res[i, j] = -lam * x[i, j] - ap[i, j]
+            hc = hg[start[i]:] if resident[i] else scratch
+            _observed_part(res[i], hc, q, other, indices, alpha, target, indptr[r], indptr[r + 1], x[i], True,
+                           resident[i])
+            s = 0.0
+            for j in range(d):
+                pv[i, j] = res[i, j]
+                s += res[i, j] * res[i, j]
+            rs[i] = s
         for _ in range(steps):
-            if rs <= 0.0:  # exact solution reached (or singular row with zero residual)
-                break
-            for j in range(d):  # ap = A pv
-                ap[j] = lam * pv[j]
-            _gram_matvec(ap, a0g, pv, 1.0, 0, d)
-            _observed_part(ap, hc, q, other, indices, alpha, target, lo, hi, pv, False, resident)
-            rs = cg_advance(x, res, pv, ap, rs)
+            np.dot(pv[:m], a0g, ap[:m])  # ap = A pv
+            for i in range(m):
+                if rs[i] <= 0.0:  # exact solution reached (or singular row with zero residual)
+                    continue
+                r = g0 + i
+                lam = reg[r]
+                for j in range(d):
+                    ap[i, j] += lam * pv[i, j]
+                hc = hg[start[i]:] if resident[i] else scratch
+                _observed_part(ap[i], hc, q, other, indices, alpha, target, indptr[r], indptr[r + 1], pv[i],
+                               False, resident[i])
+                rs[i] = cg_advance(x[i], res[i], pv[i], ap[i], rs[i])
 
 
 @njit(**_JIT)

@@ -37,7 +37,7 @@ class IALS:
     trainer_class: type[BlockTrainer] = BlockTrainer  # the half-steps; RankALS swaps in its own
 
     def __init__(self, dim: int = 64, alpha0: float | None = None, alpha0_total: float = 350.0,
-                 alpha0_scale_by: str = "geometric", reg: float = 0.07, nu: float = 1.0,
+                 alpha0_scale_by: str = "geometric", reg: float = 0.2, nu: float = 0.75,
                  reg_counts: str = "observed", epochs: int = 15, solver: str = "cg", cg_steps: int = 3,
                  solver_block_size: int | None = None, init_scale: float = 0.1, seed: int = 0,
                  confidence: ConfidenceConfig | dict[str, Any] | None = None,
