@@ -24,6 +24,29 @@ def evaluate(split: Split, user_factors: np.ndarray, item_factors: np.ndarray,
     return out
 
 
+def user_recall(split: Split, user_factors: np.ndarray, item_factors: np.ndarray, k: int = 20) -> np.ndarray:
+    """Recall@k (hits/|test|) of every user with a test item, in user order: for paired comparisons."""
+    csr = split.train_csr()
+    users = np.flatnonzero(np.diff(split.test_indptr) > 0)
+    items, _ = topk_excluding(user_factors, item_factors, users, csr.indptr, csr.indices, k)
+    out = np.empty(len(users))
+    for r, u in enumerate(users):
+        test = split.test_indices[split.test_indptr[u]:split.test_indptr[u + 1]]
+        out[r] = np.isin(items[r, :k], test).sum() / len(test)
+    return out
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Mean of a - b over the same users with a normal 95% interval (per-user pairs, so their shared
+    difficulty cancels): whether two Recall@k figures differ by more than the test set's noise."""
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"need the same users on both sides (>= 2), got shapes {a.shape} and {b.shape}")
+    diff = a - b
+    half = 1.96 * float(np.std(diff, ddof=1)) / np.sqrt(len(diff))
+    return {"mean": float(diff.mean()), "low": float(diff.mean()) - half, "high": float(diff.mean()) + half,
+            "users": int(len(diff))}
+
+
 def popularity_factors(split: Split) -> tuple[np.ndarray, np.ndarray]:
     """Rank-1 factors scoring every item by its number of train users."""
     counts = np.bincount(split.train_items, minlength=split.n_items).astype(np.float32)

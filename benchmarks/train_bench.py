@@ -33,6 +33,7 @@ from benchmarks import datasets as D
 RESULTS = Path(__file__).parent / "results"
 TRAIN_JSON = RESULTS / "train.json"
 REPO = Path(__file__).resolve().parent.parent
+PER_USER = REPO / "benchmarks" / "work" / "per_user"  # per-user Recall@20 of the last run (not committed)
 
 log = logging.getLogger("benchmarks.train_bench")
 
@@ -160,7 +161,7 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Fit one method on one dataset in this process; evaluate; return a JSON-able record."""
     from benchmarks import peers as P
-    from benchmarks.evaluation import evaluate
+    from benchmarks.evaluation import evaluate, user_recall
 
     t0 = time.perf_counter()
     split = D.load(spec["dataset"])
@@ -191,6 +192,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"method must be one of {P.METHODS}, got {method!r}")
     finite = bool(np.isfinite(r.user_factors).all() and np.isfinite(r.item_factors).all())
     metrics = evaluate(split, r.user_factors, r.item_factors) if split.n_test and finite else {}
+    if metrics:
+        PER_USER.mkdir(parents=True, exist_ok=True)
+        np.save(per_user_path(spec["dataset"], spec["label"]), user_recall(split, r.user_factors, r.item_factors))
     if spark is not None:
         spark.stop()
     return {**{k: spec[k] for k in ("dataset", "label", "method", "source")}, "params": r.params,
@@ -281,6 +285,30 @@ def ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 PEER_METHODS = ("mllib", "implicit_als", "implicit_bpr")
 
 
+def per_user_path(dataset: str, label: str) -> Path:
+    return PER_USER / f"{dataset}__{label}.npy".replace(" ", "_").replace("/", "_")
+
+
+def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float] | None:
+    """Paired per-user Recall@20 difference of two runs of the same benchmark run (None: not on disk)."""
+    from benchmarks.evaluation import paired_difference
+
+    pa, pb = per_user_path(a["dataset"], a["label"]), per_user_path(b["dataset"], b["label"])
+    if a.get("run_date") != b.get("run_date") or not (pa.is_file() and pb.is_file()):
+        return None
+    if min(pa.stat().st_mtime, pb.stat().st_mtime) < _epoch(a.get("run_date")):
+        return None  # files from another run
+    return paired_difference(np.load(pa), np.load(pb))
+
+
+def _epoch(date: str | None) -> float:
+    from datetime import UTC, datetime
+
+    if not date:
+        return float("inf")
+    return datetime.strptime(date, "%Y-%m-%d %H:%M UTC").replace(tzinfo=UTC).timestamp()
+
+
 def targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue #3's targets, each with what this benchmark measured (a target is missing when its runs are)."""
     by = {(r["dataset"], r["label"]): r for r in records if "error" not in r}
@@ -307,8 +335,11 @@ def targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if d and peers:
             best = max(peers, key=lambda r: r["metrics"]["recall@20"])
             rec, top = d["metrics"]["recall@20"], best["metrics"]["recall@20"]
+            pd_ = paired(d, best)
+            ci = (f"; per-user difference {pd_['mean']:+.4f}, 95% CI {pd_['low']:+.4f}..{pd_['high']:+.4f} over "
+                  f"{pd_['users']} users" if pd_ else "")
             add(f"{ds} defaults Recall@20 / best tuned peer's", rec / top, 1.0, rec >= top,
-                f"{rec:.4f} vs {best['label']} {top:.4f}")
+                f"{rec:.4f} vs {best['label']} {top:.4f}{ci}")
     s = by.get(("synthetic10m", "gramian (defaults)"))
     sm, si = by.get(("synthetic10m", "Spark MLlib ALS")), by.get(("synthetic10m", "implicit ALS (CG)"))
     if s and sm:
