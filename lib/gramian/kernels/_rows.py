@@ -256,6 +256,49 @@ def cg_advance(x, res, pv, ap, rs):  # pragma: no cover - jitted
 
 
 @njit(**_JIT)
+def group_buffers(indptr, d):  # pragma: no cover - jitted
+    """Work arrays of a lockstep CG over row groups: scratch (rows too long for the group buffer), hg (the
+    group's gathered observations), q, per-row res/pv/ap/rs, and each row's start in hg / residency."""
+    big = max(1, min(_max_row_nnz(indptr), _CHUNK))
+    return (np.empty((big, d)), np.empty((_GROUP_OBS, d)), np.empty(max(big, _GROUP_OBS)), np.empty((_ROWS, d)),
+            np.empty((_ROWS, d)), np.empty((_ROWS, d)), np.empty(_ROWS), np.empty(_ROWS, np.int64),
+            np.empty(_ROWS, np.bool_))
+
+
+@njit(**_JIT)
+def gather_group(hg, other, indices, indptr, g0, m, start, resident):  # pragma: no cover - jitted
+    """Gather rows g0..g0+m-1's observations into hg while they fit: row i's start there, or resident False."""
+    used = 0
+    for i in range(m):
+        lo, hi = indptr[g0 + i], indptr[g0 + i + 1]
+        start[i] = used
+        resident[i] = used + hi - lo <= hg.shape[0]
+        if resident[i]:
+            _gather(hg[used:], other, indices, lo, hi - lo)
+            used += hi - lo
+
+
+@njit(**_JIT)
+def cg_group_steps(x, scale, reg, g, steps, g0, m, indptr, indices, alpha, target, other, hg, scratch, q, start,
+                   resident, res, pv, ap, rs):  # pragma: no cover - jitted
+    """`steps` CG steps on rows g0.. g0+m-1 of (scale_r g + sum alpha h h^T + reg_r I) x = b in lockstep, from
+    the residuals `res` (search directions `pv`, |res|^2 `rs`); `x` holds the group's rows and moves in place."""
+    d = x.shape[1]
+    for _ in range(steps):
+        np.dot(pv[:m], g, ap[:m])  # ap = A pv: the Gramian part for the whole group at once
+        for i in range(m):
+            if rs[i] <= 0.0:  # exact solution reached (or singular row with zero residual)
+                continue
+            r = g0 + i
+            for j in range(d):
+                ap[i, j] = scale[r] * ap[i, j] + reg[r] * pv[i, j]
+            hc = hg[start[i]:] if resident[i] else scratch
+            _observed_part(ap[i], hc, q, other, indices, alpha, target, indptr[r], indptr[r + 1], pv[i], False,
+                           resident[i])
+            rs[i] = cg_advance(x[i], res[i], pv[i], ap[i], rs[i])
+
+
+@njit(**_JIT)
 def cg_rows(indptr, indices, alpha, target, other, a0g, reg, out, steps):  # pragma: no cover - jitted
     """`steps` CG steps per row, warm-started at out[r], never forming the matrix (Takacs et al. 2011).
 
@@ -264,27 +307,12 @@ def cg_rows(indptr, indices, alpha, target, other, a0g, reg, out, steps):  # pra
     observed `other` rows are gathered once per group while they fit in _GROUP_OBS, else on the fly.
     """
     n_rows, d = out.shape
-    big = max(1, min(_max_row_nnz(indptr), _CHUNK))
-    scratch = np.empty((big, d))
-    hg = np.empty((_GROUP_OBS, d))
-    q = np.empty(max(big, _GROUP_OBS))
-    res = np.empty((_ROWS, d))
-    pv = np.empty((_ROWS, d))
-    ap = np.empty((_ROWS, d))
-    rs = np.empty(_ROWS)
-    start = np.empty(_ROWS, np.int64)
-    resident = np.empty(_ROWS, np.bool_)
+    scratch, hg, q, res, pv, ap, rs, start, resident = group_buffers(indptr, d)
+    ones = np.ones(n_rows)
     for g0 in range(0, n_rows, _ROWS):
         m = min(_ROWS, n_rows - g0)
         x = out[g0:g0 + m]
-        used = 0
-        for i in range(m):
-            lo, hi = indptr[g0 + i], indptr[g0 + i + 1]
-            start[i] = used
-            resident[i] = used + hi - lo <= _GROUP_OBS
-            if resident[i]:
-                _gather(hg[used:], other, indices, lo, hi - lo)
-                used += hi - lo
+        gather_group(hg, other, indices, indptr, g0, m, start, resident)
         np.dot(x, a0g, ap[:m])
         for i in range(m):  # res = b - A x
             r = g0 + i
@@ -299,19 +327,8 @@ def cg_rows(indptr, indices, alpha, target, other, a0g, reg, out, steps):  # pra
                 pv[i, j] = res[i, j]
                 s += res[i, j] * res[i, j]
             rs[i] = s
-        for _ in range(steps):
-            np.dot(pv[:m], a0g, ap[:m])  # ap = A pv
-            for i in range(m):
-                if rs[i] <= 0.0:  # exact solution reached (or singular row with zero residual)
-                    continue
-                r = g0 + i
-                lam = reg[r]
-                for j in range(d):
-                    ap[i, j] += lam * pv[i, j]
-                hc = hg[start[i]:] if resident[i] else scratch
-                _observed_part(ap[i], hc, q, other, indices, alpha, target, indptr[r], indptr[r + 1], pv[i],
-                               False, resident[i])
-                rs[i] = cg_advance(x[i], res[i], pv[i], ap[i], rs[i])
+        cg_group_steps(x, ones, reg, a0g, steps, g0, m, indptr, indices, alpha, target, other, hg, scratch, q,
+                       start, resident, res, pv, ap, rs)
 
 
 @njit(**_JIT)

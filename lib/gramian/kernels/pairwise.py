@@ -539,44 +539,42 @@ def _descent_rows(indptr, indices, alpha, alpha_s, target, users, g, s, u, lam, 
 
     alpha_s = S alpha; -grad_i / 2 = S sum alpha (1 + <w, zbar> - <w, h_i>) w + s_i (u - G^C h_i) - lambda_i h_i
     with target = 1 + <w, zbar> per pair and u = R + G^C zbar = v0 (docs/rankals.md, "inexact item step").
-    Returns the line-search sums c1, c2 and adds v_delta while the item's users are still in cache.
+    Returns the line-search sums c1, c2 and adds v_delta while the item's users are still in cache. Items
+    advance in lockstep groups as in `_rows.cg_rows`, so G^C P is one matrix product per group and step.
     """
-    d = h.shape[1]
-    cap = max(1, min(_rows._max_row_nnz(indptr), _rows._CHUNK))
-    hc = np.empty((cap, d))
-    q = np.empty(cap)
-    qd = np.empty(cap)
-    res = np.empty(d)
-    pv = np.empty(d)
-    ap = np.empty(d)
+    n_rows, d = h.shape
+    rows = _rows._ROWS
+    scratch, hg, q, res, pv, ap, rs, start, resident = _rows.group_buffers(indptr, d)
+    qd = np.empty_like(q)
     c1 = 0.0
     c2 = 0.0
-    for r in range(h.shape[0]):
-        x = delta[r]
-        lo, hi = indptr[r], indptr[r + 1]
-        resident = hi - lo <= cap
-        if resident:
-            _rows._gather(hc, users, indices, lo, hi - lo)
-        for j in range(d):
-            res[j] = s[r] * u[j] - lam[r] * h[r, j]
-            x[j] = 0.0
-        _rows._gram_matvec(res, g, h[r], -s[r], 0, d)
-        _rows._observed_part(res, hc, q, users, indices, alpha_s, target, lo, hi, h[r], True, resident)
-        rs = 0.0
-        for j in range(d):
-            pv[j] = res[j]
-            rs += res[j] * res[j]
-        for _ in range(steps):
-            if rs <= 0.0:
-                break
+    for g0 in range(0, n_rows, rows):
+        m = min(rows, n_rows - g0)
+        _rows.gather_group(hg, users, indices, indptr, g0, m, start, resident)
+        np.dot(h[g0:g0 + m], g, ap[:m])
+        for i in range(m):
+            r = g0 + i
+            x = delta[r]
             for j in range(d):
-                ap[j] = lam[r] * pv[j]
-            _rows._gram_matvec(ap, g, pv, s[r], 0, d)
-            _rows._observed_part(ap, hc, q, users, indices, alpha_s, target, lo, hi, pv, False, resident)
-            rs = _rows.cg_advance(x, res, pv, ap, rs)
-        a1, a2 = _row_partials(hc, q, qd, users, indices, alpha, lo, hi, h[r], x, v_delta, resident)
-        c1 += a1
-        c2 += a2
+                res[i, j] = s[r] * (u[j] - ap[i, j]) - lam[r] * h[r, j]
+                x[j] = 0.0
+            hc = hg[start[i]:] if resident[i] else scratch
+            _rows._observed_part(res[i], hc, q, users, indices, alpha_s, target, indptr[r], indptr[r + 1], h[r],
+                                 True, resident[i])
+            t = 0.0
+            for j in range(d):
+                pv[i, j] = res[i, j]
+                t += res[i, j] * res[i, j]
+            rs[i] = t
+        _rows.cg_group_steps(delta[g0:g0 + m], s, lam, g, steps, g0, m, indptr, indices, alpha_s, target, users, hg,
+                             scratch, q, start, resident, res, pv, ap, rs)
+        for i in range(m):
+            r = g0 + i
+            hc = hg[start[i]:] if resident[i] else scratch
+            a1, a2 = _row_partials(hc, q, qd, users, indices, alpha, indptr[r], indptr[r + 1], h[r], delta[r],
+                                   v_delta, resident[i])
+            c1 += a1
+            c2 += a2
     return c1, c2
 
 
