@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from benchmarks.datasets import Split
-from gramian.kernels.ranking import ranking_metrics, topk_excluding
+from gramian.kernels.ranking import metric_means, ranking_metrics_by_user, topk_excluding
 
 KS = (10, 20, 50)
 
@@ -15,25 +15,20 @@ KS = (10, 20, 50)
 def evaluate(split: Split, user_factors: np.ndarray, item_factors: np.ndarray,
              ks: tuple[int, ...] = KS) -> dict[str, float]:
     """Metrics at `ks` for every user with a test item, plus the evaluation's own wall seconds."""
+    return evaluate_by_user(split, user_factors, item_factors, ks)[0]
+
+
+def evaluate_by_user(split: Split, user_factors: np.ndarray, item_factors: np.ndarray,
+                     ks: tuple[int, ...] = KS) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """`evaluate`'s means and the same metrics per user (one top-k pass for both)."""
     t0 = time.perf_counter()
     csr = split.train_csr()
     users = np.flatnonzero(np.diff(split.test_indptr) > 0)
     items, _ = topk_excluding(user_factors, item_factors, users, csr.indptr, csr.indices, max(ks))
-    out = ranking_metrics(items, split.test_indptr, split.test_indices, ks, users=users)
+    per_user = ranking_metrics_by_user(items, split.test_indptr, split.test_indices, ks, users=users)
+    out = metric_means(per_user)
     out["eval_seconds"] = time.perf_counter() - t0
-    return out
-
-
-def user_recall(split: Split, user_factors: np.ndarray, item_factors: np.ndarray, k: int = 20) -> np.ndarray:
-    """Recall@k (hits/|test|) of every user with a test item, in user order: for paired comparisons."""
-    csr = split.train_csr()
-    users = np.flatnonzero(np.diff(split.test_indptr) > 0)
-    items, _ = topk_excluding(user_factors, item_factors, users, csr.indptr, csr.indices, k)
-    out = np.empty(len(users))
-    for r, u in enumerate(users):
-        test = split.test_indices[split.test_indptr[u]:split.test_indptr[u + 1]]
-        out[r] = np.isin(items[r, :k], test).sum() / len(test)
-    return out
+    return out, per_user
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

@@ -161,7 +161,7 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Fit one method on one dataset in this process; evaluate; return a JSON-able record."""
     from benchmarks import peers as P
-    from benchmarks.evaluation import evaluate, user_recall
+    from benchmarks.evaluation import evaluate_by_user
 
     t0 = time.perf_counter()
     split = D.load(spec["dataset"])
@@ -191,10 +191,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ValueError(f"method must be one of {P.METHODS}, got {method!r}")
     finite = bool(np.isfinite(r.user_factors).all() and np.isfinite(r.item_factors).all())
-    metrics = evaluate(split, r.user_factors, r.item_factors) if split.n_test and finite else {}
-    if metrics:
+    metrics: dict[str, float] = {}
+    if split.n_test and finite:
+        metrics, per_user = evaluate_by_user(split, r.user_factors, r.item_factors)
         PER_USER.mkdir(parents=True, exist_ok=True)
-        np.save(per_user_path(spec["dataset"], spec["label"]), user_recall(split, r.user_factors, r.item_factors))
+        np.save(per_user_path(spec["dataset"], spec["label"]), per_user["recall@20"])
     if spark is not None:
         spark.stop()
     return {**{k: spec[k] for k in ("dataset", "label", "method", "source")}, "params": r.params,

@@ -124,6 +124,25 @@ def ranking_metrics(
     row `users[r]` of the test CSR. Keys are "recall@k", "recall_min@k", "precision@k", "ndcg@k", plus
     "users" (how many users were averaged).
     """
+    return metric_means(ranking_metrics_by_user(topk_items, test_indptr, test_indices, ks, users))
+
+
+def metric_means(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means of `ranking_metrics_by_user` over its users (NaN when there are none), plus "users"."""
+    out = {"users": float(len(per_user["users"]))}
+    out.update({k: float(np.mean(v)) if len(v) else float("nan") for k, v in per_user.items() if k != "users"})
+    return out
+
+
+def ranking_metrics_by_user(
+    topk_items: np.ndarray,
+    test_indptr: np.ndarray,
+    test_indices: np.ndarray,
+    ks: Iterable[int],
+    users: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The metrics of `ranking_metrics` per user with a test item ("users": their ids, in row order), for
+    paired comparisons of two models on the same users."""
     top = np.asarray(topk_items)
     if top.ndim != 2:
         raise ValueError(f"topk_items must be 2-D (users x ranks), got shape {top.shape}")
@@ -145,11 +164,11 @@ def ranking_metrics(
     n_test = indptr[rows + 1] - indptr[rows]
     keep = n_test > 0
     rows, top, n_test = rows[keep], top[keep, : ks[-1]].astype(np.int64), n_test[keep]
-    out: dict[str, float] = {"users": float(len(rows))}
+    out: dict[str, np.ndarray] = {"users": rows}
     if len(rows) == 0:
         for k in ks:
             for name in ("recall", "recall_min", "precision", "ndcg"):
-                out[f"{name}@{k}"] = float("nan")
+                out[f"{name}@{k}"] = np.zeros(0)
         return out
     # Relevance by membership of (row, item) keys; -1 slots are never relevant.
     width = int(max(indices.max(initial=-1), top.max(initial=-1))) + 2
@@ -164,10 +183,10 @@ def ranking_metrics(
     for k in ks:
         hits = hits_cum[:, k - 1].astype(np.float64)
         denom_min = np.minimum(k, n_test)
-        out[f"recall@{k}"] = float(np.mean(hits / n_test))
-        out[f"recall_min@{k}"] = float(np.mean(hits / denom_min))
-        out[f"precision@{k}"] = float(np.mean(hits / k))
-        out[f"ndcg@{k}"] = float(np.mean(dcg_cum[:, k - 1] / ideal_cum[denom_min - 1]))
+        out[f"recall@{k}"] = hits / n_test
+        out[f"recall_min@{k}"] = hits / denom_min
+        out[f"precision@{k}"] = hits / k
+        out[f"ndcg@{k}"] = dcg_cum[:, k - 1] / ideal_cum[denom_min - 1]
     return out
 
 
