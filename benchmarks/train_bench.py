@@ -296,18 +296,8 @@ def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float] | None:
 
     pa, pb = per_user_path(a["dataset"], a["label"]), per_user_path(b["dataset"], b["label"])
     if a.get("run_date") != b.get("run_date") or not (pa.is_file() and pb.is_file()):
-        return None
-    if min(pa.stat().st_mtime, pb.stat().st_mtime) < _epoch(a.get("run_date")):
-        return None  # files from another run
+        return None  # a dataset's files are cleared when it is re-run, so both are from the same run
     return paired_difference(np.load(pa), np.load(pb))
-
-
-def _epoch(date: str | None) -> float:
-    from datetime import UTC, datetime
-
-    if not date:
-        return float("inf")
-    return datetime.strptime(date, "%Y-%m-%d %H:%M UTC").replace(tzinfo=UTC).timestamp()
 
 
 def targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -400,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gramian-bench-") as tmp:
         for ds in datasets:
+            for stale in PER_USER.glob(f"{ds}__*.npy"):
+                stale.unlink()
             for spec in plan(ds, methods, args.gramian_tuned):
                 spec = {**spec, "dataset": ds}
                 t0 = time.perf_counter()
