@@ -57,7 +57,8 @@ class SparkConfig:
     master: str = "local[2]"
     app_name: str = "gramian"
     driver_memory: str = "4g"
-    ivy_dir: str = "~/.cache/gramian/ivy"
+    # GRAMIAN_IVY_DIR lets CI or parallel test runs keep their own cache (one Ivy cache raced by two JVMs corrupts)
+    ivy_dir: str = field(default_factory=lambda: os.environ.get("GRAMIAN_IVY_DIR", "~/.cache/gramian/ivy"))
     log_level: str = "WARN"
     conf: dict[str, str] = field(default_factory=dict)
 
