@@ -20,6 +20,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import DAG, Param
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+from gramian.config import SparkConfig
 from gramian.spark import delta_package
 
 REPO = Path(os.environ.get("GRAMIAN_HOME", Path(__file__).resolve().parents[1]))
@@ -31,7 +32,7 @@ GATE_REJECTED = 3  # gramian.cli.GATE_REJECTED: not imported, DAG parsing stays 
 SPARK_CONF: dict[str, str] = json.loads(os.environ.get("GRAMIAN_SPARK_CONF", "null") or "null") or {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
-    "spark.jars.ivy": str(Path("~/.cache/gramian/ivy").expanduser()),
+    "spark.jars.ivy": SparkConfig().ivy_folder,
     "spark.pyspark.python": sys.executable,
     "spark.ui.enabled": "false",
     "spark.sql.shuffle.partitions": "4",

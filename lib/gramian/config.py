@@ -57,10 +57,14 @@ class SparkConfig:
     master: str = "local[2]"
     app_name: str = "gramian"
     driver_memory: str = "4g"
-    # GRAMIAN_IVY_DIR lets CI or parallel test runs keep their own cache (one Ivy cache raced by two JVMs corrupts)
-    ivy_dir: str = field(default_factory=lambda: os.environ.get("GRAMIAN_IVY_DIR", "~/.cache/gramian/ivy"))
+    ivy_dir: str | None = None  # None: $GRAMIAN_IVY_DIR, else ~/.cache/gramian/ivy (see ivy_folder)
     log_level: str = "WARN"
     conf: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ivy_folder(self) -> str:
+        """The Ivy jar cache, expanded; $GRAMIAN_IVY_DIR gives CI or parallel runs their own cache."""
+        return os.path.expanduser(self.ivy_dir or os.environ.get("GRAMIAN_IVY_DIR") or "~/.cache/gramian/ivy")
 
 
 @dataclass(frozen=True)

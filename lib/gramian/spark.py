@@ -102,7 +102,7 @@ def _submitted_session(cfg: SparkConfig, extra_conf: dict[str, str] | None) -> A
 
         raise ConfigError(f"the Delta jar must be on the driver's classpath under spark-submit, got none "
                           f"(master {given.get('spark.master', '?')}). Add --packages {delta_package()} "
-                          f"(and --conf spark.jars.ivy={cfg.ivy_dir} to reuse the local cache).") from e
+                          f"(and --conf spark.jars.ivy={cfg.ivy_folder} to reuse the local cache).") from e
     log.info("spark-submit session: Spark %s, master %s", session.version, session.sparkContext.master)
     return session
 
@@ -122,7 +122,7 @@ def get_session(cfg: SparkConfig | None = None, extra_conf: dict[str, str] | Non
     from delta import configure_spark_with_delta_pip
     from pyspark.sql import SparkSession
 
-    ivy = Path(os.path.expanduser(cfg.ivy_dir))
+    ivy = Path(cfg.ivy_folder)
     ivy.mkdir(parents=True, exist_ok=True)
     builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
     conf = dict(_LOCAL_DEFAULTS)

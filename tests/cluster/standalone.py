@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from gramian.dist import build_zip  # noqa: F401 (re-exported for the tests)
 from gramian.config import SparkConfig
+from gramian.dist import build_zip  # noqa: F401 (re-exported for the tests)
 from gramian.spark import delta_package
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +122,7 @@ class StandaloneCluster:
         """The spark-submit command line the README shows, pointed at this cluster."""
         cmd = [str(BIN / "spark-submit"), "--master", self.url, "--deploy-mode", "client",
                "--packages", delta_package(),
-               "--conf", f"spark.jars.ivy={Path(SparkConfig().ivy_dir).expanduser()}",
+               "--conf", f"spark.jars.ivy={SparkConfig().ivy_folder}",
                "--conf", f"spark.driver.host={LOOPBACK}", "--conf", f"spark.driver.bindAddress={LOOPBACK}",
                "--conf", f"spark.pyspark.python={sys.executable}",
                "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=4",

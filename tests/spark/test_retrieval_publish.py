@@ -211,7 +211,7 @@ CONNECT_PUBLISH = textwrap.dedent("""
     from gramian.spark import _LOCAL_DEFAULTS, delta_package, is_connect, pin_loopback_env
     pin_loopback_env()
     builder = SparkSession.builder.remote("local[2]")
-    ivy = os.path.expanduser(SparkConfig().ivy_dir)  # the classic sessions' Ivy cache: Delta resolves offline
+    ivy = SparkConfig().ivy_folder  # the classic sessions' Ivy cache: Delta resolves offline
     for key, value in {**_LOCAL_DEFAULTS, "spark.jars.packages": delta_package(), "spark.jars.ivy": ivy}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -32,5 +32,5 @@ def test_existing_session_is_returned_untouched(spark):
 
 def test_ivy_cache_is_the_configured_persistent_folder(spark):
     ivy = spark.sparkContext.getConf().get("spark.jars.ivy")
-    assert ivy == os.path.expanduser(SparkConfig().ivy_dir)
+    assert ivy == SparkConfig().ivy_folder
     assert any(name.startswith("io.delta") for name in os.listdir(os.path.join(ivy, "jars")))
