@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 LINT   := lib tests jobs benchmarks airflow_dags notebooks
 
-.PHONY: setup demo test lint bench clean dist-zip airflow-demo
+.PHONY: setup demo test lint bench bench-cluster clean dist-zip airflow-demo
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ airflow-demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
+
+# gramian (both factor routings) vs MLlib ALS on one standalone cluster on loopback -> benchmarks/results/cluster.*
+bench-cluster: $(STAMP)
+	$(PY) -m benchmarks.cluster_bench
 
 clean:
 	rm -rf warehouse warehouse-airflow spark-warehouse metastore_db derby.log .pytest_cache .airflow dist

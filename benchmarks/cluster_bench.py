@@ -1,0 +1,301 @@
+"""Cluster benchmark: gramian's train job (both factor routings) vs MLlib ALS on one standalone cluster.
+
+    python -m benchmarks.cluster_bench                       # Gowalla, d=64, 15 epochs, package defaults
+    python -m benchmarks.cluster_bench --dataset ml-100k --methods gramian-auto,mllib
+
+Starts a master and two 1-core workers on loopback (tests/cluster/standalone.py), prepares the Delta `train`
+and `test` tables once in-process (ingest + split with the dataset's data and split sections, model defaults),
+then submits, one after the other on the same cluster, `jobs/train.py` with `train.routing` auto and routed and
+`benchmarks/cluster_mllib.py` (MLlib implicit ALS at its tuned setting, numUserBlocks = numItemBlocks = 2).
+Every job starts from the same Delta `train` table and writes both factor tables to Delta. Reported per job:
+spark-submit wall time, fit time, session-to-first-epoch, per-epoch half-step seconds (gramian), peak RSS of the
+driver tree and of each worker tree (its executors and Python workers), and exact Recall@20 / NDCG@20 of the
+factors by the project's one ranking implementation. Results: benchmarks/results/cluster.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from benchmarks.memory import PeakRSS
+from benchmarks.report import RESULTS, machine_info
+
+REPO = Path(__file__).resolve().parent.parent
+METHODS = ("gramian-auto", "gramian-routed", "mllib")
+EPOCH_LINE = re.compile(r"epoch 1/\d+ loss")
+SESSION_LINE = re.compile(r"spark-submit session: Spark")
+
+
+def bench_conf(dataset: str, folder: Path) -> Path:
+    """conf/<dataset>.yaml with only its data and split sections: the model keeps the package defaults."""
+    raw = yaml.safe_load((REPO / "conf" / f"{dataset}.yaml").read_text())
+    path = folder / f"{dataset}-defaults.yaml"
+    path.write_text(yaml.safe_dump({k: raw[k] for k in ("data", "split") if k in raw}))
+    return path
+
+
+def mllib_params(dataset: str, dim: int, epochs: int) -> dict[str, Any]:
+    """MLlib's validation optimum from tuning.json at this rank (train_bench's choice), 2 x 2 blocks."""
+    from benchmarks.train_bench import FALLBACK, tuned
+
+    best, _ = tuned(dataset, "mllib")
+    p = dict(best or FALLBACK["mllib"])
+    p.update(rank=dim, maxIter=epochs, numUserBlocks=2, numItemBlocks=2)
+    return p
+
+
+class Job:
+    """One spark-submit on the cluster: output kept line by line with arrival times, RSS of driver and workers."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path, worker_pids: list[int]) -> None:
+        self.t0 = time.monotonic()
+        self.marks: dict[str, float] = {}
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                     text=True, errors="replace")
+        self.driver_rss = PeakRSS(self.proc.pid).__enter__()
+        self.worker_rss = [PeakRSS(pid).__enter__() for pid in worker_pids]
+        self.log = log
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with open(self.log, "w") as out:
+            for line in self.proc.stdout:
+                now = time.monotonic() - self.t0
+                for name, pattern in (("session", SESSION_LINE), ("first_epoch_done", EPOCH_LINE)):
+                    if name not in self.marks and pattern.search(line):
+                        self.marks[name] = now
+                self.lines.append(line)
+                out.write(line)
+                out.flush()
+
+    def finish(self, timeout: float = 3600) -> dict[str, Any]:
+        """Wait; fail loudly (with the log's tail) unless the job exited 0."""
+        self.proc.wait(timeout=timeout)
+        wall = time.monotonic() - self.t0
+        self.reader.join(timeout=30)
+        for m in (self.driver_rss, *self.worker_rss):
+            m.__exit__(None, None, None)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"spark-submit failed ({self.proc.returncode}), log {self.log}:\n"
+                               + "".join(self.lines[-40:]))
+        return {"wall_seconds": wall, "marks": self.marks, "driver_peak_rss_mib": self.driver_rss.peak / 2**20,
+                "worker_peak_rss_mib": [m.peak / 2**20 for m in self.worker_rss],
+                "worker_peak_by_command_mib": [{k: v / 2**20 for k, v in m.peak_by_command.items()}
+                                               for m in self.worker_rss]}
+
+
+def prepare(conf: Path, root: str) -> None:
+    """ingest + split in a local session of their own (gone before the cluster jobs), into the shared tables."""
+    for stage in ("ingest", "split"):
+        subprocess.run([sys.executable, "-m", "gramian.cli", stage, "--conf", str(conf), "--set",
+                        f"storage.root={root}", "--run-id", "bench-data"], check=True, cwd=REPO)
+
+
+def read_split(root: str) -> Any:
+    """The warehouse's train/test tables as a benchmarks Split (dense idx space), for exact evaluation."""
+    import scipy.sparse as sp
+
+    from benchmarks.datasets import Split
+    from gramian import tables
+    from gramian.config import StorageConfig
+    from gramian.spark import get_session
+
+    spark, st = get_session(), StorageConfig(root=root)
+
+    def arrow(name: str, cols: list[str]) -> dict[str, np.ndarray]:
+        t = tables.read(spark, st, name).select(*cols).toArrow()
+        return {c: t.column(c).to_numpy() for c in cols}
+
+    n_users = int(arrow("users", ["idx"])["idx"].max()) + 1
+    n_items = int(arrow("items", ["idx"])["idx"].max()) + 1
+    tr = arrow("train", ["user_idx", "item_idx", "weight"])
+    te = arrow("test", ["user_idx", "item_idx"])
+    test = sp.csr_matrix((np.ones(len(te["user_idx"])), (te["user_idx"], te["item_idx"])), shape=(n_users, n_items))
+    test.sort_indices()
+    return Split("cluster", n_users, n_items, tr["user_idx"].astype(np.int32), tr["item_idx"].astype(np.int32),
+                 tr["weight"].astype(np.float64), test.indptr.astype(np.int64), test.indices.astype(np.int32))
+
+
+def read_factors(path_or_run: str, root: str, n: int, dim: int, side: str) -> np.ndarray:
+    """Factors as a dense (n, dim) array: gramian's `<side>_factors` rows of a run, or MLlib's Delta output."""
+    from gramian import tables
+    from gramian.config import StorageConfig
+    from gramian.spark import get_session
+
+    spark = get_session()
+    if path_or_run.startswith("run:"):
+        df = (tables.read(spark, StorageConfig(root=root), f"{side}_factors")
+              .filter(f"run_id = '{path_or_run[4:]}'").selectExpr("idx AS id", "factors AS features"))
+    else:
+        df = spark.read.format("delta").load(f"{path_or_run}/{side}_factors")
+    t = df.toArrow()
+    out = np.zeros((n, dim), dtype=np.float32)
+    feats = np.asarray(t.column("features").combine_chunks().flatten(), dtype=np.float32).reshape(-1, dim)
+    out[t.column("id").to_numpy()] = feats
+    return out
+
+
+def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dict[str, dict[str, Any]]:
+    """Submit every method's job on one cluster, in order; return each job's measurements."""
+    from tests.cluster.standalone import StandaloneCluster, build_zip, spark_env
+
+    env = {**spark_env(), "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    sets = [f"storage.root={root}", f"model.dim={args.dim}", f"model.epochs={args.epochs}",
+            "train.checkpoint_every=0"]
+    out: dict[str, dict[str, Any]] = {}
+    with StandaloneCluster(work / "cluster", workers=2, cores=1, memory=args.worker_memory) as cluster:
+        zip_path = build_zip(work / "gramian.zip")
+        workers = [cluster.procs[f"worker{i}"].pid for i in range(2)]
+        for method in args.methods:
+            log = work / f"{method}.log"
+            if method.startswith("gramian-"):
+                routing = method.split("-", 1)[1]
+                job_args = ["--conf", str(conf), *[x for s in [*sets, f"train.routing={routing}"]
+                                                    for x in ("--set", s)], "--run-id", f"bench-{routing}", "--json"]
+                cmd = cluster.submit_command("jobs/train.py", job_args, py_files=zip_path,
+                                             executor_memory=args.executor_memory)
+            else:
+                params = mllib_params(args.dataset, args.dim, args.epochs)
+                cmd = cluster.submit_command("benchmarks/cluster_mllib.py",
+                                             ["--root", root, "--params", json.dumps(params),
+                                              "--out", f"{root}/_bench/mllib"],
+                                             py_files=zip_path, executor_memory=args.executor_memory)
+            print(f"[cluster_bench] {method}: submitting", flush=True)
+            res = Job(cmd, env, log, workers).finish()
+            res["result"] = parse_result(method, log.read_text())
+            out[method] = res
+            print(f"[cluster_bench] {method}: wall {res['wall_seconds']:.1f} s, fit "
+                  f"{res['result'].get('fit_seconds', float('nan')):.1f} s", flush=True)
+    return out
+
+
+def parse_result(method: str, text: str) -> dict[str, Any]:
+    """The job's own figures: gramian's --json summary of train, MLlib's MLLIB_RESULT line."""
+    if method == "mllib":
+        line = next(x for x in text.splitlines() if x.startswith("MLLIB_RESULT "))
+        return json.loads(line[len("MLLIB_RESULT "):])
+    start = text.index("{\n")  # the --json summary is the last indented JSON document on stdout
+    return json.loads(text[start:text.index("\n}", start) + 2])["train"]
+
+
+def gramian_history(root: str, run_id: str) -> list[dict[str, Any]]:
+    """Per-epoch loss and half-step seconds from the `runs` row."""
+    from gramian import tables
+    from gramian.config import StorageConfig
+    from gramian.spark import get_session
+
+    row = (tables.read(get_session(), StorageConfig(root=root), "runs").filter(f"run_id = '{run_id}'")
+           .select("epochs").collect()[0])
+    return json.loads(row[0])
+
+
+def summarise(args: argparse.Namespace, root: str, jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Exact metrics of every method's factors, gramian's epoch breakdown, and the ratios the issue asks for."""
+    from benchmarks.evaluation import evaluate
+
+    split = read_split(root)
+    for method, res in jobs.items():
+        where = f"{root}/_bench/mllib" if method == "mllib" else f"run:bench-{method.split('-', 1)[1]}"
+        u = read_factors(where, root, split.n_users, args.dim, "user")
+        v = read_factors(where, root, split.n_items, args.dim, "item")
+        res["metrics"] = evaluate(split, u, v, ks=(20,))
+        if method != "mllib":
+            hist = gramian_history(root, f"bench-{method.split('-', 1)[1]}")
+            res["epochs"] = hist
+            res["seconds_per_epoch"] = float(np.mean([h["user_seconds"] + h["item_seconds"] for h in hist]))
+            marks = res["marks"]
+            if "session" in marks and "first_epoch_done" in marks:
+                first = hist[0]["user_seconds"] + hist[0]["item_seconds"]
+                res["session_to_first_epoch_seconds"] = marks["first_epoch_done"] - first - marks["session"]
+        else:
+            res["seconds_per_epoch"] = res["result"]["fit_seconds"] / args.epochs
+    ratios = {}
+    if "mllib" in jobs:
+        ml = jobs["mllib"]
+        for m in (k for k in jobs if k != "mllib"):
+            ratios[m] = {"fit_vs_mllib": jobs[m]["result"]["fit_seconds"] / ml["result"]["fit_seconds"],
+                         "job_vs_mllib": jobs[m]["wall_seconds"] / ml["wall_seconds"]}
+    return {"machine": machine_info(), "load_after": os.getloadavg(), "dataset": args.dataset, "dim": args.dim,
+            "epochs": args.epochs, "cluster": {"workers": 2, "cores_per_worker": 1,
+                                               "worker_memory": args.worker_memory,
+                                               "executor_memory": args.executor_memory, "store": root},
+            "jobs": jobs, "ratios": ratios, "split": split.summary()}
+
+
+def write_md(doc: dict[str, Any], path: Path) -> None:
+    """The markdown table of cluster.json."""
+    m = doc["machine"]
+    lines = [f"# Cluster benchmark: {doc['dataset']}, d={doc['dim']}, {doc['epochs']} epochs", "",
+             f"{m['date']}; {m['nproc']} cores, {m['ram_gib']} GiB, {m['cpu']}; load before "
+             f"{tuple(round(x, 2) for x in m['load_before'])}, after {tuple(round(x, 2) for x in doc['load_after'])}",
+             f"Standalone master + {doc['cluster']['workers']} workers x {doc['cluster']['cores_per_worker']} core "
+             f"on loopback, worker memory {doc['cluster']['worker_memory']}, executor memory "
+             f"{doc['cluster']['executor_memory']}; store {doc['cluster']['store']}", "",
+             "| job | spark-submit wall s | fit s | s/epoch | session -> first epoch s | Recall@20 | NDCG@20 "
+             "| driver peak MiB | worker peaks MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in doc["jobs"].items():
+        s2e = r.get("session_to_first_epoch_seconds")
+        lines.append(f"| {name} | {r['wall_seconds']:.1f} | {r['result']['fit_seconds']:.1f} | "
+                     f"{r['seconds_per_epoch']:.2f} | {'' if s2e is None else f'{s2e:.1f}'} | "
+                     f"{r['metrics']['recall@20']:.4f} | {r['metrics']['ndcg@20']:.4f} | "
+                     f"{r['driver_peak_rss_mib']:.0f} | {', '.join(f'{x:.0f}' for x in r['worker_peak_rss_mib'])} |")
+    if doc["ratios"]:
+        lines += ["", "| gramian job | fit / MLlib fit | whole job / MLlib job |", "|---|---|---|"]
+        for name, r in doc["ratios"].items():
+            lines.append(f"| {name} | {r['fit_vs_mllib']:.2f}x | {r['job_vs_mllib']:.2f}x |")
+    for name, r in doc["jobs"].items():
+        if "epochs" in r:
+            lines += ["", f"{name}, seconds per half-step (user / item):",
+                      " ".join(f"{h['user_seconds']:.2f}/{h['item_seconds']:.2f}" for h in r["epochs"])]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the cluster benchmark and write benchmarks/results/cluster.{json,md}."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="gowalla")
+    parser.add_argument("--methods", default=",".join(METHODS), type=lambda s: s.split(","))
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--worker-memory", default="3g")
+    parser.add_argument("--executor-memory", default="2g")
+    parser.add_argument("--root", default=None, help="storage.root for the tables (default: a fresh temp folder)")
+    parser.add_argument("--out", default=str(RESULTS / "cluster"), help="results path without extension")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its cluster
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    with tempfile.TemporaryDirectory(prefix="gramian-cluster-bench-") as tmp:
+        work = Path(tmp)
+        root = args.root or str(work / "warehouse")
+        conf = bench_conf(args.dataset, work)
+        prepare(conf, root)
+        jobs = run_jobs(args, conf, root, work)
+        doc = summarise(args, root, jobs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=float))
+    write_md(doc, out.with_suffix(".md"))
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
