@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,airflow]"
+	$(PY) -m pip install --quiet -e ".[spark,dev,airflow]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

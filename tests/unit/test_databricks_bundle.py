@@ -98,3 +98,11 @@ def test_bundle_cluster_job_installs_the_wheel_and_serverless_job_uses_an_enviro
     strip = [{k: v for k, v in t.items() if k not in ("job_cluster_key", "libraries", "environment_key")}
              for t in cluster["tasks"]]
     assert strip == [{k: v for k, v in t.items() if k != "environment_key"} for t in serverless["tasks"]]
+
+
+def test_wheel_leaves_spark_and_delta_to_the_databricks_runtime():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {re.split(r"[\[<>=!~ ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert not base & {"pyspark", "delta-spark", "pyspark-client"}, "the runtime's Spark must not be shadowed"
+    spark_extra = " ".join(project["optional-dependencies"]["spark"])
+    assert "pyspark" in spark_extra and "delta-spark" in spark_extra
