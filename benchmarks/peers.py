@@ -5,6 +5,7 @@
 - mllib        : `pyspark.ml.recommendation.ALS(implicitPrefs=True)` on the same session.
 - implicit_als : `implicit.cpu.als.AlternatingLeastSquares` (CG, 2 threads, BLAS single-threaded).
 - implicit_bpr : `implicit.cpu.bpr.BayesianPersonalizedRanking` (quality only).
+- ease, rp3beta: item-item peers (benchmarks/item_item.py), scored by history x item-item matrix.
 - popularity   : train counts (the floor every model must beat).
 
 Confidence conventions differ (STACK-NOTES "Peers"): implicit uses c = alpha*r, MLlib c = 1 + alpha*r,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +25,8 @@ import numpy as np
 from benchmarks.datasets import Split
 from benchmarks.memory import PeakRSS
 
-METHODS = ("gramian", "rankals", "gramian_np", "mllib", "implicit_als", "implicit_bpr", "popularity")
+METHODS = ("gramian", "rankals", "gramian_np", "mllib", "implicit_als", "implicit_bpr", "ease", "rp3beta",
+           "popularity")
 
 
 @dataclass
@@ -41,6 +44,15 @@ class FitResult:
     peak_rss: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     peak_by_command: dict[str, int] = field(default_factory=dict)
+    # item-item models (EASE, RP3beta): users -> dense score rows; their factor arrays are empty
+    scorer: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @property
+    def finite(self) -> bool:
+        """Whether the model is usable: finite factors (a factor model) or a scorer (item-item)."""
+        if self.scorer is not None:
+            return True
+        return bool(np.isfinite(self.user_factors).all() and np.isfinite(self.item_factors).all())
 
     @property
     def seconds_per_epoch(self) -> float:

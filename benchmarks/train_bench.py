@@ -42,6 +42,8 @@ FALLBACK = {
     "implicit_als": {"factors": 64, "iterations": 15, "alpha": 10.0, "regularization": 10.0, "weights": "raw"},
     "implicit_bpr": {"factors": 64, "iterations": 100, "learning_rate": 0.05, "regularization": 0.01},
     "mllib": {"rank": 64, "maxIter": 15, "alpha": 10.0, "regParam": 1.0, "weights": "raw"},
+    "ease": {"reg": 300.0, "weights": "binary"},
+    "rp3beta": {"alpha": 0.75, "beta": 0.3, "topk": 200, "weights": "binary"},
 }
 SYNTHETIC = {"dim": 128, "gramian_epochs": 3, "implicit_iterations": 3, "mllib_iterations": 2,
              # gramian's routed trainer ran out of driver heap at 4g (epoch 1) and 8g (epoch 3) here;
@@ -85,6 +87,13 @@ def tuned(dataset: str, method: str) -> tuple[dict[str, Any] | None, float | Non
         return None, None
     b = max(trials, key=lambda t: t["metrics"][METRIC])
     return dict(b["params"]), float(b["metrics"][METRIC])
+
+
+def ease_fits(dataset: str) -> bool:
+    """Whether EASE runs on this dataset (catalogue of at most EASE_MAX_ITEMS items)."""
+    from benchmarks.item_item import EASE_MAX_ITEMS
+
+    return D.load(dataset).n_items <= EASE_MAX_ITEMS
 
 
 def rankals_params(dataset: str) -> tuple[dict[str, Any], str]:
@@ -138,6 +147,8 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
                 runs.append({"label": "popularity", "method": "popularity", "params": {}, "source": "-"})
         elif method == "implicit_bpr" and synthetic:
             continue
+        elif method in ("ease", "rp3beta") and (synthetic or (method == "ease" and not ease_fits(dataset))):
+            continue  # item-item peers: quality only; EASE where its dense item x item matrix fits
         else:
             t, score = tuned(dataset, method)
             src = f"validation optimum (recall@20={score:.4f})" if t else "FALLBACK (untuned)"
@@ -150,7 +161,7 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
             if synthetic and method == "mllib":
                 p.update(rank=SYNTHETIC["dim"], maxIter=SYNTHETIC["mllib_iterations"])
             label = {"mllib": "Spark MLlib ALS", "implicit_als": "implicit ALS (CG)",
-                     "implicit_bpr": "implicit BPR"}[method]
+                     "implicit_bpr": "implicit BPR", "ease": "EASE", "rp3beta": "RP3beta"}[method]
             runs.append({"label": label, "method": method, "params": p, "source": src})
     return runs
 
@@ -188,12 +199,16 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         r = P.fit_implicit_bpr(split, params)
     elif method == "popularity":
         r = P.fit_popularity(split)
+    elif method in ("ease", "rp3beta"):
+        from benchmarks import item_item
+
+        r = getattr(item_item, f"fit_{method}")(split, params)
     else:
         raise ValueError(f"method must be one of {P.METHODS}, got {method!r}")
-    finite = bool(np.isfinite(r.user_factors).all() and np.isfinite(r.item_factors).all())
+    finite = r.finite
     metrics: dict[str, float] = {}
     if split.n_test and finite:
-        metrics, per_user = evaluate_by_user(split, r.user_factors, r.item_factors)
+        metrics, per_user = evaluate_by_user(split, r.user_factors, r.item_factors, scorer=r.scorer)
         PER_USER.mkdir(parents=True, exist_ok=True)
         np.save(per_user_path(spec["dataset"], spec["label"]), per_user["recall@20"])
     if spark is not None:
@@ -283,7 +298,7 @@ def ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-PEER_METHODS = ("mllib", "implicit_als", "implicit_bpr")
+PEER_METHODS = ("mllib", "implicit_als", "implicit_bpr", "ease", "rp3beta")
 
 
 def per_user_path(dataset: str, label: str) -> Path:
@@ -356,7 +371,8 @@ def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(D.DATASETS))
-    ap.add_argument("--methods", default="popularity,gramian,rankals,gramian_np,mllib,implicit_als,implicit_bpr")
+    ap.add_argument("--methods",
+                    default="popularity,gramian,rankals,gramian_np,mllib,implicit_als,implicit_bpr,ease,rp3beta")
     ap.add_argument("--quick", action="store_true",
                     help="skip synthetic10m, implicit BPR and the single-process gramian reference")
     ap.add_argument("--skip-synthetic", action="store_true", help="leave out the 10M synthetic set")

@@ -115,6 +115,11 @@ def peer_grid(method: str, dataset: str, trials: list[dict[str, Any]] | None = N
     if method == "implicit_als":
         return _grid(factors=[64], iterations=[15], alpha=[1.0, 3.0, 10.0, 30.0, 100.0],
                      regularization=[0.1, 1.0, 10.0, 100.0, 1000.0], weights=weights)
+    if method == "ease":  # one closed-form fit a setting: reg on a log grid, and the feedback transform
+        return _grid(reg=[10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0],
+                     weights=["binary", "log1p"] if dataset in WEIGHTED else ["binary"])
+    if method == "rp3beta":  # Paudel et al.'s alpha, beta and the neighbourhood size
+        return _grid(alpha=[0.5, 0.75, 1.0], beta=[0.0, 0.2, 0.4, 0.6], topk=[100, 500], weights=["binary"])
     if method == "implicit_bpr":
         return _grid(factors=[64], iterations=[100], learning_rate=[0.01, 0.05, 0.1],
                      regularization=[0.001, 0.01])
@@ -171,9 +176,13 @@ def run_trial(val: D.Split, method: str, params: dict[str, Any], spark: Any) -> 
         r = P.fit_implicit_bpr(val, params)
     elif method == "mllib":
         r = P.fit_mllib(val, params, spark)
+    elif method in ("ease", "rp3beta"):
+        from benchmarks import item_item
+
+        r = getattr(item_item, f"fit_{method}")(val, params)
     else:
         raise ValueError(method)
-    m = evaluate(val, r.user_factors, r.item_factors, ks=(20,))
+    m = evaluate(val, r.user_factors, r.item_factors, ks=(20,), scorer=r.scorer)
     return {"metrics": m, "fit_seconds": r.fit_seconds}
 
 
@@ -226,7 +235,7 @@ def _run_one(trials: list[dict[str, Any]], done: set[str], name: str, val: D.Spl
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="gowalla,ml-100k,lastfm-2k")
-    ap.add_argument("--methods", default="gramian,implicit_als,implicit_bpr,mllib")
+    ap.add_argument("--methods", default="gramian,implicit_als,implicit_bpr,mllib,ease,rp3beta")
     ap.add_argument("--dims", default="128,256", help="larger d for gramian after the d=64 grid ('' = none)")
     ap.add_argument("--defaults-sweep", action="store_true",
                     help="gramian: only the cross-dataset sweep behind the package defaults (with --dims '')")
