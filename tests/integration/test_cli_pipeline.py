@@ -20,9 +20,12 @@ SMALL = ["generate.n_users=300", "generate.n_items=150", "generate.n_interaction
          "model.epochs=3", "train.checkpoint_every=1"]
 
 
+CONF = Path(__file__).resolve().parents[2] / "conf" / "synthetic.yaml"
+
+
 def cli(tmp: Path, *args: str, run_id: str = "r1") -> int:
     sets = [x for s in [*SMALL, f"storage.root=file://{tmp}"] for x in ("--set", s)]
-    return main([*args, "--conf", "conf/synthetic.yaml", *sets, "--run-id", run_id])
+    return main([*args, "--conf", str(CONF), *sets, "--run-id", run_id])
 
 
 @pytest.fixture(scope="module")

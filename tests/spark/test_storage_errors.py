@@ -20,7 +20,7 @@ from gramian.errors import StorageError
     ("gs://bucket/wh", "com.google.cloud.bigdataoss:gcs-connector"),
     ("abfss://data@acct.dfs.core.windows.net/wh", "org.apache.hadoop:hadoop-azure:{hadoop}"),
     ("s3a://bucket/wh", "org.apache.hadoop:hadoop-aws:{hadoop}"),
-])
+], ids=["gs", "abfss", "s3a"])
 def test_root_without_its_filesystem_jar_names_the_package_to_add(spark, root, package):
     package = package.format(hadoop=storage.hadoop_version())
     st = StorageConfig(root=root)
