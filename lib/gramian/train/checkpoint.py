@@ -21,9 +21,10 @@ from gramian.train.als import EpochStats, FitState
 class Checkpointer:
     """Writes and reads the latest FitState of one run under `folder`."""
 
-    def __init__(self, folder: str | Path, fingerprint: str = "") -> None:
+    def __init__(self, folder: str | Path, fingerprint: str = "", inputs: dict[str, int] | None = None) -> None:
         self.folder = Path(folder)
         self.fingerprint = fingerprint
+        self.inputs = inputs  # Delta versions of the tables trained on (gramian.runs.INPUTS)
 
     @property
     def pointer(self) -> Path:
@@ -45,7 +46,7 @@ class Checkpointer:
             np.savez(target / "factors.npz", user=state.user_factors, item=state.item_factors)
             fmt = "npz"
         meta = {"epoch": state.epoch, "fingerprint": self.fingerprint, "format": fmt, "dir": name,
-                "history": [dataclasses.asdict(h) for h in state.history]}
+                "history": [dataclasses.asdict(h) for h in state.history], "inputs": self.inputs}
         tmp = self.folder / f".latest.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(meta))
         previous = self._meta()
@@ -57,6 +58,11 @@ class Checkpointer:
         if not self.pointer.is_file():
             return None
         return json.loads(self.pointer.read_text())
+
+    def saved_inputs(self) -> dict[str, int] | None:
+        """The input versions of the checkpoint `load` would resume (None: none, or none recorded)."""
+        meta = self._meta()
+        return meta.get("inputs") if meta and meta.get("fingerprint", "") == self.fingerprint else None
 
     def load(self, spark: Any = None) -> FitState | None:
         """The latest checkpoint, or None; a checkpoint of a different configuration is ignored."""
