@@ -75,7 +75,8 @@ def test_train_records_the_versions_of_its_split_in_the_runs_row(spark, two_spli
     cfg, _, trained_a, _ = two_splits
     pins_a, pins_b = recorded_inputs(spark, cfg.storage, "A"), recorded_inputs(spark, cfg.storage, "B")
     assert set(pins_a) == {"train", "test", "foldin", "interactions"} and pins_a == trained_a["inputs"]
-    assert {pins_b[n] - pins_a[n] for n in ("train", "test", "foldin")} == {1}  # one re-split later
+    assert (pins_b["train"], pins_b["test"]) == (pins_a["train"] + 1, pins_a["test"] + 1)  # one re-split later
+    assert pins_b["foldin"] >= pins_a["foldin"]  # empty for a random split (Delta may skip an empty overwrite)
     assert pins_b["interactions"] == pins_a["interactions"]
     assert pins_b["train"] == tables.version(spark, cfg.storage, "train")
 

@@ -44,7 +44,6 @@ def check_config(cfg: Config) -> tuple[int, ...]:
 
 def item_matrix(spark: Any, cfg: Config, run_id: str, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """(item factors float32 (n_items, d) with zero rows where absent, present mask) of `run_id`."""
-
     st = cfg.storage
     if not tables.exists(spark, st, "item_factors"):
         raise InputDataError(f"table 'item_factors' must exist to evaluate, got none at "
@@ -66,7 +65,6 @@ def item_matrix(spark: Any, cfg: Config, run_id: str, n_items: int) -> tuple[np.
 
 def run_model(spark: Any, cfg: Config, run_id: str) -> tuple[str, ModelConfig]:
     """The model name and hyper-parameters a run was trained with (its `runs` row; else the config)."""
-
     if tables.exists(spark, cfg.storage, "runs"):
         rows = tables.read(spark, cfg.storage, "runs").filter(run_rows(run_id)).select("model", "config").collect()
         if rows:

@@ -71,7 +71,6 @@ def _list_column(col: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def item_matrix(spark: Any, cfg: Config, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     """The run's item factors as a dense (n_items, d) float32 matrix by idx, and the external ids."""
-
     t = (tables.read(spark, cfg.storage, "item_factors").filter(run_rows(run_id))
          .select("idx", "id", "factors").toArrow())
     if t.num_rows == 0:
@@ -101,7 +100,6 @@ def item_matrix(spark: Any, cfg: Config, run_id: str) -> tuple[np.ndarray, np.nd
 
 def run_model_config(spark: Any, st: StorageConfig, run_id: str) -> ModelConfig | None:
     """The model section of a run's recorded config (None when the `runs` table has no such run)."""
-
     if not tables.exists(spark, st, "runs"):
         return None
     rows = tables.read(spark, st, "runs").filter(run_rows(run_id)).select("config").collect()
@@ -208,7 +206,6 @@ def current_publication(spark: Any, st: StorageConfig) -> dict[str, Any] | None:
 
 def read_topn(spark: Any, st: StorageConfig, run_id: str | None = None) -> Any:
     """Published top-n rows: of `run_id`, or of the current publication pinned to the Delta version it wrote."""
-
     if run_id is not None:
         return tables.read(spark, st, TOPN).filter(run_rows(run_id))
     pub = current_publication(spark, st)
