@@ -21,6 +21,7 @@ from airflow.sdk import DAG, Param
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from gramian.config import SparkConfig
+from gramian.runs import check_run_id
 from gramian.spark import delta_package
 
 REPO = Path(os.environ.get("GRAMIAN_HOME", Path(__file__).resolve().parents[1]))
@@ -44,8 +45,13 @@ RUN_ID = "(logical_date or dag_run.run_after).strftime('%Y%m%dT%H%M%S')"
 
 def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False, resume: bool = False) -> list[str]:
     """--conf, one --set per override and --run-id (plus the gate's bar, or train's --resume): what every
-    jobs/<stage>.py takes. A retried train task continues from its checkpoint in the artifact store (a changed
-    config or data shape does not match the checkpoint's fingerprint and starts afresh)."""
+    jobs/<stage>.py takes.
+
+    A retried train task continues from its checkpoint in the artifact store (a changed config or data shape
+    does not match the checkpoint's fingerprint and starts afresh; a changed split is refused). The run id is
+    checked here (gramian.runs.RUN_ID_PATTERN) so a bad one fails the task before spark-submit.
+    """
+    check_run_id(run_id, "the DAG's run id")
     args = ["--conf", str(params["conf"])]
     for item in params.get("overrides") or []:
         args += ["--set", str(item)]
@@ -54,7 +60,8 @@ def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False, resume
         args += ["--resume"]
     if gate:
         args += ["--metric", str(params["gate_metric"]), "--k", str(params["gate_k"]),
-                 "--method", str(params["gate_method"]), "--floor", str(params["gate_floor"])]
+                 "--method", str(params["gate_method"]), "--floor", str(params["gate_floor"]),
+                 "--on-new-split", str(params.get("gate_on_new_split", "floor"))]
     return args
 
 
@@ -104,6 +111,9 @@ with DAG(
         "gate_k": Param(20, type="integer", description="its cut-off"),
         "gate_method": Param("exact", type="string", description="exact | sampled | corrected"),
         "gate_floor": Param(0.0, type="number", description="publish only at or above this value"),
+        # every DAG run re-splits, so the published run was trained on another split: the floor alone applies
+        "gate_on_new_split": Param("floor", type="string", enum=["floor", "refuse"],
+                                   description="published run on another split: gate on the floor, or refuse"),
     },
     tags=["gramian"],
 ) as dag:

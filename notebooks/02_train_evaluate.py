@@ -37,10 +37,12 @@ display(trained)
 import json
 
 import matplotlib.pyplot as plt
+from pyspark.sql import functions as F
 
 from gramian import tables
+from gramian.runs import run_rows
 
-epochs = json.loads(tables.read(spark, cfg.storage, "runs").filter(f"run_id = '{run_id}'").first()["epochs"])
+epochs = json.loads(tables.read(spark, cfg.storage, "runs").filter(run_rows(run_id)).first()["epochs"])
 fig, ax = plt.subplots(figsize=(6, 4))
 ax.plot([e["epoch"] for e in epochs], [e["loss"] for e in epochs], marker="o")
 ax.set(title=f"training loss, run {run_id}", xlabel="epoch", ylabel="loss (eq. 26)")
@@ -54,7 +56,7 @@ display(fig)
 
 evaluated = execute(spark, cfg, run_id, "evaluate", evaluate, ORDER)
 display(evaluated)
-metrics = (tables.read(spark, cfg.storage, "metrics").filter(f"run_id = '{run_id}' AND model NOT LIKE '%@%'")
+metrics = (tables.read(spark, cfg.storage, "metrics").filter(run_rows(run_id) & ~F.col("model").contains("@"))
            .toPandas())
 display(metrics[["metric", "k", "method", "value"]].sort_values(["method", "metric", "k"]))
 

@@ -16,6 +16,7 @@ from typing import Any
 from gramian.config import Config, load_config
 from gramian.errors import GramianError
 from gramian.pipeline import ORDER, describe, execute, run_pipeline, stage_function
+from gramian.runs import RUN_ID_RULE, check_run_id
 
 # stage name -> "module:function"; each function is run(spark, cfg, run_id) -> dict summary
 STAGES: dict[str, str] = {
@@ -63,6 +64,9 @@ def add_gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--floor", type=float, default=0.0, help="the candidate must reach at least this value")
     p.add_argument("--min-improvement", type=float, default=0.0,
                    help="and beat the published run's value by at least this much")
+    p.add_argument("--on-new-split", default="refuse", choices=("refuse", "floor"),
+                   help="when the published run was trained on another split: refuse (default) or apply the "
+                        "floor alone")
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -70,7 +74,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", default=None, help="YAML config layered on conf/defaults.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set model.dim=128 (repeatable)")
-    p.add_argument("--run-id", default=None, help="identifies this run's outputs (default: a timestamp)")
+    p.add_argument("--run-id", default=None,
+                   help=f"identifies this run's outputs (default: a UTC timestamp); {RUN_ID_RULE}")
     p.add_argument("--resume", action="store_true", help="continue a stopped training run from its checkpoint")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -95,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stream=sys.stderr)
     args = build_parser().parse_args(argv)
     try:
+        if args.run_id is not None:
+            check_run_id(args.run_id)
         cfg = load_config(args.conf, args.overrides)
         if args.command == "recommend":  # not a stage: reads a published run (default: the current one)
             stage_function({"recommend": "gramian.retrieval.recommend:main"}, "recommend")(args, cfg)
@@ -117,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kwargs: dict[str, Any] = {"resume": args.resume} if args.command == "train" else {}
             if args.command == "gate":
                 kwargs = {"metric": args.metric, "k": args.k, "method": args.method, "floor": args.floor,
-                          "min_improvement": args.min_improvement}
+                          "min_improvement": args.min_improvement, "on_new_split": args.on_new_split}
             summaries = {args.command: execute(spark, cfg, run_id, args.command, _stage(args.command), PIPELINE,
                                                **kwargs)}
             echo(args.command, summaries[args.command])

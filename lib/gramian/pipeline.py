@@ -22,6 +22,7 @@ from typing import Any
 
 from gramian import tables
 from gramian.config import Config
+from gramian.runs import check_run_id, run_rows, run_where
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +68,13 @@ def fingerprint(cfg: Config, pipeline: Iterable[str], stage: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def record(spark: Any, cfg: Config, run_id: str, stage: str, status: str, started: datetime,
            fp: str, summary: dict[str, Any]) -> None:
     """Replace this (run_id, stage)'s row of `stage_runs`."""
     row = (run_id, stage, status, started, datetime.now(UTC), fp, json.dumps(summary, default=str))
     df = spark.createDataFrame([row], STAGE_RUNS_SCHEMA)
     tables.write(df, cfg.storage, STAGE_RUNS,
-                 replace_where=f"run_id = {_sql_str(run_id)} AND stage = {_sql_str(stage)}")
+                 replace_where=run_where(run_id, stage=stage))
 
 
 def stage_runs(spark: Any, cfg: Config, run_id: str | None = None) -> list[dict[str, Any]]:
@@ -86,7 +83,7 @@ def stage_runs(spark: Any, cfg: Config, run_id: str | None = None) -> list[dict[
         return []
     df = tables.read(spark, cfg.storage, STAGE_RUNS)
     if run_id is not None:
-        df = df.filter(f"run_id = {_sql_str(run_id)}")
+        df = df.filter(run_rows(run_id))
     return [r.asDict() for r in df.orderBy("finished").collect()]
 
 
@@ -116,7 +113,7 @@ def incomplete_reason(spark: Any, cfg: Config, run_id: str, stage: str, fp: str,
         if writer != run_id:
             return f"table {name} last written by {writer or 'another job'}"
     for name in spec.per_run:
-        if tables.read(spark, cfg.storage, name).filter(f"run_id = {_sql_str(run_id)}").limit(1).count() == 0:
+        if tables.read(spark, cfg.storage, name).filter(run_rows(run_id)).limit(1).count() == 0:
             return f"table {name} has no rows of this run"
     return None
 
@@ -124,6 +121,7 @@ def incomplete_reason(spark: Any, cfg: Config, run_id: str, stage: str, fp: str,
 def execute(spark: Any, cfg: Config, run_id: str, stage: str, func: Callable[..., dict[str, Any]],
             pipeline: Iterable[str], **kwargs: Any) -> dict[str, Any]:
     """Run one stage, tagging its Delta commits with run_id and recording the outcome in `stage_runs`."""
+    check_run_id(run_id)
     fp = fingerprint(cfg, pipeline, stage)
     started = datetime.now(UTC)
     before = _get_conf(spark, USER_METADATA)
@@ -157,6 +155,7 @@ def run_pipeline(spark: Any, cfg: Config, run_id: str, stages: dict[str, str], p
                  force: bool = False, resume: bool = False,
                  echo: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
     """Run `pipeline` in order under run_id, skipping stages whose recorded outputs are complete."""
+    check_run_id(run_id)
     order = tuple(pipeline)
     previous = {r["stage"]: r for r in stage_runs(spark, cfg, run_id)}
     summaries: dict[str, dict[str, Any]] = {}
@@ -189,7 +188,7 @@ def describe(spark: Any, cfg: Config, run_id: str, users: int = 3, n: int = 5) -
     """The run's metrics table and the top-n of a few users, as text (whichever of them exist)."""
     parts: list[str] = []
     st = cfg.storage
-    run = f"run_id = {_sql_str(run_id)}"
+    run = run_rows(run_id)
     if tables.exists(spark, st, "metrics"):
         df = tables.read(spark, st, "metrics").filter(run)
         cols = [c for c in ("model", "metric", "k", "method", "value", "sample_size") if c in df.columns]

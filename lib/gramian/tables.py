@@ -70,12 +70,34 @@ def read(spark: Any, storage: StorageConfig, name: str) -> Any:
         return spark.read.format("delta").load(ref)
 
 
+def version(spark: Any, storage: StorageConfig, name: str) -> int | None:
+    """The latest Delta version of a table (None when it was never written): what a run pins."""
+    if not exists(spark, storage, name):
+        return None
+    ref = table_ref(storage, name)
+    target = ref if storage.catalog else "delta.`" + ref.replace("`", "``") + "`"
+    rows = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").select("version").collect()
+    return int(rows[0][0]) if rows else None
+
+
+def read_version(spark: Any, storage: StorageConfig, name: str, version: int) -> Any:
+    """A table as it was at Delta `version` (time travel); Delta raises if that version is gone."""
+    ref = table_ref(storage, name)
+    reader = spark.read.format("delta").option("versionAsOf", int(version))
+    return reader.table(ref) if storage.catalog else reader.load(ref)
+
+
 def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
-          replace_where: str | None = None) -> None:
-    """Write `df` in one transaction; `replace_where` swaps only the matching rows (e.g. one run_id)."""
+          replace_where: str | None = None, merge_schema: bool = False) -> None:
+    """Write `df` in one transaction; `replace_where` swaps only the matching rows (e.g. one run_id).
+
+    `merge_schema` lets a write add columns to an existing table (older rows read them as null).
+    """
     if replace_where is not None and not exists(df.sparkSession, storage, name):
         replace_where = None  # first write of the table: nothing to replace
     writer = df.write.format("delta").mode(mode)
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     if mode == "overwrite":
         writer = writer.option("overwriteSchema", "true") if replace_where is None else writer
     if replace_where is not None:

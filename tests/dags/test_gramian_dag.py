@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,7 +68,19 @@ def test_run_id_and_arguments_come_from_the_logical_date_and_params(bag):
     if "quality_gate" in dag.task_ids:
         gate = env.from_string(dag.get_task("quality_gate").application_args).render(
             params=params, logical_date=datetime(2026, 1, 2, tzinfo=UTC), dag_run=None)
-        assert gate[-8:] == ["--metric", "ndcg", "--k", "20", "--method", "exact", "--floor", "0.1"]
+        # each DAG run re-splits, so by default the gate applies the floor alone to a run on another split
+        assert gate[-10:] == ["--metric", "ndcg", "--k", "20", "--method", "exact", "--floor", "0.1",
+                              "--on-new-split", "floor"]
+
+
+@pytest.mark.parametrize("bad", ["x' OR '1'='1", "a b", "manual__2026-01-01T00:00:00+00:00"])
+def test_dag_refuses_a_run_id_outside_the_pattern_before_spark_submit(bag, bad):
+    from gramian.errors import ConfigError
+    from gramian.runs import RUN_ID_PATTERN
+
+    fn = bag.dags["gramian_pipeline"].user_defined_macros["gramian_args"]
+    with pytest.raises(ConfigError, match=re.escape(RUN_ID_PATTERN)):
+        fn({"conf": "c.yaml", "overrides": []}, bad)
 
 
 def fake_spark_submit(tmp_path: Path, code: int) -> dict[str, str]:

@@ -121,6 +121,9 @@ def test_gate_passes_a_floor_and_rejects_what_does_not_beat_the_published_run(sp
         moved = F.when(F.col("model") == "popularity", F.lit(0.99)).otherwise(F.col("value") + delta)
         write(published.withColumn("run_id", F.lit(run_id)).withColumn("value", moved), st,
               "metrics", replace_where=f"run_id = '{run_id}'")
+        # r1's model on r1's split (its runs row): the gate compares only runs trained on one split
+        runs_row = read(spark, st, "runs").filter("run_id = 'r1'").withColumn("run_id", F.lit(run_id))
+        write(runs_row.localCheckpoint(), st, "runs", replace_where=f"run_id = '{run_id}'")
     assert main(["gate", *gate, "--run-id", "worse"]) == GATE_REJECTED
     assert main(["gate", *gate, "--run-id", "better"]) == 0
     assert value > 0

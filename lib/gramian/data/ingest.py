@@ -39,6 +39,7 @@ from gramian.data.schemas import (
     Reason,
 )
 from gramian.errors import ConfigError, GramianError, InputDataError
+from gramian.runs import check_run_id, run_where
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ def _id_counts(parts: list[Loaded], column: str) -> DataFrame:
 
 def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     """`gramian ingest`: write interactions, id maps, quarantine and the run's accounting; return a summary."""
+    check_run_id(run_id)
     t0 = time.time()
     started = datetime.now(UTC)
     data, storage = cfg.data, cfg.storage
@@ -161,7 +163,7 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
             parts.append(load(spark, cfg, path, key, part))
         quarantine = reduce(lambda a, b: a.unionByName(b), [p.quarantine_rows(run_id) for p in parts])
         if any(p.quarantined for p in parts) or tables.exists(spark, storage, QUARANTINE_TABLE):
-            tables.write(quarantine, storage, QUARANTINE_TABLE, replace_where=f"run_id = {_sql_str(run_id)}")
+            tables.write(quarantine, storage, QUARANTINE_TABLE, replace_where=run_where(run_id))
         for p, (_, path, key) in zip(parts, sources, strict=True):
             if p.interactions == 0:
                 raise InputDataError(
@@ -184,7 +186,7 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
                        p.duplicates_merged, p.filtered, p.interactions, p.users, p.items, started, finished)
                       for p in parts]
         tables.write(spark.createDataFrame(accounting, INGEST_RUNS), storage, INGEST_RUNS_TABLE,
-                     replace_where=f"run_id = {_sql_str(run_id)}")
+                     replace_where=run_where(run_id))
     finally:
         for p in parts:
             p.release()
@@ -205,7 +207,3 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     summary["seconds"] = round(time.time() - t0, 2)
     return summary
 
-
-def _sql_str(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -38,6 +38,7 @@ from gramian.data.schemas import (
     USERS_TABLE,
 )
 from gramian.errors import ConfigError, InputDataError
+from gramian.runs import check_run_id
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def indexed(spark: Any, cfg: Config, name: str = INTERACTIONS_TABLE) -> DataFram
 
 def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     """`gramian split`: write train, test and foldin; check no pair is in both train and test."""
+    check_run_id(run_id)
     t0 = time.time()
     split, storage = cfg.split, cfg.storage
     data = indexed(spark, cfg)

@@ -191,6 +191,9 @@ def output_path(cfg: Any) -> str:
 
 def run(spark: Any, cfg: Any, run_id: str) -> dict[str, Any]:
     """`gramian generate`: write the configured synthetic set as Parquet and report its size."""
+    from gramian.runs import check_run_id
+
+    check_run_id(run_id)
     t0 = time.time()
     arrays = generate_from_config(cfg.generate)
     path = output_path(cfg)

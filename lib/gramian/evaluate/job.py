@@ -23,6 +23,7 @@ from gramian.evaluate import metrics as M
 from gramian.evaluate.ranks import Scorer, num_partitions, rank_users
 from gramian.kernels.loss import gramian as gramian_of
 from gramian.kernels.sampled import negative_weights
+from gramian.runs import check_run_id, pinned_inputs, read_input, require_same_split, run_rows, run_where
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,11 @@ def check_config(cfg: Config) -> tuple[int, ...]:
 
 def item_matrix(spark: Any, cfg: Config, run_id: str, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """(item factors float32 (n_items, d) with zero rows where absent, present mask) of `run_id`."""
-    from pyspark.sql import functions as F
-
     st = cfg.storage
     if not tables.exists(spark, st, "item_factors"):
         raise InputDataError(f"table 'item_factors' must exist to evaluate, got none at "
                              f"{tables.table_ref(st, 'item_factors')}. Run `gramian train` first.")
-    t = (tables.read(spark, st, "item_factors").filter(F.col("run_id") == run_id)
-         .select("idx", "factors").toArrow())
+    t = tables.read(spark, st, "item_factors").filter(run_rows(run_id)).select("idx", "factors").toArrow()
     if t.num_rows == 0:
         raise InputDataError(f"item_factors must hold rows for run_id {run_id!r}, got none "
                              f"({tables.table_ref(st, 'item_factors')}). Train that run first or pass its --run-id.")
@@ -66,11 +64,8 @@ def item_matrix(spark: Any, cfg: Config, run_id: str, n_items: int) -> tuple[np.
 
 def run_model(spark: Any, cfg: Config, run_id: str) -> tuple[str, ModelConfig]:
     """The model name and hyper-parameters a run was trained with (its `runs` row; else the config)."""
-    from pyspark.sql import functions as F
-
     if tables.exists(spark, cfg.storage, "runs"):
-        rows = tables.read(spark, cfg.storage, "runs").filter(F.col("run_id") == run_id).select(
-            "model", "config").collect()
+        rows = tables.read(spark, cfg.storage, "runs").filter(run_rows(run_id)).select("model", "config").collect()
         if rows:
             try:
                 model = json.loads(rows[0]["config"])["model"]
@@ -81,21 +76,24 @@ def run_model(spark: Any, cfg: Config, run_id: str) -> tuple[str, ModelConfig]:
     return cfg.model.name, cfg.model
 
 
-def user_rows(spark: Any, cfg: Config) -> Any:
-    """One row per test user: test items, train history, fold-in history (items, weights)."""
+def user_rows(spark: Any, cfg: Config, pins: dict[str, int] | None = None, run_id: str = "") -> Any:
+    """One row per test user: test items, train history, fold-in history (items, weights).
+
+    Read at the versions `pins` records (the split run_id trained on); None reads the current tables.
+    """
     from pyspark.sql import functions as F
 
     st = cfg.storage
+    split = {name: read_input(spark, st, name, pins, run_id) for name in ("train", "test", "foldin")}
     for name in ("train", "test"):
-        if not tables.exists(spark, st, name):
+        if split[name] is None:
             raise InputDataError(f"table {name!r} must exist to evaluate, got none at {tables.table_ref(st, name)}. "
                                  f"Run `gramian split` first.")
-    test = tables.read(spark, st, "test").groupBy("user_idx").agg(
-        F.array_sort(F.collect_set("item_idx")).alias("test"))
-    hist = tables.read(spark, st, "train").groupBy("user_idx").agg(F.collect_set("item_idx").alias("hist"))
+    test = split["test"].groupBy("user_idx").agg(F.array_sort(F.collect_set("item_idx")).alias("test"))
+    hist = split["train"].groupBy("user_idx").agg(F.collect_set("item_idx").alias("hist"))
     rows = test.join(hist, "user_idx", "left")
-    if tables.exists(spark, st, "foldin"):
-        fold = tables.read(spark, st, "foldin").groupBy("user_idx").agg(
+    if split["foldin"] is not None:
+        fold = split["foldin"].groupBy("user_idx").agg(
             F.collect_list("item_idx").alias("fold_items"), F.collect_list("weight").alias("fold_w"))
         rows = rows.join(fold, "user_idx", "left")
     else:
@@ -147,10 +145,13 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     """Evaluate `run_id` (and baselines) on `test`; write `metrics`, `metrics_by_user`, the report."""
     from pyspark.sql import functions as F
 
+    check_run_id(run_id)
     t0 = time.perf_counter()
     ks = check_config(cfg)
     ev, st = cfg.evaluate, cfg.storage
-    rows = user_rows(spark, cfg).cache()
+    pins = pinned_inputs(spark, st, run_id)  # the split the run trained on; compared runs must share it
+    require_same_split(spark, st, run_id, pins, ev.compare_runs, "evaluate.compare_runs")
+    rows = user_rows(spark, cfg, pins, run_id).cache()
     try:
         n_test_users = rows.count()
         if n_test_users == 0:
@@ -164,17 +165,13 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
         if ev.sampled.enabled and ev.sampled.m > n_catalogue:
             raise ConfigError(f"evaluate.sampled.m must be at most the catalogue size ({n_catalogue} items with "
                               f"factors), got {ev.sampled.m}. Lower evaluate.sampled.m or disable sampled metrics.")
-        counts_t = tables.read(spark, st, "train").groupBy("item_idx").count().toArrow()
+        counts_t = read_input(spark, st, "train", pins, run_id).groupBy("item_idx").count().toArrow()
         item_counts = np.zeros(len(present), np.float64)
         ci = np.asarray(counts_t.column("item_idx"), np.int64)
         ok = ci < len(present)
         item_counts[ci[ok]] = np.asarray(counts_t.column("count"), np.float64)[ok]
         neg_w = negative_weights(ev.sampled.sampler, item_counts, present) if ev.sampled.enabled else None
-        label, model_cfg = run_model(spark, cfg, run_id)
-        if model_cfg.alpha0 is None:  # runs rows hold the resolved alpha0; this is the fallback
-            n_users = (int(tables.read(spark, st, "users").agg(F.max("idx")).collect()[0][0] or -1) + 1
-                       if tables.exists(spark, st, "users") else None)
-            model_cfg = model_cfg.resolved(len(present), n_users)
+        label, _ = run_model(spark, cfg, run_id)
         models = [(label, run_id)] + [(f"{run_model(spark, cfg, other)[0]}@{other}", other)
                                        for other in ev.compare_runs]
         metric_rows: list[dict[str, Any]] = []
@@ -182,7 +179,8 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
         summary_counts: dict[str, Any] = {}
         for name, rid in models:
             hm, pm = (h, present) if rid == run_id else item_matrix(spark, cfg, rid, n_items)
-            uf = (tables.read(spark, st, "user_factors").filter(F.col("run_id") == rid)
+            model_cfg = fold_in_config(spark, cfg, rid, len(pm))  # each run folds in with its own settings
+            uf = (tables.read(spark, st, "user_factors").filter(run_rows(rid))
                   .select(F.col("idx").alias("user_idx"), "factors"))
             with_f = rows.join(uf, "user_idx", "left")
             # fold-in is the iALS user-row solve: other models' users without factors count as missing
@@ -218,7 +216,7 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
         now = datetime.now(UTC)
         records = [(run_id, r["model"], r["metric"], r["k"], r["method"], r.get("sampler"), r.get("sample_size"),
                     float(r["value"]), int(r["users"]), now) for r in metric_rows]
-        where = f"run_id = '{run_id}'"
+        where = run_where(run_id)
         tables.write(spark.createDataFrame(records, METRICS_SCHEMA), st, "metrics", replace_where=where)
         if ev.per_user and by_user:
             frame = by_user[0]
@@ -235,8 +233,21 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     report = write_report(spark, cfg, run_id, metric_rows, artifact_store(st, spark).child("reports", run_id))
     seconds = round(time.perf_counter() - t0, 2)
     return {"run_id": run_id, "models": [m for m, _ in models] + (["popularity"] if ev.popularity else []),
-            "test_users": n_test_users, "items": n_catalogue, "k": list(ks), **_flat(summary_counts),
+            "test_users": n_test_users, "items": n_catalogue, "k": list(ks), "inputs": pins, **_flat(summary_counts),
             "report": str(report), "seconds": seconds, "metrics": "\n" + metrics_table(metric_rows, ks)}
+
+
+def fold_in_config(spark: Any, cfg: Config, run_id: str, n_items: int) -> ModelConfig:
+    """The model settings run_id was trained with (its `runs` row), alpha0 resolved: what its fold-in solves."""
+    from pyspark.sql import functions as F
+
+    _, model_cfg = run_model(spark, cfg, run_id)
+    if model_cfg.alpha0 is None:  # runs rows hold the resolved alpha0; this is the fallback
+        st = cfg.storage
+        n_users = (int(tables.read(spark, st, "users").agg(F.max("idx")).collect()[0][0] or -1) + 1
+                   if tables.exists(spark, st, "users") else None)
+        model_cfg = model_cfg.resolved(n_items, n_users)
+    return model_cfg
 
 
 def _count_rows(model: str, miss_users: int, miss_pairs: int, counts: dict[str, int]) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from gramian.config import Config, ModelConfig, PublishConfig, StorageConfig, _b
 from gramian.errors import InputDataError, PublishError
 from gramian.kernels.ranking import topk_excluding
 from gramian.retrieval.index import ItemIndex, build_index, index_recall, load_index, topn_excluding
+from gramian.runs import check_run_id, pinned_inputs, read_input, run_rows, run_where
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ PUBLICATIONS_SCHEMA = ("run_id string, published_at timestamp, n int, users long
 
 def index_path(cfg: Config, run_id: str, spark: Any = None) -> storage.Store:
     """Where a run's index is serialized: <artifacts>/index/<run_id> unless publish.index_dir names the parent."""
+    run_id = check_run_id(run_id)
     if cfg.publish.index_dir:
         return storage.open_store(cfg.publish.index_dir, spark).child(run_id)
     return storage.artifact_store(cfg.storage, spark).child("index", run_id)
@@ -71,9 +73,7 @@ def _list_column(col: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def item_matrix(spark: Any, cfg: Config, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     """The run's item factors as a dense (n_items, d) float32 matrix by idx, and the external ids."""
-    from pyspark.sql import functions as F
-
-    t = (tables.read(spark, cfg.storage, "item_factors").filter(F.col("run_id") == run_id)
+    t = (tables.read(spark, cfg.storage, "item_factors").filter(run_rows(run_id))
          .select("idx", "id", "factors").toArrow())
     if t.num_rows == 0:
         raise InputDataError(f"item_factors must hold rows for run_id {run_id!r}, got none. Train that run first "
@@ -102,11 +102,9 @@ def item_matrix(spark: Any, cfg: Config, run_id: str) -> tuple[np.ndarray, np.nd
 
 def run_model_config(spark: Any, st: StorageConfig, run_id: str) -> ModelConfig | None:
     """The model section of a run's recorded config (None when the `runs` table has no such run)."""
-    from pyspark.sql import functions as F
-
     if not tables.exists(spark, st, "runs"):
         return None
-    rows = tables.read(spark, st, "runs").filter(F.col("run_id") == run_id).select("config").collect()
+    rows = tables.read(spark, st, "runs").filter(run_rows(run_id)).select("config").collect()
     if not rows:
         return None
     model = json.loads(rows[0]["config"])["model"]
@@ -114,12 +112,15 @@ def run_model_config(spark: Any, st: StorageConfig, run_id: str) -> ModelConfig 
 
 
 def users_frame(spark: Any, cfg: Config, run_id: str) -> Any:
-    """(idx, id, factors, history array<int>) for every user of the run with at least one training item."""
+    """(idx, id, factors, history array<int>) for every user of the run with at least one training item.
+
+    The history is the `train` version the run was trained on (runs.read_input), not a later split's.
+    """
     from pyspark.sql import functions as F
 
-    uf = (tables.read(spark, cfg.storage, "user_factors").filter(F.col("run_id") == run_id)
-          .select("idx", "id", "factors"))
-    hist = (tables.read(spark, cfg.storage, "train").groupBy("user_idx")
+    uf = tables.read(spark, cfg.storage, "user_factors").filter(run_rows(run_id)).select("idx", "id", "factors")
+    train = read_input(spark, cfg.storage, "train", pinned_inputs(spark, cfg.storage, run_id), run_id)
+    hist = (train.groupBy("user_idx")
             .agg(F.collect_list(F.col("item_idx").cast("int")).alias("history")))
     return uf.join(hist, uf["idx"] == hist["user_idx"], "inner").select("idx", "id", "factors", "history")
 
@@ -180,15 +181,9 @@ def write_metrics(spark: Any, cfg: Config, run_id: str, model_name: str, values:
     now = datetime.now(UTC)
     rows = [(run_id, model_name, m, cfg.publish.n, "scann_vs_exact", None, int(sample_size), float(values[m]),
              int(sample_size), now) for m in names]
-    where = f"run_id = '{run_id}' AND metric IN ({', '.join(repr(m) for m in names)})"
+    where = run_where(run_id, metric=names)
     tables.write(spark.createDataFrame(rows, METRICS_SCHEMA), cfg.storage, METRICS, mode="overwrite",
                  replace_where=where)
-
-
-def _latest_version(spark: Any, st: StorageConfig, name: str) -> int:
-    ref = tables.table_ref(st, name)
-    target = ref if st.catalog else f"delta.`{ref}`"
-    return int(spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]["version"])
 
 
 def _mark_current(spark: Any, cfg: Config, row: dict[str, Any]) -> None:
@@ -213,10 +208,8 @@ def current_publication(spark: Any, st: StorageConfig) -> dict[str, Any] | None:
 
 def read_topn(spark: Any, st: StorageConfig, run_id: str | None = None) -> Any:
     """Published top-n rows: of `run_id`, or of the current publication pinned to the Delta version it wrote."""
-    from pyspark.sql import functions as F
-
     if run_id is not None:
-        return tables.read(spark, st, TOPN).filter(F.col("run_id") == run_id)
+        return tables.read(spark, st, TOPN).filter(run_rows(run_id))
     pub = current_publication(spark, st)
     if pub is None:
         raise PublishError(f"a current publication must exist to read top-n lists, got none under "
@@ -224,13 +217,14 @@ def read_topn(spark: Any, st: StorageConfig, run_id: str | None = None) -> Any:
     ref = tables.table_ref(st, TOPN)
     reader = spark.read.format("delta").option("versionAsOf", int(pub["topn_version"]))
     frame = reader.table(ref) if st.catalog else reader.load(ref)
-    return frame.filter(F.col("run_id") == pub["run_id"])
+    return frame.filter(run_rows(pub["run_id"]))
 
 
 def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     """Build the index for `run_id`, check its recall, publish every training user's top-n (see module doc)."""
     from pyspark.sql import functions as F
 
+    check_run_id(run_id)
     st, pub = cfg.storage, cfg.publish
     _require(spark, st, "item_factors", "user_factors", "train")
     t0 = time.perf_counter()
@@ -261,10 +255,10 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     t1 = time.perf_counter()
     frame = users.repartition(pub.partitions) if pub.partitions else users
     out = frame.mapInArrow(_scorer(path, index.token, run_id, pub), TOPN_SCHEMA)
-    tables.write(out, st, TOPN, mode="overwrite", replace_where=f"run_id = '{run_id}'")
+    tables.write(out, st, TOPN, mode="overwrite", replace_where=run_where(run_id))
     publish_s = time.perf_counter() - t1
-    version = _latest_version(spark, st, TOPN)
-    written = tables.read(spark, st, TOPN).filter(F.col("run_id") == run_id)
+    version = tables.version(spark, st, TOPN)
+    written = tables.read(spark, st, TOPN).filter(run_rows(run_id))
     counts = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users")).collect()[0]
     _mark_current(spark, cfg, {"run_id": run_id, "published_at": datetime.now(UTC), "n": pub.n,
                                "users": int(counts["users"]), "rows": int(counts["rows"]),

@@ -24,9 +24,11 @@ POINTER = "latest.json"
 class Checkpointer:
     """Writes and reads the latest FitState of one run under `folder` (a Store, a URI or a local path)."""
 
-    def __init__(self, folder: Store | str | os.PathLike[str], fingerprint: str = "") -> None:
+    def __init__(self, folder: Store | str | os.PathLike[str], fingerprint: str = "",
+                 inputs: dict[str, int] | None = None) -> None:
         self.store = as_store(folder)
         self.fingerprint = fingerprint
+        self.inputs = inputs  # Delta versions of the tables trained on (gramian.runs.INPUTS)
 
     @property
     def pointer(self) -> str:
@@ -46,7 +48,7 @@ class Checkpointer:
                 np.savez(out, user=state.user_factors, item=state.item_factors)
             fmt = "npz"
         meta = {"epoch": state.epoch, "fingerprint": self.fingerprint, "format": fmt, "dir": name,
-                "history": [dataclasses.asdict(h) for h in state.history]}
+                "history": [dataclasses.asdict(h) for h in state.history], "inputs": self.inputs}
         previous = self._meta()
         self.store.write_text(json.dumps(meta), POINTER)
         if previous and previous.get("dir") != name:
@@ -56,6 +58,11 @@ class Checkpointer:
         if not self.store.exists(POINTER):
             return None
         return json.loads(self.store.read_text(POINTER))
+
+    def saved_inputs(self) -> dict[str, int] | None:
+        """The input versions of the checkpoint `load` would resume (None: none, or none recorded)."""
+        meta = self._meta()
+        return meta.get("inputs") if meta and meta.get("fingerprint", "") == self.fingerprint else None
 
     def load(self, spark: Any = None) -> FitState | None:
         """The latest checkpoint, or None; a checkpoint of a different configuration is ignored."""

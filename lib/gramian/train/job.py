@@ -13,6 +13,7 @@ from typing import Any
 from gramian import storage, tables
 from gramian.config import Config
 from gramian.errors import InputDataError
+from gramian.runs import check_run_id, current_inputs, describe_split, run_where, same_split
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.model import IALS, IALSModel
 from gramian.train.pairwise import RankALS
@@ -39,6 +40,7 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     """Train the configured model on `train` and publish its factors under `run_id`."""
     from pyspark.sql import functions as F
 
+    check_run_id(run_id)
     st = cfg.storage
     for name in ("train", "users", "items"):
         if not tables.exists(spark, st, name):
@@ -48,26 +50,40 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     items = tables.read(spark, st, "items")
     n_users = int(users.agg(F.max("idx")).collect()[0][0]) + 1
     n_items = int(items.agg(F.max("idx")).collect()[0][0]) + 1
-    train_df = tables.read(spark, st, "train")
+    inputs = current_inputs(spark, st)  # pinned: the run trains on, and later stages read, these versions
+    train_df = tables.read_version(spark, st, "train", inputs["train"])
     started = datetime.now(UTC)
-    ckpt = Checkpointer(checkpoint_store(spark, cfg, run_id), fingerprint(cfg, n_users, n_items))
+    ckpt = Checkpointer(checkpoint_store(spark, cfg, run_id), fingerprint(cfg, n_users, n_items), inputs)
+    if resume:
+        check_resume(ckpt, inputs, run_id)
     t0 = time.perf_counter()
     estimator = ESTIMATORS[cfg.model.name].from_config(cfg.model, cfg.train)
     model = estimator.fit(train_df, n_users, n_items, ckpt, resume=resume)
     seconds = time.perf_counter() - t0
     write_factors(spark, cfg, run_id, model, users, items)
-    write_run(spark, cfg, run_id, model, started, seconds)
+    write_run(spark, cfg, run_id, model, started, seconds, inputs)
     last = model.history[-1]
     return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "alpha0": model.config.alpha0,
             "epochs": last.epoch,
-            "users": n_users, "items": n_items, "final_loss": last.loss, "fit_seconds": round(seconds, 2)}
+            "users": n_users, "items": n_items, "final_loss": last.loss, "fit_seconds": round(seconds, 2),
+            "inputs": inputs}
+
+
+def check_resume(ckpt: Checkpointer, inputs: dict[str, int], run_id: str) -> None:
+    """InputDataError when the split changed since run_id's checkpoint (resuming would mix two splits)."""
+    saved = ckpt.saved_inputs()
+    if saved is not None and not same_split(saved, inputs):
+        raise InputDataError(
+            f"the split must be the one run {run_id!r} was checkpointed on ({describe_split(saved)}) to resume, "
+            f"got {describe_split(inputs)} ({ckpt.folder}). Train from scratch (drop --resume) or under a new "
+            f"--run-id.")
 
 
 def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any) -> None:
     """user_factors / item_factors rows (run_id, idx, id, factors) replacing this run's earlier rows."""
     from pyspark.sql import functions as F
 
-    where = f"run_id = '{run_id}'"
+    where = run_where(run_id)
     for name, frame, ids in (("user_factors", model.user_factors, users),
                              ("item_factors", model.item_factors, items)):
         out = (frame.join(ids.select("idx", "id"), "idx", "left")
@@ -75,14 +91,17 @@ def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users:
         tables.write(out, cfg.storage, name, replace_where=where)
 
 
-def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: datetime, seconds: float) -> None:
-    """One `runs` row: config, per-epoch loss and time, status."""
+def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: datetime, seconds: float,
+              inputs: dict[str, int] | None = None) -> None:
+    """One `runs` row: config, per-epoch loss and time, status, and the input versions trained on (JSON)."""
     history = [dataclasses.asdict(h) for h in model.history]
     config = cfg.to_dict()
     config["model"] = dataclasses.asdict(model.config)  # as trained: alpha0 resolved for this catalogue
     row = {"run_id": run_id, "model": cfg.model.name, "config": json.dumps(config, default=str),
            "started": started, "finished": datetime.now(UTC), "status": "finished",
-           "fit_seconds": float(seconds), "epochs": json.dumps(history)}
+           "fit_seconds": float(seconds), "epochs": json.dumps(history),
+           "inputs": json.dumps(inputs) if inputs is not None else None}
     schema = ("run_id string, model string, config string, started timestamp, finished timestamp, "
-              "status string, fit_seconds double, epochs string")
-    tables.write(spark.createDataFrame([row], schema), cfg.storage, "runs", replace_where=f"run_id = '{run_id}'")
+              "status string, fit_seconds double, epochs string, inputs string")
+    tables.write(spark.createDataFrame([row], schema), cfg.storage, "runs", replace_where=run_where(run_id),
+                 merge_schema=True)  # `inputs` joined later: older runs tables gain it, their rows read null
