@@ -16,7 +16,8 @@ from gramian.errors import ConfigError, InputDataError
 from gramian.evaluate.job import run as evaluate
 from gramian.kernels import gramian, observed_weights, regularization_weights, solve_side
 from gramian.kernels.foldin import fold_in
-from gramian.kernels.ranking import ranking_metrics, topk_excluding
+from gramian.kernels.ranking import topk_excluding
+from tests.oracles import topk_list_metrics
 
 KS = (5, 10, 20)
 RUN = "r1"
@@ -105,7 +106,7 @@ def _value(metrics: pd.DataFrame, model: str, metric: str, k: int | None, method
 
 
 def _numpy_reference(d: dict, user_vectors: np.ndarray, users: np.ndarray) -> dict[str, float]:
-    """Independent numpy metrics: top-k lists (kernels.ranking.topk_excluding/ranking_metrics) for P/R/NDCG,
+    """Independent numpy metrics: top-k lists (kernels.ranking.topk_excluding, tests.oracles) for P/R/NDCG,
     and a sort of every user's full score row for AP and AUC."""
     n_users, n_items = d["n_users"], d["n_items"]
     present = np.ones(n_items, bool)
@@ -124,7 +125,7 @@ def _numpy_reference(d: dict, user_vectors: np.ndarray, users: np.ndarray) -> di
     uv = np.zeros((n_users, H.shape[1]))
     uv[users] = user_vectors
     top, _ = topk_excluding(uv, H, users, a_ip, a_ix, max(KS))
-    ref = ranking_metrics(top, t_ip, t_ix, KS, users=users)
+    ref = topk_list_metrics(top, t_ip, t_ix, KS, users=users)
     ap = {k: [] for k in KS}
     auc = []
     for x in users:

@@ -13,8 +13,10 @@ from gramian.kernels.sampled import (
     corrected_values,
     item_metric,
     negative_weights,
+    nonnegative_quadratic,
     sampled_ranks,
 )
+from tests.oracles import list_metrics, topk_list_metrics
 
 
 def _csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -89,10 +91,16 @@ def test_heldout_ranks_equal_brute_force_and_metrics_equal_topk_lists():
     ks = [1, 5, 10]
     per_user = metrics_from_ranks(_csr(test)[0], ranks, n_cand, ks)
     top, _ = topk_excluding(uf, itf, np.arange(n_users), *_csr(hist), max(ks))
-    ref = ranking_metrics(top, *_csr(test), ks)
+    ref = topk_list_metrics(top, *_csr(test), ks)  # the slow twin, row by row off the lists
+    lists = ranking_metrics(top, *_csr(test), ks)  # the kernel reading ranks off the same lists
     for k in ks:
         for name in ("recall", "recall_min", "precision", "ndcg"):
             assert np.nanmean(per_user[f"{name}@{k}"]) == pytest.approx(ref[f"{name}@{k}"], abs=1e-12)
+            assert lists[f"{name}@{k}"] == pytest.approx(ref[f"{name}@{k}"], abs=1e-12)
+    oracle = list_metrics(uf, itf, [np.array(h, np.int64) for h in hist], [np.array(t, np.int64) for t in test], ks)
+    has = np.array([len(t) > 0 for t in test])
+    for key, values in oracle.items():
+        np.testing.assert_allclose(per_user[key][has], values[has], atol=1e-12, err_msg=key)
 
 
 def test_binomial_rank_matrix_rows_are_distributions_with_the_right_mean():
@@ -146,5 +154,51 @@ def test_rank_grid_correction_matches_the_exact_sum_over_all_ranks():
     a = binomial_rank_matrix(30000, 50)  # every rank: the objective as written in the paper
     b = np.stack([item_metric(n, k, np.arange(1, 30002), 30000) for n, k in metrics], axis=1)
     lhs = 0.99 * (a.T @ a) + 0.01 * np.diag(a.sum(axis=0))
-    full = np.linalg.solve(lhs, a.T @ b)
+    full = np.stack([nonnegative_quadratic(lhs, a.T @ b[:, j]) for j in range(b.shape[1])], axis=1)
     np.testing.assert_allclose(a @ coarse, a @ full, atol=2e-3)  # same expected corrected value at every rank
+
+
+def _unconstrained(name, k, n_neg, m, gamma):
+    """The bias-variance correction as written in Krichene & Rendle (no sign constraint), every rank."""
+    a = binomial_rank_matrix(n_neg, m)
+    b = item_metric(name, k, np.arange(1, n_neg + 2), n_neg)
+    lhs = (1 - gamma) * (a.T @ a) + gamma * np.diag(a.sum(axis=0))
+    return np.linalg.solve(lhs, a.T @ b)
+
+
+def test_corrected_values_are_never_negative_and_unchanged_where_the_unconstrained_ones_are_not():
+    n_neg, m, gamma = 1500, 100, 0.01
+    for name, k in (("item_ap", 10), ("item_recall", 20), ("item_ndcg", 10)):
+        free = _unconstrained(name, k, n_neg, m, gamma)
+        assert free.min() < -0.05, (name, free.min())  # the unconstrained estimator goes negative here
+        got = corrected_values(name, k, n_neg, m, gamma)
+        assert got.min() >= 0.0, (name, got.min())
+        # still an estimator: its expectation follows the exact metric over the ranks
+        exact = item_metric(name, k, np.arange(1, n_neg + 2), n_neg)
+        assert np.abs(binomial_rank_matrix(n_neg, m) @ got - exact).mean() < 0.01
+    free = _unconstrained("item_auc", None, n_neg, m, gamma)
+    assert free.min() >= 0
+    np.testing.assert_allclose(corrected_values("item_auc", None, n_neg, m, gamma), free, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nonnegative_quadratic_equals_brute_force_over_every_support(seed):
+    """The active-set NNLS against its slow twin: the best non-negative stationary point over all 2^n supports."""
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    n = 7
+    a = rng.normal(size=(12, n))
+    q, c = a.T @ a + 0.01 * np.eye(n), a.T @ rng.normal(size=12)
+    best, best_obj = np.zeros(n), 0.0
+    for size in range(1, n + 1):
+        for support in itertools.combinations(range(n), size):
+            s = list(support)
+            z = np.zeros(n)
+            z[s] = np.linalg.solve(q[np.ix_(s, s)], c[s])
+            obj = 0.5 * z @ q @ z - c @ z
+            if z.min() >= 0 and obj < best_obj:
+                best, best_obj = z, obj
+    free = np.linalg.solve(q, c)
+    for start in (None, free):
+        np.testing.assert_allclose(nonnegative_quadratic(q, c, start), best, atol=1e-9)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gramian.kernels.ranking import ranking_metrics, topk_excluding
+from tests.oracles import topk_list_metrics
 
 
 def _csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -39,23 +40,6 @@ def _brute_topk(uf, itf, train_rows, users, k):
         scored.sort(key=lambda t: (-t[0], t[1]))  # equal scores: lower item id first
         out.append([i for _, i in scored[:k]] + [-1] * max(0, k - len(scored)))
     return out
-
-
-def _brute_metrics(tops, test_rows, users, k):
-    rec, rec_min, prec, ndcg = [], [], [], []
-    for row, u in enumerate(users):
-        relevant = set(test_rows[u])
-        if not relevant:
-            continue
-        hits = [1.0 if i in relevant else 0.0 for i in tops[row][:k]]
-        rec.append(sum(hits) / len(relevant))
-        rec_min.append(sum(hits) / min(k, len(relevant)))
-        prec.append(sum(hits) / k)
-        dcg = sum(h / math.log2(j + 2) for j, h in enumerate(hits))
-        idcg = sum(1 / math.log2(j + 2) for j in range(min(k, len(relevant))))
-        ndcg.append(dcg / idcg)
-    return {f"recall@{k}": np.mean(rec), f"recall_min@{k}": np.mean(rec_min),
-            f"precision@{k}": np.mean(prec), f"ndcg@{k}": np.mean(ndcg), "users": float(len(rec))}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -90,7 +74,7 @@ def test_ranking_metrics_match_brute_force_on_random_lists(seed: int) -> None:
     items, _ = topk_excluding(uf, itf, users, tr_ptr, tr_ix, k_max)
     got = ranking_metrics(items, te_ptr, te_ix, [1, 3, 10])
     for k in (1, 3, 10):
-        want = _brute_metrics(items.tolist(), test, users, k)
+        want = topk_list_metrics(items, te_ptr, te_ix, [k], users)
         for key in (f"recall@{k}", f"recall_min@{k}", f"precision@{k}", f"ndcg@{k}", "users"):
             assert got[key] == pytest.approx(want[key], rel=1e-12), key
 

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 METRICS_SCHEMA = ("run_id string, model string, metric string, k int, method string, sampler string, "
                   "sample_size int, value double, users long, evaluated_at timestamp")
+# evaluate replaces only the `metrics` rows it writes (publish's index_recall rows, method scann_vs_exact, stay)
+EVALUATE_METHODS = ("exact", "sampled", "corrected", "count")
+OWNED_METHODS = f"method IN ({', '.join(repr(m) for m in EVALUATE_METHODS)})"
 BY_USER_SCHEMA = "run_id string, model string, user_idx int, metric string, k int, method string, value double"
 
 
@@ -217,7 +220,8 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
         records = [(run_id, r["model"], r["metric"], r["k"], r["method"], r.get("sampler"), r.get("sample_size"),
                     float(r["value"]), int(r["users"]), now) for r in metric_rows]
         where = run_where(run_id)
-        tables.write(spark.createDataFrame(records, METRICS_SCHEMA), st, "metrics", replace_where=where)
+        tables.write(spark.createDataFrame(records, METRICS_SCHEMA), st, "metrics",
+                     replace_where=f"{where} AND {OWNED_METHODS}")
         if ev.per_user and by_user:
             frame = by_user[0]
             for extra in by_user[1:]:

@@ -1,58 +1,52 @@
 """Metrics as DataFrame aggregations over per-user rank rows (paper §2.3; Krichene & Rendle 2020).
 
-Exact: each held-out item's rank r and its place j among the user's held-out items (ranks sorted) give
-its contribution to every metric; a groupBy(user) sums them into per-user Precision@k, Recall@k (|T|
-and min(k,|T|) denominators: `recall`, `recall_min`), AP@k, NDCG@k and AUC; a second groupBy averages
-over users. Sampled: every held-out item alone against the user's negatives (`item_*` metrics), naive
-from the sampled rank, corrected (kernels.sampled) and exact from rho = r - (j - 1), averaged per user
-then over users.
+Exact: each user's held-out ranks become per-user Precision@k, Recall@k (|T| and min(k,|T|)
+denominators: `recall`, `recall_min`), AP@k, NDCG@k and AUC inside tasks (kernels.ranking.metrics_from_ranks,
+the one implementation); a groupBy averages over users. Sampled: every held-out item alone against the
+user's negatives (`item_*` metrics), naive from the sampled rank, corrected (kernels.sampled) and exact
+from rho = r - (j - 1), averaged per user then over users.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from gramian.evaluate.ranks import _list_column
+from gramian.kernels.ranking import metrics_from_ranks
 from gramian.kernels.sampled import ITEM_METRICS, corrected_table
 
 EXACT_METRICS = ("precision", "recall", "recall_min", "ap", "ndcg")
 BIN_WIDTH = 0.005  # users whose negative counts differ by < 0.5% share one correction table
 
 
-def _idcg_table(max_k: int) -> list[float]:
-    return list(np.cumsum(1.0 / np.log2(np.arange(2, max_k + 2))))
-
-
 def exact_per_user(ranked: Any, ks: tuple[int, ...]) -> Any:
-    """Wide per-user frame: user_idx, n_test, n_cand and one column per `metric@k` plus `auc`."""
-    from pyspark.sql import functions as F
+    """Wide per-user frame: user_idx, n_test, n_cand and one column per `metric@k` plus `auc`.
 
-    e = ranked.select("user_idx", "n_test", "n_cand", F.posexplode("ranks").alias("pos0", "rank"))
-    r = F.col("rank").cast("double")
-    pos = F.col("pos0").cast("double") + 1.0
-    sums = []
-    for k in ks:
-        hit = F.col("rank") <= k
-        sums += [F.sum(hit.cast("double")).alias(f"hits_{k}"),
-                 F.sum(F.when(hit, 1.0 / F.log2(r + 1.0)).otherwise(0.0)).alias(f"dcg_{k}"),
-                 F.sum(F.when(hit, pos / r).otherwise(0.0)).alias(f"ap_{k}")]
-    below = (F.col("n_cand") - F.col("rank")) - (F.col("n_test") - pos)
-    sums.append(F.sum(below).alias("auc_sum"))
-    per = e.groupBy("user_idx", "n_test", "n_cand").agg(*sums)
-    idcg = F.array(*[F.lit(v) for v in _idcg_table(max(ks))])
-    t = F.col("n_test").cast("double")
-    cols = [F.col("user_idx"), F.col("n_test"), F.col("n_cand")]
-    for k in ks:
-        cap = F.least(F.lit(k), F.col("n_test"))
-        hits = F.col(f"hits_{k}")
-        cols += [(hits / k).alias(f"precision@{k}"), (hits / t).alias(f"recall@{k}"),
-                 (hits / cap).alias(f"recall_min@{k}"), (F.col(f"ap_{k}") / cap).alias(f"ap@{k}"),
-                 (F.col(f"dcg_{k}") / F.element_at(idcg, cap)).alias(f"ndcg@{k}")]
-    auc = F.when(F.col("n_cand") > F.col("n_test"), F.col("auc_sum") / (t * (F.col("n_cand") - F.col("n_test"))))
-    cols.append(auc.alias("auc"))
-    return per.select(*cols)
+    Computed inside tasks by kernels.ranking.metrics_from_ranks (the one implementation of the exact
+    metrics); Spark only averages the per-user values (`user_average`). Undefined values (AUC when every
+    candidate is held out) are null.
+    """
+    import pyarrow as pa
+    from pyspark.sql.types import DoubleType, IntegerType, LongType, StructField, StructType
+
+    names = [f"{m}@{k}" for k in ks for m in EXACT_METRICS] + ["auc"]
+    ids = ["user_idx", "n_test", "n_cand"]
+    schema = StructType([StructField("user_idx", IntegerType()), StructField("n_test", IntegerType()),
+                         StructField("n_cand", LongType())] + [StructField(n, DoubleType()) for n in names])
+
+    def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            ip, ranks = _list_column(batch.column("ranks"), np.int64)
+            per_user = metrics_from_ranks(ip, ranks, np.asarray(batch.column("n_cand"), np.int64), ks)
+            cols = [batch.column(c) for c in ids]
+            cols += [pa.array(per_user[n], pa.float64(), from_pandas=True) for n in names]  # NaN -> null
+            yield pa.RecordBatch.from_arrays(cols, names=ids + names)
+
+    return ranked.select(*ids, "ranks").mapInArrow(task, schema)
 
 
 def long_format(wide: Any, id_cols: list[str]) -> Any:

@@ -105,7 +105,9 @@ def write_report(spark: Any, cfg: Config, run_id: str, rows: list[dict[str, Any]
           "(equal scores: lower item id first). `recall` divides hits by |test|, `recall_min` by min(k, |test|). "
           "`item_*` metrics rank each held-out item alone against the user's negatives: `sampled` uses "
           f"m={sc.m} {sc.sampler} negatives, `corrected` is the Krichene & Rendle 2020 estimate "
-          f"(bias-variance, gamma={sc.gamma}; importance-weighted rank for popularity negatives), "
+          f"(bias-variance, gamma={sc.gamma}, constrained to values >= 0 by non-negative least squares: where "
+          "the unconstrained estimator has negative entries the same objective is minimised over values >= 0; "
+          "importance-weighted rank for popularity negatives), "
           "`exact` the same metric over all negatives.", "",
           metrics_table(rows, ks), "", "![metric@k](metrics_at_k.png)", "", "![training loss](loss.png)", ""]
     folder.write_text("\n".join(md), "report.md")

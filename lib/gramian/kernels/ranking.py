@@ -9,7 +9,8 @@ credited for recommending what the user already has. Metrics use binary relevanc
 - precision@k   = hits / k
 - ndcg@k        = DCG / IDCG, DCG = sum_j rel_j / log2(j + 2), IDCG over min(k, |T_u|) hits
 
-averaged over users with at least one test item.
+averaged over users with at least one test item. One implementation computes them all, from the
+held-out items' ranks (`metrics_from_ranks`); `ranking_metrics` reads those ranks off top-k lists.
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ def topk_excluding(
     return items_out, scores_out
 
 
+LIST_METRICS = ("recall", "recall_min", "precision", "ndcg")  # what `ranking_metrics` reports from top-k lists
+
+
 def ranking_metrics(
     topk_items: np.ndarray,
     test_indptr: np.ndarray,
@@ -142,7 +146,7 @@ def ranking_metrics_by_user(
     users: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The metrics of `ranking_metrics` per user with a test item ("users": their ids, in row order), for
-    paired comparisons of two models on the same users."""
+    paired comparisons of two models on the same users: `metrics_from_ranks` of `ranks_in_lists`."""
     top = np.asarray(topk_items)
     if top.ndim != 2:
         raise ValueError(f"topk_items must be 2-D (users x ranks), got shape {top.shape}")
@@ -154,6 +158,22 @@ def ranking_metrics_by_user(
             f"topk_items has {top.shape[1]} columns, fewer than the largest k={ks[-1]}: "
             f"compute the top-{ks[-1]} first"
         )
+    rows, ip, ranks = ranks_in_lists(top, test_indptr, test_indices, users)
+    per_user = metrics_from_ranks(ip, ranks, None, ks)
+    out: dict[str, np.ndarray] = {"users": rows}
+    out.update({f"{name}@{k}": per_user[f"{name}@{k}"] for k in ks for name in LIST_METRICS})
+    return out
+
+
+def ranks_in_lists(
+    topk_items: np.ndarray, test_indptr: np.ndarray, test_indices: np.ndarray, users: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranks of held-out items read off top-K lists: (users with a test item, their test CSR indptr, ranks).
+
+    A held-out item at place j (0-based) of its user's list has rank j + 1; one not in the list gets K + 1,
+    which is exact for every metric @k with k <= K (it is no hit at any such k). -1 slots never match.
+    """
+    top = np.asarray(topk_items).astype(np.int64)
     indptr = np.asarray(test_indptr, dtype=np.int64)
     indices = np.asarray(test_indices, dtype=np.int64)
     rows = np.arange(top.shape[0]) if users is None else np.asarray(users, dtype=np.int64).reshape(-1)
@@ -161,33 +181,23 @@ def ranking_metrics_by_user(
         raise ValueError(
             f"users must give one user per row of topk_items, got {len(rows)} for {top.shape[0]} rows"
         )
-    n_test = indptr[rows + 1] - indptr[rows]
-    keep = n_test > 0
-    rows, top, n_test = rows[keep], top[keep, : ks[-1]].astype(np.int64), n_test[keep]
-    out: dict[str, np.ndarray] = {"users": rows}
-    if len(rows) == 0:
-        for k in ks:
-            for name in ("recall", "recall_min", "precision", "ndcg"):
-                out[f"{name}@{k}"] = np.zeros(0)
-        return out
-    # Relevance by membership of (row, item) keys; -1 slots are never relevant.
-    width = int(max(indices.max(initial=-1), top.max(initial=-1))) + 2
+    keep = indptr[rows + 1] - indptr[rows] > 0
+    rows, top = rows[keep], top[keep]
     owner, offsets = _row_ranges(indptr, rows)
-    test_keys = owner * width + indices[offsets]
-    top_keys = np.arange(len(rows))[:, None] * width + top
-    rel = np.isin(top_keys, test_keys) & (top >= 0)
-    discounts = 1.0 / np.log2(np.arange(2, ks[-1] + 2))
-    ideal_cum = np.cumsum(discounts)
-    hits_cum = np.cumsum(rel, axis=1)
-    dcg_cum = np.cumsum(rel * discounts, axis=1)
-    for k in ks:
-        hits = hits_cum[:, k - 1].astype(np.float64)
-        denom_min = np.minimum(k, n_test)
-        out[f"recall@{k}"] = hits / n_test
-        out[f"recall_min@{k}"] = hits / denom_min
-        out[f"precision@{k}"] = hits / k
-        out[f"ndcg@{k}"] = dcg_cum[:, k - 1] / ideal_cum[denom_min - 1]
-    return out
+    ip = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(np.bincount(owner, minlength=len(rows)), out=ip[1:])
+    n_slots = top.shape[1]
+    if len(rows) == 0 or n_slots == 0:
+        return rows, ip, np.full(len(owner), n_slots + 1, np.int64)
+    # (row, item) keys; -1 slots become item width - 1, which no held-out item has
+    width = int(max(indices.max(initial=-1), top.max(initial=-1))) + 2
+    flat = (np.arange(len(rows))[:, None] * width + top).ravel()
+    order = np.argsort(flat, kind="stable")
+    keys = owner * width + indices[offsets]
+    at = np.minimum(np.searchsorted(flat[order], keys), len(flat) - 1)
+    found = flat[order][at] == keys
+    ranks = np.where(found, order[at] % n_slots + 1, n_slots + 1)
+    return rows, ip, ranks.astype(np.int64)
 
 
 # ---------------------------------------------------------------- ranks of held-out items (exact)
@@ -298,33 +308,34 @@ def heldout_ranks(
 
 
 def metrics_from_ranks(
-    indptr: np.ndarray, ranks: np.ndarray, n_candidates: np.ndarray, ks: Iterable[int],
+    indptr: np.ndarray, ranks: np.ndarray, n_candidates: np.ndarray | None, ks: Iterable[int],
 ) -> dict[str, np.ndarray]:
     """Per-user Precision, Recall (|T| and min(k,|T|) denominators), AP, NDCG @k and AUC from held-out ranks.
 
-    Paper §2.3 eq. 4-8 with R the user's ranks among `n_candidates` items. Users without held-out items
-    get NaN everywhere; AUC is NaN when every candidate is held out. Keys: "precision@k", "recall@k",
-    "recall_min@k", "ap@k", "ndcg@k", "auc".
+    Paper §2.3 eq. 4-8 with R the user's ranks among `n_candidates` items: the one implementation of the
+    exact ranking metrics (evaluate's rank tasks, `ranking_metrics` and the benchmarks call it). Users
+    without held-out items get NaN everywhere; AUC is NaN when every candidate is held out, and absent when
+    `n_candidates` is None. Keys: "precision@k", "recall@k", "recall_min@k", "ap@k", "ndcg@k", "auc".
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] <= 0:
         raise ValueError(f"k must hold positive cut-offs, got {ks}: use e.g. k=[10, 20]")
     ip, r = _csr(indptr, ranks, "ranks")
     n_rows = len(ip) - 1
-    n_cand = np.asarray(n_candidates, dtype=np.float64)
     t = np.diff(ip).astype(np.float64)
     owner = np.repeat(np.arange(n_rows), np.diff(ip))
     order = np.lexsort((r, owner))
     r, owner = r[order].astype(np.float64), owner[order]
     pos = np.arange(len(r)) - np.repeat(ip[:-1], np.diff(ip)) + 1.0  # 1-based place among the user's ranks
     empty = t == 0
+    ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, ks[-1] + 2)))])  # IDCG of c hits
     out: dict[str, np.ndarray] = {}
     with np.errstate(divide="ignore", invalid="ignore"):
         for k in ks:
             hit = r <= k
             hits = np.bincount(owner, weights=hit, minlength=n_rows)
             cap = np.minimum(k, t)
-            idcg = np.array([np.sum(1.0 / np.log2(np.arange(2, c + 2))) for c in cap.astype(np.int64)])
+            idcg = ideal[cap.astype(np.int64)]
             dcg = np.bincount(owner, weights=hit / np.log2(r + 1.0), minlength=n_rows)
             ap = np.bincount(owner, weights=hit * pos / r, minlength=n_rows)
             out[f"precision@{k}"] = np.where(empty, np.nan, hits / k)
@@ -332,6 +343,8 @@ def metrics_from_ranks(
             out[f"recall_min@{k}"] = np.where(empty, np.nan, hits / cap)
             out[f"ap@{k}"] = np.where(empty, np.nan, ap / cap)
             out[f"ndcg@{k}"] = np.where(empty, np.nan, dcg / idcg)
-        below = np.bincount(owner, weights=(n_cand[owner] - r) - (t[owner] - pos), minlength=n_rows)
-        out["auc"] = np.where(empty | (n_cand <= t), np.nan, below / (t * (n_cand - t)))
+        if n_candidates is not None:
+            n_cand = np.asarray(n_candidates, dtype=np.float64)
+            below = np.bincount(owner, weights=(n_cand[owner] - r) - (t[owner] - pos), minlength=n_rows)
+            out["auc"] = np.where(empty | (n_cand <= t), np.nan, below / (t * (n_cand - t)))
     return out

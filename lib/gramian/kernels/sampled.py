@@ -64,7 +64,9 @@ def corrected_values(name: str, k: int | None, n_neg: int, m: int, gamma: float)
     """M~(s) for s = 1..m+1: the bias-variance corrected value of a sampled rank (Krichene & Rendle §5).
 
     Minimises sum_rho [(E[M~ | rho] - M(rho))^2 + gamma Var[M~ | rho]] over exact ranks rho = 1..n_neg + 1:
-    x = ((1 - gamma) A^T A + gamma diag(A^T 1))^-1 A^T b, with A from `binomial_rank_matrix`.
+    x = ((1 - gamma) A^T A + gamma diag(A^T 1))^-1 A^T b, with A from `binomial_rank_matrix`, subject to
+    x >= 0 (a metric is never negative): where that solution has negative entries, the same objective is
+    minimised over x >= 0 (`nonnegative_quadratic`); elsewhere it is returned unchanged.
     """
     return corrected_table([(name, k)], n_neg, m, gamma)[:, 0]
 
@@ -78,7 +80,56 @@ def corrected_table(metrics: list[tuple[str, int | None]], n_neg: int, m: int, g
     b = np.stack([item_metric(name, k, ranks, n_neg) for name, k in metrics], axis=1)
     aw = a * weight[:, None]
     lhs = (1.0 - gamma) * (aw.T @ a) + gamma * np.diag(aw.sum(axis=0))
-    return np.linalg.lstsq(lhs, aw.T @ b, rcond=None)[0]
+    rhs = aw.T @ b
+    x = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    for j in np.flatnonzero((x < 0).any(axis=0)):  # a metric is never negative: constrain only where needed
+        x[:, j] = nonnegative_quadratic(lhs, rhs[:, j], x[:, j])
+    return x
+
+
+def nonnegative_quadratic(q: np.ndarray, c: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+    """argmin over x >= 0 of x^T q x / 2 - c^T x, q symmetric positive semi-definite (non-negative least squares).
+
+    Lawson & Hanson's active-set NNLS written on the normal equations (q = A^T A, c = A^T b), warm-started
+    from the positive entries of `start` (the unconstrained solution): the corrected sampled-metric values
+    minimise the same bias-variance objective as `corrected_table`, restricted to values >= 0. At most
+    3n + 10 entries join the passive set (each join lowers the objective), and x >= 0 after every step.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)
+    n = len(c)
+    tol = 1e-12 * max(1.0, float(np.abs(c).max(initial=0.0)), float(np.abs(q).max(initial=0.0)))
+
+    def solve_on(passive: np.ndarray) -> np.ndarray:
+        z = np.zeros(n)
+        if passive.any():
+            z[passive] = np.linalg.lstsq(q[np.ix_(passive, passive)], c[passive], rcond=None)[0]
+        return z
+
+    passive = np.zeros(n, bool) if start is None else np.asarray(start) > 0
+    z = solve_on(passive)
+    while (z[passive] <= 0).any():  # a feasible start: drop entries until the passive solve is positive
+        passive &= z > 0
+        z = solve_on(passive)
+    x = z
+    for _ in range(3 * n + 10):
+        grad = c - q @ x  # minus the gradient: > 0 where raising a zero entry lowers the objective
+        free = ~passive & (grad > tol)
+        if not free.any():
+            return x
+        passive[int(np.argmax(np.where(free, grad, -np.inf)))] = True
+        while True:
+            z = solve_on(passive)
+            if (z[passive] > 0).all():
+                x = z
+                break
+            hit = np.flatnonzero(passive & (z <= 0))
+            ratios = x[hit] / (x[hit] - z[hit])
+            x = x + float(ratios.min()) * (z - x)
+            x[hit[np.argmin(ratios)]] = 0.0  # the entry that reached the bound leaves, exactly
+            passive &= x > tol
+            x[~passive] = 0.0
+    return x  # not reached in practice; x is feasible (>= 0) at every step
 
 
 def rank_grid(n_neg: int, exact_up_to: int = 2048, points: int = 2048) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from gramian.runs import check_run_id, current_inputs, describe_split, run_where
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.model import IALS, IALSModel
 from gramian.train.pairwise import RankALS
+from gramian.train.rows import is_identity, to_indices, to_positions, trained_rows
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +52,23 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     n_users = int(users.agg(F.max("idx")).collect()[0][0]) + 1
     n_items = int(items.agg(F.max("idx")).collect()[0][0]) + 1
     inputs = current_inputs(spark, st)  # pinned: the run trains on, and later stages read, these versions
-    train_df = tables.read_version(spark, st, "train", inputs["train"])
+    train_df, user_rows = train_positions(tables.read_version(spark, st, "train", inputs["train"]), n_users)
+    n_trained = n_users if user_rows is None else len(user_rows)
     started = datetime.now(UTC)
-    ckpt = Checkpointer(checkpoint_store(spark, cfg, run_id), fingerprint(cfg, n_users, n_items), inputs)
+    ckpt = Checkpointer(checkpoint_store(spark, cfg, run_id), fingerprint(cfg, n_trained, n_items), inputs)
     if resume:
         check_resume(ckpt, inputs, run_id)
     t0 = time.perf_counter()
     estimator = ESTIMATORS[cfg.model.name].from_config(cfg.model, cfg.train)
-    model = estimator.fit(train_df, n_users, n_items, ckpt, resume=resume)
+    model = estimator.fit(train_df, n_trained, n_items, ckpt, resume=resume)
     seconds = time.perf_counter() - t0
-    write_factors(spark, cfg, run_id, model, users, items)
+    write_factors(spark, cfg, run_id, model, users, items, user_rows)
     write_run(spark, cfg, run_id, model, started, seconds, inputs)
     last = model.history[-1]
     return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "alpha0": model.config.alpha0,
             "epochs": last.epoch,
-            "users": n_users, "items": n_items, "final_loss": last.loss, "fit_seconds": round(seconds, 2),
-            "inputs": inputs}
+            "users": n_trained, "users_without_train_rows": n_users - n_trained, "items": n_items,
+            "final_loss": last.loss, "fit_seconds": round(seconds, 2), "inputs": inputs}
 
 
 def check_resume(ckpt: Checkpointer, inputs: dict[str, int], run_id: str) -> None:
@@ -75,16 +77,30 @@ def check_resume(ckpt: Checkpointer, inputs: dict[str, int], run_id: str) -> Non
     if saved is not None and not same_split(saved, inputs):
         raise InputDataError(
             f"the split must be the one run {run_id!r} was checkpointed on ({describe_split(saved)}) to resume, "
-            f"got {describe_split(inputs)} ({ckpt.folder}). Train from scratch (drop --resume) or under a new "
+            f"got {describe_split(inputs)} ({ckpt.store.uri}). Train from scratch (drop --resume) or under a new "
             f"--run-id.")
 
 
-def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any) -> None:
-    """user_factors / item_factors rows (run_id, idx, id, factors) replacing this run's earlier rows."""
+def train_positions(train_df: Any, n_users: int) -> tuple[Any, Any]:
+    """(train rows for the trainer, user rows or None): users without train rows get no factor row (train.rows)."""
+    rows = trained_rows(train_df)
+    if is_identity(rows, n_users):
+        return train_df, None
+    log.info("%d of %d users have no train rows (strong split or given test): they get no factor row",
+             n_users - len(rows), n_users)
+    return to_positions(train_df, rows), rows
+
+
+def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any,
+                  user_rows: Any = None) -> None:
+    """user_factors / item_factors rows (run_id, idx, id, factors) replacing this run's earlier rows.
+
+    `user_rows` (from `train_positions`) maps the trainer's user positions back to `users` indices."""
     from pyspark.sql import functions as F
 
     where = run_where(run_id)
-    for name, frame, ids in (("user_factors", model.user_factors, users),
+    user_frame = model.user_factors if user_rows is None else to_indices(model.user_factors, user_rows)
+    for name, frame, ids in (("user_factors", user_frame, users),
                              ("item_factors", model.item_factors, items)):
         out = (frame.join(ids.select("idx", "id"), "idx", "left")
                .select(F.lit(run_id).alias("run_id"), "idx", "id", "factors"))
