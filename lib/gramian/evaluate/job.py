@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from gramian import tables
+from gramian import tables, tracking
 from gramian.config import Config, ModelConfig, _build
 from gramian.errors import ConfigError, InputDataError
 from gramian.evaluate import metrics as M
@@ -234,6 +234,7 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
 
     folder = Path(st.root).expanduser() / "_runs" / run_id / "report"
     report = write_report(spark, cfg, run_id, metric_rows, folder)
+    tracking.safe(tracking.active().log_evaluation, metric_rows, label, folder)
     seconds = round(time.perf_counter() - t0, 2)
     return {"run_id": run_id, "models": [m for m, _ in models] + (["popularity"] if ev.popularity else []),
             "test_users": n_test_users, "items": n_catalogue, "k": list(ks), **_flat(summary_counts),

@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gramian import tables
+from gramian import tables, tracking
 from gramian.config import Config
 from gramian.errors import InputDataError
+from gramian.progress import EpochProgress
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.model import IALS, IALSModel
 from gramian.train.pairwise import RankALS
@@ -49,14 +50,37 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     ckpt = Checkpointer(Path(st.root).expanduser() / "_checkpoints" / run_id, fingerprint(cfg, n_users, n_items))
     t0 = time.perf_counter()
     estimator = ESTIMATORS[cfg.model.name].from_config(cfg.model, cfg.train)
-    model = estimator.fit(train_df, n_users, n_items, ckpt, resume=resume)
+    progress = EpochProgress(spark, cfg.model.epochs, label=f"train {run_id}")
+    tracker = tracking.active()
+
+    def on_epoch(stats: Any) -> None:
+        progress(stats)
+        tracking.safe(tracker.log_epoch, stats)
+
+    try:
+        model = estimator.fit(train_df, n_users, n_items, ckpt, resume=resume, on_epoch=on_epoch)
+    finally:
+        progress.close()
     seconds = time.perf_counter() - t0
     write_factors(spark, cfg, run_id, model, users, items)
     write_run(spark, cfg, run_id, model, started, seconds)
+    if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
+        tracking.safe(log_model, tracker, model, items, n_users)
     last = model.history[-1]
     return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "alpha0": model.config.alpha0,
             "epochs": last.epoch,
             "users": n_users, "items": n_items, "final_loss": last.loss, "fit_seconds": round(seconds, 2)}
+
+
+def log_model(tracker: tracking.NullTracker, model: IALSModel, items: Any, n_users: int) -> None:
+    """The trained item side as an MLflow pyfunc (gramian.pyfunc): item ids in `idx` order, the model config."""
+    h = model.item_array
+    t = items.select("idx", "id").toArrow()
+    ids: list[str | None] = [None] * len(h)
+    for i, v in zip(t.column("idx").to_pylist(), t.column("id").to_pylist(), strict=True):
+        if 0 <= i < len(ids):
+            ids[i] = v
+    tracker.log_model(item_factors=h, item_ids=ids, model=dataclasses.asdict(model.config), n_users=n_users)
 
 
 def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any) -> None:
