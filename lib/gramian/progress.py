@@ -63,6 +63,7 @@ class EpochProgress:
             describe_jobs(self.spark, f"{self.label} epoch {stats.epoch + 1}/{self.total}")
 
     def close(self) -> None:
+        """Close the bar; the stage's remaining jobs (writing factors) carry the label alone."""
         if self.bar is not None:
             self.bar.close()
-        describe_jobs(self.spark, None)
+        describe_jobs(self.spark, self.label)

@@ -160,3 +160,17 @@ def test_bad_config_exits_2_and_names_the_key(capsys, tmp_path):
 def test_train_without_a_split_explains_what_to_run_first(capsys, spark, tmp_path):
     assert cli(tmp_path, "train") == 2
     assert "gramian split" in capsys.readouterr().err
+
+
+def test_spark_jobs_carry_the_stage_and_epoch_they_belong_to(spark):
+    from gramian.progress import EpochProgress, describe_jobs
+    from gramian.train.als import EpochStats
+
+    progress = EpochProgress(spark, total=2, label="train r9", bar=False)
+    assert spark.sparkContext.getLocalProperty("spark.job.description") == "train r9 epoch 1/2"
+    progress(EpochStats(1, 1.0, 1.0, 0.0, 0.0, 0.1, 0.1))
+    assert spark.sparkContext.getLocalProperty("spark.job.description") == "train r9 epoch 2/2"
+    progress.close()
+    assert spark.sparkContext.getLocalProperty("spark.job.description") == "train r9"
+    describe_jobs(spark, None)
+    assert spark.sparkContext.getLocalProperty("spark.job.description") is None
