@@ -8,11 +8,11 @@ alone: no Spark session. The model directory holds item_factors.npy, item_ids.js
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 FACTORS, IDS, META = "item_factors.npy", "item_ids.json", "model.json"
 
@@ -89,26 +89,22 @@ except ImportError:  # mlflow missing: the scorer still works, the pyfunc wrappe
     _Base = object  # type: ignore[assignment,misc]
 
 
-with warnings.catch_warnings():  # MLflow asks for predict type hints, then reads them as an input schema
-    warnings.simplefilter("ignore", UserWarning)
+class FoldInModel(_Base):  # type: ignore[misc,valid-type]
+    """MLflow PythonModel around FoldInScorer: rows of (items, weights) -> rows of (item_ids, scores)."""
 
-    class FoldInModel(_Base):  # type: ignore[misc,valid-type]
-        """MLflow PythonModel around FoldInScorer: rows of (items, weights) -> rows of (item_ids, scores)."""
+    def load_context(self, context: Any) -> None:
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        ids = json.loads(Path(context.artifacts["ids"]).read_text())
+        self.scorer = FoldInScorer(np.load(context.artifacts["factors"]), ids, meta["model"], meta["n_users"])
 
-        def load_context(self, context: Any) -> None:
-            meta = json.loads(Path(context.artifacts["meta"]).read_text())
-            ids = json.loads(Path(context.artifacts["ids"]).read_text())
-            self.scorer = FoldInScorer(np.load(context.artifacts["factors"]), ids, meta["model"], meta["n_users"])
-
-        def predict(self, context, model_input, params=None):  # no hints: MLflow reads them as a schema
-            import pandas as pd
-
-            frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-            histories = [list(v) if v is not None else [] for v in frame["items"]]
-            if "weights" in frame.columns:
-                weights = [None if v is None or (np.isscalar(v) and pd.isna(v)) else list(v) for v in frame["weights"]]
-            else:
-                weights = [None] * len(histories)
-            n = int((params or {}).get("n", 10))
-            ids, scores = self.scorer.top_n(histories, weights, n)
-            return pd.DataFrame({"item_ids": ids, "scores": scores})
+    # a pd.DataFrame hint (not Any): MLflow warns on a missing hint and rejects Any; the signature is explicit
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        histories = [list(v) if v is not None else [] for v in frame["items"]]
+        if "weights" in frame.columns:
+            weights = [None if v is None or (np.isscalar(v) and pd.isna(v)) else list(v) for v in frame["weights"]]
+        else:
+            weights = [None] * len(histories)
+        n = int((params or {}).get("n", 10))
+        ids, scores = self.scorer.top_n(histories, weights, n)
+        return pd.DataFrame({"item_ids": ids, "scores": scores})
