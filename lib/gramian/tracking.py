@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 from gramian.config import Config
-from gramian.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +42,14 @@ def local_root(root: str) -> Path | None:
     return Path(path).expanduser().resolve()
 
 
-def tracking_uri(cfg: Config) -> str:
+def tracking_uri(cfg: Config) -> str | None:
     """Where runs go: tracking.uri, else $MLFLOW_TRACKING_URI, else Databricks' own workspace tracking
-    inside a Databricks runtime, else SQLite under a local storage.root (<root>/_mlflow/mlflow.db)."""
+    inside a Databricks runtime, else SQLite under a local storage.root (<root>/_mlflow/mlflow.db).
+
+    None when the root is not local (s3a://...) and no URI is given: there is no sensible place for a
+    SQLite file on an object store, so the run goes untracked with a warning (`tracked`), not failed:
+    a pipeline that ran before tracking existed keeps running.
+    """
     if cfg.tracking.uri:
         return cfg.tracking.uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -53,11 +57,7 @@ def tracking_uri(cfg: Config) -> str:
     if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
         return "databricks"
     local = local_root(cfg.storage.root)
-    if local is None:
-        raise ConfigError(f"tracking.uri must be set when storage.root is not a local path, got root "
-                          f"{cfg.storage.root!r} and no tracking.uri or MLFLOW_TRACKING_URI. Set tracking.uri "
-                          f"(an MLflow server, or 'databricks') or --set tracking.enabled=false.")
-    return f"sqlite:///{local / '_mlflow' / 'mlflow.db'}"
+    return None if local is None else f"sqlite:///{local / '_mlflow' / 'mlflow.db'}"
 
 
 def artifact_location(cfg: Config, uri: str) -> str | None:
@@ -236,12 +236,11 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def open_run(cfg: Config, run_id: str) -> Tracker:
-    """The MLflow run tagged with gramian run_id in tracking.experiment (created on first use)."""
+def open_run(cfg: Config, run_id: str, uri: str) -> Tracker:
+    """The MLflow run tagged with gramian run_id in tracking.experiment at `uri` (created on first use)."""
     _quiet_mlflow()
     from mlflow import MlflowClient
 
-    uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
@@ -259,20 +258,23 @@ def open_run(cfg: Config, run_id: str) -> Tracker:
 def tracked(cfg: Config, run_id: str, stage: str) -> Iterator[NullTracker]:
     """Make the run's MLflow run active for one stage; mark it FINISHED, or FAILED when the stage raises.
 
-    Tracking problems (a server down) are logged and the stage runs untracked; a storage.root that is
-    not local with no tracking.uri is a ConfigError (there is nowhere sensible to put the store).
+    Tracking problems (a server down) are logged and the stage runs untracked, and so does a run whose
+    storage.root is not local when no tracking URI is given (a warning names the remedy).
     """
     global _ACTIVE
-    if not cfg.tracking.enabled:
+    uri = tracking_uri(cfg) if cfg.tracking.enabled else None
+    if uri is None:
+        if cfg.tracking.enabled:
+            log.warning("MLflow tracking is off for stage %s: storage.root %r is not a local path and no "
+                        "tracking.uri or MLFLOW_TRACKING_URI is set. Set tracking.uri (an MLflow server, or "
+                        "'databricks'), or tracking.enabled=false to silence this.", stage, cfg.storage.root)
         yield NullTracker()
         return
     try:
-        tracker: NullTracker = open_run(cfg, run_id)
+        tracker: NullTracker = open_run(cfg, run_id, uri)
         tracker.log_params(flat_params(cfg.to_dict()))
         tracker.log_dict(cfg.to_dict(), "config.yaml")
         tracker.client.update_run(tracker.run_id, status="RUNNING")  # type: ignore[attr-defined]
-    except ConfigError:
-        raise
     except Exception as e:  # never lose a stage to the tracking server
         log.warning("MLflow tracking is off for stage %s: %s: %s", stage, type(e).__name__, e)
         tracker = NullTracker()

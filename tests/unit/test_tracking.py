@@ -28,12 +28,14 @@ def test_tracking_uri_is_sqlite_under_a_local_root(tmp_path, monkeypatch):
     assert tracking.tracking_uri(file_root) == tracking.tracking_uri(cfg)
 
 
-def test_tracking_uri_refuses_a_remote_root_without_a_uri(monkeypatch):
+def test_a_remote_root_without_a_uri_runs_untracked_with_a_warning(monkeypatch, caplog):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
     cfg = load_config("conf/synthetic.yaml", ["storage.root=s3a://bucket/wh"])
-    with pytest.raises(ConfigError, match=r"tracking.uri must be set .*s3a://bucket/wh.*tracking.enabled=false"):
-        tracking.tracking_uri(cfg)
+    assert tracking.tracking_uri(cfg) is None
+    with caplog.at_level(logging.WARNING, logger="gramian.tracking"), tracking.tracked(cfg, "r1", "train") as t:
+        assert not isinstance(t, tracking.Tracker) and not isinstance(tracking.active(), tracking.Tracker)
+    assert "storage.root 's3a://bucket/wh' is not a local path" in caplog.text and "tracking.uri" in caplog.text
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri(cfg) == "http://127.0.0.1:5000"
     given = load_config("conf/synthetic.yaml", ["storage.root=s3a://bucket/wh", "tracking.uri=databricks"])
