@@ -81,7 +81,7 @@ def flat_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def metric_name(metric: str, k: Any, method: str) -> str:
-    """MLflow name of one metrics-table row: recall_at_20 (exact), sampled.recall_at_20, count.users_evaluated."""
+    """MLflow name of one metrics-table row: recall_at_20 (exact), sampled.item_recall_at_20, count.users_evaluated."""
     base = metric if k is None else f"{metric}_at_{int(k)}"
     return base if method == "exact" else f"{method}.{base}"
 

@@ -76,7 +76,8 @@ def test_run_logs_one_mlflow_run_with_params_epoch_history_metrics_and_artifacts
     assert [m.step for m in loss] == [1, 2, 3] and loss[-1].value < loss[0].value
     assert len(client.get_metric_history(run.info.run_id, "user_step_seconds")) == 3
     metrics = run.data.metrics
-    assert {"recall_at_10", "recall_at_20", "ndcg_at_20", "sampled.recall_at_20", "index_recall"} <= set(metrics)
+    assert {"recall_at_10", "recall_at_20", "ndcg_at_20", "sampled.item_recall_at_20", "corrected.item_recall_at_20",
+            "index_recall"} <= set(metrics)
     st = StorageConfig(root=str(warehouse))
     exact = read(spark, st, "metrics").filter("run_id = 'r1' AND model = 'ials' AND metric = 'recall' "
                                                "AND k = 20 AND method = 'exact'").first()["value"]
