@@ -69,3 +69,13 @@ for name, rows in exact.sort_values("k").groupby("metric"):
 ax.set(title=f"exact metrics @k, run {run_id}", xlabel="k", ylabel="value")
 ax.legend()
 display(fig)
+
+# COMMAND ----------
+
+# MAGIC %md ## MLflow run
+# MAGIC Train and evaluate logged to one MLflow run tagged `gramian.run_id` (config as params, loss per epoch,
+# MAGIC metrics at every k, the report, the model as a pyfunc). On Databricks it is in the workspace's tracking.
+
+# COMMAND ----------
+
+print(f"MLflow run of {run_id}: {evaluated.get('mlflow_run', 'tracking is off (tracking.enabled: false)')}")

@@ -24,6 +24,7 @@ cfg = config_from_widgets(dbutils, publish__n="n")
 run_id = dbutils.widgets.get("run_id")
 published = execute(spark, cfg, run_id, "publish", publish, ORDER)
 display(published)
+print(f"MLflow run of {run_id}: {published.get('mlflow_run', 'tracking is off')}")
 
 # COMMAND ----------
 

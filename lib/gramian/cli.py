@@ -15,7 +15,7 @@ from typing import Any
 
 from gramian.config import Config, load_config
 from gramian.errors import GramianError
-from gramian.pipeline import ORDER, describe, execute, run_pipeline, stage_function
+from gramian.pipeline import ORDER, execute, run_pipeline, run_summary, stage_function, stage_line
 from gramian.runs import RUN_ID_RULE, check_run_id
 
 # stage name -> "module:function"; each function is run(spark, cfg, run_id) -> dict summary
@@ -78,6 +78,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help=f"identifies this run's outputs (default: a UTC timestamp); {RUN_ID_RULE}")
     p.add_argument("--resume", action="store_true", help="continue a stopped training run from its checkpoint")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="gramian's INFO lines too (default: warnings, "
+                   "per-epoch progress and the summary)")
 
 
 def new_run_id() -> str:
@@ -96,9 +98,8 @@ def run_stage(name: str, cfg: Config, run_id: str, spark: Any = None, **kwargs: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gramian` console script and of jobs/*.py."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
     try:
         if args.run_id is not None:
             check_run_id(args.run_id)
@@ -115,11 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.json:
                 print(format_summary(name, summary), flush=True)
 
+        def echo_line(name: str, summary: dict[str, Any]) -> None:
+            if not args.json:
+                print(stage_line(name, summary), flush=True)
+
         if args.command == "run":
             summaries = run_pipeline(spark, cfg, run_id, STAGES, PIPELINE, force=args.force, resume=args.resume,
-                                     echo=echo)
+                                     echo=echo_line)
             if not args.json:
-                print(describe(spark, cfg, run_id), flush=True)
+                print(run_summary(spark, cfg, run_id, summaries), flush=True)
         else:
             kwargs: dict[str, Any] = {"resume": args.resume} if args.command == "train" else {}
             if args.command == "gate":
@@ -136,6 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gramian {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log to stderr: gramian's warnings, per-epoch progress lines and (with --verbose) its INFO lines."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("gramian").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("gramian.progress").setLevel(logging.INFO)
+    for name in ("py4j", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def format_summary(stage: str, summary: dict[str, Any]) -> str:

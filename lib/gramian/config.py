@@ -103,7 +103,7 @@ class GenerateConfig:
     n_users: int = field(default=2000, metadata=_check("> 0", _positive))
     n_items: int = field(default=1000, metadata=_check("> 0", _positive))
     n_interactions: int = field(default=50_000, metadata=_check("> 0", _positive))
-    rank: int = field(default=16, metadata=_check("> 0", _positive))
+    rank: int = field(default=8, metadata=_check("> 0", _positive))
     popularity_exponent: float = field(default=1.0, metadata=_check(">= 0", _non_negative))
     signal: float = field(default=3.0, metadata=_check(">= 0", _non_negative))
     timestamps: bool = True
@@ -236,6 +236,16 @@ class PublishConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking of every stage (gramian.tracking): where runs go, and whether they are logged at all."""
+
+    enabled: bool = True
+    uri: str | None = None   # null: $MLFLOW_TRACKING_URI, else SQLite under a local storage.root
+    experiment: str = "gramian"
+    log_model: bool = True   # the trained model as an MLflow pyfunc (fold-in top-n)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration tree; sections and key names are the ones scripts and docs rely on."""
 
@@ -248,6 +258,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:

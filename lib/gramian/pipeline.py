@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gramian import tables
+from gramian import tables, tracking
 from gramian.config import Config
+from gramian.progress import describe_jobs
 from gramian.runs import check_run_id, run_rows, run_where
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,14 @@ def execute(spark: Any, cfg: Config, run_id: str, stage: str, func: Callable[...
     before = _get_conf(spark, USER_METADATA)
     spark.conf.set(USER_METADATA, run_id)
     try:
-        summary = func(spark, cfg, run_id, **kwargs)
+        describe_jobs(spark, f"{stage} {run_id}")
+        with tracking.tracked(cfg, run_id, stage) as tracker:
+            summary = func(spark, cfg, run_id, **kwargs)
+            tracking.safe(tracker.stage_done, stage, summary)
+        if tracker.link:
+            summary = {**summary, "mlflow_run": tracker.link}
     except BaseException as e:
+        describe_jobs(spark, None)
         spark.conf.set(USER_METADATA, before) if before else spark.conf.unset(USER_METADATA)
         try:
             record(spark, cfg, run_id, stage, "failed", started, fp,
@@ -136,6 +143,7 @@ def execute(spark: Any, cfg: Config, run_id: str, stage: str, func: Callable[...
         except Exception:  # recording must never hide the stage's own error
             log.exception("could not record the failure of %s", stage)
         raise
+    describe_jobs(spark, None)
     if before:
         spark.conf.set(USER_METADATA, before)
     else:
@@ -184,36 +192,74 @@ def run_pipeline(spark: Any, cfg: Config, run_id: str, stages: dict[str, str], p
     return summaries
 
 
-def describe(spark: Any, cfg: Config, run_id: str, users: int = 3, n: int = 5) -> str:
-    """The run's metrics table and the top-n of a few users, as text (whichever of them exist)."""
-    parts: list[str] = []
-    st = cfg.storage
-    run = run_rows(run_id)
-    if tables.exists(spark, st, "metrics"):
-        df = tables.read(spark, st, "metrics").filter(run)
-        cols = [c for c in ("model", "metric", "k", "method", "value", "sample_size") if c in df.columns]
-        rows = df.select(*cols).orderBy(*[c for c in ("model", "metric", "method", "k") if c in cols]).collect()
-        if rows:
-            parts.append("== metrics (" + run_id + ")")
-            parts.append("  " + "  ".join(f"{c:>10}" for c in cols))
-            for r in rows:
-                parts.append("  " + "  ".join(_cell(r[c]) for c in cols))
-    if tables.exists(spark, st, "topn"):
-        from pyspark.sql import functions as F
-
-        df = tables.read(spark, st, "topn").filter(run)
-        some = [r[0] for r in df.select("user_id").distinct().orderBy("user_id").limit(users).collect()]
-        if some:
-            parts.append(f"== top-{n} of {len(some)} users ({run_id})")
-            rows = (df.filter(F.col("user_id").isin(some) & (F.col("rank") <= n))
-                    .orderBy("user_id", "rank").collect())
-            by_user: dict[str, list[str]] = {}
-            for r in rows:
-                by_user.setdefault(str(r["user_id"]), []).append(f"{r['item_id']} ({r['score']:.3f})")
-            for user, items in by_user.items():
-                parts.append(f"  user {user}: " + ", ".join(items))
-    return "\n".join(parts)
+def stage_line(stage: str, summary: dict[str, Any]) -> str:
+    """One line per finished stage for `gramian run` (its full summary stays in --json and `stage_runs`)."""
+    if summary.get("skipped"):
+        return f"  {stage:<9} skipped ({summary.get('reason', 'complete')})"
+    facts = {"ingest": ("accepted", "quarantined", "users", "items"), "split": ("train", "test"),
+             "train": ("epochs", "final_loss"), "evaluate": ("test_users",), "publish": ("users", "index_recall")}
+    parts = [f"{k} {_short(summary[k])}" for k in facts.get(stage, ()) if k in summary]
+    seconds = summary.get("stage_seconds", summary.get("seconds"))
+    took = f"{seconds:7.1f} s" if isinstance(seconds, int | float) else ""
+    return f"  {stage:<9} {took}  " + ", ".join(parts)
 
 
-def _cell(value: Any) -> str:
-    return f"{value:>10.4f}" if isinstance(value, float) else f"{value!s:>10}"
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def headline(spark: Any, cfg: Config, run_id: str, k: int = 20) -> dict[str, dict[str, float]]:
+    """Exact Recall@k and NDCG@k per model of the run (the model and its popularity baseline)."""
+    from pyspark.sql import functions as F
+
+    if not tables.exists(spark, cfg.storage, "metrics"):
+        return {}
+    rows = (tables.read(spark, cfg.storage, "metrics")
+            .filter(run_rows(run_id) & (F.col("k") == k) & (F.col("method") == "exact")
+                    & F.col("metric").isin("recall", "ndcg"))
+            .select("model", "metric", "value").collect())
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        out.setdefault(r["model"], {})[r["metric"]] = float(r["value"])
+    return out
+
+
+def run_summary(spark: Any, cfg: Config, run_id: str, summaries: dict[str, dict[str, Any]]) -> str:
+    """What a person reads at the end of `gramian run`: model vs popularity with the lift, sizes, times, places."""
+    k = 20 if 20 in cfg.evaluate.k else sorted(cfg.evaluate.k)[0]
+    train = summaries.get("train", {})
+    lines = [f"== run {run_id}: {train.get('model', cfg.model.name)} dim {train.get('dim', cfg.model.dim)}, "
+             f"{train.get('epochs', cfg.model.epochs)} epochs on {train.get('users', '?')} users x "
+             f"{train.get('items', '?')} items"]
+    scores = headline(spark, cfg, run_id, k)
+    model = next((m for m in scores if m != "popularity" and "@" not in m), None)
+    if model is not None:
+        lines.append(f"  {'':<12}{'Recall@' + str(k):>10}{'NDCG@' + str(k):>10}")
+        for name in (model, "popularity"):
+            if name in scores:
+                s = scores[name]
+                lines.append(f"  {name:<12}{s.get('recall', float('nan')):>10.4f}{s.get('ndcg', float('nan')):>10.4f}")
+        pop = scores.get("popularity")
+        if pop:
+            lift = [_lift(scores[model].get(m), pop.get(m)) for m in ("recall", "ndcg")]
+            lines.append(f"  {'lift':<12}{lift[0]:>10}{lift[1]:>10}")
+    times = [f"{s} {v['stage_seconds']:.0f}s" for s, v in summaries.items() if "stage_seconds" in v]
+    if times:
+        total = sum(v["stage_seconds"] for v in summaries.values() if "stage_seconds" in v)
+        lines.append(f"  time: {', '.join(times)} (total {total:.0f}s)")
+    report = summaries.get("evaluate", {}).get("report")
+    if report:
+        lines.append(f"  report: {report}")
+    where = f"catalog {cfg.storage.catalog}.{cfg.storage.schema}" if cfg.storage.catalog else cfg.storage.root
+    lines.append(f"  tables: {where} (metrics, topn, runs, ...)")
+    link = next((v["mlflow_run"] for v in summaries.values() if v.get("mlflow_run")), None)
+    if link:
+        lines.append(f"  mlflow: {link}")
+    lines.append("  all metrics: --json, the `metrics` table or the report")
+    return "\n".join(lines)
+
+
+def _lift(value: float | None, base: float | None) -> str:
+    if value is None or not base:
+        return "n/a"
+    return f"{(value / base - 1) * 100:+.0f}%"

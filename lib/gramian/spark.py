@@ -119,7 +119,6 @@ def get_session(cfg: SparkConfig | None = None, extra_conf: dict[str, str] | Non
     if launched_by_spark_submit():
         return _submitted_session(cfg, extra_conf)
     pin_loopback_env()
-    from delta import configure_spark_with_delta_pip
     from pyspark.sql import SparkSession
 
     ivy = Path(cfg.ivy_folder)
@@ -130,15 +129,65 @@ def get_session(cfg: SparkConfig | None = None, extra_conf: dict[str, str] | Non
     conf["spark.driver.memory"] = cfg.driver_memory
     conf.update(cfg.conf)
     conf.update(extra_conf or {})
-    # configure_spark_with_delta_pip overwrites spark.jars.packages: packages asked for (e.g. hadoop-aws for an
-    # s3a:// root) go through its extra_packages instead
-    extra = [p.strip() for p in conf.pop("spark.jars.packages", "").split(",") if p.strip()]
+    packages = ",".join(dict.fromkeys([delta_package(), *_split(conf.pop("spark.jars.packages", ""))]))
+    conf.update(jar_settings(ivy, packages, conf.get("spark.jars", "")))
+    conf["spark.driver.extraJavaOptions"] = quiet_java_options(conf.get("spark.driver.extraJavaOptions", ""))
     for key, value in conf.items():
         builder = builder.config(key, value)
-    session = configure_spark_with_delta_pip(builder, extra_packages=extra).getOrCreate()
+    session = builder.getOrCreate()
     session.sparkContext.setLogLevel(cfg.log_level)
+    remember_jars(session, ivy, packages)
     log.info("started Spark %s, master %s, bound to %s", session.version, cfg.master, LOOPBACK)
     return session
+
+
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _manifest(ivy: Path, packages: str) -> Path:
+    """Where the jar paths Ivy resolved for exactly `packages` are remembered (one file per package set)."""
+    import hashlib
+
+    return ivy / f"gramian-jars-{hashlib.sha256(packages.encode()).hexdigest()[:12]}.txt"
+
+
+def jar_settings(ivy: Path, packages: str, jars: str = "") -> dict[str, str]:
+    """spark.jars from an earlier resolution of these packages when every jar is still cached, else
+    spark.jars.packages: Ivy (and its ~80-line resolution report) runs only when something must be fetched."""
+    manifest = _manifest(ivy, packages)
+    if manifest.is_file():
+        cached = manifest.read_text().split()
+        if cached and all(Path(j).is_file() for j in cached):
+            return {"spark.jars": ",".join([*_split(jars), *cached])}
+    return {"spark.jars.packages": packages}
+
+
+def remember_jars(session: Any, ivy: Path, packages: str) -> None:
+    """After an Ivy resolution, write the resolved jar paths (spark.jars under the Ivy dir) to the manifest."""
+    from urllib.parse import urlparse
+
+    try:
+        conf = session.sparkContext.getConf()
+        if conf.get("spark.jars.packages", None) is None:
+            return  # started from the manifest: nothing new to remember
+        resolved = [urlparse(j).path if j.startswith("file:") else j for j in _split(conf.get("spark.jars", ""))]
+        resolved = [j for j in resolved if Path(j).resolve().is_relative_to(ivy.resolve())]
+        if resolved and all(Path(j).is_file() for j in resolved):
+            _manifest(ivy, packages).write_text("\n".join(resolved) + "\n")
+    except Exception as e:  # a manifest only saves the next start's resolution
+        log.debug("could not remember the resolved jars: %s", e)
+
+
+LOG4J = Path(__file__).with_name("log4j2.properties")
+
+
+def quiet_java_options(given: str) -> str:
+    """The driver's Java options plus gramian's log4j2 file (WARN, minus warnings a user cannot act on),
+    unless the options already name a log4j configuration."""
+    if "log4j.configurationFile" in given or "log4j2.configurationFile" in given:
+        return given
+    return f"{given} -Dlog4j.configurationFile={LOG4J.as_uri()}".strip()
 
 
 def is_connect(session: Any) -> bool:

@@ -123,3 +123,24 @@ def test_generate_run_writes_parquet_that_ingest_reads_back(spark, tmp_path, sto
 def test_generate_never_writes_over_a_non_parquet_data_path(storage):
     cfg = dataclasses.replace(load_config("conf/ml-100k.yaml"), storage=storage)
     assert synthetic.output_path(cfg) == str(Path(storage.root).resolve().parent / "synthetic")
+
+
+def test_generate_defaults_let_ials_with_package_defaults_beat_popularity_clearly():
+    """The demo's promise: on default-shaped data iALS (package defaults) is well above popularity, as on the real
+    sets (2-4x on Recall@20). The pool-only draw before the exact one gave 0.249 vs 0.300 at the demo size."""
+    import dataclasses as dc
+
+    from benchmarks.datasets import _from_pairs, holdout
+    from benchmarks.evaluation import evaluate, popularity_factors
+    from benchmarks.peers import fit_gramian_numpy
+    from gramian.config import GenerateConfig, ModelConfig
+
+    gen = dc.replace(GenerateConfig(), n_users=1000, n_items=500, n_interactions=25_000)
+    a = synthetic.generate_from_config(gen)
+    split = _from_pairs("synthetic", a["user"], a["item"], a["weight"], holdout(a["user"], 0.2, 0), {})
+    params = dc.asdict(ModelConfig())
+    params.pop("confidence")
+    fit = fit_gramian_numpy(split, params, track_loss=False)
+    model = evaluate(split, fit.user_factors, fit.item_factors, ks=(20,))["recall@20"]
+    popularity = evaluate(split, *popularity_factors(split), ks=(20,))["recall@20"]
+    assert model > 1.5 * popularity, f"iALS Recall@20 {model:.4f} vs popularity {popularity:.4f}"

