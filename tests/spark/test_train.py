@@ -304,3 +304,58 @@ def test_each_block_is_built_once_in_its_own_partition(train_df):
     rows = built.select("block", "nnz", F.spark_partition_id().alias("p")).collect()
     assert sorted((r.block, r.p) for r in rows) == [(0, 0), (1, 1), (2, 2)]
     assert sum(r.nnz for r in rows) == train_df.count()
+
+
+class _Injected(RuntimeError):
+    """The failure the setup-leak test injects."""
+
+
+class _FailingCheckpoint:
+    def load(self, spark=None):
+        raise _Injected("checkpoint unreadable")
+
+
+@pytest.mark.parametrize("where,estimator,train", [
+    ("checkpoint load", "ials", TrainConfig()),
+    ("checkpoint load", "ials", TrainConfig(local_file_handoff=False)),
+    ("initial state", "ials", TrainConfig(routing="routed", num_user_blocks=2, num_item_blocks=2)),
+    ("routes", "ials", TrainConfig(routing="routed", num_user_blocks=2, num_item_blocks=2)),
+    ("item totals", "pairwise", TrainConfig()),
+    ("item totals", "pairwise", TrainConfig(local_file_handoff=False)),
+], ids=["checkpoint-shm", "checkpoint-cached", "initial-state-routed", "routes", "rankals-shm", "rankals-cached"])
+def test_a_failure_during_trainer_setup_leaves_no_scratch_file_or_cached_block(train_df, monkeypatch, where,
+                                                                                estimator, train):
+    from pyspark.storagelevel import StorageLevel
+
+    from gramian.train import RankALS
+    from gramian.train import als as als_module
+    from gramian.train.pairwise import PairwiseTrainer
+
+    est = (IALS if estimator == "ials" else RankALS)(dim=4, epochs=2, train=train)
+    made = []
+
+    class Recording(est.trainer_class):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    def fail(*args, **kwargs):
+        raise _Injected(where)
+
+    monkeypatch.setattr(est, "trainer_class", Recording)
+    if where == "initial state":
+        monkeypatch.setattr(Recording, "initial_state", fail)
+    elif where == "routes":
+        monkeypatch.setattr(als_module.routed, "build_routes", fail)
+    elif where == "item totals":
+        monkeypatch.setattr(PairwiseTrainer, "_run", fail)
+    with pytest.raises(_Injected):
+        est.fit(train_df, N_USERS, N_ITEMS, _FailingCheckpoint(), resume=where == "checkpoint load")
+    (trainer,) = made
+    if train.local_file_handoff and train.routing != "routed":
+        assert trainer.handoff.folder is not None  # the files existed: now they are gone
+        assert not trainer.handoff.folder.exists()
+    else:
+        assert trainer.blocks  # blocks were cached: now none is
+        assert all(df.storageLevel == StorageLevel.NONE for df in (*trainer.blocks.values(),
+                                                                  *trainer.routes.values()))

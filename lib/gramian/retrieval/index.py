@@ -5,7 +5,10 @@ popularity, and normalising would turn maximum inner product search into a diffe
 An index lives in one directory: each build in a subfolder named by its token (meta.json,
 item_factors.npy, item_ids.npy and, for ScaNN, the serialized searcher under scann/) and a CURRENT file
 naming the live build, swapped atomically. Searchers do not pickle, so Spark tasks receive only the path
-and token, and `load_index` keeps one loaded copy per Python worker process, keyed by both.
+and token, and `load_index` keeps one loaded copy per Python worker process, keyed by both. At most
+GRAMIAN_INDEX_CACHE_SIZE indexes (default 2; set it in the executors' environment, e.g.
+spark.executorEnv.GRAMIAN_INDEX_CACHE_SIZE) stay loaded per process, least recently used evicted first:
+a notebook or a long-lived worker publishing run after run would otherwise hold every run's factors.
 
 Top-n excluding a user's training items asks the searcher for n + min(32, history length rounded up to a
 power of two) neighbours and filters, then asks again with n + the rounded history length for users left
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -195,11 +200,44 @@ def build_index(item_factors: np.ndarray, item_ids: np.ndarray, path: str | Path
             shutil.rmtree(old, ignore_errors=True)
     index = ItemIndex(str(root), token, params, h, ids, searcher, full_meta)
     with _LOCK:
-        _CACHE[(str(root), token)] = index
+        _CACHE.put((str(root), token), index)
     return index
 
 
-_CACHE: dict[tuple[str, str], ItemIndex] = {}
+def _cache_size() -> int:
+    """GRAMIAN_INDEX_CACHE_SIZE, a positive number of indexes (default 2)."""
+    raw = os.environ.get("GRAMIAN_INDEX_CACHE_SIZE", "2")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"GRAMIAN_INDEX_CACHE_SIZE must be a whole number >= 1, got {raw!r} (environment). "
+                          f"Unset it for the default of 2.")
+    return int(raw)
+
+
+class IndexCache:
+    """Loaded indexes by (path, token), at most `size`, least recently used evicted first (callers hold _LOCK
+    to add; a lookup is one dict access and a reorder)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], ItemIndex] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> ItemIndex | None:
+        index = self._items.get(key)
+        if index is not None:
+            self._items.move_to_end(key)
+        return index
+
+    def put(self, key: tuple[str, str], index: ItemIndex) -> None:
+        self._items[key] = index
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+_CACHE = IndexCache(_cache_size())
 _LOCK = threading.Lock()
 
 
@@ -210,8 +248,11 @@ def load_index(path: str | Path, token: str | None = None) -> ItemIndex:
     never serves a searcher that was rebuilt since it was loaded.
     """
     p = Path(path)
-    if token is not None and (str(p), token) in _CACHE:
-        return _CACHE[(str(p), token)]
+    if token is not None:
+        with _LOCK:
+            cached = _CACHE.get((str(p), token))
+        if cached is not None:
+            return cached
     with _LOCK:
         pointer = p / CURRENT
         if not pointer.is_file():
@@ -222,8 +263,9 @@ def load_index(path: str | Path, token: str | None = None) -> ItemIndex:
             raise InputDataError(f"item index at {str(p)!r} was rebuilt while in use (token {current!r}, "
                                  f"expected {token!r}). Re-run the publish.")
         key = (str(p), current)
-        if key in _CACHE:
-            return _CACHE[key]
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
         d = p / current
         meta = json.loads((d / META).read_text())
         params = IndexParams(**meta["params"])
@@ -233,7 +275,7 @@ def load_index(path: str | Path, token: str | None = None) -> ItemIndex:
 
             searcher = scann.scann_ops_pybind.load_searcher(str(d / SEARCHER))
         index = ItemIndex(str(p), current, params, np.load(d / FACTORS), np.load(d / IDS), searcher, meta)
-        _CACHE[key] = index
+        _CACHE.put(key, index)
         return index
 
 
