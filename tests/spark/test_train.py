@@ -212,14 +212,10 @@ def test_model_save_and_load_round_trip(train_df, tmp_path):
 
 CONNECT_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, pandas as pd
-    from pyspark.sql import SparkSession
-    from gramian.spark import pin_loopback_env, is_connect
+    from gramian.spark import active_session, is_connect, local_connect_session
     from gramian.config import TrainConfig
     from gramian import train
-    pin_loopback_env()
-    spark = (SparkSession.builder.remote("local[2]")
-             .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-             .config("spark.ui.enabled", "false").getOrCreate())
+    spark = local_connect_session()  # loopback, a free port: parallel runs do not fight over 15002
     assert is_connect(spark), type(spark)
     pairs = pd.read_parquet(sys.argv[1])
     estimator = getattr(train, sys.argv[5])  # IALS or RankALS
@@ -227,6 +223,7 @@ CONNECT_SCRIPT = textwrap.dedent("""
         spark.createDataFrame(pairs), int(sys.argv[3]), int(sys.argv[4]))
     np.savez(sys.argv[2], user=model.user_array, item=model.item_array)
     spark.stop()
+    active_session().stop()  # the local server
 """)
 
 
