@@ -145,7 +145,7 @@ def local_connect_session(cfg: SparkConfig | None = None) -> Any:
     a second local Connect session on the machine (a notebook, a parallel test run) fails to start, and a
     client can end up on another process's server. Here the server (a classic local session from
     `get_session` with the Connect plugin) takes an ephemeral loopback port and the client is given it.
-    Stop both when done: the Connect session, then `active_session()` (the server).
+    Its `stop()` stops the server too, as in pyspark's own local remote mode.
     """
     from gramian.errors import ConfigError
 
@@ -157,6 +157,11 @@ def local_connect_session(cfg: SparkConfig | None = None) -> Any:
                                "spark.connect.grpc.binding.port": "0"})
     service = getattr(getattr(server._jvm, "org.apache.spark.sql.connect.service.SparkConnectService$"), "MODULE$")
     from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    # what builder.remote("local") sets: pyspark.sql.functions builds Connect columns only in Connect mode,
+    # and stopping a local-remote Connect session stops its server too
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    os.environ["SPARK_LOCAL_REMOTE"] = "1"
 
     return ConnectSession.builder.remote(f"sc://{LOOPBACK}:{service.localPort()}").getOrCreate()
 

@@ -207,7 +207,7 @@ CONNECT_PUBLISH = textwrap.dedent("""
     import pyarrow.parquet as pq
     from gramian.config import Config, PublishConfig, StorageConfig
     from gramian.retrieval.publish import read_topn, run as publish
-    from gramian.spark import active_session, is_connect, local_connect_session
+    from gramian.spark import is_connect, local_connect_session
     spark = local_connect_session()  # loopback, a free port (not 0.0.0.0:15002), Delta from the Ivy cache
     assert is_connect(spark), type(spark)
     assert spark.client._builder.endpoint != "127.0.0.1:15002" and spark.client._builder.host == "127.0.0.1"
@@ -215,8 +215,7 @@ CONNECT_PUBLISH = textwrap.dedent("""
     summary = publish(spark, cfg, "r1")
     pq.write_table(read_topn(spark, cfg.storage).toArrow(), sys.argv[3])
     json.dump(summary, open(sys.argv[4], "w"))
-    spark.stop()
-    active_session().stop()  # the local server
+    spark.stop()  # and the local server
 """)
 
 

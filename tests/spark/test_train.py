@@ -212,7 +212,7 @@ def test_model_save_and_load_round_trip(train_df, tmp_path):
 
 CONNECT_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, pandas as pd
-    from gramian.spark import active_session, is_connect, local_connect_session
+    from gramian.spark import is_connect, local_connect_session
     from gramian.config import TrainConfig
     from gramian import train
     spark = local_connect_session()  # loopback, a free port: parallel runs do not fight over 15002
@@ -222,8 +222,7 @@ CONNECT_SCRIPT = textwrap.dedent("""
     model = estimator(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2)).fit(
         spark.createDataFrame(pairs), int(sys.argv[3]), int(sys.argv[4]))
     np.savez(sys.argv[2], user=model.user_array, item=model.item_array)
-    spark.stop()
-    active_session().stop()  # the local server
+    spark.stop()  # and the local server
 """)
 
 
