@@ -190,6 +190,34 @@ def quiet_java_options(given: str) -> str:
     return f"{given} -Dlog4j.configurationFile={LOG4J.as_uri()}".strip()
 
 
+def local_connect_session(cfg: SparkConfig | None = None) -> Any:
+    """A Spark Connect session on a local Connect server bound to 127.0.0.1 at a free port, with Delta.
+
+    `builder.remote("local[*]")` binds its server to 0.0.0.0:15002 and points its client at localhost:15002:
+    a second local Connect session on the machine (a notebook, a parallel test run) fails to start, and a
+    client can end up on another process's server. Here the server (a classic local session from
+    `get_session` with the Connect plugin) takes an ephemeral loopback port and the client is given it.
+    Its `stop()` stops the server too, as in pyspark's own local remote mode.
+    """
+    from gramian.errors import ConfigError
+
+    if active_session() is not None:
+        raise ConfigError("a local Spark Connect server must start in a process without a Spark session, got "
+                          "one already running (local_connect_session). Call it first, or stop the session.")
+    server = get_session(cfg, {"spark.plugins": "org.apache.spark.sql.connect.SparkConnectPlugin",
+                               "spark.connect.grpc.binding.address": LOOPBACK,
+                               "spark.connect.grpc.binding.port": "0"})
+    service = getattr(getattr(server._jvm, "org.apache.spark.sql.connect.service.SparkConnectService$"), "MODULE$")
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    # what builder.remote("local") sets: pyspark.sql.functions builds Connect columns only in Connect mode,
+    # and stopping a local-remote Connect session stops its server too
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    os.environ["SPARK_LOCAL_REMOTE"] = "1"
+
+    return ConnectSession.builder.remote(f"sc://{LOOPBACK}:{service.localPort()}").getOrCreate()
+
+
 def is_connect(session: Any) -> bool:
     """True for a Spark Connect session (no SparkContext, no RDD API)."""
     return type(session).__module__.startswith("pyspark.sql.connect")

@@ -222,6 +222,70 @@ def test_merge_duplicates_follows_the_policy(spark, policy, weight):
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+# ---------------------------------------------------------------- ids that could silently merge
+
+# (line, bytes of the line, reason or None, raw as the quarantine table keeps it)
+ID_BYTES = [
+    (2, b"u1,a,1", None, None),
+    (3, b"u\xff1,a,1", Reason.USER_NOT_UTF8, "u\\xff1,a,1"),  # both would read as "u\ufffd1" and merge
+    (4, b"u\xfe1,a,1", Reason.USER_NOT_UTF8, "u\\xfe1,a,1"),
+    (5, b"u2,b\xc3,1", Reason.ITEM_NOT_UTF8, "u2,b\\xc3,1"),  # a UTF-8 sequence cut short
+    (6, b"u\x003,c,1", Reason.USER_CONTROL, "u\\x003,c,1"),  # NUL
+    (7, b"u4,d\xc2\x85,1", Reason.ITEM_CONTROL, "u4,d\\u0085,1"),  # C1 control (NEL), valid UTF-8
+    (8, b"u5,e\x07x,1", Reason.ITEM_CONTROL, "u5,e\\x07x,1"),  # BEL
+    (9, b"caf\xc3\xa9,\xe2\x82\xac,1", None, None),  # valid non-ASCII ids stay
+    (10, b"u6,f,2\xff", Reason.WEIGHT_NOT_NUMBER, "u6,f,2\\xff"),
+    (11, b'u7,"g\xff,h",1', Reason.ITEM_NOT_UTF8, 'u7,"g\\xff,h",1'),  # inside a quoted field
+    (12, b"\\b\xed\xa0\x80,i,1", Reason.USER_NOT_UTF8, "\\\\b\\xed\\xa0\\x80,i,1"),  # a surrogate; backslash
+    (13, b"u8,\xef\xbf\xbd,1", None, None),  # a real U+FFFD is valid UTF-8
+    (14, b"u9,j", Reason.FIELD_COUNT, "u9,j"),  # clean lines are kept as they are
+]
+
+
+def test_ingest_quarantines_csv_ids_that_are_not_utf8_or_hold_control_characters(spark, tmp_path, storage):
+    path = tmp_path / "bytes.csv"
+    path.write_bytes(b"user_id,item_id,rating\r\n" + b"\r\n".join(line for _, line, _, _ in ID_BYTES) + b"\r\n")
+    cfg = _cfg(None, storage, f"data.path={path}", "data.format=csv", "data.columns.weight=rating")
+    summary = ingest.run(spark, cfg, "bytes1")
+    bad = [(n, reason, raw) for n, _, reason, raw in ID_BYTES if reason is not None]
+    assert (summary["read"], summary["accepted"], summary["quarantined"]) == (len(ID_BYTES), 3, len(bad))
+    got = {r["line"]: (r["reason"], r["raw"]) for r in _read(spark, storage, "quarantine").collect()}
+    assert got == {n: (reason, raw) for n, reason, raw in bad}
+    users = sorted(r["id"] for r in _read(spark, storage, "users").collect())
+    assert users == ["caf\u00e9", "u1", "u8"]
+    items = sorted(r["id"] for r in _read(spark, storage, "items").collect())
+    assert items == ["a", "\u20ac", "\ufffd"]
+
+
+def test_ingest_quarantines_lightgcn_tokens_that_are_not_non_negative_integers(spark, tmp_path, storage):
+    path = tmp_path / "train.txt"
+    path.write_bytes(b"0 1 2 3\n1 2 x -3 4\nx 1 2\n-3 5\n2 \xff7 8\n3\xfe 1\n4 5\x006 +7 9\n")
+    summary = ingest.run(spark, _cfg(None, storage, f"data.path={path}", "data.format=lightgcn"), "gcn1")
+    assert (summary["read"], summary["accepted"], summary["quarantined"]) == (16, 7, 9)
+    got = sorted((r["line"], r["raw"], r["reason"]) for r in _read(spark, storage, "quarantine").collect())
+    assert got == sorted([(2, "1 -3", Reason.ITEM_NOT_INTEGER), (2, "1 x", Reason.ITEM_NOT_INTEGER),
+                          (3, "x 1", Reason.USER_NOT_INTEGER), (3, "x 2", Reason.USER_NOT_INTEGER),
+                          (4, "-3 5", Reason.USER_NOT_INTEGER), (5, "2 \\xff7", Reason.ITEM_NOT_UTF8),
+                          (6, "3\\xfe 1", Reason.USER_NOT_UTF8), (7, "4 5\\x006", Reason.ITEM_CONTROL),
+                          (7, "4 +7", Reason.ITEM_NOT_INTEGER)])
+    pairs = sorted(tuple(r) for r in _read(spark, storage, "interactions").select("user_id", "item_id").collect())
+    assert pairs == [("0", "1"), ("0", "2"), ("0", "3"), ("1", "2"), ("1", "4"), ("2", "8"), ("4", "9")]
+
+
+def test_ingest_quarantines_parquet_ids_that_are_not_utf8(spark, tmp_path, storage):
+    df = spark.createDataFrame([("7531", "a"), ("75FF31", "a"), ("75FE31", "a"), ("7500", "b")], "u string, i string")
+    df.select(F.unhex("u").cast("string").alias("u"), "i").write.parquet(str(tmp_path / "p"))
+    cfg = _cfg(None, storage, f"data.path={tmp_path / 'p'}", "data.format=parquet", "data.columns.user=u",
+               "data.columns.item=i", "data.columns.weight=null")
+    loaded = ingest.load(spark, cfg, str(tmp_path / "p"))
+    try:
+        got = sorted((r["reason"] or "") for r in loaded.checked.collect())
+        assert got == ["", Reason.USER_CONTROL, Reason.USER_NOT_UTF8, Reason.USER_NOT_UTF8]
+        assert (loaded.read, loaded.accepted, loaded.quarantined) == (4, 1, 3)
+    finally:
+        loaded.release()
+
+
 # ---------------------------------------------------------------- file-level problems
 
 

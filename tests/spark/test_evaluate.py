@@ -260,14 +260,11 @@ def test_empty_test_set_is_refused(spark, storage):
 CONNECT_SCRIPT = """
 import json, sys
 import numpy as np, pandas as pd
-from pyspark.sql import SparkSession
-from gramian.spark import pin_loopback_env, is_connect
+from gramian.spark import is_connect, local_connect_session
 from gramian.evaluate import metrics as M
 from gramian.evaluate.ranks import Scorer, rank_users
 from gramian.kernels.sampled import negative_weights
-pin_loopback_env()
-spark = (SparkSession.builder.remote("local[2]").config("spark.driver.host", "127.0.0.1")
-         .config("spark.driver.bindAddress", "127.0.0.1").config("spark.ui.enabled", "false").getOrCreate())
+spark = local_connect_session()  # its server on 127.0.0.1 at a free port
 assert is_connect(spark), type(spark)
 rows = pd.read_json(sys.argv[1])
 z = np.load(sys.argv[2])

@@ -204,24 +204,19 @@ def test_cli_recommend_prints_the_list_and_exits_2_when_every_id_is_unknown(spar
 
 
 CONNECT_PUBLISH = textwrap.dedent("""
-    import json, os, sys
+    import json, sys
     import pyarrow.parquet as pq
-    from pyspark.sql import SparkSession
-    from gramian.config import Config, PublishConfig, SparkConfig, StorageConfig
+    from gramian.config import Config, PublishConfig, StorageConfig
     from gramian.retrieval.publish import read_topn, run as publish
-    from gramian.spark import _LOCAL_DEFAULTS, delta_package, is_connect, pin_loopback_env
-    pin_loopback_env()
-    builder = SparkSession.builder.remote("local[2]")
-    ivy = SparkConfig().ivy_folder  # the classic sessions' Ivy cache: Delta resolves offline
-    for key, value in {**_LOCAL_DEFAULTS, "spark.jars.packages": delta_package(), "spark.jars.ivy": ivy}.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    from gramian.spark import is_connect, local_connect_session
+    spark = local_connect_session()  # loopback, a free port (not 0.0.0.0:15002), Delta from the Ivy cache
     assert is_connect(spark), type(spark)
+    assert spark.client._builder.endpoint != "127.0.0.1:15002" and spark.client._builder.host == "127.0.0.1"
     cfg = Config(storage=StorageConfig(root=sys.argv[1]), publish=PublishConfig(**json.loads(sys.argv[2])))
     summary = publish(spark, cfg, "r1")
     pq.write_table(read_topn(spark, cfg.storage).toArrow(), sys.argv[3])
     json.dump(summary, open(sys.argv[4], "w"))
-    spark.stop()
+    spark.stop()  # and the local server
 """)
 
 

@@ -47,19 +47,12 @@ def test_unreachable_root_names_the_key_and_what_to_check(spark):
 
 
 CONNECT_TABLES = textwrap.dedent("""
-    import json, os, sys
-    from pyspark.sql import SparkSession
+    import json, sys
     from gramian import storage, tables
     from gramian.config import SparkConfig, StorageConfig
-    from gramian.spark import _LOCAL_DEFAULTS, delta_package, is_connect, pin_loopback_env
-    pin_loopback_env()
-    builder = SparkSession.builder.remote("local[2]")
-    ivy = os.path.expanduser(SparkConfig().ivy_dir)
-    conf = {**_LOCAL_DEFAULTS, "spark.jars.packages": delta_package(), "spark.jars.ivy": ivy,
-            "spark.hadoop.fs.s3a.endpoint": "http://127.0.0.1:9", "spark.hadoop.fs.s3a.path.style.access": "true"}
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    from gramian.spark import is_connect, local_connect_session
+    spark = local_connect_session(SparkConfig(conf={"spark.hadoop.fs.s3a.endpoint": "http://127.0.0.1:9",
+                                                    "spark.hadoop.fs.s3a.path.style.access": "true"}))
     assert is_connect(spark), type(spark)
     st = StorageConfig(root=sys.argv[1])
     out = {"before": tables.exists(spark, st, "t")}

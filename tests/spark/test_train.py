@@ -212,21 +212,17 @@ def test_model_save_and_load_round_trip(train_df, tmp_path):
 
 CONNECT_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, pandas as pd
-    from pyspark.sql import SparkSession
-    from gramian.spark import pin_loopback_env, is_connect
+    from gramian.spark import is_connect, local_connect_session
     from gramian.config import TrainConfig
     from gramian import train
-    pin_loopback_env()
-    spark = (SparkSession.builder.remote("local[2]")
-             .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-             .config("spark.ui.enabled", "false").getOrCreate())
+    spark = local_connect_session()  # loopback, a free port: parallel runs do not fight over 15002
     assert is_connect(spark), type(spark)
     pairs = pd.read_parquet(sys.argv[1])
     estimator = getattr(train, sys.argv[5])  # IALS or RankALS
     model = estimator(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2)).fit(
         spark.createDataFrame(pairs), int(sys.argv[3]), int(sys.argv[4]))
     np.savez(sys.argv[2], user=model.user_array, item=model.item_array)
-    spark.stop()
+    spark.stop()  # and the local server
 """)
 
 
@@ -304,3 +300,58 @@ def test_each_block_is_built_once_in_its_own_partition(train_df):
     rows = built.select("block", "nnz", F.spark_partition_id().alias("p")).collect()
     assert sorted((r.block, r.p) for r in rows) == [(0, 0), (1, 1), (2, 2)]
     assert sum(r.nnz for r in rows) == train_df.count()
+
+
+class _Injected(RuntimeError):
+    """The failure the setup-leak test injects."""
+
+
+class _FailingCheckpoint:
+    def load(self, spark=None):
+        raise _Injected("checkpoint unreadable")
+
+
+@pytest.mark.parametrize("where,estimator,train", [
+    ("checkpoint load", "ials", TrainConfig()),
+    ("checkpoint load", "ials", TrainConfig(local_file_handoff=False)),
+    ("initial state", "ials", TrainConfig(routing="routed", num_user_blocks=2, num_item_blocks=2)),
+    ("routes", "ials", TrainConfig(routing="routed", num_user_blocks=2, num_item_blocks=2)),
+    ("item totals", "pairwise", TrainConfig()),
+    ("item totals", "pairwise", TrainConfig(local_file_handoff=False)),
+], ids=["checkpoint-shm", "checkpoint-cached", "initial-state-routed", "routes", "rankals-shm", "rankals-cached"])
+def test_a_failure_during_trainer_setup_leaves_no_scratch_file_or_cached_block(train_df, monkeypatch, where,
+                                                                                estimator, train):
+    from pyspark.storagelevel import StorageLevel
+
+    from gramian.train import RankALS
+    from gramian.train import als as als_module
+    from gramian.train.pairwise import PairwiseTrainer
+
+    est = (IALS if estimator == "ials" else RankALS)(dim=4, epochs=2, train=train)
+    made = []
+
+    class Recording(est.trainer_class):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    def fail(*args, **kwargs):
+        raise _Injected(where)
+
+    monkeypatch.setattr(est, "trainer_class", Recording)
+    if where == "initial state":
+        monkeypatch.setattr(Recording, "initial_state", fail)
+    elif where == "routes":
+        monkeypatch.setattr(als_module.routed, "build_routes", fail)
+    elif where == "item totals":
+        monkeypatch.setattr(PairwiseTrainer, "_run", fail)
+    with pytest.raises(_Injected):
+        est.fit(train_df, N_USERS, N_ITEMS, _FailingCheckpoint(), resume=where == "checkpoint load")
+    (trainer,) = made
+    if train.local_file_handoff and train.routing != "routed":
+        assert trainer.handoff.folder is not None  # the files existed: now they are gone
+        assert not trainer.handoff.folder.exists()
+    else:
+        assert trainer.blocks  # blocks were cached: now none is
+        assert all(df.storageLevel == StorageLevel.NONE for df in (*trainer.blocks.values(),
+                                                                  *trainer.routes.values()))

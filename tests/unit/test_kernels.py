@@ -15,6 +15,7 @@ from gramian.kernels import (
     solve_side,
 )
 from gramian.kernels.reference import (
+    cg_rows_slow,
     dense_gradient,
     dense_loss,
     dense_original_loss,
@@ -204,6 +205,61 @@ def test_cg_started_at_the_solution_stays_there():
     exact = solve(p, "users", p.users, p.items, lam_u, solver="cholesky")
     again = solve(p, "users", exact, p.items, lam_u, solver="cg", cg_steps=3)
     np.testing.assert_allclose(again, exact, atol=1e-12)
+
+
+def rows_with_counts(counts, n_items=3000, d=6, seed=0, other_dtype=np.float64):
+    """A CSR block whose row r observes counts[r] distinct random items, with random weights and start."""
+    rng = np.random.default_rng(seed)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices = np.concatenate([rng.choice(n_items, c, replace=False) for c in counts]).astype(np.int64)
+    alpha, target = rng.uniform(0.5, 3.0, indptr[-1]), rng.uniform(0.5, 2.0, indptr[-1])
+    other = rng.normal(0.0, 0.1, (n_items, d)).astype(other_dtype)
+    return indptr, indices, alpha, target, other, rng.normal(0.0, 0.3, (len(counts), d)), rng.uniform(0.05, 0.5,
+                                                                                                      len(counts))
+
+
+# the group buffer (_rows._GROUP_OBS = 4096) exactly full after two rows, then rows without observations
+FULL_BUFFER = [2048, 2048, 0, 0, 5, 3] + [1] * 26 + [0, 4]
+LOCKSTEP_CASES = {
+    "buffer exactly full, empty rows at the boundary": FULL_BUFFER,
+    "buffer full at the group's last row": [7] * 31 + [4096 - 7 * 31] + [0, 2],
+    "row longer than chunk and buffer": [2, 0, 5000, 3, 0] + [4] * 40,
+    "three groups of short rows": [0, 1, 2, 3, 9, 0, 4] * 10,
+    "only empty rows": [0] * 35,
+}
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("case", list(LOCKSTEP_CASES))
+def test_lockstep_cg_equals_its_row_by_row_slow_twin(case, steps):
+    counts = LOCKSTEP_CASES[case]
+    ip, ix, a, t, other, x0, lam = rows_with_counts(counts, n_items=6000, seed=len(counts) + steps)
+    g = gramian(other)
+    fast = solve_side(ip, ix, a, t, other, g, 0.2, lam, x0, solver="cg", cg_steps=steps)
+    slow = cg_rows_slow(ip, ix, a, t, other, g, 0.2, lam, x0, steps)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
+    assert not np.allclose(fast, x0)  # every case moved its rows
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_lockstep_cg_equals_its_slow_twin_on_reference_problems_and_float32_factors(seed):
+    p = random_problem(n_users=40, n_items=12, d=5, seed=seed)
+    c, lam = p.rows("users"), lambdas(p, reg=0.1, nu=1.0)[0]
+    for other in (p.items, p.items.astype(np.float32)):
+        fast = solve_side(c.indptr, c.indices, c.alpha, c.target, other, gramian(other), p.alpha0, lam, p.users,
+                          solver="cg", cg_steps=2)
+        slow = cg_rows_slow(c.indptr, c.indices, c.alpha, c.target, other, gramian(other), p.alpha0, lam, p.users, 2)
+        np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
+
+
+def test_cg_solves_rows_without_observations_when_the_group_buffer_is_exactly_full():
+    """The boundary case on its own: the empty rows after a full buffer get the alpha0 G + lambda I solution."""
+    ip, ix, a, t, other, x0, lam = rows_with_counts(FULL_BUFFER, n_items=6000, d=4)
+    assert ip[2] - ip[0] == 4096 and ip[4] == ip[2]
+    g = gramian(other)
+    x = solve_side(ip, ix, a, t, other, g, 0.2, lam, x0, solver="cg", cg_steps=4)  # 4 = d steps: exact
+    for r in (2, 3, 32):
+        np.testing.assert_allclose(x[r], np.linalg.solve(0.2 * g + lam[r] * np.eye(4), np.zeros(4)), atol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------- subspace

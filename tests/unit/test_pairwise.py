@@ -350,3 +350,22 @@ def test_descent_trainer_decreases_the_loss_every_epoch_and_tracks_the_exact_one
     _, _, inexact = fit_pairwise(data, p.users, p.items, epochs=8, solver="cg", cg_steps=3)
     assert all(b <= a + 1e-9 * a for a, b in zip(inexact, inexact[1:], strict=False))
     assert inexact[-1] < 1.02 * exact[-1]
+
+
+def test_descent_with_the_group_buffer_exactly_full_equals_item_by_item():
+    """Items 0 and 1 fill the lockstep group buffer (4096 observations) exactly; items 2, 3 have no users."""
+    rng = np.random.default_rng(5)
+    n_users, d = 3000, 4
+    counts = [2048, 2048, 0, 0, 6, 3, 9]
+    u = np.concatenate([rng.choice(n_users, c, replace=False) for c in counts])
+    i = np.repeat(np.arange(len(counts)), counts)
+    data = PairwiseData.from_coo(u, i, rng.uniform(0.5, 2.0, u.size), n_users, len(counts), reg=0.2, nu=1.0)
+    users, items = rng.normal(0, 0.1, (n_users, d)), rng.normal(0, 0.3, (len(counts), d))
+    whole_delta, whole, *_ = descent_parts(data, users, items)
+    parts = [descent_parts(data, users, items, rows=(r, r + 1)) for r in range(len(counts))]
+    np.testing.assert_allclose(np.vstack([x[0] for x in parts]), whole_delta, rtol=1e-10, atol=1e-14)
+    summed = parts[0][1]
+    for part in parts[1:]:
+        summed = summed + part[1]
+    np.testing.assert_allclose(summed.to_array(), whole.to_array(), rtol=1e-10, atol=1e-12)
+    assert np.abs(whole_delta[2:4]).max() > 0  # the empty items still move (regularisation and G^C)

@@ -96,6 +96,35 @@ def test_loaded_index_is_cached_per_process_and_reloaded_after_a_rebuild(tmp_pat
         load_index(path, "stale-token")
 
 
+def test_index_cache_keeps_the_most_recently_used_indexes_only(tmp_path, monkeypatch):
+    from gramian.retrieval import index as index_module
+
+    monkeypatch.setattr(index_module, "_CACHE", index_module.IndexCache(2))
+    _, h = _factors(n_items=300, d=4)
+    built = [build_index(h + i, np.arange(len(h)).astype(str), tmp_path / f"ix{i}", PublishConfig(), k=5)
+             for i in range(2)]
+    assert load_index(tmp_path / "ix0", built[0].token) is built[0]  # ix0 is now the most recent
+    third = build_index(h + 2, np.arange(len(h)).astype(str), tmp_path / "ix2", PublishConfig(), k=5)
+    assert len(index_module._CACHE) == 2
+    assert load_index(tmp_path / "ix0", built[0].token) is built[0]
+    assert load_index(tmp_path / "ix2", third.token) is third
+    reloaded = load_index(tmp_path / "ix1", built[1].token)  # evicted (least recently used): read again
+    assert reloaded is not built[1] and reloaded.token == built[1].token
+    np.testing.assert_array_equal(reloaded.item_factors, h + 1)
+    assert len(index_module._CACHE) == 2 and load_index(tmp_path / "ix0", built[0].token) is not built[0]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", ""])
+def test_index_cache_size_from_the_environment_must_be_positive(monkeypatch, value):
+    from gramian.retrieval import index as index_module
+
+    monkeypatch.setenv("GRAMIAN_INDEX_CACHE_SIZE", value)
+    with pytest.raises(ConfigError, match=r"GRAMIAN_INDEX_CACHE_SIZE must be a whole number >= 1, got"):
+        index_module._cache_size()
+    monkeypatch.setenv("GRAMIAN_INDEX_CACHE_SIZE", "5")
+    assert index_module._cache_size() == 5
+
+
 def test_index_params_follow_catalogue_size_with_config_overrides():
     assert choose_params(19_999, 64, PublishConfig()).kind == "brute"
     big = choose_params(1_000_000, 64, PublishConfig())

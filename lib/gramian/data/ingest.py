@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from gramian import tables
 from gramian.config import Config
 from gramian.data import idmap
-from gramian.data.readers import Source, read_source
+from gramian.data.readers import CONTROL, Source, escaped, read_source
 from gramian.data.schemas import (
     GIVEN_TEST_TABLE,
     INGEST_RUNS,
@@ -44,15 +44,29 @@ from gramian.runs import check_run_id, run_where
 log = logging.getLogger(__name__)
 
 
-def validate(parsed: DataFrame) -> DataFrame:
+def _id_checks(reason: Column, col: Column, empty: str, not_utf8: str, control: str, not_integer: str | None
+               ) -> Column:
+    """`reason` chained with an id column's checks: null or empty, bytes not UTF-8, control characters, and,
+    for formats whose ids are integers, not a non-negative integer (ids that could silently merge or mislead)."""
+    reason = (reason.when(col.isNull() | (col == ""), F.lit(empty))
+              .when(~F.is_valid_utf8(col), F.lit(not_utf8))
+              .when(col.rlike(CONTROL), F.lit(control)))
+    return reason if not_integer is None else reason.when(~col.rlike("^[0-9]+\\z"), F.lit(not_integer))
+
+
+def validate(parsed: DataFrame, integer_ids: bool = False) -> DataFrame:
     """`parsed` with `reason` set on every row that cannot be an interaction (the first failing check).
 
-    `raw` is kept for rejected rows only (null on accepted ones).
+    `raw` is kept for rejected rows only (null on accepted ones), escaped (readers.escaped) so that bytes
+    that are not UTF-8 survive the quarantine table. `integer_ids`: ids must be non-negative integers.
     """
     user, item, w = F.col("user_id"), F.col("item_id"), F.col("weight")
-    reason = (F.when(F.col("reason").isNotNull(), F.col("reason"))
-              .when(user.isNull() | (user == ""), F.lit(Reason.USER_EMPTY))
-              .when(item.isNull() | (item == ""), F.lit(Reason.ITEM_EMPTY))
+    reason = F.when(F.col("reason").isNotNull(), F.col("reason"))
+    reason = _id_checks(reason, user, Reason.USER_EMPTY, Reason.USER_NOT_UTF8, Reason.USER_CONTROL,
+                        Reason.USER_NOT_INTEGER if integer_ids else None)
+    reason = _id_checks(reason, item, Reason.ITEM_EMPTY, Reason.ITEM_NOT_UTF8, Reason.ITEM_CONTROL,
+                        Reason.ITEM_NOT_INTEGER if integer_ids else None)
+    reason = (reason
               .when(w.isNull(), F.lit(Reason.WEIGHT_NOT_NUMBER))
               .when(F.isnan(w), F.lit(Reason.WEIGHT_NAN))
               .when(F.abs(w) == F.lit(float("inf")), F.lit(Reason.WEIGHT_INFINITE))
@@ -60,7 +74,7 @@ def validate(parsed: DataFrame) -> DataFrame:
               .when(F.col("ts").isNull() & F.col("ts_text").isNotNull(), F.lit(Reason.TS_UNPARSEABLE)))
     checked = parsed.withColumn("reason", reason)
     # the raw text is only needed for rejected rows: not building it for the others saves work and cache
-    return checked.withColumn("raw", F.when(F.col("reason").isNotNull(), F.col("raw")))
+    return checked.withColumn("raw", F.when(F.col("reason").isNotNull(), escaped(F.col("raw"))))
 
 
 def merge_duplicates(accepted: DataFrame, policy: str) -> DataFrame:
@@ -110,7 +124,8 @@ class Loaded:
 def load(spark: Any, cfg: Config, path: str | None, key: str = "data.path", part: str = "train") -> Loaded:
     """Read `path`, validate, count, and merge duplicates of the accepted rows (cached, not written)."""
     src = read_source(spark, cfg.data, cfg.generate, path, key)
-    checked = validate(src.df).drop("ts_text").cache()  # parsed once, then counted, merged, quarantined
+    # parsed once, then counted, merged, quarantined
+    checked = validate(src.df, src.integer_ids).drop("ts_text").cache()
     min_w = cfg.data.min_weight
     low = F.col("reason").isNull() & (F.col("weight") < min_w) if min_w is not None else F.lit(False)
     rows = checked.groupBy("reason").agg(F.count(F.lit(1)).alias("n"),

@@ -11,6 +11,13 @@ a malformed line is seen as it is rather than repaired by the CSV parser. Line n
 file scan itself: each split (file, block start) is contiguous in one partition, so
 monotonically_increasing_id minus the split's first id, plus the lines of the earlier splits of
 the same file, is the line number. File-level problems raise InputDataError naming file and column.
+
+Bytes that are not UTF-8 would become U+FFFD as soon as Spark treats a line as a Java string (any
+regex, split or trim), so two different corrupted ids would merge. A line failing is_valid_utf8 is
+therefore parsed in its ISO-8859-1 view (one character per byte, lossless; separators, quotes and
+whitespace are ASCII, so it splits exactly as the UTF-8 text would) and its fields are turned back
+into their original bytes (`_original`): ingest then sees the invalid id and quarantines the row.
+Clean files pay one is_valid_utf8 per line.
 """
 
 from __future__ import annotations
@@ -37,12 +44,16 @@ _LOGICAL = ("user", "item", "weight", "ts")
 
 @dataclass
 class Source:
-    """One input read into the parsed shape, with its number of data rows read."""
+    """One input read into the parsed shape, with its number of data rows read.
+
+    `integer_ids`: the format defines ids as non-negative integers (LightGCN), which ingest checks.
+    """
 
     df: DataFrame
     read: int
     path: str
     cached: list[DataFrame] = field(default_factory=list)
+    integer_ids: bool = False
 
     def release(self) -> None:
         """Drop what this reader cached."""
@@ -75,6 +86,34 @@ def read_source(spark: Any, data: DataConfig, gen: GenerateConfig, path: str | N
 def strip(col: Column) -> Column:
     """Trim all whitespace (tabs, CR, spaces), not only spaces as F.trim does."""
     return F.regexp_replace(col, r"^\s+|\s+$", "")
+
+
+CONTROL = "[\\x00-\\x1f\\x7f-\\x9f]"  # C0 controls, DEL and C1 controls (a Java regex class)
+_UTF8_CHAR = ("[\\x00-\\x7f]|[\\xc2-\\xdf][\\x80-\\xbf]|\\xe0[\\xa0-\\xbf][\\x80-\\xbf]"
+              "|[\\xe1-\\xec\\xee\\xef][\\x80-\\xbf]{2}|\\xed[\\x80-\\x9f][\\x80-\\xbf]"
+              "|\\xf0[\\x90-\\xbf][\\x80-\\xbf]{2}|[\\xf1-\\xf3][\\x80-\\xbf]{3}"
+              "|\\xf4[\\x80-\\x8f][\\x80-\\xbf]{2}")  # one well-formed UTF-8 character, as ISO-8859-1 chars
+
+
+def _original(text: Column, as_bytes: Column) -> Column:
+    """`text` itself, or, where `as_bytes` (text is a line's ISO-8859-1 view), the original bytes as a string."""
+    return F.when(as_bytes, F.encode(text, "ISO-8859-1").cast("string")).otherwise(text)
+
+
+def escaped(text: Column) -> Column:
+    """`text`, or, where it holds bytes that are not UTF-8 or control characters other than tab, the text
+    backslash-escaped: \\\\ for a backslash, \\xNN for such a byte and for a C0 control or DEL, \\u00NN for a
+    C1 control. The quarantine table keeps raw lines so (read back, the bytes would all be U+FFFD)."""
+    units = F.regexp_extract_all(F.decode(text.cast("binary"), "ISO-8859-1"), F.lit(f"{_UTF8_CHAR}|[\\x80-\\xff]"), 0)
+
+    def one(u: Column) -> Column:  # one UTF-8 character or stray byte, ISO-8859-1 view; \z: $ matches before NEL
+        return (F.when(u == "\\", F.lit("\\\\"))
+                .when(u.rlike("^[\\x00-\\x08\\x0a-\\x1f\\x7f-\\xff]\\z"), F.format_string("\\x%02x", F.ascii(u)))
+                .when(u.rlike("^\\xc2[\\x80-\\x9f]\\z"), F.format_string("\\u%04x", F.ascii(F.substring(u, 2, 1))))
+                .otherwise(F.encode(u, "ISO-8859-1").cast("string")))
+
+    needs = ~F.is_valid_utf8(text) | text.rlike("[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f]")
+    return F.when(needs, F.array_join(F.transform(units, one), "")).otherwise(text)
 
 
 def parse_ts(text: Column, fmt: str | None = None) -> Column:
@@ -113,11 +152,15 @@ def _text_lines(spark: Any, path: str, key: str) -> DataFrame:
     except Exception as e:  # AnalysisException: path vanished, unreadable
         raise InputDataError(f"{key} must be a readable text file or folder, got {path!r}: "
                              f"{_first_line(e)}") from e
+    value = F.col("value")
+    utf8 = F.is_valid_utf8(value)
+    as_bytes = F.regexp_replace(F.decode(value.cast("binary"), "ISO-8859-1"), "^\u00ef\u00bb\u00bf|\r$", "")
     return df.select(
         F.regexp_replace(F.col("_metadata.file_path"), "^file:", "").alias("file"),
         F.col("_metadata.file_block_start").alias("block"),
         F.monotonically_increasing_id().alias("_mono"),
-        F.regexp_replace("value", "^\ufeff|\r$", "").alias("value"),
+        F.when(utf8, F.regexp_replace(value, "^\ufeff|\r$", "")).otherwise(as_bytes).alias("value"),
+        (~utf8).alias("as_bytes"),
     )
 
 
@@ -138,7 +181,7 @@ def _line_stats(lines: DataFrame, nf: Column) -> _LineStats:
     """One small job: lines per (file, split, field count), the first id and first line of each."""
     rows = (lines.groupBy("file", "block", nf.alias("nf"))
             .agg(F.count(F.lit(1)).alias("n"), F.min("_mono").alias("first"),
-                 F.min_by("value", "_mono").alias("first_value"))
+                 F.min_by(_original(F.col("value"), F.col("as_bytes")), "_mono").alias("first_value"))
             .collect())
     splits: dict[tuple[str, int], list[int]] = {}
     first: dict[str, tuple[int, int, str, int]] = {}
@@ -177,6 +220,13 @@ def _split_fields(value: Column, sep: str) -> Column:
     quoted = F.transform(F.split(value, outside_quotes, -1),
                          lambda x: F.regexp_replace(F.regexp_replace(strip(x), '^"(.*)"$', "$1"), '""', '"'))
     return F.when(value.contains('"'), quoted).otherwise(plain)
+
+
+def _fields(sep: str) -> Column:
+    """The fields of each line (`value`), split in the line's own view (text, or bytes as ISO-8859-1)."""
+    as_bytes = sep.encode("utf-8").decode("iso-8859-1")
+    value = F.col("value")
+    return F.when(F.col("as_bytes"), _split_fields(value, as_bytes)).otherwise(_split_fields(value, sep))
 
 
 def separator(sep: str) -> str:
@@ -221,7 +271,7 @@ def read_delimited(spark: Any, data: DataConfig, path: str, key: str = "data.pat
     sep = separator(data.sep)
     lines = _text_lines(spark, path, key).cache()
     blank = F.col("value").rlike(r"^\s*$")
-    stats = _line_stats(lines, F.when(blank, 0).otherwise(F.size(_split_fields(F.col("value"), sep))))
+    stats = _line_stats(lines, F.when(blank, 0).otherwise(F.size(_fields(sep))))
     data_lines = sum(n for nf, n in stats.by_nf.items() if nf > 0)
     names = None
     if data.header:
@@ -243,10 +293,11 @@ def read_delimited(spark: Any, data: DataConfig, path: str, key: str = "data.pat
     body = _numbered(spark, lines, stats).filter(~F.col("value").rlike(r"^\s*$"))
     if data.header:
         body = body.filter(F.col("line") > 1)
-    body = body.select("file", "line", "value", _split_fields(F.col("value"), sep).alias("f"))
+    body = body.select("file", "line", _original(F.col("value"), F.col("as_bytes")).alias("value"),
+                       "as_bytes", _fields(sep).alias("f"))
 
     def field_at(logical: str) -> Column:
-        return F.get(F.col("f"), pos[logical])
+        return _original(F.get(F.col("f"), pos[logical]), F.col("as_bytes"))
 
     ts_text = F.nullif(field_at("ts"), F.lit("")) if "ts" in pos else F.lit(None).cast("string")
     parsed = body.select(
@@ -278,20 +329,22 @@ def read_lightgcn(spark: Any, path: str, key: str = "data.path") -> Source:
         raise _empty(key, path)
     pairs = (_numbered(spark, lines, stats)
              .filter(~blank)
-             .select("file", "line", tokens.alias("t"))
+             .select("file", "line", "as_bytes", tokens.alias("t"))
              .filter(F.size("t") >= 2)
-             .select("file", "line", F.col("t")[0].alias("user_id"),
+             .select("file", "line", "as_bytes", F.col("t")[0].alias("user_id"),
                      F.explode(F.slice("t", 2, F.size("t") - 1)).alias("item_id")))
+    as_bytes = F.col("as_bytes")
+    user, item = _original(F.col("user_id"), as_bytes), _original(F.col("item_id"), as_bytes)
     parsed = pairs.select(
         F.col("file").alias("source"), "line",
-        F.concat_ws(" ", "user_id", "item_id").alias("raw"),
+        F.concat_ws(" ", user, item).alias("raw"),  # the pair, not the whole line (one row per pair)
         F.lit(None).cast("string").alias("reason"),
-        "user_id", "item_id",
+        user.alias("user_id"), item.alias("item_id"),
         F.lit(1.0).alias("weight"),
         F.lit(None).cast("timestamp").alias("ts"),
         F.lit(None).cast("string").alias("ts_text"),
     )
-    return Source(parsed, read, path, [lines])
+    return Source(parsed, read, path, [lines], integer_ids=True)
 
 
 # ---------------------------------------------------------------- Parquet / Delta
@@ -322,8 +375,9 @@ def read_table(spark: Any, data: DataConfig, path: str, fmt: str, key: str = "da
     source = (F.regexp_replace(F.col("_metadata.file_path"), "^file:", "") if fmt == "parquet"
               else F.lit(path))
 
-    def text(logical: str) -> Column:
-        return strip(F.col(f"`{cols[logical]}`").cast("string"))
+    def text(logical: str) -> Column:  # trimmed, unless trimming would replace bytes that are not UTF-8
+        value = F.col(f"`{cols[logical]}`").cast("string")
+        return F.when(F.is_valid_utf8(value), strip(value)).otherwise(value)
 
     if "ts" not in cols:
         ts, ts_text = F.lit(None).cast("timestamp"), F.lit(None).cast("string")

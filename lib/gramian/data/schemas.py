@@ -5,7 +5,8 @@ Tables (names under `storage.root`, see gramian.tables):
 - `given_test`: the provided test file (split.method=given), same schema, same id maps.
 - `users`, `items`: id maps, dense `idx` 0..n-1, append-only across runs; `n` is the number of
   interactions of the id in `last_seen_run`, the latest ingest that saw it.
-- `quarantine`: rejected rows of every run (a re-run replaces its own run_id's rows).
+- `quarantine`: rejected rows of every run (a re-run replaces its own run_id's rows); `raw` is
+  backslash-escaped (gramian.data.readers.escaped) so bytes that are not UTF-8 survive as text.
 - `ingest_runs`: one accounting row per (run_id, source); read = accepted + quarantined.
 - `train`, `test`, `foldin`: the split, in dense indices. `foldin` is empty except for
   split.method=strong, where it holds the held-out users' fold-in part (their test part is in
@@ -81,12 +82,19 @@ class Reason:
 
     FIELD_COUNT = "wrong number of fields"
     USER_EMPTY = "user id null or empty"
+    USER_NOT_UTF8 = "user id is not valid UTF-8"
+    USER_CONTROL = "user id contains a control character"
+    USER_NOT_INTEGER = "user id is not a non-negative integer"
     ITEM_EMPTY = "item id null or empty"
+    ITEM_NOT_UTF8 = "item id is not valid UTF-8"
+    ITEM_CONTROL = "item id contains a control character"
+    ITEM_NOT_INTEGER = "item id is not a non-negative integer"
     WEIGHT_NOT_NUMBER = "weight missing or not a number"
     WEIGHT_NAN = "weight is NaN"
     WEIGHT_INFINITE = "weight is infinite"
     WEIGHT_NEGATIVE = "weight is negative"
     TS_UNPARSEABLE = "timestamp unparseable"
 
-    ALL = (FIELD_COUNT, USER_EMPTY, ITEM_EMPTY, WEIGHT_NOT_NUMBER, WEIGHT_NAN, WEIGHT_INFINITE,
-           WEIGHT_NEGATIVE, TS_UNPARSEABLE)
+    ALL = (FIELD_COUNT, USER_EMPTY, USER_NOT_UTF8, USER_CONTROL, USER_NOT_INTEGER, ITEM_EMPTY, ITEM_NOT_UTF8,
+           ITEM_CONTROL, ITEM_NOT_INTEGER, WEIGHT_NOT_NUMBER, WEIGHT_NAN, WEIGHT_INFINITE, WEIGHT_NEGATIVE,
+           TS_UNPARSEABLE)

@@ -267,12 +267,16 @@ def group_buffers(indptr, d):  # pragma: no cover - jitted
 
 @njit(**_JIT)
 def gather_group(hg, other, indices, indptr, g0, m, start, resident):  # pragma: no cover - jitted
-    """Gather rows g0..g0+m-1's observations into hg while they fit: row i's start there, or resident False."""
+    """Gather rows g0..g0+m-1's observations into hg while they fit: row i's start there, or resident False.
+
+    A row without observations is never resident: with hg exactly full its slice hg[used:] would be empty
+    and the chunked loops over it would step by zero.
+    """
     used = 0
     for i in range(m):
         lo, hi = indptr[g0 + i], indptr[g0 + i + 1]
         start[i] = used
-        resident[i] = used + hi - lo <= hg.shape[0]
+        resident[i] = lo < hi and used + hi - lo <= hg.shape[0]
         if resident[i]:
             _gather(hg[used:], other, indices, lo, hi - lo)
             used += hi - lo

@@ -550,6 +550,7 @@ def _descent_rows(indptr, indices, alpha, alpha_s, target, users, g, s, u, lam, 
     c2 = 0.0
     for g0 in range(0, n_rows, rows):
         m = min(rows, n_rows - g0)
+        # items without users are never resident (gather_group), so no slice of hg below is empty
         _rows.gather_group(hg, users, indices, indptr, g0, m, start, resident)
         np.dot(h[g0:g0 + m], g, ap[:m])
         for i in range(m):

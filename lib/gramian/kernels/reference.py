@@ -76,6 +76,54 @@ def dense_row_solution(
     return out
 
 
+def cg_rows_slow(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    alpha: np.ndarray,
+    target: np.ndarray,
+    other: np.ndarray,
+    gramian_other: np.ndarray,
+    alpha0: float,
+    reg: np.ndarray,
+    x0: np.ndarray,
+    cg_steps: int,
+) -> np.ndarray:
+    """Slow twin of the lockstep CG (`_rows.cg_rows`): one row at a time, its matrix formed, plain numpy.
+
+    Row r takes `cg_steps` CG steps on (alpha0 G + sum alpha h h^T + reg_r I) x = sum alpha t h from x0[r],
+    stopping early as the kernel does (|res|^2 = 0, or p^T A p <= 0 without moving).
+    """
+    h_all = np.asarray(other, np.float64)
+    g = np.asarray(gramian_other, np.float64)
+    a0g = alpha0 * 0.5 * (g + g.T)
+    out = np.array(x0, dtype=np.float64, copy=True)
+    d = out.shape[1]
+    for r in range(out.shape[0]):
+        lo, hi = int(indptr[r]), int(indptr[r + 1])
+        h = h_all[np.asarray(indices[lo:hi], np.int64)]
+        a = np.asarray(alpha[lo:hi], np.float64)
+        m = a0g + (h.T * a) @ h + float(reg[r]) * np.eye(d)
+        b = (a * np.asarray(target[lo:hi], np.float64)) @ h
+        x = out[r]
+        res = b - m @ x
+        p = res.copy()
+        rs = float(res @ res)
+        for _ in range(cg_steps):
+            if rs <= 0.0:
+                break
+            ap = m @ p
+            pap = float(p @ ap)
+            if pap <= 0.0:
+                break
+            step = rs / pap
+            x += step * p
+            res -= step * ap
+            rs_new = float(res @ res)
+            p = res + (rs_new / rs) * p
+            rs = rs_new
+    return out
+
+
 @dataclass(frozen=True)
 class CSR:
     """One side's CSR block: row r observes indices[indptr[r]:indptr[r+1]] with weights alpha and targets."""

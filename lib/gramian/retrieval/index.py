@@ -6,7 +6,10 @@ An index lives in one folder of the artifact store (gramian.storage): each build
 token (meta.json, item_factors.npy, item_ids.npy and, for ScaNN, the serialized searcher under scann/) and a
 CURRENT file naming the live build, swapped atomically. Searchers do not pickle, so Spark tasks receive only
 the store and token, and `load_index` keeps one loaded copy per Python worker process, keyed by both
-(fetched from the store into a local temp dir when the store is remote).
+(fetched from the store into a local temp dir when the store is remote). At most GRAMIAN_INDEX_CACHE_SIZE
+indexes (default 2; set it in the executors' environment, e.g. spark.executorEnv.GRAMIAN_INDEX_CACHE_SIZE)
+stay loaded per process, least recently used evicted first: a notebook or a long-lived worker publishing run
+after run would otherwise hold every run's factors.
 
 Top-n excluding a user's training items asks the searcher for n + min(32, history length rounded up to a
 power of two) neighbours and filters, then asks again with n + the rounded history length for users left
@@ -26,6 +29,7 @@ import re
 import tempfile
 import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -203,7 +207,7 @@ def build_index(item_factors: np.ndarray, item_ids: np.ndarray, path: Store | st
             store.delete(old)
     index = ItemIndex(store.uri, token, params, h, ids, searcher, full_meta)
     with _LOCK:
-        _CACHE[(store.uri, token)] = index
+        _CACHE.put((store.uri, token), index)
     return index
 
 
@@ -223,7 +227,40 @@ def index_exists(path: Store | str | os.PathLike[str]) -> bool:
     return as_store(path).exists(CURRENT)
 
 
-_CACHE: dict[tuple[str, str], ItemIndex] = {}
+def _cache_size() -> int:
+    """GRAMIAN_INDEX_CACHE_SIZE, a positive number of indexes (default 2)."""
+    raw = os.environ.get("GRAMIAN_INDEX_CACHE_SIZE", "2")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"GRAMIAN_INDEX_CACHE_SIZE must be a whole number >= 1, got {raw!r} (environment). "
+                          f"Unset it for the default of 2.")
+    return int(raw)
+
+
+class IndexCache:
+    """Loaded indexes by (store URI, token), at most `size`, least recently used evicted first (callers hold
+    _LOCK to add; a lookup is one dict access and a reorder)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], ItemIndex] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> ItemIndex | None:
+        index = self._items.get(key)
+        if index is not None:
+            self._items.move_to_end(key)
+        return index
+
+    def put(self, key: tuple[str, str], index: ItemIndex) -> None:
+        self._items[key] = index
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+_CACHE = IndexCache(_cache_size())
 _LOCK = threading.Lock()
 
 
@@ -236,8 +273,11 @@ def load_index(path: Store | str | os.PathLike[str], token: str | None = None) -
     """
     store = as_store(path)
     p = store.uri
-    if token is not None and (p, token) in _CACHE:
-        return _CACHE[(p, token)]
+    if token is not None:
+        with _LOCK:
+            cached = _CACHE.get((p, token))
+        if cached is not None:
+            return cached
     with _LOCK:
         if not store.exists(CURRENT):
             raise InputDataError(f"item index must exist at {p!r}, found no {CURRENT} pointer. Run "
@@ -247,8 +287,9 @@ def load_index(path: Store | str | os.PathLike[str], token: str | None = None) -
             raise InputDataError(f"item index at {p!r} was rebuilt while in use (token {current!r}, "
                                  f"expected {token!r}). Re-run the publish.")
         key = (p, current)
-        if key in _CACHE:
-            return _CACHE[key]
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
         d = Path(store.local_dir(current))
         meta = json.loads((d / META).read_text())
         params = IndexParams(**meta["params"])
@@ -258,7 +299,7 @@ def load_index(path: Store | str | os.PathLike[str], token: str | None = None) -
 
             searcher = scann.scann_ops_pybind.load_searcher(str(d / SEARCHER))
         index = ItemIndex(p, current, params, np.load(d / FACTORS), np.load(d / IDS), searcher, meta)
-        _CACHE[key] = index
+        _CACHE.put(key, index)
         return index
 
 

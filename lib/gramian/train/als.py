@@ -287,6 +287,15 @@ class BlockTrainer:
         self.routes: dict[str, Any] = {}
         self._local_jobs: dict[tuple[str, bool], tuple[Any, FileRef]] = {}
         self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed)
+        try:  # scratch files and cached blocks must not outlive a failed setup
+            self._build_blocks(train_df, pairs)
+        except BaseException:
+            self.release()
+            raise
+
+    def _build_blocks(self, train_df: Any, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:
+        """Both sides' CSR blocks (memory-mapped files on a local master, else cached DataFrames) and routes."""
+        model = self.model
         for side, row_col, other_col in (("user", "user_idx", "item_idx"), ("item", "item_idx", "user_idx")):
             if self.handoff.enabled and pairs is not None:  # local master: memory-mapped block files
                 rows, cols = (pairs[0], pairs[1]) if side == "user" else (pairs[1], pairs[0])
@@ -295,8 +304,8 @@ class BlockTrainer:
             else:
                 df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
                                        model.confidence).cache()
+                self.blocks[side] = df  # registered before it is materialised, so release() finds it
                 sizes = [r["nnz"] for r in df.select("nnz").collect()]  # materialises the cache
-                self.blocks[side] = df
             log.info("%s side: %d blocks, interactions per block min %d max %d", side,
                      self.layouts[side].num_blocks, min(sizes, default=0), max(sizes, default=0))
         if self.routed:

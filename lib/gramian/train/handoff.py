@@ -102,5 +102,7 @@ class Handoff:
             Path(ref.path).unlink(missing_ok=True)
 
     def close(self) -> None:
+        """Remove the scratch folder (and the exit hook, which would otherwise keep this object alive)."""
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+            atexit.unregister(self.close)

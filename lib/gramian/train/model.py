@@ -14,7 +14,7 @@ import numpy as np
 from gramian.config import ConfidenceConfig, ModelConfig, TrainConfig, _build
 from gramian.errors import ConfigError
 from gramian.progress import epoch_line
-from gramian.train.als import BlockTrainer, EpochStats
+from gramian.train.als import BlockTrainer, EpochStats, FitState
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.routed import blocks_to_array
 
@@ -77,15 +77,7 @@ class IALS:
             n_items = n_items if n_items is not None else int(row["i"] if row["i"] is not None else -1) + 1
         m = self.config.resolved(n_items, n_users)
         trainer = self.trainer_class(spark, train_df, n_users, n_items, m, self.train_config)
-        state = None
-        if resume and checkpointer is not None:
-            state = checkpointer.load(spark)
-            if state is not None:
-                log.info("resuming from checkpoint at epoch %d", state.epoch)
-        if state is None:
-            state = trainer.initial_state()
-        elif state.routed != trainer.routed:
-            state = trainer.adopt(state)
+        state = _start_state(trainer, spark, checkpointer, resume)
         try:
             while state.epoch < m.epochs:
                 stats = trainer.epoch(state)
@@ -99,6 +91,21 @@ class IALS:
         finally:
             trainer.release()
         return IALSModel(m, state.user_factors, state.item_factors, state.history, spark)
+
+
+def _start_state(trainer: Any, spark: Any, checkpointer: Checkpointer | None, resume: bool) -> FitState:
+    """The checkpoint to resume (in the trainer's representation) or a fresh start; on any error the trainer's
+    scratch files and cached blocks are released before it propagates (else they would live until exit)."""
+    try:
+        state = checkpointer.load(spark) if resume and checkpointer is not None else None
+        if state is not None:
+            log.info("resuming from checkpoint at epoch %d", state.epoch)
+        if state is None:
+            return trainer.initial_state()
+        return trainer.adopt(state) if state.routed != trainer.routed else state
+    except BaseException:
+        trainer.release()
+        raise
 
 
 class IALSModel:

@@ -197,8 +197,12 @@ class PairwiseTrainer(BlockTrainer):
     def __init__(self, spark: Any, train_df: Any, n_users: int, n_items: int, model: ModelConfig,
                  train: TrainConfig) -> None:
         super().__init__(spark, train_df, n_users, n_items, model, train)
+        try:  # the blocks built above must not outlive a failed setup
+            totals = self._run("item", _totals_block, TOTALS_SCHEMA)
+        except BaseException:
+            self.release()
+            raise
         counts, sums = np.zeros(n_items), np.zeros(n_items)
-        totals = self._run("item", _totals_block, TOTALS_SCHEMA)
         for k in range(totals.num_rows):
             start, n = totals.column("row_start")[k].as_py(), totals.column("n_rows")[k].as_py()
             counts[start:start + n] = np.frombuffer(totals.column("counts")[k].as_buffer(), np.float64)
