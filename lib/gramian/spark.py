@@ -72,6 +72,24 @@ def delta_package() -> str:
     return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta_spark')}"
 
 
+def hadoop_version() -> str:
+    """The Hadoop version bundled with the installed pyspark (its hadoop-client-api jar)."""
+    import pyspark
+
+    jars = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
+    if not jars:
+        from gramian.errors import ConfigError
+
+        raise ConfigError(f"pyspark must bundle hadoop-client-api-<version>.jar, got none in "
+                          f"{Path(pyspark.__file__).parent / 'jars'}. Reinstall pyspark.")
+    return jars[-1].name.removeprefix("hadoop-client-api-").removesuffix(".jar")
+
+
+def hadoop_aws_package() -> str:
+    """The Maven coordinate of the S3A connector matching pyspark's Hadoop (it pulls the AWS SDK v2 bundle)."""
+    return f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"
+
+
 def launched_by_spark_submit() -> bool:
     """True inside a Python driver started by spark-submit (its JVM is already up, with --master/--packages)."""
     return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
@@ -132,7 +150,7 @@ def get_session(cfg: SparkConfig | None = None, extra_conf: dict[str, str] | Non
     conf.update(extra_conf or {})
     for key, value in conf.items():
         builder = builder.config(key, value)
-    session = configure_spark_with_delta_pip(builder).getOrCreate()
+    session = configure_spark_with_delta_pip(builder, extra_packages=list(cfg.packages)).getOrCreate()
     session.sparkContext.setLogLevel(cfg.log_level)
     log.info("started Spark %s, master %s, bound to %s", session.version, cfg.master, LOOPBACK)
     return session
@@ -143,5 +161,5 @@ def is_connect(session: Any) -> bool:
     return type(session).__module__.startswith("pyspark.sql.connect")
 
 
-if __name__ == "__main__":  # `python -m gramian.spark packages`: the --packages value for spark-submit
-    print(delta_package())
+if __name__ == "__main__":  # `python -m gramian.spark packages [s3a]`: the --packages value for spark-submit
+    print(",".join([delta_package(), *([hadoop_aws_package()] if "s3a" in sys.argv[1:] else [])]))
