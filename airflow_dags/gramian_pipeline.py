@@ -42,12 +42,16 @@ ENV = {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable, "PYSPARK
 RUN_ID = "(logical_date or dag_run.run_after).strftime('%Y%m%dT%H%M%S')"
 
 
-def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False) -> list[str]:
-    """--conf, one --set per override and --run-id (plus the gate's bar): what every jobs/<stage>.py takes."""
+def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False, resume: bool = False) -> list[str]:
+    """--conf, one --set per override and --run-id (plus the gate's bar, or train's --resume): what every
+    jobs/<stage>.py takes. A retried train task continues from its checkpoint in the artifact store (a changed
+    config or data shape does not match the checkpoint's fingerprint and starts afresh)."""
     args = ["--conf", str(params["conf"])]
     for item in params.get("overrides") or []:
         args += ["--set", str(item)]
     args += ["--run-id", run_id]
+    if resume:
+        args += ["--resume"]
     if gate:
         args += ["--metric", str(params["gate_metric"]), "--k", str(params["gate_k"]),
                  "--method", str(params["gate_method"]), "--floor", str(params["gate_floor"])]
@@ -74,7 +78,7 @@ def stage_task(stage: str, gate: bool = False) -> SparkSubmitOperator:
     return cls(
         task_id="quality_gate" if gate else stage,
         application=str(REPO / "jobs" / f"{'gate' if gate else stage}.py"),
-        application_args=f"{{{{ gramian_args(params, {RUN_ID}, {gate}) }}}}",
+        application_args=f"{{{{ gramian_args(params, {RUN_ID}, {gate}, {stage == 'train'}) }}}}",
         conn_id=CONN_ID,
         packages=delta_package(),
         conf=SPARK_CONF,

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from gramian.errors import ConfigError
+from gramian.storage import is_relative, resolve_root
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DEFAULTS_FILE = "defaults.yaml"
@@ -43,11 +44,13 @@ def _fraction(v: Any) -> bool:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """Where tables live: a folder of Delta tables, or a catalog.schema on Databricks."""
+    """Where tables live (a folder of Delta tables at any Hadoop URI or mounted path, or a catalog.schema) and
+    where artifacts live (checkpoints, index, reports: `artifacts`, else <root>/_artifacts)."""
 
     root: str = "./warehouse"
     catalog: str | None = None
     schema: str | None = None
+    artifacts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -456,9 +459,45 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
     cfg = _build(Config, merged, origin)
     data = dataclasses.replace(cfg.data, path=expand_path(cfg.data.path),
                                test_path=expand_path(cfg.data.test_path))
-    cfg = dataclasses.replace(cfg, data=data, sources=tuple(sources))
+    cfg = dataclasses.replace(cfg, data=data, storage=_resolved_storage(cfg.storage, origin),
+                              sources=tuple(sources))
     _cross_checks(cfg)
     return cfg
+
+
+def _resolved_storage(st: StorageConfig, origin: Mapping[str, str]) -> StorageConfig:
+    """storage.root / storage.artifacts made absolute once, here on the driver (URIs are left as given).
+
+    Under spark-submit cluster deploy mode the driver's working directory is a scratch folder on some
+    cluster node, so a relative path there is refused rather than resolved.
+    """
+    out = {}
+    for key in ("root", "artifacts"):
+        value = getattr(st, key)
+        if value is None:
+            continue
+        if is_relative(value) and _cluster_deploy_mode():
+            raise ConfigError(f"storage.{key} must be an absolute path or a URI under spark-submit cluster deploy "
+                              f"mode, got {value!r} ({origin.get('storage.' + key, 'defaults')}). The driver runs "
+                              f"in a scratch folder of a cluster node: set storage.{key}=s3a://bucket/path (or "
+                              f"abfss://, gs://, hdfs://, a /Volumes/... path).")
+        out[key] = resolve_root(value)
+    return dataclasses.replace(st, **out)
+
+
+def _cluster_deploy_mode() -> bool:
+    """True in a driver that spark-submit started in cluster deploy mode (YARN; Kubernetes' driver pod)."""
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):  # not launched by spark-submit: nothing to ask
+        return False
+    try:
+        from pyspark import SparkConf, SparkContext
+
+        SparkContext._ensure_initialized()
+        conf = SparkConf()  # backed by the JVM's system properties: spark-submit's settings
+        return (conf.get("spark.submit.deployMode", "client") == "cluster"
+                or conf.get("spark.kubernetes.submitInDriver", "false") == "true")
+    except Exception:  # noqa: BLE001 - no JVM to ask: treat as client mode
+        return False
 
 
 def data_root() -> str:

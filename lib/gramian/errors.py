@@ -21,3 +21,7 @@ class SolverError(GramianError, ArithmeticError):
 
 class PublishError(GramianError):
     """Publishing top-n lists was refused (e.g. index recall below its floor)."""
+
+
+class StorageError(GramianError):
+    """The store (storage.root or storage.artifacts) cannot be opened: missing connector, unreachable, denied."""

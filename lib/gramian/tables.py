@@ -1,32 +1,64 @@
 """Named Delta tables under `storage.root` (or `catalog.schema` when configured): one way to read and write.
 
-Every write is one Delta transaction, so a failed or repeated stage never leaves half a table.
+Every write is one Delta transaction, so a failed or repeated stage never leaves half a table. Tables are
+opened only through Spark/Delta: the root is any URI Spark's Hadoop filesystems open (s3a://, abfss://,
+gs://, hdfs://, file:) or a POSIX path every node mounts, never a local folder looked at with pathlib.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+from gramian import storage as store
 from gramian.config import StorageConfig
+from gramian.spark import is_connect
 
 TABLES = ("interactions", "given_test", "quarantine", "users", "items", "ingest_runs", "train", "test", "foldin",
           "user_factors", "item_factors", "runs", "metrics", "metrics_by_user", "topn", "publications",
           "stage_runs")
+# Delta / Spark error conditions that mean "no table here yet" (anything else is a real failure)
+_ABSENT = ("PATH_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_NOT_FOUND", "is not a Delta table",
+           "Path does not exist", "doesn't exist")
 
 
 def table_ref(storage: StorageConfig, name: str) -> str:
-    """`catalog.schema.name` when a catalog is configured, else the Delta folder path."""
+    """`catalog.schema.name` when a catalog is configured, else the Delta folder's URI or path under the root."""
     if storage.catalog:
         return f"{storage.catalog}.{storage.schema or 'default'}.{name}"
-    return str(Path(storage.root).expanduser().resolve() / name)
+    return store.join(store.spark_path(store.resolve_root(storage.root)), name)
+
+
+@contextlib.contextmanager
+def _opening(storage: StorageConfig) -> Iterator[None]:
+    """Turn Spark's filesystem failures (no connector jar, unreachable root) into a StorageError naming the fix."""
+    try:
+        yield
+    except Exception as e:
+        err = None if storage.catalog else store.spark_storage_error(e, storage.root, "storage.root")
+        if err is not None:
+            raise err from e
+        raise
 
 
 def exists(spark: Any, storage: StorageConfig, name: str) -> bool:
-    """Whether the table has been written at least once."""
+    """Whether the table has been written at least once (asked of Delta: works on classic and Connect)."""
     if storage.catalog:
         return bool(spark.catalog.tableExists(table_ref(storage, name)))
-    return (Path(table_ref(storage, name)) / "_delta_log").is_dir()
+    ref = table_ref(storage, name)
+    with _opening(storage):
+        if not is_connect(spark):  # classic: Delta's own check, a _delta_log lookup through Hadoop (no snapshot)
+            from delta.tables import DeltaTable
+
+            return bool(DeltaTable.isDeltaTable(spark, ref))
+        try:  # Connect: resolving the table's schema fails cleanly when there is none
+            spark.read.format("delta").load(ref).schema  # noqa: B018
+            return True
+        except Exception as e:
+            if any(marker in str(e) for marker in _ABSENT):
+                return False
+            raise
 
 
 def read(spark: Any, storage: StorageConfig, name: str) -> Any:
@@ -34,7 +66,8 @@ def read(spark: Any, storage: StorageConfig, name: str) -> Any:
     ref = table_ref(storage, name)
     if storage.catalog:
         return spark.read.table(ref)
-    return spark.read.format("delta").load(ref)
+    with _opening(storage):
+        return spark.read.format("delta").load(ref)
 
 
 def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
@@ -51,4 +84,5 @@ def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
     if storage.catalog:
         writer.saveAsTable(ref)
     else:
-        writer.save(ref)
+        with _opening(storage):
+            writer.save(ref)

@@ -23,6 +23,7 @@ from gramian.data.synthetic import generate
 from gramian.errors import InputDataError, PublishError
 from gramian.kernels.ranking import topk_excluding
 from gramian.retrieval import recommend
+from gramian.retrieval.index import index_exists
 from gramian.retrieval.publish import current_publication, index_path, read_topn
 from gramian.retrieval.publish import run as publish
 from gramian.train.job import run as train
@@ -191,7 +192,7 @@ def test_recommend_reports_unknown_ids_and_fails_only_when_all_are_unknown(spark
 
 def test_cli_recommend_prints_the_list_and_exits_2_when_every_id_is_unknown(spark, trained, capsys):
     cfg, _, _ = trained
-    assert index_path(cfg, "r1").is_dir()
+    assert index_exists(index_path(cfg, "r1"))
     base = ["--set", f"storage.root={cfg.storage.root}", "--run-id", "r1", "-n", "3"]
     assert main(["recommend", "--items", "i1,i2,zzz", *base]) == 0
     out = capsys.readouterr().out.splitlines()

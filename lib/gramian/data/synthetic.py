@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gramian.storage import join, parent, resolve_root, spark_path
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def output_path(cfg: Any) -> str:
     """Where `gramian generate` writes: data.path when data.format is parquet, else <storage.root>/../synthetic."""
     if cfg.data.format == "parquet" and cfg.data.path:
         return str(cfg.data.path)
-    return str(Path(cfg.storage.root).expanduser().resolve().parent / "synthetic")
+    return join(parent(spark_path(resolve_root(cfg.storage.root))), "synthetic")
 
 
 def run(spark: Any, cfg: Any, run_id: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -231,9 +230,9 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     finally:
         rows.unpersist()
     from gramian.evaluate.report import metrics_table, write_report
+    from gramian.storage import artifact_store
 
-    folder = Path(st.root).expanduser() / "_runs" / run_id / "report"
-    report = write_report(spark, cfg, run_id, metric_rows, folder)
+    report = write_report(spark, cfg, run_id, metric_rows, artifact_store(st, spark).child("reports", run_id))
     seconds = round(time.perf_counter() - t0, 2)
     return {"run_id": run_id, "models": [m for m, _ in models] + (["popularity"] if ev.popularity else []),
             "test_users": n_test_users, "items": n_catalogue, "k": list(ks), **_flat(summary_counts),

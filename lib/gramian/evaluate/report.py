@@ -1,17 +1,18 @@
 """The human report of an evaluation: a markdown page with the metrics table and two PNG plots.
 
 metric@k curves per model (exact metrics) and the training loss per epoch from the `runs` table, written
-to <storage.root>/_runs/<run_id>/report/ (matplotlib, headless Agg backend).
+to <artifacts>/reports/<run_id>/ in the artifact store (matplotlib, headless Agg backend).
 """
 
 from __future__ import annotations
 
+import io
 import json
-from pathlib import Path
 from typing import Any
 
 from gramian import tables
 from gramian.config import Config
+from gramian.storage import Store
 
 CURVES = ("recall", "ndcg", "ap", "precision")
 
@@ -54,14 +55,19 @@ def _losses(spark: Any, cfg: Config, run_ids: list[str]) -> dict[str, list[tuple
     return out
 
 
-def write_report(spark: Any, cfg: Config, run_id: str, rows: list[dict[str, Any]], folder: Path) -> Path:
-    """Write report.md, metrics_at_k.png and loss.png into `folder`; return the markdown path."""
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def write_report(spark: Any, cfg: Config, run_id: str, rows: list[dict[str, Any]], folder: Store) -> str:
+    """Write report.md, metrics_at_k.png and loss.png into the store folder `folder`; return the markdown's URI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder.mkdir(parents=True, exist_ok=True)
     ks = tuple(sorted({int(r["k"]) for r in rows if r["k"] is not None}))
     exact = [r for r in rows if r["method"] == "exact" and r["k"] is not None and r["metric"] in CURVES]
     models = sorted({r["model"] for r in exact})
@@ -76,7 +82,7 @@ def write_report(spark: Any, cfg: Config, run_id: str, rows: list[dict[str, Any]
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "metrics_at_k.png", dpi=90)
+    folder.write_bytes(_png(fig), "metrics_at_k.png")
     plt.close(fig)
     losses = _losses(spark, cfg, [run_id, *cfg.evaluate.compare_runs])
     fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -91,7 +97,7 @@ def write_report(spark: Any, cfg: Config, run_id: str, rows: list[dict[str, Any]
     else:
         ax.text(0.5, 0.5, "no runs row", ha="center", transform=ax.transAxes)
     fig.tight_layout()
-    fig.savefig(folder / "loss.png", dpi=90)
+    folder.write_bytes(_png(fig), "loss.png")
     plt.close(fig)
     sc = cfg.evaluate.sampled
     md = [f"# Evaluation of run `{run_id}`", "",
@@ -102,6 +108,5 @@ def write_report(spark: Any, cfg: Config, run_id: str, rows: list[dict[str, Any]
           f"(bias-variance, gamma={sc.gamma}; importance-weighted rank for popularity negatives), "
           "`exact` the same metric over all negatives.", "",
           metrics_table(rows, ks), "", "![metric@k](metrics_at_k.png)", "", "![training loss](loss.png)", ""]
-    path = folder / "report.md"
-    path.write_text("\n".join(md))
-    return path
+    folder.write_text("\n".join(md), "report.md")
+    return folder.uri_of("report.md")

@@ -2,10 +2,11 @@
 
 Scores are raw dot products <user, item> with no normalisation: an item factor's norm carries its
 popularity, and normalising would turn maximum inner product search into a different ranking.
-An index lives in one directory: each build in a subfolder named by its token (meta.json,
-item_factors.npy, item_ids.npy and, for ScaNN, the serialized searcher under scann/) and a CURRENT file
-naming the live build, swapped atomically. Searchers do not pickle, so Spark tasks receive only the path
-and token, and `load_index` keeps one loaded copy per Python worker process, keyed by both.
+An index lives in one folder of the artifact store (gramian.storage): each build in a subfolder named by its
+token (meta.json, item_factors.npy, item_ids.npy and, for ScaNN, the serialized searcher under scann/) and a
+CURRENT file naming the live build, swapped atomically. Searchers do not pickle, so Spark tasks receive only
+the store and token, and `load_index` keeps one loaded copy per Python worker process, keyed by both
+(fetched from the store into a local temp dir when the store is remote).
 
 Top-n excluding a user's training items asks the searcher for n + min(32, history length rounded up to a
 power of two) neighbours and filters, then asks again with n + the rounded history length for users left
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import os
+import re
+import tempfile
 import threading
 import uuid
 from dataclasses import asdict, dataclass
@@ -33,6 +36,7 @@ from numba import njit
 from gramian.config import PublishConfig
 from gramian.errors import ConfigError, InputDataError
 from gramian.kernels.ranking import topk_excluding
+from gramian.storage import Store, as_store
 
 META = "meta.json"
 FACTORS = "item_factors.npy"
@@ -157,9 +161,13 @@ class ItemIndex:
         return nb, dist
 
 
-def build_index(item_factors: np.ndarray, item_ids: np.ndarray, path: str | Path, cfg: PublishConfig,
-                k: int, meta: dict[str, Any] | None = None) -> ItemIndex:
-    """Build and serialize an index for top-`k` queries into `path` (replacing what was there)."""
+def build_index(item_factors: np.ndarray, item_ids: np.ndarray, path: Store | str | os.PathLike[str],
+                cfg: PublishConfig, k: int, meta: dict[str, Any] | None = None) -> ItemIndex:
+    """Build and serialize an index for top-`k` queries into `path` (a Store, URI or local path), replacing it.
+
+    The build is written in a local scratch folder, then copied to `<path>/<token>/` in the store; the
+    CURRENT pointer switches last, so readers see the old build or the new one.
+    """
     h = np.ascontiguousarray(item_factors, dtype=np.float32)
     if h.ndim != 2:
         raise InputDataError(f"item factors must be a 2-D matrix, got shape {h.shape}. Check the item_factors table.")
@@ -169,62 +177,79 @@ def build_index(item_factors: np.ndarray, item_ids: np.ndarray, path: str | Path
     if len(ids) != len(h):
         raise InputDataError(f"item_ids must give one id per factor row ({len(h)}), got {len(ids)}.")
     params = choose_params(len(h), h.shape[1], cfg)
-    root = Path(path)
+    store = as_store(path)
     token = uuid.uuid4().hex
-    target = root / token  # ScaNN records absolute asset paths: build in place, never move
-    target.mkdir(parents=True)
     searcher = None
-    try:
+    with tempfile.TemporaryDirectory(prefix="gramian-index-") as scratch:
+        target = Path(scratch)
         if params.kind == "scann":
             searcher = build_searcher(h, params, k)
             (target / SEARCHER).mkdir()
             searcher.serialize(str(target / SEARCHER))
+            relocatable(target / SEARCHER)
         np.save(target / FACTORS, h)
         np.save(target / IDS, ids)
         full_meta = {"token": token, "params": asdict(params), "n_items": len(h), "dim": int(h.shape[1]), "k": k,
                      **(meta or {})}
         (target / META).write_text(json.dumps(full_meta, indent=2, default=str))
-        pointer = root / f".{CURRENT}.{token}"
-        pointer.write_text(token)
-        pointer.replace(root / CURRENT)  # atomic: readers see the old token or the new one
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
-    for old in root.iterdir():  # earlier builds: processes that loaded them keep their in-memory copy
-        if old.is_dir() and old.name != token:
-            shutil.rmtree(old, ignore_errors=True)
-    index = ItemIndex(str(root), token, params, h, ids, searcher, full_meta)
+        try:
+            store.upload(scratch, token)
+            store.write_text(token, CURRENT)  # readers see the old token or the new one
+        except BaseException:
+            store.delete(token)
+            raise
+    for old in store.listdir():  # earlier builds: processes that loaded them keep their in-memory copy
+        if old != token and old != CURRENT and not old.startswith("."):
+            store.delete(old)
+    index = ItemIndex(store.uri, token, params, h, ids, searcher, full_meta)
     with _LOCK:
-        _CACHE[(str(root), token)] = index
+        _CACHE[(store.uri, token)] = index
     return index
+
+
+def relocatable(searcher_dir: Path) -> None:
+    """Make a serialized ScaNN searcher loadable from any folder: its asset paths relative to the folder.
+
+    ScaNN writes the serialize() folder into scann_assets.pbtxt and load_searcher joins the load folder with
+    it, so a copy fetched to an executor's temp dir would look for the driver's path.
+    """
+    assets = searcher_dir / "scann_assets.pbtxt"
+    if assets.is_file():
+        assets.write_text(re.sub(r'asset_path: "[^"]*/([^"/]+)"', r'asset_path: "\1"', assets.read_text()))
+
+
+def index_exists(path: Store | str | os.PathLike[str]) -> bool:
+    """Whether an index has been built at `path` (its CURRENT pointer is there)."""
+    return as_store(path).exists(CURRENT)
 
 
 _CACHE: dict[tuple[str, str], ItemIndex] = {}
 _LOCK = threading.Lock()
 
 
-def load_index(path: str | Path, token: str | None = None) -> ItemIndex:
+def load_index(path: Store | str | os.PathLike[str], token: str | None = None) -> ItemIndex:
     """The index serialized at `path`, loaded once per process (ScaNN searchers do not pickle).
 
     `token` (from meta.json at build time) keys the cache, so a Python worker reused across publishes
-    never serves a searcher that was rebuilt since it was loaded.
+    never serves a searcher that was rebuilt since it was loaded. On a remote store each Python worker
+    fetches the build from the store into a local temp dir once (gramian.storage), never from the driver.
     """
-    p = Path(path)
-    if token is not None and (str(p), token) in _CACHE:
-        return _CACHE[(str(p), token)]
+    store = as_store(path)
+    p = store.uri
+    if token is not None and (p, token) in _CACHE:
+        return _CACHE[(p, token)]
     with _LOCK:
-        pointer = p / CURRENT
-        if not pointer.is_file():
-            raise InputDataError(f"item index must exist at {str(p)!r}, found no {CURRENT} pointer. Run "
+        if not store.exists(CURRENT):
+            raise InputDataError(f"item index must exist at {p!r}, found no {CURRENT} pointer. Run "
                                  f"`gramian publish` for this run first.")
-        current = pointer.read_text().strip()
+        current = store.read_text(CURRENT).strip()
         if token is not None and current != token:
-            raise InputDataError(f"item index at {str(p)!r} was rebuilt while in use (token {current!r}, "
+            raise InputDataError(f"item index at {p!r} was rebuilt while in use (token {current!r}, "
                                  f"expected {token!r}). Re-run the publish.")
-        key = (str(p), current)
+        key = (p, current)
         if key in _CACHE:
             return _CACHE[key]
-        d = p / current
+        d = Path(store.local_dir(current))
         meta = json.loads((d / META).read_text())
         params = IndexParams(**meta["params"])
         searcher = None
@@ -232,7 +257,7 @@ def load_index(path: str | Path, token: str | None = None) -> ItemIndex:
             import scann
 
             searcher = scann.scann_ops_pybind.load_searcher(str(d / SEARCHER))
-        index = ItemIndex(str(p), current, params, np.load(d / FACTORS), np.load(d / IDS), searcher, meta)
+        index = ItemIndex(p, current, params, np.load(d / FACTORS), np.load(d / IDS), searcher, meta)
         _CACHE[key] = index
         return index
 

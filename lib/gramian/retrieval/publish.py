@@ -1,12 +1,13 @@
 """`gramian publish`: top-n lists for every training user in the `topn` Delta table, gated on index quality.
 
 Order of work, so that a bad index never reaches readers:
-1. collect the run's item factors on the driver, build the index once, serialize it under
-   `<storage.root>/_index/<run_id>` (publish.index_dir overrides the parent folder);
+1. collect the run's item factors on the driver, build the index once, serialize it into the artifact store
+   under `<artifacts>/index/<run_id>` (publish.index_dir overrides the parent folder);
 2. on a seeded user sample, compare the published lists with exact top-n (recall@n) and write that to
    `metrics`; below publish.min_index_recall raise PublishError, leaving `topn` untouched;
-3. score every user with training history inside Spark tasks (mapInArrow: each Python worker loads the
-   serialized index once), write all rows of the run in ONE Delta transaction (replaceWhere run_id), so
+3. score every user with training history inside Spark tasks (mapInArrow: each Python worker fetches the
+   serialized index from the store and loads it once), write all rows of the run in ONE Delta transaction
+   (replaceWhere run_id), so
    readers see the previous lists or the new ones, never a mix, and a re-run replaces, never duplicates;
 4. record the publish in `publications` (run_id, the topn Delta version it produced, recall, ...), whose one
    row with current = true says which run applications should read (`read_topn`). Earlier runs keep
@@ -21,12 +22,11 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gramian import tables
+from gramian import storage, tables
 from gramian.config import Config, ModelConfig, PublishConfig, StorageConfig, _build
 from gramian.errors import InputDataError, PublishError
 from gramian.kernels.ranking import topk_excluding
@@ -43,10 +43,11 @@ PUBLICATIONS_SCHEMA = ("run_id string, published_at timestamp, n int, users long
                        "index_recall double, index_path string, topn_version long, current boolean")
 
 
-def index_path(cfg: Config, run_id: str) -> Path:
-    """Where a run's index is serialized: beside the run's tables unless publish.index_dir says otherwise."""
-    parent = cfg.publish.index_dir or str(Path(cfg.storage.root).expanduser() / "_index")
-    return Path(parent).expanduser().resolve() / run_id
+def index_path(cfg: Config, run_id: str, spark: Any = None) -> storage.Store:
+    """Where a run's index is serialized: <artifacts>/index/<run_id> unless publish.index_dir names the parent."""
+    if cfg.publish.index_dir:
+        return storage.open_store(cfg.publish.index_dir, spark).child(run_id)
+    return storage.artifact_store(cfg.storage, spark).child("index", run_id)
 
 
 def _require(spark: Any, st: StorageConfig, *names: str) -> None:
@@ -144,8 +145,8 @@ def score_batch(index: ItemIndex, batch: Any, run_id: str, pub: PublishConfig) -
     })
 
 
-def _scorer(path: str, token: str, run_id: str, pub: PublishConfig) -> Any:
-    """The mapInArrow function: loads the index once per worker process (cached), never per batch."""
+def _scorer(path: storage.Store, token: str, run_id: str, pub: PublishConfig) -> Any:
+    """The mapInArrow function: fetches and loads the index once per worker process (cached), never per batch."""
 
     def score(batches: Any) -> Any:
         index = load_index(path, token)
@@ -236,11 +237,11 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     h, ids = item_matrix(spark, cfg, run_id)
     model = run_model_config(spark, st, run_id)
     meta = {"run_id": run_id, "model": dataclasses.asdict(model) if model else None}
-    path = index_path(cfg, run_id)
+    path = index_path(cfg, run_id, spark)
     index = build_index(h, ids, path, pub, pub.n, meta=meta)
     build_s = time.perf_counter() - t0
     log.info("index for run %s: %s over %d items (d=%d) in %.1fs at %s", run_id, index.params.kind, len(h),
-             h.shape[1], build_s, path)
+             h.shape[1], build_s, path.uri)
 
     users = users_frame(spark, cfg, run_id)
     sample = users.orderBy(F.xxhash64("idx", F.lit(pub.seed))).limit(pub.recall_sample).toArrow()
@@ -259,7 +260,7 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
 
     t1 = time.perf_counter()
     frame = users.repartition(pub.partitions) if pub.partitions else users
-    out = frame.mapInArrow(_scorer(str(path), index.token, run_id, pub), TOPN_SCHEMA)
+    out = frame.mapInArrow(_scorer(path, index.token, run_id, pub), TOPN_SCHEMA)
     tables.write(out, st, TOPN, mode="overwrite", replace_where=f"run_id = '{run_id}'")
     publish_s = time.perf_counter() - t1
     version = _latest_version(spark, st, TOPN)
@@ -268,9 +269,9 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     _mark_current(spark, cfg, {"run_id": run_id, "published_at": datetime.now(UTC), "n": pub.n,
                                "users": int(counts["users"]), "rows": int(counts["rows"]),
                                "index_kind": index.params.kind, "index_recall": float(recall),
-                               "index_path": str(path), "topn_version": version})
+                               "index_path": path.uri, "topn_version": version})
     return {"run_id": run_id, "n": pub.n, "users": int(counts["users"]), "rows": int(counts["rows"]),
             "items": len(h), "index": index.params.kind, "index_recall": round(recall, 4),
             "index_recall_searcher": round(quality["index_recall_searcher"], 4),
             "recall_sample": sample.num_rows, "topn_version": version, "index_seconds": round(build_s, 2),
-            "publish_seconds": round(publish_s, 2), "index_path": str(path)}
+            "publish_seconds": round(publish_s, 2), "index_path": path.uri}

@@ -22,7 +22,7 @@ from gramian.config import Config, ModelConfig, _build
 from gramian.errors import InputDataError, PublishError
 from gramian.kernels.foldin import fold_in_one
 from gramian.kernels.loss import gramian as gramian_of
-from gramian.retrieval.index import ItemIndex, build_index, load_index, topn_excluding
+from gramian.retrieval.index import ItemIndex, build_index, index_exists, load_index, topn_excluding
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ def recommend(history_item_ids: Sequence[str], weights: Sequence[float] | None =
 
     cfg = cfg or load_config()
     n = n or cfg.publish.n
-    if run_id is not None and index_path(cfg, run_id).is_dir():
-        index = load_index(index_path(cfg, run_id))
+    if run_id is not None and index_exists(index_path(cfg, run_id, spark)):
+        index = load_index(index_path(cfg, run_id, spark))
     else:
         if spark is None:
             from gramian.spark import get_session
@@ -129,8 +129,8 @@ def recommend(history_item_ids: Sequence[str], weights: Sequence[float] | None =
                 raise PublishError("a run must be published (or --run-id given) to recommend, got no current "
                                    "publication. Run `gramian publish --run-id <run>` first.")
             run_id = str(pub["run_id"])
-        path = index_path(cfg, run_id)
-        if path.is_dir():
+        path = index_path(cfg, run_id, spark)
+        if index_exists(path):
             index = load_index(path)
         else:
             h, ids = item_matrix(spark, cfg, run_id)

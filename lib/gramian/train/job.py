@@ -8,10 +8,9 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from gramian import tables
+from gramian import storage, tables
 from gramian.config import Config
 from gramian.errors import InputDataError
 from gramian.train.checkpoint import Checkpointer
@@ -31,6 +30,11 @@ def fingerprint(cfg: Config, n_users: int, n_items: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def checkpoint_store(spark: Any, cfg: Config, run_id: str) -> storage.Store:
+    """Where run `run_id` keeps its checkpoints: <artifacts>/checkpoints/<run_id> in the store."""
+    return storage.artifact_store(cfg.storage, spark).child("checkpoints", run_id)
+
+
 def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str, Any]:
     """Train the configured model on `train` and publish its factors under `run_id`."""
     from pyspark.sql import functions as F
@@ -46,7 +50,7 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     n_items = int(items.agg(F.max("idx")).collect()[0][0]) + 1
     train_df = tables.read(spark, st, "train")
     started = datetime.now(UTC)
-    ckpt = Checkpointer(Path(st.root).expanduser() / "_checkpoints" / run_id, fingerprint(cfg, n_users, n_items))
+    ckpt = Checkpointer(checkpoint_store(spark, cfg, run_id), fingerprint(cfg, n_users, n_items))
     t0 = time.perf_counter()
     estimator = ESTIMATORS[cfg.model.name].from_config(cfg.model, cfg.train)
     model = estimator.fit(train_df, n_users, n_items, ckpt, resume=resume)
