@@ -72,22 +72,11 @@ def delta_package() -> str:
     return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta_spark')}"
 
 
-def hadoop_version() -> str:
-    """The Hadoop version bundled with the installed pyspark (its hadoop-client-api jar)."""
-    import pyspark
-
-    jars = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
-    if not jars:
-        from gramian.errors import ConfigError
-
-        raise ConfigError(f"pyspark must bundle hadoop-client-api-<version>.jar, got none in "
-                          f"{Path(pyspark.__file__).parent / 'jars'}. Reinstall pyspark.")
-    return jars[-1].name.removeprefix("hadoop-client-api-").removesuffix(".jar")
-
-
 def hadoop_aws_package() -> str:
     """The Maven coordinate of the S3A connector matching pyspark's Hadoop (it pulls the AWS SDK v2 bundle)."""
-    return f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"
+    from gramian.storage import AWS, hadoop_version
+
+    return AWS.format(hadoop=hadoop_version())
 
 
 def launched_by_spark_submit() -> bool:

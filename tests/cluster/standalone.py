@@ -24,7 +24,8 @@ from pathlib import Path
 
 from gramian.config import SparkConfig
 from gramian.dist import build_zip  # noqa: F401 (re-exported for the tests)
-from gramian.spark import delta_package, hadoop_aws_package, hadoop_version
+from gramian.spark import delta_package, hadoop_aws_package
+from gramian.storage import hadoop_version
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
