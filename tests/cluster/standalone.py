@@ -166,6 +166,8 @@ class StandaloneCluster:
         `class_path`: jars installed on every node (the S3A connector, as cloud images have it), put on the
         driver's and executors' class path instead of shipping them to each executor with --packages.
         """
+        if self.isolated:  # two "hosts" on one address: Spark would read the other executor's shuffle files
+            conf = {"spark.shuffle.readHostLocalDisk": "false", **(conf or {})}  # from its disk; real hosts fetch
         return submit_command(self.url, job, args, py_files, executor_memory, conf, class_path)
 
 

@@ -112,13 +112,16 @@ def submit(cluster, s3, job: str, name: str, args: list[str]) -> Submitted:
 
 @pytest.fixture(scope="module")
 def local_run(spark, cluster) -> str:
-    """The reference: the same config run in-process on local[2] (the tests' session), same S3 root."""
+    """The reference: the same config run in-process on local[2] (the tests' session), same S3 root.
+
+    Runs after the cluster's runs (last test): its ingest rewrites the shared tables with the same rows.
+    """
     assert main(["run", *config_args(cluster), "--run-id", "local"]) == 0
     return "local"
 
 
 @pytest.fixture(scope="module")
-def baseline(spark, s3, cluster, local_run) -> str:
+def baseline(spark, s3, cluster) -> str:
     """`jobs/run.py` (ingest -> ... -> publish) then `jobs/gate.py` through spark-submit on the cluster."""
     text = submit(cluster, s3, "jobs/run.py", "run-base", [*config_args(cluster), "--run-id", "base"]).finish()
     gate = submit(cluster, s3, "jobs/gate.py", "gate-base",
@@ -188,32 +191,6 @@ def test_a_file_the_driver_writes_locally_is_invisible_to_the_executors(cluster,
         assert task["seen"] == [False, False, False, True], task  # none of the driver's files; the venv, yes
 
 
-def test_the_pipeline_runs_on_s3_through_spark_submit_with_the_local_runs_metrics(spark, s3, cluster, baseline):
-    assert f"master {cluster.url}" in baseline  # the driver ran against the standalone master, not local
-    for stage in PIPELINE:
-        assert f"== {stage}" in baseline
-    assert "== gate" in baseline and re.search(r"passed: True", baseline), baseline[-3000:]
-    for i in range(2):
-        assert "Asked to launch executor" in cluster.logs[f"worker{i}"].read_text()
-    st = storage(cluster)
-    stages = {r["stage"]: r["status"] for r in read(spark, st, "stage_runs").filter("run_id = 'base'").collect()}
-    assert stages == {**{s: "finished" for s in PIPELINE}, "gate": "finished"}
-    n_users = read(spark, st, "users").count()
-    assert read(spark, st, "user_factors").filter("run_id = 'base'").count() == n_users
-    assert read(spark, st, "topn").filter("run_id = 'base'").select("user_id").distinct().count() > 0
-    keys = s3.keys("wh/")
-    for table in ("interactions", "train", "test", "user_factors", "metrics", "topn", "stage_runs"):
-        assert any(k.startswith(f"wh/{table}/_delta_log/") for k in keys), f"{table} is not on S3"
-    assert any(k.startswith("wh/_artifacts/") for k in keys), "no artifact (index, report) on S3"
-    leftovers = [p for p in cluster.driver_cwd.rglob("*") if re.search(r"warehouse|_artifacts|_index|_checkp", str(p))]
-    assert not leftovers, f"the driver wrote storage to its local disk: {leftovers[:5]}"
-    assert_same_model(spark, st, "base", "local")
-    local, base = exact_metrics(spark, st, "local"), exact_metrics(spark, st, "base")
-    assert base.keys() == local.keys() and {m for m, _, _ in base} >= {"popularity"}
-    for key, value in local.items():
-        assert abs(base[key] - value) < METRIC_ATOL, (key, base[key], value)
-
-
 def test_training_resumes_from_its_checkpoint_on_s3_after_the_driver_is_killed(spark, s3, cluster, baseline):
     args = [*config_args(cluster, "train.checkpoint_every=1"), "--run-id", "resumed"]
     first = submit(cluster, s3, "jobs/train.py", "train-killed", args)
@@ -243,3 +220,31 @@ def test_losing_a_worker_mid_training_still_finishes_with_the_same_model(spark, 
     assert base.keys() == faulty.keys()
     for key, value in base.items():
         assert abs(faulty[key] - value) < METRIC_ATOL, key
+
+
+def test_the_pipeline_runs_on_s3_through_spark_submit_with_the_local_runs_metrics(spark, s3, cluster, baseline,
+                                                                                  local_run):
+    assert f"master {cluster.url}" in baseline  # the driver ran against the standalone master, not local
+    for stage in PIPELINE:
+        assert f"== {stage}" in baseline
+    assert "== gate" in baseline and re.search(r"passed: True", baseline), baseline[-3000:]
+    for i in range(2):
+        assert "Asked to launch executor" in cluster.logs[f"worker{i}"].read_text()
+    st = storage(cluster)
+    stages = {r["stage"]: r["status"] for r in read(spark, st, "stage_runs").filter("run_id = 'base'").collect()}
+    assert stages == {**{s: "finished" for s in PIPELINE}, "gate": "finished"}
+    n_users = read(spark, st, "users").count()
+    assert read(spark, st, "user_factors").filter("run_id = 'base'").count() == n_users
+    assert read(spark, st, "topn").filter("run_id = 'base'").select("user_id").distinct().count() > 0
+    keys = s3.keys("wh/")
+    for table in ("interactions", "train", "test", "user_factors", "metrics", "topn", "stage_runs"):
+        assert any(k.startswith(f"wh/{table}/_delta_log/") for k in keys), f"{table} is not on S3"
+    assert any(k.startswith("wh/_artifacts/") for k in keys), "no artifact (index, report) on S3"
+    stray = re.compile(r"(?<!spark-)warehouse|_artifacts|_index|_checkp")
+    leftovers = [p for p in cluster.driver_cwd.rglob("*") if stray.search(str(p))]
+    assert not leftovers, f"the driver wrote storage to its local disk: {leftovers[:5]}"
+    assert_same_model(spark, st, "base", "local")
+    local, base = exact_metrics(spark, st, "local"), exact_metrics(spark, st, "base")
+    assert base.keys() == local.keys() and {m for m, _, _ in base} >= {"popularity"}
+    for key, value in local.items():
+        assert abs(base[key] - value) < METRIC_ATOL, (key, base[key], value)
