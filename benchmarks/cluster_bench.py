@@ -52,8 +52,9 @@ def pipeline(master: str, root: str, sets: list[str], s3: MotoS3, cluster: Stand
             *[x for s in [*sets, f"storage.root={root}"] for x in ("--set", s)], "--run-id", name]
     walls = {}
     for job, extra in (("jobs/run.py", []), ("jobs/gate.py", ["--metric", "ndcg", "--k", "10"])):
-        cmd = submit_command(master, job, [*args, *extra], py_files=zip_path, conf=s3.s3a_conf,
-                             class_path=s3a_jars())
+        kw = {"py_files": zip_path, "conf": s3.s3a_conf, "class_path": s3a_jars()}
+        cmd = (cluster.submit_command(job, [*args, *extra], **kw) if master == cluster.url
+               else submit_command(master, job, [*args, *extra], **kw))
         walls[Path(job).stem] = run(cmd, cluster.env, cluster.driver_cwd, cluster.workdir / f"{name}-{job[5:]}.log")
     return walls
 

@@ -166,6 +166,11 @@ class StandaloneCluster:
         `class_path`: jars installed on every node (the S3A connector, as cloud images have it), put on the
         driver's and executors' class path instead of shipping them to each executor with --packages.
         """
+        hidden = [j for j in class_path or [] if Path(j).resolve().is_relative_to(PRIVATE_TMP)]
+        if self.isolated and hidden:
+            raise RuntimeError(f"jars on the executors' class path must be outside {PRIVATE_TMP}, got {hidden[0]} "
+                               f"(isolated workers have their own {PRIVATE_TMP}). Put the Ivy cache elsewhere "
+                               f"(GRAMIAN_IVY_DIR)")
         if self.isolated:  # two "hosts" on one address: Spark would read the other executor's shuffle files
             conf = {"spark.shuffle.readHostLocalDisk": "false", **(conf or {})}  # from its disk; real hosts fetch
         return submit_command(self.url, job, args, py_files, executor_memory, conf, class_path)
