@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = SMALL if args.small else []
     machine = machine_info()
     os.environ.update(AWS_ENV)
-    spark = get_session(SparkConfig(packages=(hadoop_aws_package(),)))  # resolves the S3A jars into Ivy
+    spark = get_session(SparkConfig(conf={"spark.jars.packages": hadoop_aws_package()}))  # S3A jars into Ivy
     work = Path(tempfile.mkdtemp(prefix="gramian-cluster-bench-"))
     doc: dict[str, Any] = {"machine": machine, "config": ["conf/synthetic.yaml", *sets], "runs": {}}
     with MotoS3(work / "moto", free_port()) as s3, \

@@ -21,7 +21,7 @@ def spark(request):
     from gramian.spark import get_session, hadoop_aws_package
 
     s3 = any(item.get_closest_marker("s3") for item in request.session.items)
-    session = get_session(SparkConfig(packages=(hadoop_aws_package(),) if s3 else ()))
+    session = get_session(SparkConfig(conf={"spark.jars.packages": hadoop_aws_package()} if s3 else {}))
     yield session
     session.stop()
 

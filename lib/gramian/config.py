@@ -63,9 +63,6 @@ class SparkConfig:
     ivy_dir: str | None = None  # None: $GRAMIAN_IVY_DIR, else ~/.cache/gramian/ivy (see ivy_folder)
     log_level: str = "WARN"
     conf: dict[str, str] = field(default_factory=dict)
-    # extra Maven coordinates for a session built here, beside Delta's (e.g. hadoop-aws for an s3a:// root:
-    # `python -m gramian.spark packages` prints it); spark-submit's --packages win under spark-submit
-    packages: tuple[str, ...] = ()
 
     @property
     def ivy_folder(self) -> str:

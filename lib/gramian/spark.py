@@ -137,9 +137,12 @@ def get_session(cfg: SparkConfig | None = None, extra_conf: dict[str, str] | Non
     conf["spark.driver.memory"] = cfg.driver_memory
     conf.update(cfg.conf)
     conf.update(extra_conf or {})
+    # configure_spark_with_delta_pip overwrites spark.jars.packages: packages asked for (e.g. hadoop-aws for an
+    # s3a:// root) go through its extra_packages instead
+    extra = [p.strip() for p in conf.pop("spark.jars.packages", "").split(",") if p.strip()]
     for key, value in conf.items():
         builder = builder.config(key, value)
-    session = configure_spark_with_delta_pip(builder, extra_packages=list(cfg.packages)).getOrCreate()
+    session = configure_spark_with_delta_pip(builder, extra_packages=extra).getOrCreate()
     session.sparkContext.setLogLevel(cfg.log_level)
     log.info("started Spark %s, master %s, bound to %s", session.version, cfg.master, LOOPBACK)
     return session

@@ -130,7 +130,8 @@ def spark_storage_error(exc: BaseException, uri: str, key: str) -> StorageError 
         return StorageError(
             f"{key} must use a scheme whose Hadoop filesystem is on Spark's classpath, got {uri!r} ({cls} not "
             f"found, the {schemes} connector). Add the package {pkg} to spark.jars.packages (spark-submit "
-            f"--packages, or --set spark.conf.spark.jars.packages=... locally), or use a root Spark can open.")
+            f"--packages, or `spark: {{conf: {{spark.jars.packages: ...}}}}` in the YAML for a local session), or use "
+            f"a root Spark can open.")
     m = re.search(r'No FileSystem for scheme "?([\w+.-]+)"?', text)
     if m:
         sch = m.group(1)

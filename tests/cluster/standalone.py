@@ -207,14 +207,14 @@ _S3A_ARTIFACTS = ("org.apache.hadoop_hadoop-aws-{hadoop}.jar", "software.amazon.
 
 
 def s3a_jars() -> list[str]:
-    """The S3A connector's jars in the Ivy cache (resolved by a session with spark.packages=[hadoop-aws])."""
+    """The S3A connector's jars in the Ivy cache (resolved by a session whose spark.jars.packages has hadoop-aws)."""
     jars_dir = Path(SparkConfig().ivy_folder) / "jars"
     found = []
     for pattern in _S3A_ARTIFACTS:
         hits = sorted(jars_dir.glob(pattern.format(hadoop=hadoop_version())))
         if not hits:
             raise RuntimeError(f"the Ivy cache must hold {pattern.format(hadoop=hadoop_version())}, got none in "
-                               f"{jars_dir}. Start a session with spark.packages=[{hadoop_aws_package()}] first "
+                               f"{jars_dir}. Start a session with spark.jars.packages={hadoop_aws_package()} first "
                                f"(the tests' `spark` fixture does when S3 tests are selected)")
         found.append(str(hits[-1]))
     return found

@@ -59,7 +59,11 @@ def test_run_id_and_arguments_come_from_the_logical_date_and_params(bag):
               "gate_method": "exact", "gate_floor": 0.1}
     rendered = env.from_string(dag.get_task("train").application_args).render(
         params=params, logical_date=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), dag_run=None)
-    assert rendered == ["--conf", "c.yaml", "--set", "model.dim=8", "--run-id", "20260102T030405"]
+    # train resumes: a retried train task continues from its checkpoint in the store (fingerprint-guarded)
+    assert rendered == ["--conf", "c.yaml", "--set", "model.dim=8", "--run-id", "20260102T030405", "--resume"]
+    for other in (t for t in dag.task_ids if t != "train"):
+        assert "--resume" not in env.from_string(dag.get_task(other).application_args).render(
+            params=params, logical_date=datetime(2026, 1, 2, tzinfo=UTC), dag_run=None), other
     if "quality_gate" in dag.task_ids:
         gate = env.from_string(dag.get_task("quality_gate").application_args).render(
             params=params, logical_date=datetime(2026, 1, 2, tzinfo=UTC), dag_run=None)

@@ -1,4 +1,8 @@
-"""The `gramian` CLI end to end on generated data: every stage's tables, the run record, re-runs."""
+"""The `gramian` CLI end to end on generated data: every stage's tables, the run record, re-runs.
+
+storage.root is given as a `file:` URI (what a cluster user writes for s3a://, abfss://, ...): tables go
+through Spark/Delta and every artifact through the storage layer, under <root>/_artifacts.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +20,12 @@ SMALL = ["generate.n_users=300", "generate.n_items=150", "generate.n_interaction
          "model.epochs=3", "train.checkpoint_every=1"]
 
 
+CONF = Path(__file__).resolve().parents[2] / "conf" / "synthetic.yaml"
+
+
 def cli(tmp: Path, *args: str, run_id: str = "r1") -> int:
-    sets = [x for s in [*SMALL, f"storage.root={tmp}"] for x in ("--set", s)]
-    return main([*args, "--conf", "conf/synthetic.yaml", *sets, "--run-id", run_id])
+    sets = [x for s in [*SMALL, f"storage.root=file://{tmp}"] for x in ("--set", s)]
+    return main([*args, "--conf", str(CONF), *sets, "--run-id", run_id])
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +55,22 @@ def test_run_record_holds_config_and_a_decreasing_loss_per_epoch(spark, warehous
     losses = [e["loss"] for e in epochs]
     assert losses[-1] < losses[0]
     assert json.loads(runs[0]["config"])["model"]["dim"] == 8
+
+
+def test_file_uri_root_keeps_every_artifact_under_root_artifacts(spark, warehouse, tmp_path, monkeypatch):
+    from gramian.retrieval.publish import current_publication
+
+    arts = warehouse / "_artifacts"
+    assert json.loads((arts / "checkpoints" / "r1" / "latest.json").read_text())["epoch"] == 3
+    token = (arts / "index" / "r1" / "CURRENT").read_text().strip()
+    assert (arts / "index" / "r1" / token / "item_factors.npy").is_file()
+    assert {"report.md", "metrics_at_k.png", "loss.png"} <= {p.name for p in (arts / "reports" / "r1").iterdir()}
+    assert sorted(p.name for p in warehouse.iterdir() if p.name.startswith("_")) == ["_artifacts"]
+    pub = current_publication(spark, StorageConfig(root=f"file://{warehouse}"))
+    assert pub["run_id"] == "r1" and pub["index_path"] == f"file://{warehouse}/_artifacts/index/r1"
+    monkeypatch.chdir(tmp_path)  # a URI root is never turned into a local folder named after it
+    assert cli(warehouse, "evaluate") == 0
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_rerunning_train_with_the_same_run_id_replaces_its_rows(spark, warehouse):
