@@ -11,11 +11,17 @@ from gramian.config import Config, StorageConfig, data_root
 
 
 @pytest.fixture(scope="session")
-def spark():
-    """The single classic local session every Spark test shares (Ivy cache raced if there were two)."""
-    from gramian.spark import get_session
+def spark(request):
+    """The single classic local session every Spark test shares (Ivy cache raced if there were two).
 
-    session = get_session()
+    With S3 tests selected it also carries the S3A connector (hadoop-aws and the ~690 MB AWS SDK bundle,
+    downloaded into the Ivy cache once), so the tests read what the cluster wrote to the S3 server.
+    """
+    from gramian.config import SparkConfig
+    from gramian.spark import get_session, hadoop_aws_package
+
+    s3 = any(item.get_closest_marker("s3") for item in request.session.items)
+    session = get_session(SparkConfig(conf={"spark.jars.packages": hadoop_aws_package()} if s3 else {}))
     yield session
     session.stop()
 

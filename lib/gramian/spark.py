@@ -72,6 +72,13 @@ def delta_package() -> str:
     return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta_spark')}"
 
 
+def hadoop_aws_package() -> str:
+    """The Maven coordinate of the S3A connector matching pyspark's Hadoop (it pulls the AWS SDK v2 bundle)."""
+    from gramian.storage import AWS, hadoop_version
+
+    return AWS.format(hadoop=hadoop_version())
+
+
 def launched_by_spark_submit() -> bool:
     """True inside a Python driver started by spark-submit (its JVM is already up, with --master/--packages)."""
     return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
@@ -223,5 +230,5 @@ def is_connect(session: Any) -> bool:
     return type(session).__module__.startswith("pyspark.sql.connect")
 
 
-if __name__ == "__main__":  # `python -m gramian.spark packages`: the --packages value for spark-submit
-    print(delta_package())
+if __name__ == "__main__":  # `python -m gramian.spark packages [s3a]`: the --packages value for spark-submit
+    print(",".join([delta_package(), *([hadoop_aws_package()] if "s3a" in sys.argv[1:] else [])]))
