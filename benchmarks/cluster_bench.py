@@ -160,7 +160,10 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dic
     sets = [f"storage.root={root}", f"model.dim={args.dim}", f"model.epochs={args.epochs}",
             "train.checkpoint_every=0"]
     out: dict[str, dict[str, Any]] = {}
-    with StandaloneCluster(work / "cluster", workers=2, cores=1, memory=args.worker_memory) as cluster:
+    # the workers share this host's disk (isolated=False): the tables sit in a local folder, as in issue 14's
+    # first measurement; cluster_stages.py is the no-shared-disk S3 run
+    with StandaloneCluster(work / "cluster", workers=2, cores=1, memory=args.worker_memory,
+                           isolated=False) as cluster:
         zip_path = build_zip(work / "gramian.zip")
         workers = [cluster.procs[f"worker{i}"].pid for i in range(2)]
         for method in args.methods:
