@@ -186,6 +186,7 @@ def test_a_file_the_driver_writes_locally_is_invisible_to_the_executors(cluster,
     found = json.loads(re.search(r"^VISIBILITY (.*)$", text, re.M).group(1))
     assert found["driver"] == [True, True, True, True], found  # cwd, /tmp, /dev/shm files and the venv python
     assert found["paths"][0].startswith(str(cluster.driver_cwd))
+    assert found["tasks_run"] == 16
     executors = {t["cwd"] for t in found["tasks"]}
     assert len(executors) == 2, f"both workers' executors must run tasks, got {executors}"
     for task in found["tasks"]:
