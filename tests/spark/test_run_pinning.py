@@ -62,9 +62,8 @@ def two_splits(spark, tmp_path_factory):
     split(spark, cfg, "s0")
     trained_a = train(spark, cfg, "A")
     evaluate(spark, cfg, "A")
-    before = {"metrics": metric_values(spark, cfg, "A")}
-    publish(spark, cfg, "A")
-    before["topn"] = topn_of(spark, cfg, "A")
+    publish(spark, cfg, "A")  # adds its index-recall rows, which a later evaluate must keep
+    before = {"metrics": metric_values(spark, cfg, "A"), "topn": topn_of(spark, cfg, "A")}
     cfg1 = cfg_of(root, "split.seed=1")
     split(spark, cfg1, "s1")
     train(spark, cfg1, "B")

@@ -256,6 +256,10 @@ class IndexCache:
         while len(self._items) > self.size:
             self._items.popitem(last=False)
 
+    def clear(self) -> None:
+        """Forget every loaded index (the next load reads the files again)."""
+        self._items.clear()
+
     def __len__(self) -> int:
         return len(self._items)
 
