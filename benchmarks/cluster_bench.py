@@ -5,7 +5,8 @@
 
 Starts a master and two 1-core workers on loopback (tests/cluster/standalone.py), prepares the Delta `train`
 and `test` tables once in-process (ingest + split with the dataset's data and split sections, model defaults),
-then submits, one after the other on the same cluster, `jobs/train.py` with `train.routing` auto and routed and
+then submits, one after the other on the same cluster, `jobs/train.py` with whole factors through the artifact
+store (auto), in the task closure (closure) and routed (GRAMIAN_SETS), and
 `benchmarks/cluster_mllib.py` (MLlib implicit ALS at its tuned setting, numUserBlocks = numItemBlocks = 2).
 Every job starts from the same Delta `train` table and writes both factor tables to Delta. Reported per job:
 spark-submit wall time, fit time, session-to-first-epoch, per-epoch half-step seconds (gramian), peak RSS of the
@@ -35,7 +36,12 @@ from benchmarks.memory import PeakRSS
 from benchmarks.report import RESULTS, machine_info
 
 REPO = Path(__file__).resolve().parent.parent
-METHODS = ("gramian-auto", "gramian-routed", "mllib")
+METHODS = ("gramian-auto", "gramian-closure", "gramian-routed", "mllib")
+# each gramian method's settings: auto = whole factors through the artifact store (train.exchange auto), closure =
+# whole factors in the task closure over cached CSR rows (the path before the store exchange), routed = routed rows
+GRAMIAN_SETS = {"gramian-auto": ["train.routing=auto"],
+                "gramian-closure": ["train.routing=auto", "train.exchange=closure"],
+                "gramian-routed": ["train.routing=routed"]}
 EPOCH_LINE = re.compile(r"epoch 1/\d+ loss")
 SESSION_LINE = re.compile(r"spark-submit session: Spark")
 
@@ -169,9 +175,8 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dic
         for method in args.methods:
             log = work / f"{method}.log"
             if method.startswith("gramian-"):
-                routing = method.split("-", 1)[1]
-                job_args = ["--conf", str(conf), *[x for s in [*sets, f"train.routing={routing}"]
-                                                    for x in ("--set", s)], "--run-id", f"bench-{routing}", "--json"]
+                job_args = ["--conf", str(conf), *[x for s in [*sets, *GRAMIAN_SETS[method]] for x in ("--set", s)],
+                            "--run-id", f"bench-{method.split('-', 1)[1]}", "--json"]
                 cmd = cluster.submit_command("jobs/train.py", job_args, py_files=zip_path,
                                              executor_memory=args.executor_memory)
             else:

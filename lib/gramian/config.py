@@ -184,6 +184,7 @@ class TrainConfig:
     broadcast_max_mb: float = field(default=256.0, metadata=_check(">= 0", _non_negative))
     routing: Literal["auto", "broadcast", "routed"] = "auto"
     local_file_handoff: bool = True
+    exchange: Literal["auto", "store", "closure"] = "auto"  # whole factors off a local master: see train.handoff
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,48 @@ def test_factors_handed_over_in_the_closure_equal_those_handed_over_by_file(trai
     np.testing.assert_array_equal(fits[0].item_array, fits[1].item_array)
 
 
+@pytest.mark.parametrize("estimator", ["ials", "pairwise"])
+def test_factors_through_the_store_equal_the_closure_path_with_empty_blocks_solved_in_tasks(spark, pairs, tmp_path,
+                                                                                           estimator):
+    """The cluster path's store exchange (CSR and factors read from the store by the Python workers) gives the
+    closure path's factors and loss; 200 users without interactions make whole blocks with none, solved in tasks."""
+    from gramian.storage import open_store
+    from gramian.train import RankALS
+
+    cls = IALS if estimator == "ials" else RankALS
+    df, n_users = spark.createDataFrame(pairs), N_USERS + 200
+    made = []
+
+    def fit(exchange: str, store=None):
+        est = cls(dim=8, epochs=2, train=TrainConfig(num_user_blocks=4, num_item_blocks=2, local_file_handoff=False,
+                                                     exchange=exchange))
+
+        class Recording(est.trainer_class):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made.append(self)
+
+        est.trainer_class = Recording
+        return est.fit(df, n_users, N_ITEMS, exchange=store)
+
+    closure = fit("closure")
+    store = open_store(str(tmp_path / "exchange"))
+    stored = fit("auto", store)
+    trainer = made[-1]
+    assert trainer.handoff.store is not None and not trainer.blocks  # nothing cached in Spark
+    assert len(trainer.nonempty["user"]) < trainer.layouts["user"].num_blocks  # some blocks have no interactions
+    assert not store.exists(trainer.handoff.store.uri.rsplit("/", 1)[-1])  # its scratch is gone after the fit
+    np.testing.assert_allclose(stored.user_array, closure.user_array, atol=1e-6)
+    np.testing.assert_allclose(stored.item_array, closure.item_array, atol=1e-6)
+    np.testing.assert_allclose([h.loss for h in stored.history], [h.loss for h in closure.history], rtol=1e-9)
+
+
+def test_store_exchange_without_a_store_names_the_key(train_df):
+    with pytest.raises(ConfigError, match=r"train.exchange: store needs an artifact store"):
+        IALS(dim=4, epochs=1, train=TrainConfig(local_file_handoff=False, exchange="store")).fit(
+            train_df, N_USERS, N_ITEMS)
+
+
 def test_factors_do_not_depend_on_the_number_of_blocks(train_df):
     fits = [IALS(dim=8, epochs=2, train=TrainConfig(num_user_blocks=nb, num_item_blocks=nb)).fit(
         train_df, N_USERS, N_ITEMS) for nb in (1, 4)]
@@ -344,7 +386,7 @@ def test_a_failure_during_trainer_setup_leaves_no_scratch_file_or_cached_block(t
     elif where == "routes":
         monkeypatch.setattr(als_module.routed, "build_routes", fail)
     elif where == "item totals":
-        monkeypatch.setattr(PairwiseTrainer, "_run", fail)
+        monkeypatch.setattr(PairwiseTrainer, "map_blocks", fail)
     with pytest.raises(_Injected):
         est.fit(train_df, N_USERS, N_ITEMS, _FailingCheckpoint(), resume=where == "checkpoint load")
     (trainer,) = made

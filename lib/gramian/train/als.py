@@ -3,8 +3,9 @@
 One Spark job per half-iteration: every block task solves its rows against the fixed side's
 factors and Gramian, and returns its new factor rows together with its share of the next Gramian
 and of the loss, so the Gramian of the side just solved never costs a second pass.
-The fixed side's factors reach the tasks whole (captured in the task closure, which works on
-classic Spark and on Spark Connect alike); the block CSR never moves after it is built.
+How factors and CSR reach the tasks is the handoff's business (gramian.train.handoff): memory-mapped
+files on a local master; on a cluster, the artifact store (written once per half-step, read once per
+Python worker, CSR kept in the worker) or the task closure; routed rows when the factors are too big.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from gramian.config import ModelConfig, TrainConfig
-from gramian.errors import InputDataError, SolverError
+from gramian.errors import ConfigError, InputDataError, SolverError
 from gramian.kernels import (
     gramian,
     gramian_term,
@@ -38,9 +39,14 @@ from gramian.train.blocks import (
     decode_blocks,
     empty_block,
     read_local_block,
+    store_block,
     write_local_blocks_from_pairs,
 )
 from gramian.train.handoff import FileRef, Handoff, is_local_master, resolve, writable
+from gramian.train.init import init_factors
+
+if TYPE_CHECKING:
+    from gramian.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +129,6 @@ def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.nda
         "reg": pa.array([regularization_term(lam, x)], pa.float64()),
         "bad_row": pa.array([bad], pa.int32()),
     })
-
-
-def _broadcast_fn(other: Any, gram_other: np.ndarray, current: Any, p: SolveParams,
-                  loss_after: bool) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The per-block task when both factor matrices travel whole (closure or local file, see handoff)."""
-
-    def step(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        other_rows, current_rows = resolve(other), resolve(current)
-        for batch in batches:
-            for b in decode_blocks(batch):
-                x0 = np.array(current_rows[b.row_start:b.row_start + b.n_rows])
-                yield _solve_block(b, other_rows, gram_other, x0, p, loss_after)
-
-    return step
 
 
 def _local_fn(side: str, layout: SideLayout, other: FileRef, current: FileRef, gram: FileRef, out: FileRef,
@@ -227,33 +219,30 @@ def row_counts(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray, n
     return users, items
 
 
-INIT_CHUNK = 4096
-
-
-def init_factors(n: int, dim: int, scale: float, seed: int, side: int, start: int = 0,
-                 stop: int | None = None) -> np.ndarray:
-    """Rows start:stop of the N(0, σ/√d) initial factors; the same rows whatever the block layout."""
-    stop = n if stop is None else stop
-    sd = scale / math.sqrt(dim)
-    out = np.empty((stop - start, dim), np.float32)
-    for chunk in range(start // INIT_CHUNK, -(-stop // INIT_CHUNK)):
-        lo, hi = chunk * INIT_CHUNK, min(n, (chunk + 1) * INIT_CHUNK)
-        rows = np.random.default_rng([seed, side, chunk]).normal(0.0, sd, size=(hi - lo, dim))
-        a, b = max(lo, start), min(hi, stop)
-        out[a - start:b - start] = rows[a - lo:b - lo]
-    return out
-
-
 def out_name(side: str) -> str:
     """Handoff name of the file a local half-step of `side` writes its new rows into."""
     return f"{side}-new"
+
+
+def exchange_store(train: TrainConfig, store: Store | None, local: bool, routed: bool) -> Store | None:
+    """The store whole factors and CSR go through (train.exchange), or None for the closure/local files/routes.
+
+    `auto` takes the store off a local master whenever the caller gave one (the train stage gives the
+    artifact store); `store` insists on it; `closure` never uses it.
+    """
+    if train.exchange == "store" and store is None:
+        raise ConfigError("train.exchange: store needs an artifact store, got none (fitting outside the train "
+                          "stage). Pass exchange=<Store> to fit, or set train.exchange to auto or closure.")
+    if train.exchange == "closure" or local or routed:
+        return None
+    return store
 
 
 class BlockTrainer:
     """Runs alternating half-steps over cached user and item blocks of one training set."""
 
     def __init__(self, spark: Any, train_df: Any, n_users: int, n_items: int, model: ModelConfig,
-                 train: TrainConfig) -> None:
+                 train: TrainConfig, exchange: Store | None = None) -> None:
         if n_users <= 0 or n_items <= 0:
             raise InputDataError(f"train set must have users and items, got {n_users} users and "
                                  f"{n_items} items. Check the split stage's output.")
@@ -283,10 +272,14 @@ class BlockTrainer:
             train.routing == "auto" and not local and factor_mb > train.broadcast_max_mb)
         log.info("factors %.1f MiB: %s", factor_mb, "routed to the blocks that need them" if self.routed
                  else "memory-mapped by every block (local master)" if local else "sent whole to every block")
-        self.blocks: dict[str, Any] = {}  # cached block DataFrames (not on a local master)
+        self.blocks: dict[str, Any] = {}  # cached block DataFrames (closure or routed exchange)
+        self.nonempty: dict[str, frozenset[int]] = {}  # blocks with interactions (store exchange)
         self.routes: dict[str, Any] = {}
         self._local_jobs: dict[tuple[str, bool], tuple[Any, FileRef]] = {}
-        self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed)
+        store = exchange_store(train, exchange, local, self.routed)
+        self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed, store=store)
+        if self.handoff.store is not None:
+            log.info("factors and block CSR go through the store %s, read once per Python worker", store)
         try:  # scratch files and cached blocks must not outlive a failed setup
             self._build_blocks(train_df, pairs)
         except BaseException:
@@ -301,6 +294,11 @@ class BlockTrainer:
                 rows, cols = (pairs[0], pairs[1]) if side == "user" else (pairs[1], pairs[0])
                 sizes = write_local_blocks_from_pairs(rows, cols, pairs[2], self.layouts[side],
                                                       str(self.handoff.folder), side, model.alpha0, model.confidence)
+            elif self.handoff.store is not None:  # the CSR goes to the store; tasks keep what they read
+                built = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
+                                          model.confidence, self.handoff.store, side).select("block", "nnz").collect()
+                self.nonempty[side] = frozenset(r["block"] for r in built)
+                sizes = [r["nnz"] for r in built]
             else:
                 df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
                                        model.confidence).cache()
@@ -355,9 +353,13 @@ class BlockTrainer:
             new_rows = np.array(resolve(out))
         else:
             refs = self.handoff.pack(other), self.handoff.pack(current)
-            fn = _broadcast_fn(refs[0], gram_other, refs[1], p, loss_after)
+
+            def solve(b: Block) -> pa.RecordBatch:
+                x0 = np.array(resolve(refs[1])[b.row_start:b.row_start + b.n_rows])
+                return _solve_block(b, resolve(refs[0]), gram_other, x0, p, loss_after)
+
             try:
-                summary = result = self.blocks[side].mapInArrow(fn, STEP_SCHEMA).toArrow()
+                summary = result = self.map_blocks(side, solve, STEP_SCHEMA)
             finally:
                 for ref in refs:
                     self.handoff.release(ref)
@@ -384,6 +386,33 @@ class BlockTrainer:
             gram += np.frombuffer(rec.column("gram")[0].as_buffer(), np.float64).reshape(d, d)
             reg += rec.column("reg")[0].as_py()
         return x, gram, observed, reg
+
+    def map_blocks(self, side: str, per_block: Callable[[Block], pa.RecordBatch], schema: str) -> pa.Table:
+        """One Spark job applying `per_block` to every block of `side`, wherever its CSR lives.
+
+        Local master and store: the job runs over block ids (block b in partition b) and each task maps its
+        block's files or reads its block from the store (once per Python worker); otherwise it runs over the
+        cached block DataFrame (blocks without interactions are not in it: callers solve those themselves).
+        """
+        layout, store = self.layouts[side], self.handoff.store
+        if self.handoff.folder is not None or store is not None:
+            folder, nonempty = str(self.handoff.folder), self.nonempty.get(side, frozenset())
+
+            def by_id(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+                for batch in batches:
+                    for block in batch.column("id").to_pylist():
+                        yield per_block(read_local_block(folder, side, layout, block) if store is None
+                                        else store_block(store, side, layout, block, nonempty))
+
+            ids = self.spark.range(0, layout.num_blocks, 1, layout.num_blocks)
+            return ids.mapInArrow(by_id, schema).toArrow()
+
+        def by_row(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                for b in decode_blocks(batch):
+                    yield per_block(b)
+
+        return self.blocks[side].mapInArrow(by_row, schema).toArrow()
 
     def _local_job(self, side: str, p: SolveParams, loss_after: bool) -> tuple[Any, FileRef]:
         """The half-step job of `side` on a local master, planned once and re-run every half-step."""

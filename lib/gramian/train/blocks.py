@@ -18,6 +18,8 @@ import pyarrow as pa
 
 from gramian.config import ConfidenceConfig
 from gramian.kernels import observed_weights
+from gramian.storage import Store
+from gramian.train.handoff import BLOCKS
 
 BLOCK_SCHEMA = ("block int, row_start int, n_rows int, nnz long, indptr binary, indices binary, "
                 "alpha binary, target binary")
@@ -170,8 +172,12 @@ def murmur3_int(value: int, seed: int = 42) -> int:
 
 
 def build_side_blocks(train_df: Any, layout: SideLayout, row_col: str, other_col: str, alpha0: float,
-                      confidence: ConfidenceConfig) -> Any:
-    """One row per block of `row_col`'s side, block b in partition b: one shuffle, no grouping."""
+                      confidence: ConfidenceConfig, store: Store | None = None, side: str = "") -> Any:
+    """One row per block of `row_col`'s side, block b in partition b: one shuffle, no grouping.
+
+    With `store`, each task writes its block's CSR there (`store_block` reads it) and its row keeps only
+    the block's position and size (the arrays are empty): nothing needs caching in Spark.
+    """
     from pyspark.sql import functions as F
 
     keys = spark_partition_keys(layout.num_blocks)
@@ -193,9 +199,34 @@ def build_side_blocks(train_df: Any, layout: SideLayout, row_col: str, other_col
         blocks = layout.block_of(rows)
         for block in np.unique(blocks):  # one block per partition, unless keys were overridden
             mine = blocks == block
-            yield _csr_block(layout, int(block), rows[mine], cols[mine], weight[mine], alpha0, confidence)
+            if store is None:
+                yield _csr_block(layout, int(block), rows[mine], cols[mine], weight[mine], alpha0, confidence)
+                continue
+            a = _csr_arrays(layout, int(block), rows[mine], cols[mine], weight[mine], alpha0, confidence)
+            with store.open_output(f"{side}-block{int(block)}.npz") as out:
+                np.savez(out, **a)
+            start, stop = layout.bounds(int(block))
+            yield pa.RecordBatch.from_pydict({
+                "block": pa.array([int(block)], pa.int32()), "row_start": pa.array([start], pa.int32()),
+                "n_rows": pa.array([stop - start], pa.int32()), "nnz": pa.array([len(a["indices"])], pa.int64()),
+                **{name: pa.array([b""], pa.binary()) for name, _ in BLOCK_ARRAYS}})
 
     return pairs.mapInArrow(build, BLOCK_SCHEMA)
+
+
+def store_block(store: Store, side: str, layout: SideLayout, block: int, nonempty: frozenset[int]) -> Block:
+    """A block `build_side_blocks` wrote to `store`, read once per Python worker (an empty block when the
+    block has no interactions, i.e. is not in `nonempty`)."""
+    if block not in nonempty:
+        return empty_block(layout, block)
+
+    def load() -> Block:
+        with store.open_input(f"{side}-block{block}.npz") as f, np.load(f) as z:
+            arrays = {name: np.ascontiguousarray(z[name]) for name, _ in BLOCK_ARRAYS}
+        start, stop = layout.bounds(block)
+        return Block(block, start, stop - start, **arrays)
+
+    return BLOCKS.get((store.uri, side, block), load)
 
 
 def empty_block(layout: SideLayout, block: int) -> Block:

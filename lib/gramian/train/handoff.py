@@ -1,9 +1,12 @@
-"""How the driver hands factor matrices to block tasks and gets new ones back: closure/Arrow, or local files.
+"""How the driver hands factor matrices to block tasks and gets new ones back: closure, store or local files.
 
 A closure works everywhere (classic Spark, Spark Connect, clusters) but sends the whole matrix through
 py4j and the task binary on every job, and the new rows come back through the JVM. In local mode the
 tasks share the driver's memory-backed disk (/dev/shm when present), so memory-mapped `.npy` files
 carry the same data both ways for a fraction of the cost, at stable paths so a job's plan can be reused.
+On a cluster with an artifact store (`train.exchange: store`) the driver writes each factor matrix to
+the store once, and every Python worker reads it once into a small process cache (`StoreRef`): nothing
+large rides in the closure, and block CSR read from the store stays in the worker between half-steps.
 """
 
 from __future__ import annotations
@@ -12,11 +15,16 @@ import atexit
 import os
 import shutil
 import tempfile
+import threading
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gramian.storage import Store
 
 SHM = Path("/dev/shm")
 
@@ -28,13 +36,64 @@ class FileRef:
     path: str
 
 
+@dataclass(frozen=True)
+class StoreRef:
+    """A factor matrix written once to the artifact store, read once per Python worker (see `resolve`)."""
+
+    store: Store
+    name: str
+
+
+class WorkerCache:
+    """Arrays a Python worker has read from the store, least recently used evicted first.
+
+    Python workers are reused across tasks (spark.python.worker.reuse), so a matrix or a block's CSR read
+    in one half-step serves every later task of this worker that needs it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, load: Any) -> Any:
+        """The cached value of `key`, else `load()` (cached)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = load()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+FACTORS = WorkerCache(4)  # the fixed side and the current rows of a half-step, plus the previous pair
+BLOCKS = WorkerCache(int(os.environ.get("GRAMIAN_BLOCK_CACHE_SIZE", "64")))  # CSR blocks, both sides
+
+
+def load_npy(store: Store, *parts: str) -> np.ndarray:
+    """One `.npy` from the store (a writeable array, which the kernels take without copying)."""
+    with store.open_input(*parts) as f:
+        return np.lib.format.read_array(f)
+
+
 def resolve(ref: Any) -> np.ndarray:
     """The array behind a handoff reference (inside a task or on the driver).
 
     Mapped copy-on-write: the array is writeable, so the kernels' canonical-array check (C, writeable)
     takes it as is instead of copying the whole matrix in every task; nothing writes to it.
     """
-    return np.load(ref.path, mmap_mode="c") if isinstance(ref, FileRef) else ref
+    if isinstance(ref, FileRef):
+        return np.load(ref.path, mmap_mode="c")
+    if isinstance(ref, StoreRef):
+        return FACTORS.get((ref.store.uri, ref.name), lambda: load_npy(ref.store, ref.name))
+    return ref
 
 
 def writable(ref: FileRef) -> np.ndarray:
@@ -56,13 +115,17 @@ def _scratch_root() -> str | None:
 
 
 class Handoff:
-    """Packs arrays for tasks; files live in a private scratch folder removed by `close`."""
+    """Packs arrays for tasks; files live in a private scratch folder (local master) or a folder of the
+    artifact store (`store`), removed by `close`."""
 
-    def __init__(self, spark: Any, enabled: bool = True) -> None:
+    def __init__(self, spark: Any, enabled: bool = True, store: Store | None = None) -> None:
         self.folder = (Path(tempfile.mkdtemp(prefix="gramian-handoff-", dir=_scratch_root()))
                        if enabled and is_local_master(spark) else None)
+        self.store = store.child(f"exchange-{uuid.uuid4().hex[:12]}") if store is not None and not self.folder \
+            else None
         self._count = 0
-        if self.folder is not None:  # /dev/shm is memory: never leave it behind, even on an error exit
+        self._packed: OrderedDict[int, tuple[np.ndarray, StoreRef]] = OrderedDict()
+        if self.folder is not None or self.store is not None:  # never leave scratch behind, even on an error exit
             atexit.register(self.close)
 
     @property
@@ -70,7 +133,13 @@ class Handoff:
         return self.folder is not None
 
     def pack(self, array: np.ndarray) -> Any:
-        """A picklable reference to `array` (the array itself when files cannot be shared)."""
+        """A picklable reference to `array` (the array itself when files cannot be shared).
+
+        In the store, an array packed again while it is one of the last few packed is not written again
+        (the user step's current rows are the previous item step's fixed side).
+        """
+        if self.store is not None:
+            return self._pack_store(array)
         if self.folder is None:
             return array
         self._count += 1
@@ -96,8 +165,25 @@ class Handoff:
         os.replace(tmp, path)
         return FileRef(str(path))
 
+    def _pack_store(self, array: np.ndarray) -> StoreRef:
+        """Write `array` to the store once; the last 3 packed stay (strongly held, so their ids stay theirs)."""
+        assert self.store is not None
+        hit = self._packed.get(id(array))
+        if hit is not None and hit[0] is array:
+            self._packed.move_to_end(id(array))
+            return hit[1]
+        self._count += 1
+        ref = StoreRef(self.store, f"m{self._count}.npy")
+        with self.store.open_output(ref.name) as out:
+            np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
+        self._packed[id(array)] = (array, ref)
+        while len(self._packed) > 3:
+            _, (_, old) = self._packed.popitem(last=False)
+            self.store.delete(old.name)
+        return ref
+
     def release(self, ref: Any) -> None:
-        """Delete a packed file once its job is done."""
+        """Delete a packed local file once its job is done (store files go when they leave the last three)."""
         if isinstance(ref, FileRef):
             Path(ref.path).unlink(missing_ok=True)
 
@@ -105,4 +191,11 @@ class Handoff:
         """Remove the scratch folder (and the exit hook, which would otherwise keep this object alive)."""
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+        if self.store is not None:
+            self._packed.clear()
+            try:
+                self.store.delete()
+            except Exception:  # scratch left in the store is only space; the fit's outcome stands
+                pass
+        if self.folder is not None or self.store is not None:
             atexit.unregister(self.close)

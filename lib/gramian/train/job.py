@@ -69,7 +69,8 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
         tracking.safe(tracker.log_epoch, stats)
 
     try:
-        model = estimator.fit(train_df, n_trained, n_items, ckpt, resume=resume, on_epoch=on_epoch)
+        model = estimator.fit(train_df, n_trained, n_items, ckpt, resume=resume, on_epoch=on_epoch,
+                              exchange=storage.artifact_store(cfg.storage, spark).child("exchange", run_id))
     finally:
         progress.close()
     seconds = time.perf_counter() - t0

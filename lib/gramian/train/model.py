@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from gramian.progress import epoch_line
 from gramian.train.als import BlockTrainer, EpochStats, FitState
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.routed import blocks_to_array
+
+if TYPE_CHECKING:
+    from gramian.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +66,12 @@ class IALS:
 
     def fit(self, train_df: Any, n_users: int | None = None, n_items: int | None = None,
             checkpointer: Checkpointer | None = None, resume: bool = False,
-            on_epoch: Callable[[EpochStats], None] | None = None) -> IALSModel:
+            on_epoch: Callable[[EpochStats], None] | None = None, exchange: Store | None = None) -> IALSModel:
         """Train on a DataFrame of (user_idx, item_idx, weight); sizes default to max index + 1.
 
         `on_epoch` gets each epoch's stats (progress bar, MLflow); without it each epoch is an INFO line.
+        `exchange`: a store folder every executor can read, through which whole factors and block CSR reach
+        the tasks off a local master (train.exchange); the train stage passes one under the artifact store.
         """
         spark = train_df.sparkSession
         if n_users is None or n_items is None:
@@ -76,7 +81,7 @@ class IALS:
             n_users = n_users if n_users is not None else int(row["u"] if row["u"] is not None else -1) + 1
             n_items = n_items if n_items is not None else int(row["i"] if row["i"] is not None else -1) + 1
         m = self.config.resolved(n_items, n_users)
-        trainer = self.trainer_class(spark, train_df, n_users, n_items, m, self.train_config)
+        trainer = self.trainer_class(spark, train_df, n_users, n_items, m, self.train_config, exchange)
         state = _start_state(trainer, spark, checkpointer, resume)
         try:
             while state.epoch < m.epochs:

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,9 +56,12 @@ from gramian.kernels.pairwise import (
 )
 from gramian.train import routed
 from gramian.train.als import BlockTrainer, EpochStats, FitState, check_rows_finite
-from gramian.train.blocks import Block, decode_blocks, empty_block, read_local_block
+from gramian.train.blocks import Block, empty_block
 from gramian.train.handoff import resolve
 from gramian.train.model import IALS, model_config
+
+if TYPE_CHECKING:
+    from gramian.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +198,10 @@ class PairwiseTrainer(BlockTrainer):
     """Runs RankALS epochs over the user and item blocks of one training set (whole or routed factors)."""
 
     def __init__(self, spark: Any, train_df: Any, n_users: int, n_items: int, model: ModelConfig,
-                 train: TrainConfig) -> None:
-        super().__init__(spark, train_df, n_users, n_items, model, train)
+                 train: TrainConfig, exchange: Store | None = None) -> None:
+        super().__init__(spark, train_df, n_users, n_items, model, train, exchange)
         try:  # the blocks built above must not outlive a failed setup
-            totals = self._run("item", _totals_block, TOTALS_SCHEMA)
+            totals = self.map_blocks("item", _totals_block, TOTALS_SCHEMA)
         except BaseException:
             self.release()
             raise
@@ -210,30 +213,6 @@ class PairwiseTrainer(BlockTrainer):
         self.support = support_weights(counts, model.support_power)
         self.params = PairParams(model.reg, model.nu, model.solver, model.cg_steps, model.solver_block_size,
                                  float(self.support.sum()), float(sums.sum()))
-
-    def _run(self, side: str, per_block: Callable[[Block], pa.RecordBatch], schema: str) -> pa.Table:
-        """One Spark job applying `per_block` to every block of `side`.
-
-        On a local master the job runs over block ids and each task maps its block's CSR files (as the iALS
-        half-step does); elsewhere it runs over the cached block DataFrame.
-        """
-        if self.handoff.enabled:
-            folder, layout = str(self.handoff.folder), self.layouts[side]
-
-            def by_id(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                for batch in batches:
-                    for block in batch.column("id").to_pylist():
-                        yield per_block(read_local_block(folder, side, layout, block))
-
-            ids = self.spark.range(0, layout.num_blocks, 1, layout.num_blocks)
-            return ids.mapInArrow(by_id, schema).toArrow()
-
-        def by_row(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            for batch in batches:
-                for b in decode_blocks(batch):
-                    yield per_block(b)
-
-        return self.blocks[side].mapInArrow(by_row, schema).toArrow()
 
     def _step(self, side: str, fn: BlockFn, other: Any, current: Any, epoch: int) -> tuple[Any, list[np.ndarray],
                                                                                               float]:
@@ -261,7 +240,7 @@ class PairwiseTrainer(BlockTrainer):
             return fn(b, cache["other"], cache["current"][b.row_start:b.row_start + b.n_rows])
 
         try:
-            out = self._run(side, task, PAIR_SCHEMA)
+            out = self.map_blocks(side, task, PAIR_SCHEMA)
         finally:
             for ref in refs.values():
                 self.handoff.release(ref)

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from gramian.kernels import gramian
 from gramian.train.blocks import Block, SideLayout, decode_blocks
+from gramian.train.init import init_factors
 
 ROUTE_SCHEMA = "dst_block int, src_block int, rows binary"
 PAYLOAD_SCHEMA = "dst_block int, rows binary, vecs binary"
@@ -45,8 +46,6 @@ def build_routes(blocks_df: Any, other: SideLayout) -> Any:
 
 def init_blocks(spark: Any, layout: SideLayout, dim: int, scale: float, seed: int, side: int) -> Any:
     """Initial factor blocks generated inside tasks (identical rows to the driver-side init)."""
-    from gramian.train.als import init_factors
-
     n, bounds = layout.n_rows, layout.bounds_array
 
     def make(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
