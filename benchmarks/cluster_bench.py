@@ -214,6 +214,17 @@ def gramian_history(root: str, run_id: str) -> list[dict[str, Any]]:
     return json.loads(row[0])
 
 
+def breakdown(hist: list[dict[str, Any]], slots: int) -> dict[str, dict[str, float]]:
+    """Mean per half-step of each side: wall seconds, kernel and fetch seconds (task sums / slots), the rest."""
+    out = {}
+    for side in ("user", "item"):
+        wall = float(np.mean([h[f"{side}_seconds"] for h in hist]))
+        kernel = float(np.mean([h.get(f"{side}_kernel_seconds", 0.0) for h in hist])) / slots
+        fetch = float(np.mean([h.get(f"{side}_fetch_seconds", 0.0) for h in hist])) / slots
+        out[side] = {"wall": wall, "kernel": kernel, "fetch": fetch, "rest": wall - kernel - fetch}
+    return out
+
+
 def summarise(args: argparse.Namespace, root: str, jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Exact metrics of every method's factors, gramian's epoch breakdown, and the ratios the issue asks for."""
     from benchmarks.evaluation import evaluate
@@ -228,6 +239,7 @@ def summarise(args: argparse.Namespace, root: str, jobs: dict[str, dict[str, Any
             hist = gramian_history(root, f"bench-{method.split('-', 1)[1]}")
             res["epochs"] = hist
             res["seconds_per_epoch"] = float(np.mean([h["user_seconds"] + h["item_seconds"] for h in hist]))
+            res["breakdown"] = breakdown(hist, slots=2)
             marks = res["marks"]
             if "session" in marks and "first_epoch_done" in marks:
                 first = hist[0]["user_seconds"] + hist[0]["item_seconds"]
@@ -268,6 +280,18 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
         lines += ["", "| gramian job | fit / MLlib fit | whole job / MLlib job |", "|---|---|---|"]
         for name, r in doc["ratios"].items():
             lines.append(f"| {name} | {r['fit_vs_mllib']:.2f}x | {r['job_vs_mllib']:.2f}x |")
+    slots = doc["cluster"]["workers"] * doc["cluster"]["cores_per_worker"]
+    rows = [(name, r["breakdown"]) for name, r in doc["jobs"].items() if "breakdown" in r]
+    if rows:
+        lines += ["", f"Where a half-step's time goes (mean over epochs; kernel and fetch are summed over the block "
+                  f"tasks and divided by the {slots} task slots; the rest is Spark scheduling, closure shipping, "
+                  "result collection and the driver)", "",
+                  "| job | side | wall s | kernel s | fetch s | rest s |", "|---|---|---|---|---|---|"]
+        for name, b in rows:
+            for side in ("user", "item"):
+                x = b[side]
+                lines.append(f"| {name} | {side} | {x['wall']:.2f} | {x['kernel']:.2f} | {x['fetch']:.2f} | "
+                             f"{x['rest']:.2f} |")
     for name, r in doc["jobs"].items():
         if "epochs" in r:
             lines += ["", f"{name}, seconds per half-step (user / item):",

@@ -133,6 +133,14 @@ def test_factors_through_the_store_equal_the_closure_path_with_empty_blocks_solv
     np.testing.assert_allclose(stored.user_array, closure.user_array, atol=1e-6)
     np.testing.assert_allclose(stored.item_array, closure.item_array, atol=1e-6)
     np.testing.assert_allclose([h.loss for h in stored.history], [h.loss for h in closure.history], rtol=1e-9)
+    slots = spark.sparkContext.defaultParallelism  # tasks of one job run at most this many at a time
+    for fit_ in (closure, stored):  # where each half-step's time went, counted in its block tasks
+        for h in fit_.history:
+            for side in ("user", "item"):
+                kernel, fetch = getattr(h, f"{side}_kernel_seconds"), getattr(h, f"{side}_fetch_seconds")
+                assert 0 < kernel + fetch <= slots * getattr(h, f"{side}_seconds"), (side, h)
+                assert fetch >= 0
+    assert stored.history[0].user_fetch_seconds > 0  # epoch 1 reads every block's CSR and the items from the store
 
 
 def test_store_exchange_without_a_store_names_the_key(train_df):

@@ -42,7 +42,7 @@ from gramian.train.blocks import (
     store_block,
     write_local_blocks_from_pairs,
 )
-from gramian.train.handoff import FileRef, Handoff, is_local_master, resolve, writable
+from gramian.train.handoff import FETCH, FileRef, Handoff, is_local_master, resolve, writable
 from gramian.train.init import init_factors
 
 if TYPE_CHECKING:
@@ -52,6 +52,18 @@ log = logging.getLogger(__name__)
 
 STEP_SCHEMA = ("block int, row_start int, n_rows int, factors binary, gram binary, observed double, "
                "reg double, bad_row int")
+TIMING_SCHEMA = ", fetch_seconds double, kernel_seconds double"  # appended by every block task (see timed)
+
+
+def timed(produce: Callable[[], pa.RecordBatch], fetch_before: float = 0.0) -> pa.RecordBatch:
+    """produce()'s one-row record with its fetch seconds (the worker's FETCH clock, plus `fetch_before`)
+    and the rest of its seconds as kernel seconds appended (TIMING_SCHEMA)."""
+    f0, t0 = FETCH.seconds, time.perf_counter()
+    rec = produce()
+    fetched = FETCH.seconds - f0
+    kernel = time.perf_counter() - t0 - fetched
+    return (rec.append_column("fetch_seconds", pa.array([fetched + fetch_before], pa.float64()))
+            .append_column("kernel_seconds", pa.array([kernel], pa.float64())))
 
 
 @dataclass
@@ -65,6 +77,13 @@ class EpochStats:
     regularization: float
     user_seconds: float
     item_seconds: float
+    # where a half-step's time went: summed over its block tasks (CPU seconds, not wall), the seconds spent
+    # reading factors and CSR (store reads, shipped-row decoding) and in the kernels; the rest of the wall
+    # time is Spark scheduling, closure shipping and the driver's share
+    user_fetch_seconds: float = 0.0
+    user_kernel_seconds: float = 0.0
+    item_fetch_seconds: float = 0.0
+    item_kernel_seconds: float = 0.0
 
 
 @dataclass
@@ -147,7 +166,7 @@ def _local_fn(side: str, layout: SideLayout, other: FileRef, current: FileRef, g
             for block in batch.column("id").to_pylist():
                 b = read_local_block(folder, side, layout, block)
                 x0 = np.array(current_rows[b.row_start:b.row_start + b.n_rows])
-                yield _solve_block(b, other_rows, gram_other, x0, p, loss_after, new_rows)
+                yield timed(lambda b=b, x0=x0: _solve_block(b, other_rows, gram_other, x0, p, loss_after, new_rows))
         new_rows.flush()
 
     return step
@@ -274,6 +293,7 @@ class BlockTrainer:
                  else "memory-mapped by every block (local master)" if local else "sent whole to every block")
         self.blocks: dict[str, Any] = {}  # cached block DataFrames (closure or routed exchange)
         self.nonempty: dict[str, frozenset[int]] = {}  # blocks with interactions (store exchange)
+        self.timing: dict[str, list[float]] = {}  # side -> [fetch, kernel] seconds of its block tasks (take_timing)
         self.routes: dict[str, Any] = {}
         self._local_jobs: dict[tuple[str, bool], tuple[Any, FileRef]] = {}
         store = exchange_store(train, exchange, local, self.routed)
@@ -342,14 +362,15 @@ class BlockTrainer:
         new_rows: np.ndarray | None = None
         if self.routed:
             result = self._routed_step(side, current, other, gram_other, p, loss_after)
-            summary = result.select("block", "row_start", "n_rows", "gram", "observed", "reg", "bad_row").toArrow()
+            summary = self.note_timing(side, result.select("block", "row_start", "n_rows", "gram", "observed", "reg",
+                                                           "bad_row", "fetch_seconds", "kernel_seconds").toArrow())
         elif self.handoff.enabled:
             job, out = self._local_job(side, p, loss_after)
             self.handoff.publish(f"{side}-other", other)
             self.handoff.publish(f"{side}-current", current)
             self.handoff.publish(f"{side}-gram", gram_other)
             self.handoff.output(out_name(side), current.shape)
-            summary = result = job.toArrow()
+            summary = result = self.note_timing(side, job.toArrow())
             new_rows = np.array(resolve(out))
         else:
             refs = self.handoff.pack(other), self.handoff.pack(current)
@@ -373,7 +394,7 @@ class BlockTrainer:
             observed += cols["observed"][k]
             reg += cols["reg"][k]
         if self.routed:
-            return result, gram, observed, reg
+            return result.drop("fetch_seconds", "kernel_seconds"), gram, observed, reg
         x = np.empty_like(current) if new_rows is None else new_rows
         for k in range(summary.num_rows if new_rows is None else 0):
             start, n = cols["row_start"][k], cols["n_rows"][k]
@@ -401,18 +422,36 @@ class BlockTrainer:
             def by_id(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
                 for batch in batches:
                     for block in batch.column("id").to_pylist():
-                        yield per_block(read_local_block(folder, side, layout, block) if store is None
-                                        else store_block(store, side, layout, block, nonempty))
+                        yield timed(lambda block=block: per_block(
+                            read_local_block(folder, side, layout, block) if store is None
+                            else store_block(store, side, layout, block, nonempty)))
 
             ids = self.spark.range(0, layout.num_blocks, 1, layout.num_blocks)
-            return ids.mapInArrow(by_id, schema).toArrow()
+            return self.note_timing(side, ids.mapInArrow(by_id, schema + TIMING_SCHEMA).toArrow())
 
         def by_row(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             for batch in batches:
-                for b in decode_blocks(batch):
-                    yield per_block(b)
+                t0 = time.perf_counter()
+                blocks = list(decode_blocks(batch))
+                decode = (time.perf_counter() - t0) / max(len(blocks), 1)
+                for b in blocks:
+                    yield timed(lambda b=b: per_block(b), decode)
 
-        return self.blocks[side].mapInArrow(by_row, schema).toArrow()
+        return self.note_timing(side, self.blocks[side].mapInArrow(by_row, schema + TIMING_SCHEMA).toArrow())
+
+    def note_timing(self, side: str, table: pa.Table) -> pa.Table:
+        """Add a job's per-block fetch and kernel seconds (TIMING_SCHEMA) to `side`'s count; the table without them."""
+        acc = self.timing.setdefault(side, [0.0, 0.0])
+        for k, name in enumerate(("fetch_seconds", "kernel_seconds")):
+            acc[k] += float(sum(x for x in table.column(name).to_pylist() if x is not None))
+        return table.drop_columns(["fetch_seconds", "kernel_seconds"])
+
+    def take_timing(self) -> dict[str, float]:
+        """The fetch and kernel seconds counted since the last call, as EpochStats fields; the count restarts."""
+        out = {f"{side}_{name}_seconds": self.timing.get(side, [0.0, 0.0])[k]
+               for side in ("user", "item") for k, name in enumerate(("fetch", "kernel"))}
+        self.timing = {}
+        return out
 
     def _local_job(self, side: str, p: SolveParams, loss_after: bool) -> tuple[Any, FileRef]:
         """The half-step job of `side` on a local master, planned once and re-run every half-step."""
@@ -425,7 +464,7 @@ class BlockTrainer:
             layout = self.layouts[side]
             fn = _local_fn(side, layout, ref["other"], ref["current"], ref["gram"], out, p, loss_after)
             ids = self.spark.range(0, layout.num_blocks, 1, layout.num_blocks)  # block b in partition b
-            self._local_jobs[key] = (ids.mapInArrow(fn, STEP_SCHEMA), out)
+            self._local_jobs[key] = (ids.mapInArrow(fn, STEP_SCHEMA + TIMING_SCHEMA), out)
         return self._local_jobs[key]
 
     def _routed_step(self, side: str, current: Any, other: Any, gram_other: np.ndarray, p: SolveParams,
@@ -452,6 +491,7 @@ class BlockTrainer:
         solving = x0.join(self.blocks[side].drop("row_start", "n_rows"), "block", "left")
 
         def solve(left: pa.Table, right: pa.Table) -> pa.Table:
+            t0 = time.perf_counter()
             row = left.slice(0, 1)
             block = row.column("block")[0].as_py()
             start, n = row.column("x_start")[0].as_py(), row.column("x_rows")[0].as_py()
@@ -463,10 +503,10 @@ class BlockTrainer:
                     "row_start", pa.array([start], pa.int32())).append_column("n_rows", pa.array([n], pa.int32()))
                     .to_batches()[0]))
             rows, vecs = routed.gather(right, d)
-            return pa.Table.from_batches([per_block(b, rows, vecs, x_init)])
+            return pa.Table.from_batches([timed(lambda: per_block(b, rows, vecs, x_init), time.perf_counter() - t0)])
 
         result = (solving.groupBy("block").cogroup(payload.groupBy("dst_block"))
-                  .applyInArrow(solve, schema))
+                  .applyInArrow(solve, schema + TIMING_SCHEMA))
         return result.localCheckpoint()
 
     def gram_of(self, side: str, factors: Any) -> np.ndarray:
@@ -486,7 +526,7 @@ class BlockTrainer:
         t2 = time.perf_counter()
         gram_term = gramian_term(self.model.alpha0, gram_w, gram_h)
         stats = EpochStats(e, observed + gram_term + reg_w + reg_h, observed, gram_term, reg_w + reg_h,
-                           t1 - t0, t2 - t1)
+                           t1 - t0, t2 - t1, **self.take_timing())
         state.user_factors, state.item_factors, state.epoch = w, h, e
         state.grams = {"user": gram_w, "item": gram_h}
         state.history.append(stats)

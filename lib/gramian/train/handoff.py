@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -62,7 +63,9 @@ class WorkerCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
+        t0 = time.perf_counter()
         value = load()
+        FETCH.add(time.perf_counter() - t0)
         with self._lock:
             self._items[key] = value
             while len(self._items) > self.size:
@@ -73,6 +76,21 @@ class WorkerCache:
         return len(self._items)
 
 
+class FetchClock:
+    """Seconds this Python worker has spent reading arrays from the store (or decoding shipped rows): the
+    task wrappers report each block's share, so a half-step splits into fetch, kernel and the rest."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        """Count `seconds` of fetching."""
+        with self._lock:
+            self.seconds += seconds
+
+
+FETCH = FetchClock()
 FACTORS = WorkerCache(4)  # the fixed side and the current rows of a half-step, plus the previous pair
 BLOCKS = WorkerCache(int(os.environ.get("GRAMIAN_BLOCK_CACHE_SIZE", "64")))  # CSR blocks, both sides
 

@@ -226,7 +226,8 @@ class PairwiseTrainer(BlockTrainer):
                 return fn(routed.localise(b, rows), vecs, x_init)
 
             result = self.routed_map(side, current, other, routed_fn, PAIR_SCHEMA)
-            out = result.select("block", "stats", "reg", "bad_row").toArrow()
+            out = self.note_timing(side, result.select("block", "stats", "reg", "bad_row", "fetch_seconds",
+                                                       "kernel_seconds").toArrow())
             self._check(out, side, epoch)
             stats = [np.frombuffer(out.column("stats")[k].as_buffer(), np.float64) for k in range(out.num_rows)]
             return result.select("block", "row_start", "n_rows", "factors"), stats, float(sum(
@@ -306,7 +307,8 @@ class PairwiseTrainer(BlockTrainer):
             h, im, square, v, reg_h = self._descent_item_step(w, state.item_factors, um, im, square0, v0, e)
         t2 = time.perf_counter()
         terms = pairwise_terms(observed_from_partials(square, v, um, im), um, im, reg_w + reg_h)
-        stats_e = EpochStats(e, terms.total, terms.observed, terms.gramian, terms.regularization, t1 - t0, t2 - t1)
+        stats_e = EpochStats(e, terms.total, terms.observed, terms.gramian, terms.regularization, t1 - t0, t2 - t1,
+                             **self.take_timing())
         state.user_factors, state.item_factors, state.epoch = w, h, e
         state.grams = {"item_total": np.array([im.total]), "item_z": im.z, "item_gram": im.gram}
         state.history.append(stats_e)
