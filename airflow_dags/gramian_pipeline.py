@@ -1,10 +1,17 @@
-"""Airflow 3 DAG `gramian_pipeline`: one SparkSubmitOperator per gramian stage, a quality gate before publish.
+"""Airflow 3 DAGs: one SparkSubmitOperator per gramian stage, a quality gate before publish.
 
 Each task runs the stage's thin job (jobs/<stage>.py) with the DAG run's params (conf file, --set
 overrides) and a run_id taken from the logical date, so every task of one DAG run writes one run_id
 and a retry replaces its own output. The gate (`jobs/gate.py`) exits 3 when the candidate does not
 reach `gate_floor` or beat the currently published run; the task is then skipped, and so is publish.
 Stages join the DAG as soon as their jobs/<stage>.py exists.
+
+- `gramian_pipeline` runs on a clock ($GRAMIAN_SCHEDULE, daily by default; "none" for manual runs only);
+  ingest emits the `interactions` Asset and publish the `topn` Asset, so downstream DAGs can be triggered
+  by data. Train warm-starts from the published run (param `warm_start`) and a retry resumes (`--resume`).
+- `gramian_on_interactions` is the data-aware variant: split -> ... -> publish, triggered by an update of
+  the `interactions` Asset (an upstream ingest) instead of a clock.
+Asset URIs are the tables under $GRAMIAN_STORAGE_ROOT (default: the repo's ./warehouse, the default root).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Asset, Param
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from gramian.config import SparkConfig
@@ -41,18 +48,28 @@ SPARK_CONF: dict[str, str] = json.loads(os.environ.get("GRAMIAN_SPARK_CONF", "nu
 ENV = {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
 # Jinja expression of the run_id: the logical date (a manual run without one: when it was due)
 RUN_ID = "(logical_date or dag_run.run_after).strftime('%Y%m%dT%H%M%S')"
+SCHEDULE = os.environ.get("GRAMIAN_SCHEDULE", "@daily")
+STORAGE_ROOT = os.environ.get("GRAMIAN_STORAGE_ROOT", (REPO / "warehouse").as_uri()).rstrip("/")
+INTERACTIONS = Asset(name="gramian.interactions", uri=f"{STORAGE_ROOT}/interactions")
+TOPN = Asset(name="gramian.topn", uri=f"{STORAGE_ROOT}/topn")
+OUTLETS = {"ingest": [INTERACTIONS], "publish": [TOPN]}
 
 
 def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False, resume: bool = False) -> list[str]:
-    """--conf, one --set per override and --run-id (plus the gate's bar, or train's --resume): what every
-    jobs/<stage>.py takes.
+    """--conf, one --set per override and --run-id (plus the gate's bar, or train's --resume and warm start):
+    what every jobs/<stage>.py takes.
 
     A retried train task continues from its checkpoint in the artifact store (a changed config or data shape
-    does not match the checkpoint's fingerprint and starts afresh; a changed split is refused). The run id is
-    checked here (gramian.runs.RUN_ID_PATTERN) so a bad one fails the task before spark-submit.
+    does not match the checkpoint's fingerprint and starts afresh; a changed split is refused); its first try
+    starts from param `warm_start` (the published run by default; "null" trains cold), which an override of
+    train.warm_start replaces. The run id is checked here (gramian.runs.RUN_ID_PATTERN) so a bad one fails the
+    task before spark-submit.
     """
     check_run_id(run_id, "the DAG's run id")
     args = ["--conf", str(params["conf"])]
+    warm = params.get("warm_start")
+    if resume and warm not in (None, ""):  # the train task (the only one that resumes)
+        args += ["--set", f"train.warm_start={warm}"]
     for item in params.get("overrides") or []:
         args += ["--set", str(item)]
     args += ["--run-id", run_id]
@@ -91,36 +108,52 @@ def stage_task(stage: str, gate: bool = False) -> SparkSubmitOperator:
         conf=SPARK_CONF,
         env_vars=ENV,
         name=f"gramian-{stage}",
+        outlets=[] if gate else OUTLETS.get(stage, []),
         **extra,
     )
 
 
-with DAG(
-    dag_id="gramian_pipeline",
-    description="gramian: ingest -> split -> train -> evaluate -> quality gate -> publish",
-    schedule=None,
-    catchup=False,
-    max_active_runs=1,  # stages of two runs would race on the shared interactions/train tables
-    render_template_as_native_obj=True,  # application_args renders to a list (one --set per override)
-    user_defined_macros={"gramian_args": gramian_args},
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
-    params={
-        "conf": Param(str(REPO / "conf" / "synthetic.yaml"), type="string", description="gramian YAML config"),
-        "overrides": Param([], type="array", description="--set overrides, e.g. model.dim=128"),
-        "gate_metric": Param("ndcg", type="string", description="metric the gate compares"),
-        "gate_k": Param(20, type="integer", description="its cut-off"),
-        "gate_method": Param("exact", type="string", description="exact | sampled | corrected"),
-        "gate_floor": Param(0.0, type="number", description="publish only at or above this value"),
-        # every DAG run re-splits, so the published run was trained on another split: the floor alone applies
-        "gate_on_new_split": Param("floor", type="string", enum=["floor", "refuse"],
-                                   description="published run on another split: gate on the floor, or refuse"),
-    },
-    tags=["gramian"],
-) as dag:
-    previous = None
-    for name in STAGES:
-        if name == "publish" and GATED:
-            gate_task = stage_task("gate", gate=True)
-            previous = previous >> gate_task if previous is not None else gate_task
-        task = stage_task(name)
-        previous = previous >> task if previous is not None else task
+PARAMS = {
+    "conf": Param(str(REPO / "conf" / "synthetic.yaml"), type="string", description="gramian YAML config"),
+    "overrides": Param([], type="array", description="--set overrides, e.g. model.dim=128"),
+    "warm_start": Param("published", type="string",
+                        description="train.warm_start: published (the current publication's run), a run_id, or "
+                                    "null for a cold start"),
+    "gate_metric": Param("ndcg", type="string", description="metric the gate compares"),
+    "gate_k": Param(20, type="integer", description="its cut-off"),
+    "gate_method": Param("exact", type="string", description="exact | sampled | corrected"),
+    "gate_floor": Param(0.0, type="number", description="publish only at or above this value"),
+    # every DAG run re-splits, so the published run was trained on another split: the floor alone applies
+    "gate_on_new_split": Param("floor", type="string", enum=["floor", "refuse"],
+                               description="published run on another split: gate on the floor, or refuse"),
+}
+
+
+def pipeline_dag(dag_id: str, schedule: Any, stages: tuple[str, ...], description: str) -> DAG:
+    """The stage chain `stages` (the gate before publish) as one DAG with the shared params and retries."""
+    with DAG(
+        dag_id=dag_id,
+        description=description,
+        schedule=schedule,
+        catchup=False,
+        max_active_runs=1,  # stages of two runs would race on the shared interactions/train tables
+        render_template_as_native_obj=True,  # application_args renders to a list (one --set per override)
+        user_defined_macros={"gramian_args": gramian_args},
+        default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
+        params=PARAMS,
+        tags=["gramian"],
+    ) as built:
+        previous = None
+        for name in stages:
+            if name == "publish" and GATED:
+                gate_task = stage_task("gate", gate=True)
+                previous = previous >> gate_task if previous is not None else gate_task
+            task = stage_task(name)
+            previous = previous >> task if previous is not None else task
+    return built
+
+
+dag = pipeline_dag("gramian_pipeline", None if SCHEDULE.lower() == "none" else SCHEDULE, STAGES,
+                   "gramian: ingest -> split -> train -> evaluate -> quality gate -> publish, on a clock")
+on_interactions = pipeline_dag("gramian_on_interactions", [INTERACTIONS], tuple(s for s in STAGES if s != "ingest"),
+                               "gramian: split -> ... -> publish when the interactions Asset is updated")

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -310,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor-memory", default="2g")
     parser.add_argument("--root", default=None, help="storage.root for the tables (default: a fresh temp folder)")
     parser.add_argument("--out", default=str(RESULTS / "cluster"), help="results path without extension")
+    parser.add_argument("--log-dir", default=None, help="keep every job's spark-submit log here (profiling)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its cluster
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -320,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         conf = bench_conf(args.dataset, work)
         prepare(conf, root)
         jobs = run_jobs(args, conf, root, work)
+        if args.log_dir:
+            Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+            for log_file in work.glob("*.log"):
+                shutil.copy(log_file, Path(args.log_dir) / log_file.name)
         doc = summarise(args, root, jobs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -185,6 +185,7 @@ class TrainConfig:
     routing: Literal["auto", "broadcast", "routed"] = "auto"
     local_file_handoff: bool = True
     exchange: Literal["auto", "store", "closure"] = "auto"  # whole factors off a local master: see train.handoff
+    warm_start: str | None = None  # "published", a run_id, or None (cold): train.warm
 
 
 @dataclass(frozen=True)

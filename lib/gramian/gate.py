@@ -16,7 +16,7 @@ from gramian import tables
 from gramian.config import Config
 from gramian.errors import ConfigError, InputDataError
 from gramian.pipeline import stage_runs
-from gramian.runs import check_run_id, describe_split, recorded_inputs, run_rows, same_split
+from gramian.runs import check_run_id, current_publication, describe_split, recorded_inputs, run_rows, same_split
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,9 @@ def metric_value(spark: Any, cfg: Config, run_id: str, metric: str, k: int, meth
 
 def published_run(spark: Any, cfg: Config, exclude: str | None = None) -> str | None:
     """The run_id currently published (publish's `publications` table; else the latest finished publish stage)."""
-    try:
-        from gramian.retrieval.publish import current_publication
-    except ImportError:  # publish stage not installed: fall back to the stage record
-        current_publication = None
-    if current_publication is not None:
-        current = current_publication(spark, cfg.storage)
-        if current is not None:
-            return current["run_id"] if current["run_id"] != exclude else None
+    current = current_publication(spark, cfg.storage)
+    if current is not None:
+        return current["run_id"] if current["run_id"] != exclude else None
     runs = [r for r in stage_runs(spark, cfg) if r["stage"] == "publish" and r["status"] == "finished"
             and r["run_id"] != exclude]
     return runs[-1]["run_id"] if runs else None

@@ -148,3 +148,11 @@ def require_same_split(spark: Any, storage: StorageConfig, run_id: str, pins: di
                 f"run {other!r} must have been trained on the split of run {run_id!r} ({describe_split(pins)}), "
                 f"got {describe_split(theirs)} ({where}). Compare runs trained on one split: re-train "
                 f"{other!r}'s configuration under a new --run-id on the current split.")
+
+
+def current_publication(spark: Any, storage: StorageConfig) -> dict[str, Any] | None:
+    """The `publications` row marked current (the run applications should read), or None."""
+    if not tables.exists(spark, storage, "publications"):
+        return None
+    rows = tables.read(spark, storage, "publications").filter("current").collect()
+    return rows[0].asDict() if rows else None

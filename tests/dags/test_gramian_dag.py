@@ -108,24 +108,56 @@ def test_gate_rejection_skips_and_other_failures_fail(tmp_path, code):
         assert not isinstance(info.value, AirflowSkipException)
 
 
-def test_dag_test_runs_every_stage_on_a_local_master(airflow_db, tmp_path, spark):
+def test_the_daily_dag_is_scheduled_and_emits_assets_and_a_data_aware_variant_follows_them(bag):
+    dag = bag.dags["gramian_pipeline"]
+    assert os.environ.get("GRAMIAN_SCHEDULE") is None and dag.schedule == "@daily"
+    outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks}
+    assert outlets["ingest"] == ["gramian.interactions"]
+    assert outlets.get("publish", ["gramian.topn"]) == ["gramian.topn"]
+    assert all(not v for k, v in outlets.items() if k not in ("ingest", "publish")), outlets
+    uri = next(a.uri for t in dag.tasks for a in t.outlets if a.name == "gramian.interactions")
+    assert uri == f"{(ROOT / 'warehouse').as_uri()}/interactions"
+    follower = bag.dags["gramian_on_interactions"]
+    assert [a.name for a in follower.schedule] == ["gramian.interactions"]  # triggered by data, not a clock
+    assert type(follower.timetable).__name__ == "AssetTriggeredTimetable"
+    chain = [t.task_id for t in follower.topological_sort()]
+    assert chain[0] == "split" and "ingest" not in chain and chain[-1] == dag.topological_sort()[-1].task_id
+
+
+def test_train_warm_starts_from_the_published_run_unless_told_otherwise(bag):
+    fn = bag.dags["gramian_pipeline"].user_defined_macros["gramian_args"]
+    params = {"conf": "c.yaml", "overrides": ["model.dim=8"], "warm_start": "published"}
+    assert bag.dags["gramian_pipeline"].params["warm_start"] == "published"  # the daily DAG's default
+    assert fn(params, "20260101T000000", resume=True) == [
+        "--conf", "c.yaml", "--set", "train.warm_start=published", "--set", "model.dim=8", "--run-id",
+        "20260101T000000", "--resume"]  # an override of train.warm_start comes later and wins
+    assert "train.warm_start=published" not in fn(params, "20260101T000000")  # other stages: no warm start
+    assert "--set" not in fn({**params, "warm_start": "", "overrides": []}, "20260101T000000", resume=True)
+
+
+def test_dag_test_two_days_the_second_warm_starts_from_the_first_publication(airflow_db, tmp_path, spark):
     from airflow.dag_processing.dagbag import DagBag
 
-    dag = DagBag(dag_folder=str(DAGS)).dags["gramian_pipeline"]
-    overrides = [*SMALL, f"storage.root={tmp_path / 'wh'}"]
-    logical = datetime(2026, 11, 27, tzinfo=UTC)
-    dr = dag.test(logical_date=logical, run_conf={"conf": str(ROOT / "conf" / "synthetic.yaml"),
-                                                  "overrides": overrides})
-    states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
-    assert str(dr.state) == "success", states
-    assert all(s.endswith("success") for s in states.values()), states
     from gramian.config import StorageConfig
     from gramian.tables import read
 
+    dag = DagBag(dag_folder=str(DAGS)).dags["gramian_pipeline"]
+    overrides = [*SMALL, f"storage.root={tmp_path / 'wh'}"]
     st = StorageConfig(root=str(tmp_path / "wh"))
-    run_id = "20261127T000000"
-    done = {r["stage"]: r["status"] for r in read(spark, st, "stage_runs").filter(f"run_id = '{run_id}'").collect()}
-    assert {s: "finished" for s in PIPELINE}.items() <= done.items()
-    if "publish" in PIPELINE:
-        assert done.get("gate") == "finished"
-        assert read(spark, st, "topn").filter(f"run_id = '{run_id}'").count() > 0
+    days = [datetime(2026, 11, 27, tzinfo=UTC), datetime(2026, 11, 28, tzinfo=UTC)]
+    for logical in days:
+        dr = dag.test(logical_date=logical, run_conf={"conf": str(ROOT / "conf" / "synthetic.yaml"),
+                                                      "overrides": overrides})
+        states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+        assert str(dr.state) == "success", states
+        assert all(s.endswith("success") for s in states.values()), states
+        run_id = logical.strftime("%Y%m%dT%H%M%S")
+        done = {r["stage"]: r["status"] for r in read(spark, st, "stage_runs").filter(f"run_id = '{run_id}'").collect()}
+        assert {s: "finished" for s in PIPELINE}.items() <= done.items()
+        if "publish" in PIPELINE:
+            assert done.get("gate") == "finished"
+            assert read(spark, st, "topn").filter(f"run_id = '{run_id}'").count() > 0
+    runs = {r["run_id"]: r["warm_start"] for r in read(spark, st, "runs").collect()}
+    first, second = (d.strftime("%Y%m%dT%H%M%S") for d in days)
+    assert runs[first] is None  # nothing was published before day 1: a cold start
+    assert runs[second] == (first if "publish" in PIPELINE else None)

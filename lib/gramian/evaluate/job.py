@@ -21,6 +21,7 @@ from gramian.config import Config, ModelConfig, _build
 from gramian.errors import ConfigError, InputDataError
 from gramian.evaluate import metrics as M
 from gramian.evaluate.ranks import Scorer, num_partitions, rank_users
+from gramian.factors import factor_rows
 from gramian.kernels.loss import gramian as gramian_of
 from gramian.kernels.sampled import negative_weights
 from gramian.runs import check_run_id, pinned_inputs, read_input, require_same_split, run_rows, run_where
@@ -50,16 +51,13 @@ def item_matrix(spark: Any, cfg: Config, run_id: str, n_items: int) -> tuple[np.
     if not tables.exists(spark, st, "item_factors"):
         raise InputDataError(f"table 'item_factors' must exist to evaluate, got none at "
                              f"{tables.table_ref(st, 'item_factors')}. Run `gramian train` first.")
-    t = tables.read(spark, st, "item_factors").filter(run_rows(run_id)).select("idx", "factors").toArrow()
-    if t.num_rows == 0:
+    idx, rows = factor_rows(spark, st, "item_factors", run_id)
+    if len(idx) == 0:
         raise InputDataError(f"item_factors must hold rows for run_id {run_id!r}, got none "
                              f"({tables.table_ref(st, 'item_factors')}). Train that run first or pass its --run-id.")
-    idx = np.asarray(t.column("idx"), dtype=np.int64)
-    flat = np.asarray(t.column("factors").combine_chunks().flatten(), dtype=np.float32)
-    d = len(flat) // len(idx)
     n = max(n_items, int(idx.max()) + 1)
-    h = np.zeros((n, d), np.float32)
-    h[idx] = flat.reshape(-1, d)
+    h = np.zeros((n, rows.shape[1]), np.float32)
+    h[idx] = rows
     present = np.zeros(n, bool)
     present[idx] = True
     return h, present

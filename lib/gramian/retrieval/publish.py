@@ -31,7 +31,7 @@ from gramian.config import Config, ModelConfig, PublishConfig, StorageConfig, _b
 from gramian.errors import InputDataError, PublishError
 from gramian.kernels.ranking import topk_excluding
 from gramian.retrieval.index import ItemIndex, build_index, index_recall, load_index, topn_excluding
-from gramian.runs import check_run_id, pinned_inputs, read_input, run_rows, run_where
+from gramian.runs import check_run_id, current_publication, pinned_inputs, read_input, run_rows, run_where
 
 log = logging.getLogger(__name__)
 
@@ -196,14 +196,6 @@ def _mark_current(spark: Any, cfg: Config, row: dict[str, Any]) -> None:
         r["current"] = False
     frame = spark.createDataFrame([*old, {**row, "current": True}], PUBLICATIONS_SCHEMA)
     tables.write(frame, st, PUBLICATIONS, mode="overwrite")
-
-
-def current_publication(spark: Any, st: StorageConfig) -> dict[str, Any] | None:
-    """The `publications` row marked current (the run applications should read), or None."""
-    if not tables.exists(spark, st, PUBLICATIONS):
-        return None
-    rows = tables.read(spark, st, PUBLICATIONS).filter("current").collect()
-    return rows[0].asDict() if rows else None
 
 
 def read_topn(spark: Any, st: StorageConfig, run_id: str | None = None) -> Any:

@@ -15,6 +15,7 @@ from gramian.config import Config
 from gramian.errors import InputDataError
 from gramian.progress import EpochProgress
 from gramian.runs import check_run_id, current_inputs, describe_split, run_where, same_split
+from gramian.train import warm
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.model import IALS, IALSModel
 from gramian.train.pairwise import RankALS
@@ -40,18 +41,9 @@ def checkpoint_store(spark: Any, cfg: Config, run_id: str) -> storage.Store:
 
 def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str, Any]:
     """Train the configured model on `train` and publish its factors under `run_id`."""
-    from pyspark.sql import functions as F
-
     check_run_id(run_id)
     st = cfg.storage
-    for name in ("train", "users", "items"):
-        if not tables.exists(spark, st, name):
-            raise InputDataError(f"table {name!r} must exist before training, got none at "
-                                 f"{tables.table_ref(st, name)}. Run `gramian ingest` and `gramian split` first.")
-    users = tables.read(spark, st, "users")
-    items = tables.read(spark, st, "items")
-    n_users = int(users.agg(F.max("idx")).collect()[0][0]) + 1
-    n_items = int(items.agg(F.max("idx")).collect()[0][0]) + 1
+    users, items, n_users, n_items = id_maps(spark, cfg)
     inputs = current_inputs(spark, st)  # pinned: the run trains on, and later stages read, these versions
     train_df, user_rows = train_positions(tables.read_version(spark, st, "train", inputs["train"]), n_users)
     n_trained = n_users if user_rows is None else len(user_rows)
@@ -59,6 +51,9 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     ckpt = Checkpointer(checkpoint_store(spark, cfg, run_id), fingerprint(cfg, n_trained, n_items), inputs)
     if resume:
         check_resume(ckpt, inputs, run_id)
+    source = warm.source_run(spark, cfg, run_id)
+    initial, warmed = (None, None) if source is None else warm.warm_state(spark, cfg, source, n_trained, n_items,
+                                                                          user_rows)
     t0 = time.perf_counter()
     estimator = ESTIMATORS[cfg.model.name].from_config(cfg.model, cfg.train)
     progress = EpochProgress(spark, cfg.model.epochs, label=f"train {run_id}")
@@ -70,19 +65,35 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
 
     try:
         model = estimator.fit(train_df, n_trained, n_items, ckpt, resume=resume, on_epoch=on_epoch,
-                              exchange=storage.artifact_store(cfg.storage, spark).child("exchange", run_id))
+                              exchange=storage.artifact_store(cfg.storage, spark).child("exchange", run_id),
+                              initial=initial)
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
     write_factors(spark, cfg, run_id, model, users, items, user_rows)
-    write_run(spark, cfg, run_id, model, started, seconds, inputs)
+    write_run(spark, cfg, run_id, model, started, seconds, inputs, source)
     if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
         tracking.safe(log_model, tracker, model, items, n_trained)
     last = model.history[-1]
     return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "alpha0": model.config.alpha0,
             "epochs": last.epoch,
             "users": n_trained, "users_without_train_rows": n_users - n_trained, "items": n_items,
-            "final_loss": last.loss, "fit_seconds": round(seconds, 2), "inputs": inputs}
+            "final_loss": last.loss, "fit_seconds": round(seconds, 2), "inputs": inputs, "warm_start": warmed}
+
+
+def id_maps(spark: Any, cfg: Config) -> tuple[Any, Any, int, int]:
+    """(users, items, n_users, n_items) of the id maps, or InputDataError when a stage's table is missing."""
+    from pyspark.sql import functions as F
+
+    st = cfg.storage
+    for name in ("train", "users", "items"):
+        if not tables.exists(spark, st, name):
+            raise InputDataError(f"table {name!r} must exist before training, got none at "
+                                 f"{tables.table_ref(st, name)}. Run `gramian ingest` and `gramian split` first.")
+    users, items = tables.read(spark, st, "users"), tables.read(spark, st, "items")
+    n_users = int(users.agg(F.max("idx")).collect()[0][0]) + 1
+    n_items = int(items.agg(F.max("idx")).collect()[0][0]) + 1
+    return users, items, n_users, n_items
 
 
 def check_resume(ckpt: Checkpointer, inputs: dict[str, int], run_id: str) -> None:
@@ -133,16 +144,17 @@ def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users:
 
 
 def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: datetime, seconds: float,
-              inputs: dict[str, int] | None = None) -> None:
-    """One `runs` row: config, per-epoch loss and time, status, and the input versions trained on (JSON)."""
+              inputs: dict[str, int] | None = None, warm_start: str | None = None) -> None:
+    """One `runs` row: config, per-epoch loss and time, status, the input versions trained on (JSON) and the
+    run it warm-started from (null: a cold start)."""
     history = [dataclasses.asdict(h) for h in model.history]
     config = cfg.to_dict()
     config["model"] = dataclasses.asdict(model.config)  # as trained: alpha0 resolved for this catalogue
     row = {"run_id": run_id, "model": cfg.model.name, "config": json.dumps(config, default=str),
            "started": started, "finished": datetime.now(UTC), "status": "finished",
            "fit_seconds": float(seconds), "epochs": json.dumps(history),
-           "inputs": json.dumps(inputs) if inputs is not None else None}
+           "inputs": json.dumps(inputs) if inputs is not None else None, "warm_start": warm_start}
     schema = ("run_id string, model string, config string, started timestamp, finished timestamp, "
-              "status string, fit_seconds double, epochs string, inputs string")
+              "status string, fit_seconds double, epochs string, inputs string, warm_start string")
     tables.write(spark.createDataFrame([row], schema), cfg.storage, "runs", replace_where=run_where(run_id),
-                 merge_schema=True)  # `inputs` joined later: older runs tables gain it, their rows read null
+                 merge_schema=True)  # `inputs`, `warm_start` joined later: older runs tables gain them, rows read null

@@ -66,12 +66,15 @@ class IALS:
 
     def fit(self, train_df: Any, n_users: int | None = None, n_items: int | None = None,
             checkpointer: Checkpointer | None = None, resume: bool = False,
-            on_epoch: Callable[[EpochStats], None] | None = None, exchange: Store | None = None) -> IALSModel:
+            on_epoch: Callable[[EpochStats], None] | None = None, exchange: Store | None = None,
+            initial: FitState | None = None) -> IALSModel:
         """Train on a DataFrame of (user_idx, item_idx, weight); sizes default to max index + 1.
 
         `on_epoch` gets each epoch's stats (progress bar, MLflow); without it each epoch is an INFO line.
         `exchange`: a store folder every executor can read, through which whole factors and block CSR reach
         the tasks off a local master (train.exchange); the train stage passes one under the artifact store.
+        `initial`: factor arrays to start from instead of the random init (a warm start, train.warm); a
+        resumed checkpoint still wins over it.
         """
         spark = train_df.sparkSession
         if n_users is None or n_items is None:
@@ -82,7 +85,7 @@ class IALS:
             n_items = n_items if n_items is not None else int(row["i"] if row["i"] is not None else -1) + 1
         m = self.config.resolved(n_items, n_users)
         trainer = self.trainer_class(spark, train_df, n_users, n_items, m, self.train_config, exchange)
-        state = _start_state(trainer, spark, checkpointer, resume)
+        state = _start_state(trainer, spark, checkpointer, resume, initial)
         try:
             while state.epoch < m.epochs:
                 stats = trainer.epoch(state)
@@ -98,13 +101,17 @@ class IALS:
         return IALSModel(m, state.user_factors, state.item_factors, state.history, spark)
 
 
-def _start_state(trainer: Any, spark: Any, checkpointer: Checkpointer | None, resume: bool) -> FitState:
-    """The checkpoint to resume (in the trainer's representation) or a fresh start; on any error the trainer's
-    scratch files and cached blocks are released before it propagates (else they would live until exit)."""
+def _start_state(trainer: Any, spark: Any, checkpointer: Checkpointer | None, resume: bool,
+                 initial: FitState | None = None) -> FitState:
+    """The checkpoint to resume, else `initial`, else a fresh start, in the trainer's representation; on any
+    error the trainer's scratch files and cached blocks are released before it propagates (else they would
+    live until exit)."""
     try:
         state = checkpointer.load(spark) if resume and checkpointer is not None else None
         if state is not None:
             log.info("resuming from checkpoint at epoch %d", state.epoch)
+        else:
+            state = initial
         if state is None:
             return trainer.initial_state()
         return trainer.adopt(state) if state.routed != trainer.routed else state
