@@ -144,13 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def configure_logging(verbose: bool = False) -> None:
-    """Log to stderr: gramian's warnings, per-epoch progress lines and (with --verbose) its INFO lines."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    """Log to stderr: warnings, gramian's per-epoch progress lines and (with --verbose) gramian's INFO lines.
+
+    The root logger stays at WARNING, so third-party INFO lines (matplotlib's font cache, py4j, MLflow,
+    alembic) never reach a person's terminal; gramian's loggers pass theirs to the root's handler.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("gramian").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("gramian.progress").setLevel(logging.INFO)
-    for name in ("py4j", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def format_summary(stage: str, summary: dict[str, Any]) -> str:
