@@ -137,7 +137,10 @@ def get_session(cfg: SparkConfig | None = None, extra_conf: dict[str, str] | Non
     conf.update(cfg.conf)
     conf.update(extra_conf or {})
     packages = ",".join(dict.fromkeys([delta_package(), *_split(conf.pop("spark.jars.packages", ""))]))
-    conf.update(jar_settings(ivy, packages, conf.get("spark.jars", "")))
+    jars = jar_settings(ivy, packages, conf.get("spark.jars", ""))
+    if "spark.jars.packages" in jars and resolve_quietly(ivy, packages, conf):
+        jars = jar_settings(ivy, packages, conf.get("spark.jars", ""))
+    conf.update(jars)
     conf["spark.driver.extraJavaOptions"] = quiet_java_options(conf.get("spark.driver.extraJavaOptions", ""))
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -184,6 +187,53 @@ def remember_jars(session: Any, ivy: Path, packages: str) -> None:
             _manifest(ivy, packages).write_text("\n".join(resolved) + "\n")
     except Exception as e:  # a manifest only saves the next start's resolution
         log.debug("could not remember the resolved jars: %s", e)
+
+
+def resolve_quietly(ivy: Path, packages: str, conf: dict[str, str]) -> bool:
+    """Resolve `packages` into the Ivy cache in a child process, its ~250-line Ivy report kept in
+    <ivy>/gramian-resolve.log, so a first start prints one line; True when the manifest now lists the jars.
+
+    A failed resolution is an error quoting the log's end; where no child can start (no interpreter path),
+    the session resolves them itself as before (False).
+    """
+    import json
+    import subprocess
+
+    if not sys.executable:
+        return False
+    print(f"gramian: fetching {packages} from Maven Central into {ivy} (first start with these packages)",
+          file=sys.stderr, flush=True)
+    log_path = ivy / "gramian-resolve.log"
+    settings = {k: v for k, v in conf.items() if k.startswith("spark.jars.") or k.startswith("spark.driver.")}
+    code = "import sys; from gramian.spark import _resolve_child; _resolve_child(sys.argv[1], sys.argv[2], sys.argv[3])"
+    with open(log_path, "w") as out:
+        done = subprocess.run([sys.executable, "-c", code, str(ivy), packages, json.dumps(settings)],
+                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
+    if done.returncode != 0 or not _manifest(ivy, packages).is_file():
+        from gramian.errors import ConfigError
+
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise ConfigError(f"spark.jars.packages {packages!r} must resolve from Maven Central into the Ivy cache "
+                          f"{ivy} (spark.ivy_dir), got exit {done.returncode}; whole log {log_path}:\n{tail}\n"
+                          f"Check the network to Maven Central, or set spark.ivy_dir to a cache that has the jars.")
+    return True
+
+
+def _resolve_child(ivy: str, packages: str, settings: str) -> None:
+    """Child of `resolve_quietly`: start a local[1] session that resolves `packages`, remember the jars, stop."""
+    import json
+
+    from pyspark.sql import SparkSession
+
+    pin_loopback_env()
+    builder = SparkSession.builder.master("local[1]").appName("gramian-resolve")
+    conf = {**{k: _LOCAL_DEFAULTS[k] for k in ("spark.driver.host", "spark.driver.bindAddress", "spark.ui.enabled")},
+            **json.loads(settings), "spark.jars.ivy": ivy, "spark.jars.packages": packages}
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    remember_jars(session, Path(ivy), packages)
+    session.stop()
 
 
 LOG4J = Path(__file__).with_name("log4j2.properties")

@@ -34,3 +34,19 @@ def test_ivy_cache_is_the_configured_persistent_folder(spark):
     ivy = spark.sparkContext.getConf().get("spark.jars.ivy")
     assert ivy == SparkConfig().ivy_folder
     assert any(name.startswith("io.delta") for name in os.listdir(os.path.join(ivy, "jars")))
+
+
+def test_a_package_that_cannot_resolve_is_an_error_quoting_it_and_the_kept_ivy_log(tmp_path):
+    """First starts resolve in a child whose Ivy report goes to a log; a failure quotes the package and the log."""
+    import pytest
+
+    from gramian.errors import ConfigError
+    from gramian.spark import _manifest, resolve_quietly
+
+    package = "org.example.gramian:no-such-artifact:0.0.1"
+    with pytest.raises(ConfigError, match="no-such-artifact") as err:
+        resolve_quietly(tmp_path, package, {})
+    log_path = tmp_path / "gramian-resolve.log"
+    assert str(log_path) in str(err.value) and "spark.ivy_dir" in str(err.value)
+    assert "unresolved dependency" in log_path.read_text().lower()
+    assert not _manifest(tmp_path, package).exists()
