@@ -1,0 +1,548 @@
+"""A scale model of gramian's iALS training, fitted on runs measured on this machine and projected past it.
+
+Pure Python/numpy: no Spark and no gramian import (it runs while the cores are busy, and it reads only
+benchmarks/results/train.json and cluster.json). It fits kernel seconds per (interaction * d) and per
+(row * d^2) on the one-thread numpy runs, checks the fit against runs it was not fitted on, prices the bytes,
+memory and Spark overhead of a half-step for each factor exchange, and projects 1B interactions
+(100M users x 10M items) on 50 and 200 executors. Writes benchmarks/results/scale.{json,md}; docs/scale.md
+explains it. Run: `python benchmarks/scale_model.py` (numpy only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+GIB = 2**30
+CG_STEPS = 3  # model.cg_steps default (conf/defaults.yaml); the fitted constants hold for this value
+BROADCAST_MAX_MB = 256  # train.broadcast_max_mb default (conf/defaults.yaml)
+NNZ_PER_BLOCK = 4_000_000  # default_num_blocks in lib/gramian/train/als.py: blocks of at most ~4M interactions
+CSR_BYTES_PER_NNZ = 20  # indices int32 + alpha float64 + target float64 (lib/gramian/train/blocks.py)
+CSR_BYTES_PER_ROW = 8  # indptr int64
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The hardware a projection assumes: none of these numbers is measured here (docs/scale.md says why)."""
+
+    executors: int
+    cores: int = 4  # per executor
+    memory_gib: float = 32.0  # per executor, heap + overhead (Python workers)
+    shuffle_gbps: float = 0.5  # GB/s per executor through a shuffle (serialise, write, fetch, read): assumed
+    driver_collect_gbps: float = 0.3  # GB/s of results collected to the driver through toArrow: assumed
+    task_overhead_s: float = 0.001  # driver-side seconds per task launched (~1000 tasks/s): assumed
+    shuffle_partitions: int = 200  # spark.sql.shuffle.partitions: Spark's default on a submitted session
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The data a projection is for; popularity is the synthetic generator's (benchmarks/datasets.py)."""
+
+    interactions: float = 1e9
+    users: int = 100_000_000
+    items: int = 10_000_000
+    user_exponent: float = 0.6  # power_law_interactions defaults
+    item_exponent: float = 0.9
+
+
+# ---------------------------------------------------------------- inputs from the measured runs
+
+def steady(xs: list[float]) -> float:
+    """Median over epochs 2.. (epoch 1 includes numba compilation and Spark warm-up)."""
+    return float(np.median(xs[1:])) if len(xs) > 1 else float(xs[0])
+
+
+def measured(train: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
+    """The half-step seconds this model uses, by run, with where each comes from."""
+    runs = {(r["dataset"], r["label"]): r for r in train["runs"]}
+
+    def sides(r: dict[str, Any]) -> dict[str, Any]:
+        s = r["split"]
+        return {"dim": r["params"].get("dim"), "users": s["users"], "items": s["items"], "nnz": s["train"],
+                "user_s": steady(r["extra"]["user_seconds"]), "item_s": steady(r["extra"]["item_seconds"]),
+                "epoch_s_steady": steady(r["epoch_seconds"]), "epoch_s_reported": r["seconds_per_epoch"],
+                "load_before": r.get("load_before")}
+
+    out: dict[str, Any] = {"numpy_1proc": {}, "local": {}, "cluster": {}}
+    for ds in ("ml-100k", "lastfm-2k", "gowalla"):
+        out["numpy_1proc"][ds] = sides(runs[(ds, "gramian numpy 1-proc")])
+    out["local"]["gowalla d=64"] = sides(runs[("gowalla", "gramian (defaults)")])
+    out["local"]["gowalla d=256"] = sides(runs[("gowalla", "gramian (conf)")])
+    out["local"]["synthetic10m d=128"] = sides(runs[("synthetic10m", "gramian (defaults)")])
+    for job in ("gramian-auto", "gramian-closure", "gramian-routed"):
+        eps = cluster["jobs"][job]["epochs"]
+        row = {}
+        for side in ("user", "item"):
+            wall = [e[f"{side}_seconds"] for e in eps]
+            kernel = [e[f"{side}_kernel_seconds"] for e in eps]
+            fetch = [e[f"{side}_fetch_seconds"] for e in eps]
+            slots = cluster["cluster"]["workers"] * cluster["cluster"]["cores_per_worker"]
+            rest = [w - (k + f) / slots for w, k, f in zip(wall, kernel, fetch, strict=True)]
+            row[side] = {"wall": steady(wall), "kernel_sum": steady(kernel), "fetch_sum": steady(fetch),
+                         "rest": steady(rest)}
+        row["python_peak_mib"] = max(v["python"] for v in cluster["jobs"][job]["worker_peak_by_command_mib"])
+        row["java_peak_mib"] = max(v["java"] for v in cluster["jobs"][job]["worker_peak_by_command_mib"])
+        out["cluster"][job] = row
+    out["cluster_setup"] = {**cluster["cluster"], "load_before": cluster["machine"]["load_before"],
+                            "dataset": cluster["dataset"], "dim": cluster["dim"], **cluster["split"]}
+    return out
+
+
+# ---------------------------------------------------------------- kernel seconds
+
+def kernel_terms(nnz: float, rows: float, d: int) -> tuple[float, float]:
+    """The two work terms of a CG half-step: interactions*d and rows*d^2 (paper §5.1: steps*(|I_c|d + d^2))."""
+    return nnz * d, rows * d * d
+
+
+def fit_kernel(points: list[dict[str, float]]) -> dict[str, Any]:
+    """Least squares (relative error) of seconds = a*nnz*d + b*rows*d^2 over one-thread half-steps."""
+    x = np.array([kernel_terms(p["nnz"], p["rows"], p["d"]) for p in points])
+    t = np.array([p["seconds"] for p in points])
+    (a, b), *_ = np.linalg.lstsq(x / t[:, None], np.ones(len(t)), rcond=None)
+    pred = x @ np.array([a, b])
+    return {"a_s_per_nnz_d": float(a), "b_s_per_row_d2": float(b),
+            "points": [{**p, "predicted": float(q), "error": float(q / p["seconds"] - 1)}
+                       for p, q in zip(points, pred, strict=True)]}
+
+
+def kernel_seconds(k: dict[str, Any], nnz: float, rows: float, d: int, a: float | None = None) -> float:
+    """One-core kernel seconds of a half-step over `nnz` interactions and `rows` rows at rank d."""
+    w_nnz, w_rows = kernel_terms(nnz, rows, d)
+    return (a if a is not None else k["a_s_per_nnz_d"]) * w_nnz + k["b_s_per_row_d2"] * w_rows
+
+
+def numpy_points(m: dict[str, Any]) -> list[dict[str, float]]:
+    """(dataset, side, nnz, rows, d, seconds) of every one-thread numpy half-step (train.json)."""
+    pts = []
+    for ds, r in m["numpy_1proc"].items():
+        for side, rows in (("user", r["users"]), ("item", r["items"])):
+            pts.append({"run": f"{ds} {side}", "nnz": r["nnz"], "rows": rows, "d": r["dim"],
+                        "seconds": r[f"{side}_s"]})
+    return pts
+
+
+def default_num_blocks(parallelism: int, nnz: float) -> int:
+    """lib/gramian/train/als.py default_num_blocks, restated (this script imports no gramian)."""
+    return parallelism * math.ceil(max(1, math.ceil(nnz / NNZ_PER_BLOCK)) / parallelism)
+
+
+def local_half_step(k: dict[str, Any], nnz: float, rows: float, d: int, overhead: float, cores: int = 2,
+                    a: float | None = None) -> float:
+    """Predicted wall seconds of a local-master half-step: kernel spread over the cores plus fixed overhead."""
+    blocks = default_num_blocks(cores, nnz)
+    waves = math.ceil(blocks / cores)
+    return kernel_seconds(k, nnz, rows, d, a) / blocks * waves + overhead
+
+
+def checks(m: dict[str, Any], k: dict[str, Any]) -> dict[str, Any]:
+    """The fit against runs it was not fitted on: local Spark runs (d=64 gives the overhead) and the cluster."""
+    g64 = m["local"]["gowalla d=64"]
+    over = {s: g64[f"{s}_s"] - kernel_seconds(k, g64["nnz"], g64[f"{s}s"], 64) / 2 for s in ("user", "item")}
+    overhead = float(np.mean(list(over.values())))
+    out: dict[str, Any] = {"local_overhead_s": overhead, "local_overhead_by_side": over, "items": []}
+
+    def add(name: str, predicted: float, actual: float, note: str) -> None:
+        out["items"].append({"check": name, "predicted": predicted, "measured": actual,
+                             "error": predicted / actual - 1, "note": note})
+
+    g256 = m["local"]["gowalla d=256"]
+    for s in ("user", "item"):
+        add(f"gowalla d=256 local {s} half-step s", local_half_step(k, g256["nnz"], g256[f"{s}s"], 256, overhead),
+            g256[f"{s}_s"], "d-scaling: fit at d=64 only")
+    syn = m["local"]["synthetic10m d=128"]
+    per_side = {s: local_half_step(k, syn["nnz"], syn[f"{s}s"], 128, overhead) for s in ("user", "item")}
+    for s in ("user", "item"):
+        add(f"synthetic10m d=128 local {s} half-step s", per_side[s], syn[f"{s}_s"], "12x Gowalla's nnz, d=128")
+    add("synthetic10m d=128 local s/epoch (epochs 2-3)", sum(per_side.values()), syn["epoch_s_steady"],
+        "the 10M check the issue asks for")
+    cl = m["cluster"]["gramian-auto"]
+    cs = m["cluster_setup"]
+    for s, rows in (("user", cs["users"]), ("item", cs["items"])):
+        add(f"cluster gowalla d=64 store {s} kernel s (sum over tasks)", kernel_seconds(k, cs["train"], rows, 64),
+            cl[s]["kernel_sum"], "same data, Spark Python workers under load")
+    return out
+
+
+def dram_constants(m: dict[str, Any], k: dict[str, Any], overhead: float) -> dict[str, float]:
+    """a (s per nnz*d) per side that makes the 10M run's half-steps come out as measured (b, overhead kept).
+
+    Gowalla's fixed-side factors (7.6-10.5 MiB) fit in the CPU caches; the 10M run's (98 MiB of items for
+    the user step, 486 MiB of users for the item step) do not, and neither will a 1B block's routed rows:
+    the projection uses these, the Gowalla constant gives its lower bound.
+    """
+    syn = m["local"]["synthetic10m d=128"]
+    blocks = default_num_blocks(2, syn["nnz"])
+    spread = math.ceil(blocks / 2) / blocks  # 4 blocks on 2 cores: each core runs half of them
+    out = {}
+    for s in ("user", "item"):
+        kernel = (syn[f"{s}_s"] - overhead) / spread
+        out[s] = (kernel - k["b_s_per_row_d2"] * syn[f"{s}s"] * 128 * 128) / (syn["nnz"] * 128)
+    return out
+
+
+# ---------------------------------------------------------------- popularity and routed rows
+
+@lru_cache(maxsize=4)
+def zipf_weights(n: int, exponent: float) -> np.ndarray:
+    """Normalised Zipf weights r^-exponent, r = 1..n (the generator's popularity)."""
+    w = np.arange(1, n + 1, dtype=np.float64) ** -exponent
+    return w / w.sum()
+
+
+def expected_distinct(k: float, weights: np.ndarray) -> float:
+    """Expected distinct rows among k draws with these weights: sum(1 - exp(-k w)) (Poisson approximation)."""
+    return float(np.sum(-np.expm1(-k * weights)))
+
+
+@dataclass
+class SideShape:
+    """One side's block structure at scale: rows, interactions, the heaviest block and routed rows."""
+
+    rows: int
+    blocks: int
+    nnz_per_block: float
+    heaviest_block_nnz: float  # the block that holds the most popular row (skew)
+    routed_per_block: float  # distinct other-side rows a typical block references
+    routed_heaviest: float  # distinct other-side rows the heaviest block references
+    routed_total: float  # summed over blocks: rows shipped per half-step
+
+
+@lru_cache(maxsize=32)
+def side_shapes(sc: Scenario, blocks: int) -> dict[str, SideShape]:
+    """Block sizes and routed rows for both sides under the generator's popularity.
+
+    The most popular row's interactions are distinct pairs, as the generator keeps them: the top item's
+    count is the expected number of distinct users among its draws (likewise the top user's items).
+    """
+    pu, pi = zipf_weights(sc.users, sc.user_exponent), zipf_weights(sc.items, sc.item_exponent)
+    per_block = sc.interactions / blocks
+    top_user = expected_distinct(sc.interactions * pu[0], pi)
+    top_item = expected_distinct(sc.interactions * pi[0], pu)
+    u_typ = expected_distinct(per_block, pi)  # a user block references this many items
+    i_typ = expected_distinct(per_block, pu)  # an item block references this many users
+    return {
+        "user": SideShape(sc.users, blocks, per_block, max(per_block, top_user), u_typ,
+                          max(u_typ, top_user), u_typ * blocks),
+        "item": SideShape(sc.items, blocks, per_block, max(per_block, top_item), i_typ,
+                          max(i_typ, top_item), i_typ * blocks),
+    }
+
+
+# ---------------------------------------------------------------- one half-step at scale
+
+def exchange_mode(n_users: int, n_items: int, d: int, local: bool = False) -> str:
+    """What BlockTrainer picks with the defaults (routing: auto, exchange: auto, a store given)."""
+    factor_mb = (n_users + n_items) * d * 4 / 2**20
+    if local:
+        return "local files"
+    return "routed" if factor_mb > BROADCAST_MAX_MB else "store"
+
+
+def routed_bytes(side: SideShape, other_rows: int, d: int) -> dict[str, float]:
+    """Bytes one routed half-step moves (lib/gramian/train/routed.py, BlockTrainer.routed_map)."""
+    nnz = side.nnz_per_block * side.blocks
+    return {
+        "routes (join on src_block)": side.routed_total * 4,
+        "fixed factor blocks (join on src_block)": other_rows * d * 4,
+        "routed rows (cogroup to dst)": side.routed_total * (4 * d + 4),
+        "block CSR + current rows (join on block)": nnz * CSR_BYTES_PER_NNZ + side.rows * (CSR_BYTES_PER_ROW + 4 * d),
+    }
+
+
+def routed_task_memory(nnz: float, rows: float, routed: float, d: int) -> dict[str, float]:
+    """Bytes a routed block task holds (lib/gramian/train/routed.py gather/localise, als.py _solve_block).
+
+    Python: the cogrouped Arrow tables, gather's concatenation and its sorted copy (3x the routed rows),
+    the CSR and its re-pointed indices, x0, the float64 solution and its float32 copy. JVM: the task's
+    shuffled input once (sort buffer; assumed, spillable).
+    """
+    payload = routed * (4 * d + 4)
+    csr = nnz * CSR_BYTES_PER_NNZ + rows * CSR_BYTES_PER_ROW
+    python = 3 * payload + csr + nnz * 4 + rows * d * (4 + 8 + 4)
+    return {"python": python, "jvm": payload + csr + rows * d * 4}
+
+
+ROUTED_STAGES = 5  # payload join, x0 join, cogroup + solve, localCheckpoint, summary collect (routed_map)
+
+
+def max_blocks_per_task(blocks: int, partitions: int | None, seed: int = 0) -> int:
+    """Most blocks one solve task gets. The routed cogroup groups by the raw block id, i.e. into
+    pmod(murmur3(block), partitions), simulated here as uniform hashing; None: one block per task (keyed
+    partitions as build_side_blocks already uses, a code change the routed path does not have)."""
+    if partitions is None:
+        return 1
+    loads = np.bincount(np.random.default_rng(seed).integers(0, partitions, size=blocks), minlength=partitions)
+    return int(loads.max())
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a user (or a code change) sets: blocks per side (0: gramian's default) and solve partitions."""
+
+    name: str
+    blocks: int = 0
+    partitions: int | None = 200  # spark.sql.shuffle.partitions; None: one block per task (keyed)
+
+
+def half_step(sc: Scenario, cl: Cluster, k: dict[str, Any], a: float, rest_s: float, d: int, side_name: str,
+              shape: SideShape, partitions: int | None) -> dict[str, Any]:
+    """Seconds and bytes of one routed half-step of `side_name` on cluster `cl`."""
+    other_rows = sc.items if side_name == "user" else sc.users
+    cores = cl.executors * cl.cores
+    tasks = shape.blocks if partitions is None else min(partitions, shape.blocks)
+    load = max_blocks_per_task(shape.blocks, partitions)
+    block_kernel = kernel_seconds(k, shape.nnz_per_block, shape.rows / shape.blocks, d, a)
+    heavy_kernel = kernel_seconds(k, shape.heaviest_block_nnz, 1, d, a)
+    kernel_wall = max(max(load, math.ceil(shape.blocks / cores)) * block_kernel, heavy_kernel)
+    moved = routed_bytes(shape, other_rows, d)
+    shuffle = sum(moved.values()) / (cl.executors * cl.shuffle_gbps * 1e9)
+    gram_bytes = shape.blocks * d * d * 8
+    driver = gram_bytes / (cl.driver_collect_gbps * 1e9)
+    sched = ROUTED_STAGES * tasks * cl.task_overhead_s
+    return {"tasks": tasks, "blocks_per_task_max": load, "kernel_wall_s": kernel_wall,
+            "block_kernel_s": block_kernel, "heaviest_row_kernel_s": heavy_kernel, "shuffle_s": shuffle,
+            "driver_gramian_s": driver, "gramian_bytes": gram_bytes, "scheduling_s": sched, "fixed_s": rest_s,
+            "bytes": moved, "seconds": rest_s + sched + shuffle + kernel_wall + driver}
+
+
+def executor_memory(sc: Scenario, cl: Cluster, d: int, shape: SideShape, partitions: int | None,
+                    base: dict[str, float]) -> dict[str, float]:
+    """Bytes one executor holds in a routed half-step of this side: `cores` tasks, each one block at a time
+    in Python (cogroup calls the function per group) and its partition's blocks in the JVM (mean load; the
+    busiest task `load`), plus its share of both sides' cached CSR and of two factor versions (checkpoints)."""
+    typical = routed_task_memory(shape.nnz_per_block, shape.rows / shape.blocks, shape.routed_per_block, d)
+    heavy = routed_task_memory(shape.heaviest_block_nnz, 1, shape.routed_heaviest, d)
+    load = max_blocks_per_task(shape.blocks, partitions)
+    mean_load = 1.0 if partitions is None else shape.blocks / min(partitions, shape.blocks)
+    cached = (2 * sc.interactions * CSR_BYTES_PER_NNZ + 2 * (sc.users + sc.items) * d * 4) / cl.executors
+    task = base["python"] + typical["python"] + mean_load * typical["jvm"]
+    busiest = base["python"] + typical["python"] + load * typical["jvm"]
+    hot = base["python"] + heavy["python"] + heavy["jvm"] + (load - 1) * typical["jvm"]
+    shared = base["jvm"] + cached
+    return {"typical_executor": cl.cores * task + shared,
+            "busiest_executor": (cl.cores - 1) * task + max(busiest, hot) + shared,
+            "top_row_task": hot, "typical_task": task, "typical_task_python": base["python"] + typical["python"],
+            "cached_share": cached,
+            "routed_rows_heaviest": shape.routed_heaviest}
+
+
+def python_base(m: dict[str, Any]) -> float:
+    """A Python worker's own bytes (interpreter, numpy, numba-compiled kernels, pyarrow): the routed cluster
+    run's peak Python RSS less what the model puts in its largest Gowalla task (routed rows <= the other side)."""
+    cs = m["cluster_setup"]
+    blocks = default_num_blocks(cs["workers"] * cs["cores_per_worker"], cs["train"])
+    data = max(routed_task_memory(cs["train"] / blocks, rows / blocks, min(cs["train"] / blocks, other), cs["dim"])
+               ["python"] for rows, other in ((cs["users"], cs["items"]), (cs["items"], cs["users"])))
+    return m["cluster"]["gramian-routed"]["python_peak_mib"] * 2**20 - data
+
+
+JVM_BASE = 1.0 * GIB  # an executor JVM's own heap use before data: assumed (not separable in the measurements)
+
+
+def fitting_blocks(sc: Scenario, cl: Cluster, d: int, base: dict[str, float]) -> int:
+    """The fewest blocks per side (a multiple of the cores, at least the default) whose typical executor fits
+    in cl.memory_gib with one block per task; the top item's block is not made smaller by more blocks."""
+    cores = cl.executors * cl.cores
+    blocks = default_num_blocks(cores, sc.interactions)
+    while blocks < 64 * cores:
+        shapes = side_shapes(sc, blocks)
+        if all(executor_memory(sc, cl, d, shapes[s], None, base)["typical_executor"] <= cl.memory_gib * GIB
+               for s in shapes):
+            return blocks
+        blocks += cores
+    return blocks
+
+
+def project(sc: Scenario, cl: Cluster, k: dict[str, Any], a: dict[str, float], rest: dict[str, float], d: int,
+            base: dict[str, float], setting: Setting) -> dict[str, Any]:
+    """One epoch (user then item half-step) of the routed path under `setting`."""
+    blocks = setting.blocks or default_num_blocks(cl.executors * cl.cores, sc.interactions)
+    shapes = side_shapes(sc, blocks)
+    steps = {s: half_step(sc, cl, k, a[s], rest["routed"], d, s, shapes[s], setting.partitions)
+             for s in ("user", "item")}
+    mem = {s: executor_memory(sc, cl, d, shapes[s], setting.partitions, base) for s in steps}
+    factors = (sc.users + sc.items) * d * 4
+    return {
+        "setting": asdict(setting), "d": d, "executors": cl.executors, "cores": cl.cores,
+        "memory_gib": cl.memory_gib, "mode": exchange_mode(sc.users, sc.items, d), "factor_mib": factors / 2**20,
+        "blocks_per_side": blocks, "epoch_s": sum(st["seconds"] for st in steps.values()),
+        "bytes_per_epoch": sum(sum(st["bytes"].values()) for st in steps.values()), "half_steps": steps,
+        "memory": mem, "executor_gib": max(v["typical_executor"] for v in mem.values()) / GIB,
+        "busiest_executor_gib": max(v["busiest_executor"] for v in mem.values()) / GIB,
+        "top_row_task_gib": max(v["top_row_task"] for v in mem.values()) / GIB,
+        "shapes": {s: asdict(v) for s, v in shapes.items()},
+        "store_if_forced": {
+            "fixed_side_per_python_worker_gib": {"user": sc.items * d * 4 / GIB, "item": sc.users * d * 4 / GIB},
+            "driver_factor_gib": factors / GIB,
+            "bytes_per_epoch": (sc.items + sc.users) * d * 4 * cl.executors * cl.cores},
+        "bottleneck": bottleneck(steps, mem, cl),
+    }
+
+
+def bottleneck(steps: dict[str, Any], mem: dict[str, Any], cl: Cluster) -> str:
+    """Memory when an executor exceeds cl.memory_gib, else the largest time term of the epoch."""
+    if max(v["busiest_executor"] for v in mem.values()) > cl.memory_gib * GIB:
+        top = max(v["top_row_task"] for v in mem.values()) > max(v["typical_task"] for v in mem.values()) * 2
+        return "memory: " + ("the most popular item's block (skew)" if top else "routed rows per block")
+    terms = {"shuffle (network)": 0.0, "kernel": 0.0, "skew (top row)": 0.0, "driver Gramian collect": 0.0,
+             "task scheduling": 0.0, "fixed per-job overhead": 0.0}
+    for st in steps.values():
+        terms["shuffle (network)"] += st["shuffle_s"]
+        hot = st["heaviest_row_kernel_s"] >= st["kernel_wall_s"] - 1e-12
+        terms["skew (top row)" if hot else "kernel"] += st["kernel_wall_s"]
+        terms["driver Gramian collect"] += st["driver_gramian_s"]
+        terms["task scheduling"] += st["scheduling_s"]
+        terms["fixed per-job overhead"] += st["fixed_s"]
+    return max(terms, key=lambda t: terms[t])
+
+
+def oom_check(k: dict[str, Any], a: dict[str, float], rest: dict[str, float], base: dict[str, float]) -> dict[str, Any]:
+    """The model on the run that failed: 10M routed, d=128, 2 executors x 1 core, 3 GiB (issue 14)."""
+    sc = Scenario(interactions=1e7, users=996_100, items=199_987)
+    cl = Cluster(executors=2, cores=1, memory_gib=3.0)
+    p = project(sc, cl, k, a, rest, 128, base, Setting("defaults"))
+    unified = (3 * GIB - 300 * 2**20) * 0.6  # Spark's execution + storage region of a 3 GiB heap
+    jvm = {s: p["memory"][s]["typical_executor"] - cl.cores * p["memory"][s]["typical_task_python"]
+           for s in ("user", "item")}
+    return {"executor_bytes_by_side": {s: p["memory"][s]["typical_executor"] for s in ("user", "item")},
+            "jvm_bytes_by_side": jvm, "spark_unified_region_bytes": unified, "blocks_per_side": p["blocks_per_side"],
+            "routed_rows_per_block": {s: p["shapes"][s]["routed_per_block"] for s in ("user", "item")}}
+
+
+def main() -> dict[str, Any]:
+    """Fit, check, project; write results/scale.json and scale.md; return the document."""
+    m = measured(json.loads((RESULTS / "train.json").read_text()), json.loads((RESULTS / "cluster.json").read_text()))
+    k = fit_kernel(numpy_points(m))
+    ck = checks(m, k)
+    a_dram = dram_constants(m, k, ck["local_overhead_s"])
+    a_low = {s: k["a_s_per_nnz_d"] for s in ("user", "item")}
+    rest = {name: float(np.mean([m["cluster"][job][s]["rest"] for s in ("user", "item")]))
+            for name, job in (("routed", "gramian-routed"), ("store", "gramian-auto"), ("closure", "gramian-closure"))}
+    base = {"python": python_base(m), "jvm": JVM_BASE}
+    sc = Scenario()
+    rows = []
+    for executors in (50, 200):
+        for d in (64, 128, 256):
+            cl = Cluster(executors=executors)
+            fit = fitting_blocks(sc, cl, d, base)
+            variants = {"defaults": Setting("defaults"),
+                        "settings": Setting("blocks to fit memory, shuffle partitions = blocks", fit, fit),
+                        "keyed": Setting("as settings, one block per task (code change)", fit, None)}
+            row = {name: project(sc, cl, k, a_dram, rest, d, base, st) for name, st in variants.items()}
+            row["keyed, Gowalla-fit kernel"] = project(sc, cl, k, a_low, rest, d, base, variants["keyed"])
+            rows.append(row)
+    doc = {"inputs": m, "kernel_fit": k, "a_dram_s_per_nnz_d": a_dram, "checks": ck, "rest_s": rest,
+           "base_bytes": base, "scenario": asdict(sc), "cluster_assumed": asdict(Cluster(executors=0)),
+           "oom_check": oom_check(k, a_dram, rest, base), "projection": rows}
+    (RESULTS / "scale.json").write_text(json.dumps(doc, indent=1, default=float))
+    (RESULTS / "scale.md").write_text(render(doc))
+    return doc
+
+
+# ---------------------------------------------------------------- markdown
+
+def _g(x: float) -> str:
+    """Bytes in GB (1e9) with 3 significant figures."""
+    return f"{x / 1e9:.3g}"
+
+
+def render_fit(doc: dict[str, Any]) -> list[str]:
+    """The kernel fit and its residuals."""
+    k = doc["kernel_fit"]
+    lines = ["## Kernel fit (one thread, no Spark: train.json `gramian numpy 1-proc`, median of epochs 2-15)", "",
+             f"seconds = a * nnz * d + b * rows * d^2 with a = {k['a_s_per_nnz_d']:.3e} s, "
+             f"b = {k['b_s_per_row_d2']:.3e} s (cg_steps = {CG_STEPS}); "
+             "a refit on the 10M run's half-steps (fixed side out of cache): user "
+             f"{doc['a_dram_s_per_nnz_d']['user']:.3e} s, item {doc['a_dram_s_per_nnz_d']['item']:.3e} s", "",
+             "| half-step | nnz | rows | d | measured s | fitted s | error |", "|---|---|---|---|---|---|---|"]
+    for p in k["points"]:
+        lines.append(f"| {p['run']} | {p['nnz']:,} | {p['rows']:,} | {p['d']} | {p['seconds']:.4f} | "
+                     f"{p['predicted']:.4f} | {p['error']:+.0%} |")
+    return lines
+
+
+def render_checks(doc: dict[str, Any]) -> list[str]:
+    """Predictions for runs the fit did not see."""
+    ck = doc["checks"]
+    lines = ["", "## Checks against runs the fit did not see", "",
+             f"Local-master fixed overhead per half-step (Gowalla d=64 local wall less kernel/2): "
+             f"{ck['local_overhead_s']:.3f} s", "", "| check | predicted | measured | error | note |",
+             "|---|---|---|---|---|"]
+    for c in ck["items"]:
+        lines.append(f"| {c['check']} | {c['predicted']:.3f} | {c['measured']:.3f} | {c['error']:+.0%} | "
+                     f"{c['note']} |")
+    o = doc["oom_check"]
+    lines += ["", "The failed 10M routed cluster run (d=128, 2 executors x 1 core, 3 GiB, issue 14), as the model "
+              f"sees it: {o['blocks_per_side']} blocks per side; routed rows per block user "
+              f"{o['routed_rows_per_block']['user']:,.0f}, item {o['routed_rows_per_block']['item']:,.0f}; "
+              f"JVM bytes per executor user {_g(o['jvm_bytes_by_side']['user'])} GB, item "
+              f"{_g(o['jvm_bytes_by_side']['item'])} GB against Spark's execution+storage region of a 3 GiB heap, "
+              f"{_g(o['spark_unified_region_bytes'])} GB."]
+    return lines
+
+
+def render_projection(doc: dict[str, Any]) -> list[str]:
+    """The projection table: defaults, user settings, and one block per task (a code change)."""
+    sc, cl = doc["scenario"], doc["cluster_assumed"]
+    lines = ["", f"## Projection: {sc['interactions']:.0e} interactions, {sc['users']:,} users, {sc['items']:,} "
+             f"items (Zipf user {sc['user_exponent']}, item {sc['item_exponent']})", "",
+             f"Executors of {cl['cores']} cores and {cl['memory_gib']:g} GiB; assumed: shuffle {cl['shuffle_gbps']} "
+             f"GB/s per executor, driver collect {cl['driver_collect_gbps']} GB/s, {cl['task_overhead_s'] * 1e3:g} ms "
+             f"per task, spark.sql.shuffle.partitions {cl['shuffle_partitions']} (Spark's default). Settings: "
+             "blocks per side that fit the typical executor, spark.sql.shuffle.partitions = blocks. Keyed: the same "
+             "with one block per solve task (needs a code change).", "",
+             "| executors | d | mode | blocks/side defaults / settings | s/epoch defaults | s/epoch settings "
+             "| s/epoch keyed | s/epoch keyed, Gowalla-fit kernel | GB moved/epoch | GiB/executor defaults / "
+             "settings | GiB, busiest executor (settings) | GiB, top-item task | bottleneck defaults | "
+             "bottleneck keyed |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in doc["projection"]:
+        p, q, r, g = row["defaults"], row["settings"], row["keyed"], row["keyed, Gowalla-fit kernel"]
+        lines.append(f"| {p['executors']} | {p['d']} | {p['mode']} | {p['blocks_per_side']} / "
+                     f"{q['blocks_per_side']} | {p['epoch_s']:.1f} | {q['epoch_s']:.1f} | {r['epoch_s']:.1f} | "
+                     f"{g['epoch_s']:.1f} | {_g(p['bytes_per_epoch'])} | {p['executor_gib']:.1f} / "
+                     f"{q['executor_gib']:.1f} | {q['busiest_executor_gib']:.1f} | {q['top_row_task_gib']:.1f} | "
+                     f"{p['bottleneck']} | {r['bottleneck']} |")
+    lines += ["", "Per half-step terms (seconds; defaults | keyed)", "",
+              "| executors | d | side | fixed | scheduling | shuffle | kernel wall | top-row kernel | driver Gramian "
+              "| blocks in busiest task | GB moved | routed rows/block | top row nnz |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in doc["projection"]:
+        for name in ("defaults", "keyed"):
+            p = row[name]
+            for s, st in p["half_steps"].items():
+                sh = p["shapes"][s]
+                lines.append(f"| {p['executors']} | {p['d']} | {s} ({name}) | {st['fixed_s']:.2f} | "
+                             f"{st['scheduling_s']:.2f} | {st['shuffle_s']:.1f} | {st['kernel_wall_s']:.1f} | "
+                             f"{st['heaviest_row_kernel_s']:.1f} | {st['driver_gramian_s']:.2f} | "
+                             f"{st['blocks_per_task_max']} | {_g(sum(st['bytes'].values()))} | "
+                             f"{sh['routed_per_block']:,.0f} | {sh['heaviest_block_nnz']:,.0f} |")
+    return lines
+
+
+def render(doc: dict[str, Any]) -> str:
+    """scale.md: inputs, fit, checks, projection."""
+    m = doc["inputs"]
+    head = ["# Scale model (benchmarks/scale_model.py; explained in docs/scale.md)", "",
+            "Inputs: benchmarks/results/train.json (local master, load before "
+            f"{', '.join(f'{x:.2f}' for x in m['numpy_1proc']['gowalla']['load_before'])}) and cluster.json "
+            f"(standalone master + {m['cluster_setup']['workers']} workers x {m['cluster_setup']['cores_per_worker']} "
+            f"core on loopback, load before {', '.join(f'{x:.2f}' for x in m['cluster_setup']['load_before'])}). "
+            "No Spark was run for this file.", "",
+            "Cluster half-step 'rest' (wall less kernel and fetch per slot; median of epochs 2-15): "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in doc["rest_s"].items())
+            + f". Python worker base {doc['base_bytes']['python'] / 2**20:.0f} MiB (routed run's peak less its "
+            f"data); JVM base {doc['base_bytes']['jvm'] / GIB:.1f} GiB (assumed).", ""]
+    return "\n".join(head + render_fit(doc) + render_checks(doc) + render_projection(doc)) + "\n"
+
+
+if __name__ == "__main__":
+    main()
+    print((RESULTS / "scale.md").read_text())
