@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -90,7 +92,9 @@ def measured(train: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
         row["python_peak_mib"] = max(v["python"] for v in cluster["jobs"][job]["worker_peak_by_command_mib"])
         row["java_peak_mib"] = max(v["java"] for v in cluster["jobs"][job]["worker_peak_by_command_mib"])
         out["cluster"][job] = row
+    out["train_date"] = train["machine"]["date"]
     out["cluster_setup"] = {**cluster["cluster"], "load_before": cluster["machine"]["load_before"],
+                            "date": cluster["machine"]["date"], "git_commit": cluster["machine"]["git_commit"],
                             "dataset": cluster["dataset"], "dim": cluster["dim"], **cluster["split"]}
     return out
 
@@ -439,8 +443,10 @@ def main() -> dict[str, Any]:
             row = {name: project(sc, cl, k, a_dram, rest, d, base, st) for name, st in variants.items()}
             row["keyed, Gowalla-fit kernel"] = project(sc, cl, k, a_low, rest, d, base, variants["keyed"])
             rows.append(row)
-    doc = {"inputs": m, "kernel_fit": k, "a_dram_s_per_nnz_d": a_dram, "checks": ck, "rest_s": rest,
-           "base_bytes": base, "scenario": asdict(sc), "cluster_assumed": asdict(Cluster(executors=0)),
+    generated = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),
+                 "numpy": np.__version__}
+    doc = {"generated": generated, "inputs": m, "kernel_fit": k, "a_dram_s_per_nnz_d": a_dram, "checks": ck,
+           "rest_s": rest, "base_bytes": base, "scenario": asdict(sc), "cluster_assumed": asdict(Cluster(executors=0)),
            "oom_check": oom_check(k, a_dram, rest, base), "projection": rows}
     (RESULTS / "scale.json").write_text(json.dumps(doc, indent=1, default=float))
     (RESULTS / "scale.md").write_text(render(doc))
@@ -531,7 +537,10 @@ def render(doc: dict[str, Any]) -> str:
     """scale.md: inputs, fit, checks, projection."""
     m = doc["inputs"]
     head = ["# Scale model (benchmarks/scale_model.py; explained in docs/scale.md)", "",
-            "Inputs: benchmarks/results/train.json (local master, load before "
+            f"Generated {doc['generated']['date']} with Python {doc['generated']['python']}, numpy "
+            f"{doc['generated']['numpy']} (no timing taken). Inputs: train.json of {m['train_date']} and cluster.json "
+            f"of {m['cluster_setup']['date']} at commit {m['cluster_setup']['git_commit']}.", "",
+            "Load averages: benchmarks/results/train.json (local master, load before "
             f"{', '.join(f'{x:.2f}' for x in m['numpy_1proc']['gowalla']['load_before'])}) and cluster.json "
             f"(standalone master + {m['cluster_setup']['workers']} workers x {m['cluster_setup']['cores_per_worker']} "
             f"core on loopback, load before {', '.join(f'{x:.2f}' for x in m['cluster_setup']['load_before'])}). "

@@ -52,7 +52,7 @@ def test_expected_distinct_matches_sampling() -> None:
     assert sm.expected_distinct(draws, weights) == pytest.approx(np.mean(counts), rel=0.01)
 
 
-def test_blocks_per_task() -> None:
+def test_busiest_task_has_one_block_when_keyed_and_at_least_the_mean_when_hashed() -> None:
     assert sm.max_blocks_per_task(800, None) == 1
     assert sm.max_blocks_per_task(800, 200) >= 4  # 800 ids into 200 partitions: at least the mean
     assert sm.max_blocks_per_task(4, 200) >= 1
