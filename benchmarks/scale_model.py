@@ -242,11 +242,10 @@ def side_shapes(sc: Scenario, blocks: int) -> dict[str, SideShape]:
 
 # ---------------------------------------------------------------- one half-step at scale
 
-def exchange_mode(n_users: int, n_items: int, d: int, local: bool = False) -> str:
-    """What BlockTrainer picks with the defaults (routing: auto, exchange: auto, a store given)."""
+def exchange_mode(n_users: int, n_items: int, d: int) -> str:
+    """What BlockTrainer picks off a local master with the defaults (routing: auto, exchange: auto, the train
+    stage's store): routed rows once both factor tables exceed broadcast_max_mb, else the store."""
     factor_mb = (n_users + n_items) * d * 4 / 2**20
-    if local:
-        return "local files"
     return "routed" if factor_mb > BROADCAST_MAX_MB else "store"
 
 
