@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "evaluate": "gramian.evaluate.job:run",
     "gate": "gramian.gate:run",
     "publish": "gramian.retrieval.publish:run",
+    "tune": "gramian.tune.job:run",  # not in `gramian run`: tune, then train with the profile it writes
 }
 # `gramian run` order; a stage joins it as soon as its STAGES entry exists
 PIPELINE = tuple(s for s in ORDER if s in STAGES)
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--force", action="store_true", help="redo every stage, even those complete for run_id")
         if name == "gate":
             add_gate_args(p)
+        if name == "tune":
+            add_tune_args(p)
     rec = sub.add_parser("recommend", help="fold in a new user's history and print its top-n (paper §6.3)")
     add_common_args(rec)
     rec.add_argument("--items", required=True, help="comma-separated item ids of the user's history")
@@ -67,6 +70,16 @@ def add_gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-new-split", default="refuse", choices=("refuse", "floor"),
                    help="when the published run was trained on another split: refuse (default) or apply the "
                         "floor alone")
+
+
+def add_tune_args(p: argparse.ArgumentParser) -> None:
+    """The tuner's budgets and where the best setting goes (gramian.tune.job)."""
+    p.add_argument("--trials", type=int, default=None, help="the study's total trials (default tune.trials); a "
+                   "resumed study (same --run-id) runs the rest")
+    p.add_argument("--budget-minutes", type=float, default=None, help="wall clock: no trial starts after it and a "
+                   "running one stops at its next epoch (default tune.budget_minutes; 0 = none)")
+    p.add_argument("--write-profile", default=None, metavar="PATH",
+                   help="write the best setting as a conf file (extends --conf), e.g. conf/ml-100k.tuned.yaml")
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -127,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(run_summary(spark, cfg, run_id, summaries), flush=True)
         else:
             kwargs: dict[str, Any] = {"resume": args.resume} if args.command == "train" else {}
+            if args.command == "tune":
+                kwargs = {"trials": args.trials, "budget_minutes": args.budget_minutes,
+                          "write_profile": args.write_profile}
             if args.command == "gate":
                 kwargs = {"metric": args.metric, "k": args.k, "method": args.method, "floor": args.floor,
                           "min_improvement": args.min_improvement, "on_new_split": args.on_new_split}

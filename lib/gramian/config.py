@@ -248,6 +248,71 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class SearchRange:
+    """One searched key of `tune.space`: a numeric range [low, high] (log scale, step) or a list of choices.
+
+    `choices`, when not empty, replace the range (so a narrowed YAML overlay need not clear low/high).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+
+def _range(low: float, high: float, log: bool = False, step: float | None = None) -> Any:
+    return field(default_factory=lambda: SearchRange(low=low, high=high, log=log, step=step))
+
+
+def _choices(*values: Any) -> Any:
+    return field(default_factory=lambda: SearchRange(choices=values))
+
+
+@dataclass(frozen=True)
+class TuneSpaceConfig:
+    """What `gramian tune` searches, by model key; null: not searched (the model section's value is used).
+
+    iALS searches alpha0_total, reg, nu, reg_counts, dim, epochs and the confidence keys; RankALS
+    (model.name pairwise) reg, support_power, dim, epochs (TUNED_KEYS). confidence_* are off by default.
+    """
+
+    alpha0_total: SearchRange | None = _range(30.0, 3000.0, log=True)
+    reg: SearchRange | None = _range(1e-4, 10.0, log=True)
+    nu: SearchRange | None = _range(0.0, 1.25)
+    reg_counts: SearchRange | None = _choices("observed", "all")
+    dim: SearchRange | None = _choices(32, 64, 128)
+    epochs: SearchRange | None = _range(5.0, 25.0, step=5.0)
+    confidence_form: SearchRange | None = None
+    confidence_scale: SearchRange | None = None
+    support_power: SearchRange | None = _range(0.0, 1.0)
+
+
+# model.name -> the tune.space keys searched for it (the others do not apply to that model)
+TUNED_KEYS: dict[str, tuple[str, ...]] = {
+    "ials": ("alpha0_total", "reg", "nu", "reg_counts", "dim", "epochs", "confidence_form", "confidence_scale"),
+    "pairwise": ("reg", "support_power", "dim", "epochs", "confidence_scale"),
+}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """`gramian tune`: the validation metric, budgets, pruning and the search space (gramian.tune)."""
+
+    metric: Literal["recall", "recall_min", "precision", "ap", "ndcg"] = "recall"
+    k: int = field(default=20, metadata=_check("> 0", _positive))
+    trials: int = field(default=20, metadata=_check("> 0", _positive))  # the study's total (--trials)
+    budget_minutes: float = field(default=0.0, metadata=_check(">= 0 (0 = none)", _non_negative))
+    validation_fraction: float | None = field(default=None, metadata=_check("in (0, 1) or null", _fraction))
+    seed: int = 0
+    pruner: Literal["median", "none"] = "median"
+    prune_every: int = field(default=1, metadata=_check("> 0", _positive))  # epochs between validation checks
+    startup_trials: int = field(default=2, metadata=_check(">= 0", _non_negative))  # trials before pruning
+    warmup_epochs: int = field(default=2, metadata=_check(">= 0", _non_negative))  # no pruning before this epoch
+    space: TuneSpaceConfig = field(default_factory=TuneSpaceConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration tree; sections and key names are the ones scripts and docs rely on."""
 
@@ -261,6 +326,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -409,6 +475,12 @@ def _build(cls: type, data: Mapping[str, Any], origin: Mapping[str, str], prefix
         dotted = f"{prefix}{name}"
         tp = hints[name]
         value = data[name]
+        optional = _optional_dataclass(tp)
+        if optional is not None and value is None:
+            kwargs[name] = None
+            continue
+        if optional is not None:
+            tp = optional
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{dotted} must be a mapping, got {value!r} ({origin.get(dotted, '?')})")
@@ -421,6 +493,15 @@ def _build(cls: type, data: Mapping[str, Any], origin: Mapping[str, str], prefix
             raise ConfigError(f"{dotted} must be {f.metadata['rule']}, got {value!r} ({where})")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _optional_dataclass(tp: Any) -> Any:
+    """The dataclass of an `X | None` annotation (a section that may be null), else None."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) and type(None) in typing.get_args(tp) \
+        else None
 
 
 def _legacy_model(data: Mapping[str, Any], origin: Mapping[str, str], prefix: str) -> dict[str, Any]:
@@ -445,9 +526,39 @@ def _first_origin(origin: Mapping[str, str], prefix: str) -> str:
     return "?"
 
 
+EXTENDS = "extends"  # a conf file's key naming the file it layers on (a tuned profile extends its base)
+
+
+def _layers(path: Path, base_dir: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """`path`'s YAML and, first, the files it `extends` (recursively): the layers to merge, base first.
+
+    `extends: FILE` is found beside `path` first, then as given (absolute or from the working folder),
+    then by name under conf/.
+    """
+    data = _read_yaml(path)
+    base = data.pop(EXTENDS, None)
+    if base is None:
+        return [(path, data)]
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{EXTENDS} must name a config file, got {base!r} ({path}). Write e.g. "
+                          f"{EXTENDS}: ml-100k.yaml")
+    expanded = Path(os.path.expanduser(os.path.expandvars(base)))
+    candidates = [path.parent / expanded, expanded, base_dir / expanded.name]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise ConfigError(f"{EXTENDS} must name an existing config file, got {base!r} ({path}); looked at "
+                          f"{', '.join(str(c) for c in candidates)}.")
+    chain = (*seen, path.resolve())
+    if found.resolve() in chain:
+        raise ConfigError(f"{EXTENDS} must not form a cycle, got {base!r} ({path}) which is already being loaded "
+                          f"({' -> '.join(str(c) for c in chain)}).")
+    return [*_layers(found, base_dir, chain), (path, data)]
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
                 conf_dir: str | Path | None = None) -> Config:
-    """Load defaults, then `path` (a dataset/profile file), then `--set` overrides; validate strictly."""
+    """Load defaults, then `path` (a dataset/profile file, after the files it `extends`), then `--set` overrides;
+    validate strictly."""
     base_dir = Path(conf_dir) if conf_dir else CONF_DIR
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -460,8 +571,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
         p = Path(path)
         if not p.is_file() and (base_dir / p.name).is_file() and not p.parent.parts:
             p = base_dir / p.name
-        _deep_merge(merged, _read_yaml(p), origin, str(p))
-        sources.append(str(p))
+        for layer, data in _layers(p, base_dir):
+            _deep_merge(merged, data, origin, str(layer))
+            sources.append(str(layer))
     for text in overrides:
         key, value = parse_override(text)
         _deep_merge(merged, _nest(key, value), origin, f"--set {text}")
@@ -539,3 +651,62 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("data.test_path must be set when split.method is 'given'.")
     if cfg.split.method == "leave_last" and not d.columns.ts and d.format not in ("synthetic",):
         raise ConfigError("split.method 'leave_last' needs timestamps: set data.columns.ts.")
+    _check_tune(cfg)
+
+
+_INT_KEYS = ("dim", "epochs")
+_CHOICE_KEYS = ("reg_counts", "confidence_form", "confidence_scale")
+
+
+def _check_tune(cfg: Config) -> None:
+    """Every searched key of tune.space gives a usable range or choices, each a valid value of its model key."""
+    space = cfg.tune.space
+    for key in TUNED_KEYS[cfg.model.name]:
+        r = getattr(space, key)
+        if r is None:
+            continue
+        name = f"tune.space.{key}"
+        if r.choices:
+            values = list(r.choices)
+        else:
+            if key in _CHOICE_KEYS:
+                raise ConfigError(f"{name} must list choices (it is categorical), got {_range_text(r)}. "
+                                  f"Set {name}.choices, e.g. [{getattr(cfg.model, key, 'a, b')}], or null.")
+            if r.low is None or r.high is None:
+                raise ConfigError(f"{name} must give both low and high (or choices), got {_range_text(r)}. "
+                                  f"Set both, or {name}: null to keep model.{key} fixed.")
+            if r.low > r.high:
+                raise ConfigError(f"{name}.low must be <= high, got low={r.low!r}, high={r.high!r}.")
+            if r.log and r.low <= 0:
+                raise ConfigError(f"{name}.low must be > 0 on a log scale, got {r.low!r}. Raise low or set "
+                                  f"{name}.log: false.")
+            if r.step is not None and r.step <= 0:
+                raise ConfigError(f"{name}.step must be > 0 or null, got {r.step!r}.")
+            if r.log and r.step is not None:
+                raise ConfigError(f"{name} must not combine log: true with a step, got step={r.step!r}. "
+                                  f"Drop one of them.")
+            if key in _INT_KEYS and any(v is not None and float(v) != int(v) for v in (r.low, r.high, r.step)):
+                raise ConfigError(f"{name} must have whole-number low/high/step (model.{key} is an integer), got "
+                                  f"{_range_text(r)}.")
+            values = [r.low, r.high]
+        for v in values:
+            _check_model_value(key, int(v) if key in _INT_KEYS and isinstance(v, float) and v.is_integer() else v,
+                               name)
+
+
+def _range_text(r: SearchRange) -> str:
+    return f"low={r.low!r}, high={r.high!r}, log={r.log!r}, step={r.step!r}, choices={list(r.choices)!r}"
+
+
+def _check_model_value(key: str, value: Any, name: str) -> None:
+    """ConfigError naming `name` when `value` is not a valid model value for tune.space key `key`."""
+    if key.startswith("confidence_"):
+        sub = key.split("_", 1)[1]
+        data: dict[str, Any] = {"confidence": {sub: value}}
+        dotted = f"model.confidence.{sub}"
+    else:
+        data, dotted = {key: value}, f"model.{key}"
+    try:
+        _build(ModelConfig, data, {dotted: name}, "model.")
+    except ConfigError as e:
+        raise ConfigError(f"{name} must hold valid values of {dotted}, got {value!r}: {e}") from None

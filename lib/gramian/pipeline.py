@@ -50,6 +50,7 @@ SPECS: dict[str, StageSpec] = {
     "train": StageSpec(("model", "train"), per_run=("user_factors", "item_factors", "runs")),
     "evaluate": StageSpec(("evaluate",), per_run=("metrics",)),
     "publish": StageSpec(("publish",), per_run=("topn",)),
+    "tune": StageSpec(("model", "tune"), per_run=("tuning",)),  # not in ORDER: `gramian tune` runs on its own
 }
 
 

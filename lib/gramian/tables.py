@@ -17,7 +17,7 @@ from gramian.spark import is_connect
 
 TABLES = ("interactions", "given_test", "quarantine", "users", "items", "ingest_runs", "train", "test", "foldin",
           "user_factors", "item_factors", "runs", "metrics", "metrics_by_user", "topn", "publications",
-          "stage_runs")
+          "stage_runs", "tuning")
 # Delta / Spark error conditions that mean "no table here yet" (anything else is a real failure)
 _ABSENT = ("PATH_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_NOT_FOUND", "is not a Delta table",
            "Path does not exist", "doesn't exist")

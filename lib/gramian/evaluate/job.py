@@ -82,25 +82,38 @@ def user_rows(spark: Any, cfg: Config, pins: dict[str, int] | None = None, run_i
 
     Read at the versions `pins` records (the split run_id trained on); None reads the current tables.
     """
-    from pyspark.sql import functions as F
-
     st = cfg.storage
     split = {name: read_input(spark, st, name, pins, run_id) for name in ("train", "test", "foldin")}
     for name in ("train", "test"):
         if split[name] is None:
             raise InputDataError(f"table {name!r} must exist to evaluate, got none at {tables.table_ref(st, name)}. "
                                  f"Run `gramian split` first.")
-    test = split["test"].groupBy("user_idx").agg(F.array_sort(F.collect_set("item_idx")).alias("test"))
-    hist = split["train"].groupBy("user_idx").agg(F.collect_set("item_idx").alias("hist"))
-    rows = test.join(hist, "user_idx", "left")
-    if split["foldin"] is not None:
-        fold = split["foldin"].groupBy("user_idx").agg(
+    return heldout_rows(split["train"], split["test"], split["foldin"])
+
+
+def heldout_rows(train: Any, test: Any, foldin: Any | None) -> Any:
+    """One row per user of `test` (user_idx, test, hist, fold_items, fold_w) from split frames of
+    (user_idx, item_idx, weight): what `evaluate_model` ranks (also the tuner's validation split)."""
+    from pyspark.sql import functions as F
+
+    held = test.groupBy("user_idx").agg(F.array_sort(F.collect_set("item_idx")).alias("test"))
+    hist = train.groupBy("user_idx").agg(F.collect_set("item_idx").alias("hist"))
+    rows = held.join(hist, "user_idx", "left")
+    if foldin is not None:
+        fold = foldin.groupBy("user_idx").agg(
             F.collect_list("item_idx").alias("fold_items"), F.collect_list("weight").alias("fold_w"))
-        rows = rows.join(fold, "user_idx", "left")
-    else:
-        rows = rows.select("*", F.lit(None).cast("array<int>").alias("fold_items"),
-                           F.lit(None).cast("array<double>").alias("fold_w"))
-    return rows
+        return rows.join(fold, "user_idx", "left")
+    return rows.select("*", F.lit(None).cast("array<int>").alias("fold_items"),
+                       F.lit(None).cast("array<double>").alias("fold_w"))
+
+
+def rankable(rows: Any, user_factors: Any, fold_in: bool) -> tuple[Any, Any]:
+    """(`rows` with each user's `factors` from user_factors (user_idx, factors), null where none; the Column
+    true for users that can be ranked without factors: a fold-in history, when the model folds in)."""
+    from pyspark.sql import functions as F
+
+    can_fold = F.lit(bool(fold_in)) & (F.coalesce(F.size("fold_items"), F.lit(0)) > 0)
+    return rows.join(user_factors, "user_idx", "left"), can_fold
 
 
 def evaluate_model(spark: Any, cfg: Config, label: str, rows: Any, scorer: Scorer, ks: tuple[int, ...],
@@ -183,9 +196,8 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
             model_cfg = fold_in_config(spark, cfg, rid, len(pm))  # each run folds in with its own settings
             uf = (tables.read(spark, st, "user_factors").filter(run_rows(rid))
                   .select(F.col("idx").alias("user_idx"), "factors"))
-            with_f = rows.join(uf, "user_idx", "left")
             # fold-in is the iALS user-row solve: other models' users without factors count as missing
-            can_fold = F.lit(name.split("@")[0] == "ials") & (F.coalesce(F.size("fold_items"), F.lit(0)) > 0)
+            with_f, can_fold = rankable(rows, uf, name.split("@")[0] == "ials")
             missing = with_f.filter(F.col("factors").isNull() & ~can_fold)
             miss = missing.agg(F.count("*").alias("u"), F.sum(F.size("test")).alias("p")).collect()[0]
             n_miss_users, n_miss_pairs = int(miss["u"] or 0), int(miss["p"] or 0)

@@ -67,7 +67,7 @@ class IALS:
     def fit(self, train_df: Any, n_users: int | None = None, n_items: int | None = None,
             checkpointer: Checkpointer | None = None, resume: bool = False,
             on_epoch: Callable[[EpochStats], None] | None = None, exchange: Store | None = None,
-            initial: FitState | None = None) -> IALSModel:
+            initial: FitState | None = None, on_model: Callable[[IALSModel], None] | None = None) -> IALSModel:
         """Train on a DataFrame of (user_idx, item_idx, weight); sizes default to max index + 1.
 
         `on_epoch` gets each epoch's stats (progress bar, MLflow); without it each epoch is an INFO line.
@@ -75,6 +75,8 @@ class IALS:
         the tasks off a local master (train.exchange); the train stage passes one under the artifact store.
         `initial`: factor arrays to start from instead of the random init (a warm start, train.warm); a
         resumed checkpoint still wins over it.
+        `on_model`: called after each epoch (and its checkpoint) with the model as it stands; whatever it raises
+        stops the fit, scratch released (gramian.tune scores each epoch on validation and prunes this way).
         """
         spark = train_df.sparkSession
         if n_users is None or n_items is None:
@@ -96,6 +98,8 @@ class IALS:
                 every = self.train_config.checkpoint_every
                 if checkpointer is not None and every and (state.epoch % every == 0 or state.epoch == m.epochs):
                     checkpointer.save(state)
+                if on_model is not None:
+                    on_model(IALSModel(m, state.user_factors, state.item_factors, state.history, spark))
         finally:
             trainer.release()
         return IALSModel(m, state.user_factors, state.item_factors, state.history, spark)

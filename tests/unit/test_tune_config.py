@@ -1,0 +1,103 @@
+"""The `tune` config section, the search space it gives Optuna, and conf files that `extends` another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from gramian.config import load_config
+from gramian.errors import ConfigError
+from gramian.tune import space as S
+from gramian.tune.job import budgets
+from gramian.tune.profile import profile_dict
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("tune.space.reg.low=50", "tune.space.reg.low must be <= high, got low=50.0, high=10.0"),
+    ("tune.space.alpha0_total.low=0", "tune.space.alpha0_total.low must be > 0 on a log scale"),
+    ("tune.space.dim.choices=[0,8]", "tune.space.dim must hold valid values of model.dim, got 0"),
+    ("tune.space.reg.choices=[-1]", "tune.space.reg must hold valid values of model.reg, got -1"),
+    ("tune.space.epochs.low=2.5", "tune.space.epochs must have whole-number low/high/step"),
+    ("tune.space.reg_counts={low: 1, high: 2, choices: []}", "tune.space.reg_counts must list choices"),
+    ("tune.space.confidence_form.choices=[rendle,bogus]", "model.confidence.form"),
+    ("tune.space.nu={low: null}", "tune.space.nu must give both low and high"),
+    ("tune.space.nu.step=0", "tune.space.nu.step must be > 0 or null, got 0.0"),
+    ("tune.space.reg.step=0.5", "tune.space.reg must not combine log: true with a step"),
+    ("tune.space.lr={low: 1, high: 2}", "unknown config key 'tune.space.lr'"),
+    ("tune.metric=mrr", "tune.metric must be one of"),
+    ("tune.trials=0", "tune.trials must be > 0"),
+    ("tune.budget_minutes=-1", "tune.budget_minutes must be >= 0"),
+    ("tune.validation_fraction=1.5", "tune.validation_fraction must be in (0, 1)"),
+])
+def test_bad_tune_values_are_refused_naming_the_key(override, named):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert named in str(e.value)
+
+
+def test_model_keys_of_another_model_are_not_checked_or_searched():
+    cfg = load_config(None, ["model.name=pairwise", "model.alpha0=0.01"])  # alpha0_total is not RankALS's
+    assert set(S.searched(cfg.tune.space, "pairwise")) == {"reg", "support_power", "dim", "epochs"}
+
+
+def test_budget_arguments_are_checked():
+    cfg = load_config(None, [])
+    assert budgets(cfg, None, None, 100.0) == (20, None)
+    assert budgets(cfg, 3, 2.0, 100.0) == (3, 220.0)
+    for trials, minutes, named in ((0, None, "--trials"), (None, -1.0, "--budget-minutes")):
+        with pytest.raises(ConfigError, match=named):
+            budgets(cfg, trials, minutes, 0.0)
+
+
+def test_suggestions_stay_in_the_configured_ranges_and_make_valid_models():
+    cfg = load_config(None, ["tune.space.reg={low: 0.01, high: 0.1}", "tune.space.dim.choices=[16]",
+                             "tune.space.confidence_scale.choices=[constant,log]", "tune.space.nu=null"])
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        p = S.suggest(trial, cfg.tune.space, "ials")
+        assert set(p) == {"alpha0_total", "reg", "reg_counts", "dim", "epochs", "confidence_scale"}  # nu: fixed
+        assert 0.01 <= p["reg"] <= 0.1 and p["dim"] == 16 and p["epochs"] in (5, 10, 15, 20, 25)
+        assert 30 <= p["alpha0_total"] <= 3000
+        m = S.apply(cfg.model, p)
+        assert (m.reg, m.dim, m.confidence.scale, m.nu) == (p["reg"], 16, p["confidence_scale"], cfg.model.nu)
+        study.tell(trial, 0.0)
+
+
+def test_a_conf_extends_its_base_and_overrides_it(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("data: {name: b, format: synthetic}\nmodel: {dim: 16, reg: 0.3}\n")
+    (tmp_path / "p.yaml").write_text("extends: base.yaml\nmodel: {dim: 32}\n")
+    cfg = load_config(tmp_path / "p.yaml")
+    assert (cfg.data.name, cfg.model.dim, cfg.model.reg) == ("b", 32, 0.3)
+    assert [Path(s).name for s in cfg.sources] == ["defaults.yaml", "base.yaml", "p.yaml"]
+
+
+def test_extends_refuses_a_missing_file_and_a_cycle(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="extends must name an existing config file, got 'nowhere.yaml'"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
+    with pytest.raises(ConfigError, match="must not form a cycle"):
+        load_config(tmp_path / "b.yaml")
+
+
+def test_profile_extends_the_tuned_conf_and_keeps_only_data_overrides(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("data: {name: b, format: synthetic}\n")
+    cfg = load_config(tmp_path / "base.yaml", ["split.seed=4", "storage.root=/elsewhere", "train.checkpoint_every=0",
+                                               "model.solver=cholesky"])
+    doc = profile_dict(cfg, S.apply(cfg.model, {"reg": 0.5}), tmp_path / "base.tuned.yaml")
+    assert doc["extends"] == "base.yaml" and doc["split"] == {"seed": 4}
+    assert "storage" not in doc and "train" not in doc
+    assert doc["model"]["reg"] == 0.5 and doc["model"]["solver"] == "cholesky"
+    far = profile_dict(cfg, cfg.model, tmp_path / "profiles" / "p.yaml")
+    assert far["extends"] == str((tmp_path / "base.yaml").resolve())  # outside the profile's folder: absolute
+
+
+def test_a_set_alpha0_that_would_override_the_searched_alpha0_total_is_refused():
+    cfg = load_config(None, ["model.alpha0=0.01"])  # loads: only tuning it is refused
+    with pytest.raises(ConfigError, match="tune.space.alpha0_total is searched but model.alpha0=0.01"):
+        S.check(cfg.model, cfg.tune.space)
+    S.check(cfg.model, load_config(None, ["model.alpha0=0.01", "tune.space.alpha0_total=null"]).tune.space)
