@@ -9,6 +9,8 @@ Stages join the DAG as soon as their jobs/<stage>.py exists.
 - `gramian_pipeline` runs on a clock ($GRAMIAN_SCHEDULE, daily by default; "none" for manual runs only);
   ingest emits the `interactions` Asset and publish the `topn` Asset, so downstream DAGs can be triggered
   by data. Train warm-starts from the published run (param `warm_start`) and a retry resumes (`--resume`).
+- param `tune` (default false): the tune task between split and train runs `gramian tune` (skipped otherwise)
+  and train takes the profile it writes as its conf.
 - `gramian_on_interactions` is the data-aware variant: split -> ... -> publish, triggered by an update of
   the `interactions` Asset (an upstream ingest) instead of a clock.
 Asset URIs are the tables under $GRAMIAN_STORAGE_ROOT (default: the repo's ./warehouse, the default root).
@@ -32,7 +34,8 @@ from gramian.runs import check_run_id
 from gramian.spark import delta_package
 
 REPO = Path(os.environ.get("GRAMIAN_HOME", Path(__file__).resolve().parents[1]))
-STAGES = tuple(s for s in ("ingest", "split", "train", "evaluate", "publish") if (REPO / "jobs" / f"{s}.py").is_file())
+STAGES = tuple(s for s in ("ingest", "split", "tune", "train", "evaluate", "publish")
+               if (REPO / "jobs" / f"{s}.py").is_file())
 GATED = "evaluate" in STAGES and "publish" in STAGES
 CONN_ID = os.environ.get("GRAMIAN_SPARK_CONN", "spark_gramian")
 GATE_REJECTED = 3  # gramian.cli.GATE_REJECTED: not imported, DAG parsing stays light
@@ -53,9 +56,18 @@ STORAGE_ROOT = os.environ.get("GRAMIAN_STORAGE_ROOT", (REPO / "warehouse").as_ur
 INTERACTIONS = Asset(name="gramian.interactions", uri=f"{STORAGE_ROOT}/interactions")
 TOPN = Asset(name="gramian.topn", uri=f"{STORAGE_ROOT}/topn")
 OUTLETS = {"ingest": [INTERACTIONS], "publish": [TOPN]}
+# param tune: true -> the tune task (run id <run_id>-tune) writes the profile here and train takes it as --conf;
+# a folder every worker running the DAG's tasks can read
+PROFILE_DIR = Path(os.environ.get("GRAMIAN_PROFILE_DIR", REPO / "conf" / "tuned"))
 
 
-def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False, resume: bool = False) -> list[str]:
+def profile_path(run_id: str) -> str:
+    """Where the tune task of DAG run `run_id` writes its profile (and train reads it)."""
+    return str(PROFILE_DIR / f"{run_id}.tuned.yaml")
+
+
+def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False, resume: bool = False,
+                 tune: bool = False) -> list[str]:
     """--conf, one --set per override and --run-id (plus the gate's bar, or train's --resume and warm start):
     what every jobs/<stage>.py takes.
 
@@ -63,16 +75,21 @@ def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False, resume
     does not match the checkpoint's fingerprint and starts afresh; a changed split is refused); its first try
     starts from param `warm_start` (the published run by default; "null" trains cold), which an override of
     train.warm_start replaces. The run id is checked here (gramian.runs.RUN_ID_PATTERN) so a bad one fails the
-    task before spark-submit.
+    task before spark-submit. With param `tune` true, the tune task (`tune`) writes profile_path(run_id) under
+    run id <run_id>-tune (its own MLflow run: train's params are the tuned ones) and train takes that profile as
+    its --conf and trains cold (the tuned model.dim may differ from the published run's).
     """
     check_run_id(run_id, "the DAG's run id")
-    args = ["--conf", str(params["conf"])]
+    tuned = bool(params.get("tune")) and resume  # the train task of a tuning DAG run
+    args = ["--conf", profile_path(run_id) if tuned else str(params["conf"])]
     warm = params.get("warm_start")
-    if resume and warm not in (None, ""):  # the train task (the only one that resumes)
+    if resume and not tuned and warm not in (None, ""):  # the train task (the only one that resumes)
         args += ["--set", f"train.warm_start={warm}"]
     for item in params.get("overrides") or []:
         args += ["--set", str(item)]
-    args += ["--run-id", run_id]
+    args += ["--run-id", f"{run_id}-tune" if tune else run_id]
+    if tune:
+        args += ["--write-profile", profile_path(run_id)]
     if resume:
         args += ["--resume"]
     if gate:
@@ -95,14 +112,25 @@ class GateSubmitOperator(SparkSubmitOperator):
             raise
 
 
+class TuneSubmitOperator(SparkSubmitOperator):
+    """spark-submit jobs/tune.py when the DAG run's param `tune` is true; skipped otherwise (train still runs)."""
+
+    def execute(self, context: Any) -> None:
+        if not (context.get("params") or {}).get("tune"):
+            raise AirflowSkipException("param tune is false: train uses the conf as given")
+        super().execute(context)
+
+
 def stage_task(stage: str, gate: bool = False) -> SparkSubmitOperator:
     """One spark-submit of jobs/<stage>.py with the run's arguments."""
-    cls = GateSubmitOperator if gate else SparkSubmitOperator
+    cls = GateSubmitOperator if gate else TuneSubmitOperator if stage == "tune" else SparkSubmitOperator
     extra: dict[str, Any] = {"retries": 0} if gate else {}  # a rejection is a decision, not a failure to retry
+    if stage == "train" and "tune" in STAGES:
+        extra["trigger_rule"] = "none_failed"  # runs after a skipped tune task too
     return cls(
         task_id="quality_gate" if gate else stage,
         application=str(REPO / "jobs" / f"{'gate' if gate else stage}.py"),
-        application_args=f"{{{{ gramian_args(params, {RUN_ID}, {gate}, {stage == 'train'}) }}}}",
+        application_args=f"{{{{ gramian_args(params, {RUN_ID}, {gate}, {stage == 'train'}, {stage == 'tune'}) }}}}",
         conn_id=CONN_ID,
         packages=delta_package(),
         conf=SPARK_CONF,
@@ -119,6 +147,8 @@ PARAMS = {
     "warm_start": Param("published", type="string",
                         description="train.warm_start: published (the current publication's run), a run_id, or "
                                     "null for a cold start"),
+    "tune": Param(False, type="boolean", description="run gramian tune before train (budgets: overrides "
+                  "tune.trials / tune.budget_minutes); train then takes the tuned profile"),
     "gate_metric": Param("ndcg", type="string", description="metric the gate compares"),
     "gate_k": Param(20, type="integer", description="its cut-off"),
     "gate_method": Param("exact", type="string", description="exact | sampled | corrected"),

@@ -306,7 +306,7 @@ class TuneConfig:
     validation_fraction: float | None = field(default=None, metadata=_check("in (0, 1) or null", _fraction))
     seed: int = 0
     pruner: Literal["median", "none"] = "median"
-    prune_every: int = field(default=1, metadata=_check("> 0", _positive))  # epochs between validation checks
+    prune_every: int = field(default=5, metadata=_check("> 0", _positive))  # epochs between validation checks
     startup_trials: int = field(default=2, metadata=_check(">= 0", _non_negative))  # trials before pruning
     warmup_epochs: int = field(default=2, metadata=_check(">= 0", _non_negative))  # no pruning before this epoch
     space: TuneSpaceConfig = field(default_factory=TuneSpaceConfig)

@@ -55,10 +55,11 @@ class DBUtils:
         self.widgets = Widgets(widgets)
 
 
-def config_from_widgets(dbutils: Any, **keys: str) -> Any:
+def config_from_widgets(dbutils: Any, conf: str | None = None, **keys: str) -> Any:
     """The Config the widgets describe: `conf` file, `;`-separated `overrides`, `storage_root`, then `keys`.
 
-    `keys` maps a config key to a widget name, e.g. model_dim="dim" reads widget dim into model.dim.
+    `keys` maps a config key to a widget name, e.g. model_dim="dim" reads widget dim into model.dim;
+    `conf` replaces the conf widget's file (e.g. a tuned profile).
     """
     from gramian.config import load_config
 
@@ -67,7 +68,7 @@ def config_from_widgets(dbutils: Any, **keys: str) -> Any:
     if w.get("storage_root"):
         overrides.append(f"storage.root={w.get('storage_root')}")
     overrides += [f"{key.replace('__', '.')}={w.get(widget)}" for key, widget in keys.items() if w.get(widget)]
-    return load_config(w.get("conf") or None, overrides)
+    return load_config(conf or w.get("conf") or None, overrides)
 
 
 def display(obj: Any, n: int = 20) -> None:

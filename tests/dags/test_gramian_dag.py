@@ -34,6 +34,8 @@ def test_dagbag_imports_without_errors(bag):
 def test_task_graph_is_the_readme_chain_with_the_gate_before_publish(bag):
     dag = bag.dags["gramian_pipeline"]
     expected = [s for s in PIPELINE if s != "publish"]
+    if "train" in expected:  # the optional tune task (param tune) sits before train
+        expected.insert(expected.index("train"), "tune")
     if "evaluate" in PIPELINE and "publish" in PIPELINE:
         expected += ["quality_gate", "publish"]
     edges = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
@@ -135,6 +137,28 @@ def test_train_warm_starts_from_the_published_run_unless_told_otherwise(bag):
     assert "--set" not in fn({**params, "warm_start": "", "overrides": []}, "20260101T000000", resume=True)
 
 
+def test_with_param_tune_the_tune_task_writes_a_profile_that_train_takes(bag, tmp_path):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    import airflow_dags.gramian_pipeline as module
+
+    dag = bag.dags["gramian_pipeline"]
+    assert dag.params["tune"] is False
+    fn = dag.user_defined_macros["gramian_args"]
+    params = {"conf": "c.yaml", "overrides": ["tune.trials=5"], "warm_start": "published", "tune": True}
+    profile = module.profile_path("20260101T000000")
+    assert fn(params, "20260101T000000", tune=True) == [
+        "--conf", "c.yaml", "--set", "tune.trials=5", "--run-id", "20260101T000000-tune", "--write-profile", profile]
+    assert fn(params, "20260101T000000", resume=True) == [  # the tuned model may change dim: a cold start
+        "--conf", profile, "--set", "tune.trials=5", "--run-id", "20260101T000000", "--resume"]
+    assert fn({**params, "tune": False}, "20260101T000000", resume=True)[:2] == ["--conf", "c.yaml"]
+    assert dag.get_task("train").trigger_rule == "none_failed"  # after a skipped tune too
+    op = module.TuneSubmitOperator(task_id="tune_off", application=str(ROOT / "jobs" / "tune.py"),
+                                   conn_id="spark_gramian", env_vars=fake_spark_submit(tmp_path, 1))
+    with pytest.raises(AirflowSkipException):
+        op.execute({"params": {"tune": False}})
+
+
 def test_dag_test_two_days_the_second_warm_starts_from_the_first_publication(airflow_db, tmp_path, spark):
     from airflow.dag_processing.dagbag import DagBag
 
@@ -150,6 +174,7 @@ def test_dag_test_two_days_the_second_warm_starts_from_the_first_publication(air
                                                       "overrides": overrides})
         states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
         assert str(dr.state) == "success", states
+        assert states.pop("tune").endswith("skipped")  # param tune defaults to false
         assert all(s.endswith("success") for s in states.values()), states
         run_id = logical.strftime("%Y%m%dT%H%M%S")
         done = {r["stage"]: r["status"] for r in read(spark, st, "stage_runs").filter(f"run_id = '{run_id}'").collect()}

@@ -60,6 +60,15 @@ def test_train_evaluate_notebook_uses_the_widgets_and_plots_metrics(spark, widge
     assert len(g["fig"].axes[0].lines) == exact["metric"].nunique()
 
 
+def test_train_evaluate_notebook_tunes_first_when_asked_and_trains_the_profile(spark, widgets):
+    given = {**widgets, "run_id": "nb-tuned", "tune_trials": "2",
+             "overrides": SMALL + ";tune.space.dim.choices=[4,8];tune.space.epochs=null"}
+    g = run_notebook(NOTEBOOKS / "02_train_evaluate.py", given, spark)
+    assert g["tuned"]["trials"] == 2 and any(s.endswith("gramian-nb-tuned.tuned.yaml") for s in g["cfg"].sources)
+    assert g["cfg"].model.reg == g["tuned"]["best_params"]["reg"] and g["trained"]["epochs"] == 3
+    assert g["trained"]["dim"] == g["tuned"]["best_params"]["dim"]
+
+
 def test_publish_notebook_writes_topn_and_folds_in_a_new_user(spark, widgets):
     g = run_notebook(NOTEBOOKS / "03_publish.py", widgets, spark)
     rows = g["shown"].collect()

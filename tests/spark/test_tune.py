@@ -148,14 +148,14 @@ def test_a_killed_tune_resumes_its_study_from_the_store(spark, wh, monkeypatch):
 
     monkeypatch.setattr(tune, "run_trial", killed_at_second)
     with pytest.raises(KeyboardInterrupt):
-        tune.run(spark, cfg, "resume", trials=3)
+        tune.run(spark, cfg, "resume", trials=2)
     assert [t.number for t in _study(cfg, "resume").trials] == [0]
     first = _rows(spark, cfg, "resume")[0]
     monkeypatch.setattr(tune, "run_trial", real)
-    summary = tune.run(spark, cfg, "resume", trials=3)
-    assert summary["trials"] == 3 and summary["trials_this_run"] == 2
+    summary = tune.run(spark, cfg, "resume", trials=2)
+    assert summary["trials"] == 2 and summary["trials_this_run"] == 1
     rows = _rows(spark, cfg, "resume")
-    assert [r["trial"] for r in rows] == [0, 1, 2]
+    assert [r["trial"] for r in rows] == [0, 1]
     assert rows[0]["params"] == first["params"] and rows[0]["started"] == first["started"]  # trial 0 kept
 
 
@@ -216,3 +216,12 @@ def test_the_profile_keeps_data_overrides_but_not_where_to_run(wh):
     doc = yaml.safe_load((wh["conf"] / "base.tuned.yaml").read_text())
     assert set(doc) == {"extends", "generate", "model"}  # --set generate.seed kept, --set storage.root not
     assert doc["generate"] == {"seed": 0}
+
+
+def test_a_tune_whose_every_trial_fails_is_an_error_quoting_the_first(spark, wh, monkeypatch):
+    from gramian.errors import GramianError
+
+    monkeypatch.setattr(tune, "run_trial", lambda *a: tune.Outcome(state="failed", note="SolverError: boom"))
+    with pytest.raises(GramianError, match="must not all fail, got 2 failed of 2.*SolverError: boom"):
+        tune.run(spark, wh["cfg"], "allfail", trials=2)
+    assert [r["state"] for r in _rows(spark, wh["cfg"], "allfail")] == ["failed", "failed"]

@@ -142,6 +142,7 @@ def search(spark: Any, cfg: Config, run_id: str, val: Validation, study: Any, sn
     from optuna.trial import TrialState
 
     ran = 0
+    exchange = storage.artifact_store(cfg.storage, spark).child("tune", run_id, "exchange")  # off a local master
     while True:
         done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                             TrialState.FAIL)))
@@ -153,9 +154,11 @@ def search(spark: Any, cfg: Config, run_id: str, val: Validation, study: Any, sn
         params = S.suggest(trial, cfg.tune.space, cfg.model.name)
         started = datetime.now(UTC)
         child = _child_tracker(trial.number, params)
-        out = run_trial(spark, cfg, val, trial, params, deadline, child)
+        out = run_trial(spark, cfg, val, trial, params, deadline, child, exchange)
         state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}[out.state]
         key = f"{cfg.tune.metric}@{cfg.tune.k}"
+        if out.note:
+            trial.set_user_attr("note", out.note)
         study.tell(trial, out.metrics[key] if out.state == "complete" else None, state=state)
         write_row(spark, cfg, run_id, trial.number, params, out, started, key)
         _close_child(child, out)
@@ -169,7 +172,7 @@ def search(spark: Any, cfg: Config, run_id: str, val: Validation, study: Any, sn
 
 
 def run_trial(spark: Any, cfg: Config, val: Validation, trial: Any, params: dict[str, Any],
-              deadline: float | None, tracker: Any) -> Outcome:
+              deadline: float | None, tracker: Any, exchange: Any = None) -> Outcome:
     """Fit one setting on validation-train with the train stage's estimator, scoring as it goes."""
     from gramian.train.job import ESTIMATORS
 
@@ -179,7 +182,6 @@ def run_trial(spark: Any, cfg: Config, val: Validation, trial: Any, params: dict
     try:
         model_cfg = S.apply(cfg.model, params)
         monitor = Monitor(spark, cfg, val, trial, model_cfg.epochs, deadline, tracker)
-        exchange = storage.artifact_store(cfg.storage, spark).child("tune", "exchange")
         estimator = ESTIMATORS[model_cfg.name].from_config(model_cfg, cfg.train)
         estimator.fit(val.train, val.n_users, val.n_items, on_epoch=lambda stats: None, exchange=exchange,
                       on_model=monitor)
@@ -238,6 +240,10 @@ def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str, val:
     out: dict[str, Any] = {"run_id": run_id, "model": cfg.model.name, "metric": f"{cfg.tune.metric}@{cfg.tune.k}",
                            "trials": len(trials), "trials_this_run": ran, **count, "stopped_by": stopped,
                            "validation": val.summary}
+    if trials and count["failed"] == len(trials):
+        note = next((t.user_attrs.get("note") for t in trials if t.user_attrs.get("note")), "see the tuning table")
+        raise GramianError(f"tune trials must not all fail, got {len(trials)} failed of {len(trials)} (run {run_id!r}; "
+                           f"first: {note}). Fix the cause, or narrow tune.space away from diverging settings.")
     if count["complete"]:
         best = study.best_trial
         out.update(best_trial=best.number, best_value=best.value, best_params=best.params)
