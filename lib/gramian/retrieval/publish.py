@@ -229,9 +229,10 @@ def _mark_current(spark: Any, cfg: Config, row: dict[str, Any]) -> None:
     old = []
     if tables.exists(spark, st, PUBLICATIONS):
         old = [r.asDict() for r in tables.read(spark, st, PUBLICATIONS).collect() if r["run_id"] != row["run_id"]]
-    for r in old:
-        r["current"] = False
-    frame = spark.createDataFrame([*old, {**row, "current": True}], PUBLICATIONS_SCHEMA)
+    names = [part.split()[0] for part in PUBLICATIONS_SCHEMA.split(", ")]
+    rows = [*({**r, "current": False} for r in old), {**row, "current": True}]
+    # rows of an older table lack the later columns: they read null
+    frame = spark.createDataFrame([tuple(r.get(k) for k in names) for r in rows], PUBLICATIONS_SCHEMA)
     tables.write(frame, st, PUBLICATIONS, mode="overwrite")
 
 

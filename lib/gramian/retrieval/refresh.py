@@ -112,15 +112,16 @@ def fingerprints(train: Any) -> Any:
         F.count(F.lit(1)).alias("rows"), F.bit_xor(h).alias("fp"))
 
 
-def unchanged_users(spark: Any, cfg: Config, run_id: str, base: dict[str, Any]) -> Any | str:
-    """(idx) of users whose training rows equal the base run's; a reason string when that cannot be known."""
+def unchanged_users(spark: Any, cfg: Config, run_id: str, base: dict[str, Any]) -> Any | str | None:
+    """(idx) of users whose training rows equal the base run's; None: all do (one train version); a reason
+    string when that cannot be known."""
     st = cfg.storage
     mine, theirs = recorded_inputs(spark, st, run_id), recorded_inputs(spark, st, base["run_id"])
     if not mine or not theirs or "train" not in mine or "train" not in theirs:
         return f"run {base['run_id']!r} or {run_id!r} recorded no train version"
-    new = fingerprints(read_input(spark, st, "train", mine, run_id))
     if mine["train"] == theirs["train"]:
-        return new.select("idx")
+        return None
+    new = fingerprints(read_input(spark, st, "train", mine, run_id))
     old = fingerprints(read_input(spark, st, "train", theirs, base["run_id"]))
     return new.join(old, ["idx", "rows", "fp"], "left_semi").select("idx")
 
@@ -173,7 +174,8 @@ def plan(spark: Any, cfg: Config, run_id: str, users: Any, blocked_ids: np.ndarr
         same = unchanged_users(spark, cfg, run_id, base)
         if isinstance(same, str):
             return Plan(mode, None, reason=same)
-        keep = keep.join(same, "idx", "left_semi")
+        if same is not None:
+            keep = keep.join(same, "idx", "left_semi")
     else:
         keep = keep.join(active_users(spark, cfg, run_id, float(days or 0)), "id", "left_anti")
     return Plan(mode, base, keep.cache(), reason=f"lists kept from publication {base['run_id']!r}")
