@@ -8,7 +8,8 @@ Stages join the DAG as soon as their jobs/<stage>.py exists.
 
 - `gramian_pipeline` runs on a clock ($GRAMIAN_SCHEDULE, daily by default; "none" for manual runs only);
   ingest emits the `interactions` Asset and publish the `topn` Asset, so downstream DAGs can be triggered
-  by data. Train warm-starts from the published run (param `warm_start`) and a retry resumes (`--resume`).
+  by data. Train warm-starts from the published run (param `warm_start`) and a retry resumes (`--resume`);
+  publish rescores only the users whose history changed (param `publish_users`, default `changed`).
 - param `tune` (default false): the tune task between split and train runs `gramian tune` (skipped otherwise)
   and train takes the profile it writes as its conf.
 - `gramian_on_interactions` is the data-aware variant: split -> ... -> publish, triggered by an update of
@@ -67,17 +68,19 @@ def profile_path(run_id: str) -> str:
 
 
 def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False, resume: bool = False,
-                 tune: bool = False) -> list[str]:
-    """--conf, one --set per override and --run-id (plus the gate's bar, or train's --resume and warm start):
-    what every jobs/<stage>.py takes.
+                 tune: bool = False, publish: bool = False) -> list[str]:
+    """--conf, one --set per override and --run-id (plus the gate's bar, train's --resume and warm start, tune's
+    profile, or publish's users): what every jobs/<stage>.py takes.
 
     A retried train task continues from its checkpoint in the artifact store (a changed config or data shape
     does not match the checkpoint's fingerprint and starts afresh; a changed split is refused); its first try
     starts from param `warm_start` (the published run by default; "null" trains cold), which an override of
-    train.warm_start replaces. The run id is checked here (gramian.runs.RUN_ID_PATTERN) so a bad one fails the
-    task before spark-submit. With param `tune` true, the tune task (`tune`) writes profile_path(run_id) under
-    run id <run_id>-tune (its own MLflow run: train's params are the tuned ones) and train takes that profile as
-    its --conf and trains cold (the tuned model.dim may differ from the published run's).
+    train.warm_start replaces. Publish scores the users of param `publish_users` (publish.users: `changed` by
+    default; an override of publish.users replaces it). The run id is checked here (gramian.runs.RUN_ID_PATTERN)
+    so a bad one fails the task before spark-submit. With param `tune` true, the tune task (`tune`) writes
+    profile_path(run_id) under run id <run_id>-tune (its own MLflow run: train's params are the tuned ones) and
+    train takes that profile as its --conf and trains cold (the tuned model.dim may differ from the published
+    run's).
     """
     check_run_id(run_id, "the DAG's run id")
     tuned = bool(params.get("tune")) and resume  # the train task of a tuning DAG run
@@ -85,6 +88,9 @@ def gramian_args(params: dict[str, Any], run_id: str, gate: bool = False, resume
     warm = params.get("warm_start")
     if resume and not tuned and warm not in (None, ""):  # the train task (the only one that resumes)
         args += ["--set", f"train.warm_start={warm}"]
+    users = params.get("publish_users")
+    if publish and users not in (None, ""):
+        args += ["--set", f"publish.users={users}"]
     for item in params.get("overrides") or []:
         args += ["--set", str(item)]
     args += ["--run-id", f"{run_id}-tune" if tune else run_id]
@@ -130,7 +136,8 @@ def stage_task(stage: str, gate: bool = False) -> SparkSubmitOperator:
     return cls(
         task_id="quality_gate" if gate else stage,
         application=str(REPO / "jobs" / f"{'gate' if gate else stage}.py"),
-        application_args=f"{{{{ gramian_args(params, {RUN_ID}, {gate}, {stage == 'train'}, {stage == 'tune'}) }}}}",
+        application_args=(f"{{{{ gramian_args(params, {RUN_ID}, {gate}, {stage == 'train'}, {stage == 'tune'}, "
+                          f"{stage == 'publish'}) }}}}"),
         conn_id=CONN_ID,
         packages=delta_package(),
         conf=SPARK_CONF,
@@ -149,6 +156,9 @@ PARAMS = {
                                     "null for a cold start"),
     "tune": Param(False, type="boolean", description="run gramian tune before train (budgets: overrides "
                   "tune.trials / tune.budget_minutes); train then takes the tuned profile"),
+    "publish_users": Param("changed", type="string",
+                           description="publish.users: changed (users whose history changed since the current "
+                                       "publication), all, or active_since:<days>"),
     "gate_metric": Param("ndcg", type="string", description="metric the gate compares"),
     "gate_k": Param(20, type="integer", description="its cut-off"),
     "gate_method": Param("exact", type="string", description="exact | sampled | corrected"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +41,32 @@ def _non_negative(v: Any) -> bool:
 
 def _fraction(v: Any) -> bool:
     return 0 < v < 1
+
+
+USERS_RULE = "'all', 'changed' or 'active_since:<days>' (days a positive number, e.g. active_since:7)"
+TABLE_NAME_RULE = "a table name of letters, digits and '_' (not starting with a digit), or null"
+
+
+def publish_users(value: str) -> tuple[str, float | None]:
+    """publish.users as (mode, days): ('all', None), ('changed', None) or ('active_since', days); ConfigError else."""
+    if value in ("all", "changed"):
+        return value, None
+    head, _, days = str(value).partition(":")
+    try:
+        n = float(days) if head == "active_since" else math.nan
+    except ValueError:
+        n = math.nan
+    if not (math.isfinite(n) and n > 0):
+        raise ConfigError(f"publish.users must be {USERS_RULE}, got {value!r}")
+    return head, n
+
+
+def _users_ok(v: Any) -> bool:
+    try:
+        publish_users(v)
+    except ConfigError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -235,6 +262,10 @@ class PublishConfig:
     batch_size: int = field(default=1024, metadata=_check("> 0", _positive))
     partitions: int = field(default=0, metadata=_check(">= 0 (0 = as read)", _non_negative))
     seed: int = 0
+    # which users are scored (the rest keep their current lists): retrieval.publish, README "Daily retraining"
+    users: str = field(default="all", metadata=_check(USERS_RULE, _users_ok))
+    item_filter: str | None = field(default=None, metadata=_check(  # items flagged unavailable never published
+        TABLE_NAME_RULE, lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None))
 
 
 @dataclass(frozen=True)

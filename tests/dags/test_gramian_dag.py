@@ -159,6 +159,35 @@ def test_with_param_tune_the_tune_task_writes_a_profile_that_train_takes(bag, tm
         op.execute({"params": {"tune": False}})
 
 
+def test_publish_refreshes_the_users_of_param_publish_users(bag):
+    dag = bag.dags["gramian_pipeline"]
+    assert dag.params["publish_users"] == "changed"  # the daily DAG's default
+    fn = dag.user_defined_macros["gramian_args"]
+    params = {"conf": "c.yaml", "overrides": ["publish.n=5"], "publish_users": "active_since:2"}
+    assert fn(params, "20260101T000000", publish=True) == [
+        "--conf", "c.yaml", "--set", "publish.users=active_since:2", "--set", "publish.n=5", "--run-id",
+        "20260101T000000"]
+    assert "publish.users=active_since:2" not in fn(params, "20260101T000000", resume=True)  # train: not it
+    env = dag.get_template_env()
+    rendered = env.from_string(dag.get_task("publish").application_args).render(
+        params={**params, "warm_start": "published"}, logical_date=datetime(2026, 1, 2, tzinfo=UTC), dag_run=None)
+    assert rendered[:4] == ["--conf", "c.yaml", "--set", "publish.users=active_since:2"]
+
+
+def day_csv(path: Path, gainers: tuple[str, ...] = ()) -> None:
+    """A generated interactions CSV; `gainers` each get 3 more items than the day before."""
+    import pandas as pd
+
+    from gramian.data.synthetic import generate
+
+    g = generate(300, 150, 6000, rank=4, seed=0)
+    df = pd.DataFrame({"user_id": [f"u{u}" for u in g["user"]], "item_id": [f"i{i}" for i in g["item"]],
+                       "weight": g["weight"]})
+    seen = df.groupby("user_id")["item_id"].agg(set)
+    extra = [(u, i, 1.0) for u in gainers for i in [f"i{j}" for j in range(150) if f"i{j}" not in seen[u]][:3]]
+    pd.concat([df, pd.DataFrame(extra, columns=df.columns)]).to_csv(path, index=False)
+
+
 def test_dag_test_two_days_the_second_warm_starts_from_the_first_publication(airflow_db, tmp_path, spark):
     from airflow.dag_processing.dagbag import DagBag
 
@@ -166,10 +195,13 @@ def test_dag_test_two_days_the_second_warm_starts_from_the_first_publication(air
     from gramian.tables import read
 
     dag = DagBag(dag_folder=str(DAGS)).dags["gramian_pipeline"]
-    overrides = [*SMALL, f"storage.root={tmp_path / 'wh'}"]
+    csv, gainers = tmp_path / "events.csv", ("u3", "u17", "u42")
+    source = ["data.format=csv", f"data.path={csv}", "data.columns.weight=weight"]
+    overrides = [*SMALL, *source, f"storage.root={tmp_path / 'wh'}"]
     st = StorageConfig(root=str(tmp_path / "wh"))
     days = [datetime(2026, 11, 27, tzinfo=UTC), datetime(2026, 11, 28, tzinfo=UTC)]
-    for logical in days:
+    for day, logical in enumerate(days):
+        day_csv(csv, gainers if day else ())  # day 2: three users gained interactions upstream
         dr = dag.test(logical_date=logical, run_conf={"conf": str(ROOT / "conf" / "synthetic.yaml"),
                                                       "overrides": overrides})
         states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
@@ -186,3 +218,20 @@ def test_dag_test_two_days_the_second_warm_starts_from_the_first_publication(air
     first, second = (d.strftime("%Y%m%dT%H%M%S") for d in days)
     assert runs[first] is None  # nothing was published before day 1: a cold start
     assert runs[second] == (first if "publish" in PIPELINE else None)
+    if "publish" not in PIPELINE:
+        return
+    pubs = {r["run_id"]: r for r in read(spark, st, "publications").collect()}
+    assert pubs[first]["refreshed"] == pubs[first]["users"]  # day 1: nothing to keep, everyone scored
+    assert pubs[second]["users_mode"] == "changed" and pubs[second]["base_run_id"] == first
+    assert 0 < pubs[second]["refreshed"] < pubs[second]["users"] == pubs[first]["users"]
+
+    def lists(run_id: str) -> dict[str, list[tuple]]:
+        out: dict[str, list[tuple]] = {}
+        for r in read(spark, st, "topn").filter(f"run_id = '{run_id}'").collect():
+            out.setdefault(r["user_id"], []).append((r["rank"], r["item_id"], r["score"], r["scored_by"]))
+        return {u: sorted(v) for u, v in out.items()}
+
+    one, two = lists(first), lists(second)
+    rescored = {u for u, v in two.items() if v[0][3] == second}
+    assert rescored == set(gainers)  # each gained 3 items, at least 2 of them in train: their history changed
+    assert all(two[u] == one[u] for u in set(two) - rescored)  # everyone else: exactly day 1's list

@@ -5,14 +5,19 @@ Order of work, so that a bad index never reaches readers:
    under `<artifacts>/index/<run_id>` (publish.index_dir overrides the parent folder);
 2. on a seeded user sample, compare the published lists with exact top-n (recall@n) and write that to
    `metrics`; below publish.min_index_recall raise PublishError, leaving `topn` untouched;
-3. score every user with training history inside Spark tasks (mapInArrow: each Python worker fetches the
-   serialized index from the store and loads it once), write all rows of the run in ONE Delta transaction
-   (replaceWhere run_id), so
-   readers see the previous lists or the new ones, never a mix, and a re-run replaces, never duplicates;
-4. record the publish in `publications` (run_id, the topn Delta version it produced, recall, ...), whose one
-   row with current = true says which run applications should read (`read_topn`). Earlier runs keep
-   their rows in `topn`, and every earlier version stays readable through Delta history (time travel)
-   until VACUUM removes its files.
+3. score the users `publish.users` selects (all by default; `changed` or `active_since:<days>`: see
+   gramian.retrieval.refresh) inside Spark tasks (mapInArrow: each Python worker fetches the serialized
+   index from the store and loads it once), never recommending an unavailable item (one that left the
+   catalogue or is flagged by `publish.item_filter`: excluded like history). Every other user of the run
+   keeps the base publication's list: its rows are copied under this run_id. Refreshed and carried rows
+   are written in ONE Delta transaction (replaceWhere run_id), so the run's rows are always one complete
+   publication (every training user, a full list each), readers see the previous publication or the new
+   one, never a mix, and a re-run replaces, never duplicates. `scored_by` names the run whose model
+   scored a row: the refreshed users of run R are those whose rows have scored_by = R (`refreshed_users`);
+4. record the publish in `publications` (run_id, the topn Delta version it produced, recall, users mode,
+   refreshed users, base run, unavailable items...), whose one row with current = true says which run
+   applications should read (`read_topn`). Earlier runs keep their rows in `topn`, and every earlier
+   version stays readable through Delta history (time travel) until VACUUM removes its files.
 """
 
 from __future__ import annotations
@@ -31,17 +36,21 @@ from gramian.config import Config, ModelConfig, PublishConfig, StorageConfig, _b
 from gramian.errors import InputDataError, PublishError
 from gramian.kernels.ranking import topk_excluding
 from gramian.retrieval.index import ItemIndex, build_index, index_recall, load_index, topn_excluding
+from gramian.retrieval.refresh import Plan, carried_rows, plan, publication_rows, unavailable_items
 from gramian.runs import check_run_id, current_publication, pinned_inputs, read_input, run_rows, run_where
 
 log = logging.getLogger(__name__)
 
 TOPN, PUBLICATIONS, METRICS = "topn", "publications", "metrics"
-TOPN_SCHEMA = "run_id string, user_id string, rank int, item_id string, score float"
+# scored_by: the run whose model scored the row (this run for refreshed users, an earlier one for carried rows)
+TOPN_SCHEMA = "run_id string, user_id string, rank int, item_id string, score float, scored_by string"
 # the columns of gramian.evaluate.job.METRICS_SCHEMA: index rows sit beside the ranking metrics
 METRICS_SCHEMA = ("run_id string, model string, metric string, k int, method string, sampler string, "
                   "sample_size int, value double, users long, evaluated_at timestamp")
+# users_mode .. unavailable_items joined later (publish.users): older tables gain them, their rows read null
 PUBLICATIONS_SCHEMA = ("run_id string, published_at timestamp, n int, users long, rows long, index_kind string, "
-                       "index_recall double, index_path string, topn_version long, current boolean")
+                       "index_recall double, index_path string, topn_version long, current boolean, "
+                       "users_mode string, refreshed long, base_run_id string, unavailable_items long")
 
 
 def index_path(cfg: Config, run_id: str, spark: Any = None) -> storage.Store:
@@ -125,14 +134,36 @@ def users_frame(spark: Any, cfg: Config, run_id: str) -> Any:
     return uf.join(hist, uf["idx"] == hist["user_idx"], "inner").select("idx", "id", "factors", "history")
 
 
-def score_batch(index: ItemIndex, batch: Any, run_id: str, pub: PublishConfig) -> Any:
-    """One Arrow batch of users (idx, id, factors, history) -> their topn rows as an Arrow batch."""
+def with_blocked(ip: np.ndarray, ix: np.ndarray, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR histories (ip, ix) with the `blocked` item rows appended to every row (once: dropped from ix first)."""
+    if len(blocked) == 0:
+        return ip, ix
+    ix = ix[ip[0]:ip[-1]]
+    keep = ~np.isin(ix, blocked)
+    m, b = len(ip) - 1, len(blocked)
+    owner = np.repeat(np.arange(m), np.diff(ip))[keep]
+    kept = np.bincount(owner, minlength=m).astype(np.int64)
+    new_ip = np.concatenate([[0], np.cumsum(kept + b)]).astype(np.int64)
+    out = np.empty(int(new_ip[-1]), dtype=np.int64)
+    within = np.arange(len(owner)) - np.repeat(np.cumsum(kept) - kept, kept)
+    out[new_ip[owner] + within] = ix[keep]
+    tail = np.repeat(new_ip[:-1] + kept, b) + np.tile(np.arange(b), m)
+    out[tail] = np.tile(blocked, m)
+    return new_ip, out
+
+
+def score_batch(index: ItemIndex, batch: Any, run_id: str, pub: PublishConfig,
+                blocked: np.ndarray | None = None) -> Any:
+    """One Arrow batch of users (idx, id, factors, history) -> their topn rows as an Arrow batch.
+
+    `blocked` item rows (unavailable items) are excluded like history.
+    """
     import pyarrow as pa
 
     offsets, flat = _list_column(batch.column("factors"), np.float32)
     m = batch.num_rows
     q = flat.reshape(m, -1) if m else np.zeros((0, index.item_factors.shape[1]), np.float32)
-    ip, ix = _list_column(batch.column("history"), np.int64)
+    ip, ix = with_blocked(*_list_column(batch.column("history"), np.int64), _blocked(blocked))
     items, scores, _ = topn_excluding(index, q, ip, ix, pub.n, pub.exact_history_above)
     valid = items >= 0
     rows, ranks = np.nonzero(valid)
@@ -143,26 +174,32 @@ def score_batch(index: ItemIndex, batch: Any, run_id: str, pub: PublishConfig) -
         "rank": pa.array((ranks + 1).astype(np.int32), pa.int32()),
         "item_id": pa.array(index.item_ids[items[rows, ranks]], pa.string()),
         "score": pa.array(scores[rows, ranks].astype(np.float32), pa.float32()),
+        "scored_by": pa.array(np.full(len(rows), run_id, dtype=object), pa.string()),
     })
 
 
-def _scorer(path: storage.Store, token: str, run_id: str, pub: PublishConfig) -> Any:
+def _blocked(blocked: np.ndarray | None) -> np.ndarray:
+    return np.zeros(0, np.int64) if blocked is None else np.asarray(blocked, dtype=np.int64)
+
+
+def _scorer(path: storage.Store, token: str, run_id: str, pub: PublishConfig, blocked: np.ndarray) -> Any:
     """The mapInArrow function: fetches and loads the index once per worker process (cached), never per batch."""
 
     def score(batches: Any) -> Any:
         index = load_index(path, token)
         for batch in batches:
             for start in range(0, batch.num_rows, pub.batch_size):
-                yield score_batch(index, batch.slice(start, pub.batch_size), run_id, pub)
+                yield score_batch(index, batch.slice(start, pub.batch_size), run_id, pub, blocked)
 
     return score
 
 
-def check_index(index: ItemIndex, sample: Any, pub: PublishConfig) -> dict[str, float]:
+def check_index(index: ItemIndex, sample: Any, pub: PublishConfig,
+                blocked: np.ndarray | None = None) -> dict[str, float]:
     """Recall@n of the published lists (and of the bare searcher) against exact top-n on a user sample."""
     offsets, flat = _list_column(sample.column("factors"), np.float32)
     q = flat.reshape(sample.num_rows, -1)
-    ip, ix = _list_column(sample.column("history"), np.int64)
+    ip, ix = with_blocked(*_list_column(sample.column("history"), np.int64), _blocked(blocked))
     n = pub.n
     got, _, exact_rows = topn_excluding(index, q, ip, ix, n, pub.exact_history_above)
     users = np.arange(len(q))
@@ -192,9 +229,10 @@ def _mark_current(spark: Any, cfg: Config, row: dict[str, Any]) -> None:
     old = []
     if tables.exists(spark, st, PUBLICATIONS):
         old = [r.asDict() for r in tables.read(spark, st, PUBLICATIONS).collect() if r["run_id"] != row["run_id"]]
-    for r in old:
-        r["current"] = False
-    frame = spark.createDataFrame([*old, {**row, "current": True}], PUBLICATIONS_SCHEMA)
+    names = [part.split()[0] for part in PUBLICATIONS_SCHEMA.split(", ")]
+    rows = [*({**r, "current": False} for r in old), {**row, "current": True}]
+    # rows of an older table lack the later columns: they read null
+    frame = spark.createDataFrame([tuple(r.get(k) for k in names) for r in rows], PUBLICATIONS_SCHEMA)
     tables.write(frame, st, PUBLICATIONS, mode="overwrite")
 
 
@@ -206,16 +244,65 @@ def read_topn(spark: Any, st: StorageConfig, run_id: str | None = None) -> Any:
     if pub is None:
         raise PublishError(f"a current publication must exist to read top-n lists, got none under "
                            f"{tables.table_ref(st, PUBLICATIONS)}. Run `gramian publish` first.")
-    ref = tables.table_ref(st, TOPN)
-    reader = spark.read.format("delta").option("versionAsOf", int(pub["topn_version"]))
-    frame = reader.table(ref) if st.catalog else reader.load(ref)
-    return frame.filter(run_rows(pub["run_id"]))
+    return publication_rows(spark, st, pub)
+
+
+def refreshed_users(spark: Any, st: StorageConfig, run_id: str) -> Any:
+    """(user_id) of the users publication `run_id` scored itself (the rest kept an earlier publication's list)."""
+    from pyspark.sql import functions as F
+
+    return read_topn(spark, st, run_id).filter(F.col("scored_by") == F.lit(run_id)).select("user_id").distinct()
+
+
+def write_topn(spark: Any, cfg: Config, run_id: str, users: Any, scorer: Any, todo: Plan) -> Any:
+    """Refreshed users' scored rows and carried users' base rows as the run's rows of `topn`, in ONE transaction."""
+    pub = cfg.publish
+    fresh = users if todo.keep is None else users.join(todo.keep.select("idx"), "idx", "left_anti")
+    frame = fresh.repartition(pub.partitions) if pub.partitions else fresh
+    out = frame.mapInArrow(scorer, TOPN_SCHEMA)
+    if todo.keep is not None and todo.base is not None:
+        prev = publication_rows(spark, cfg.storage, todo.base)
+        out = out.unionByName(carried_rows(prev, todo.keep, run_id, str(todo.base["run_id"])))
+    tables.write(out, cfg.storage, TOPN, mode="overwrite", replace_where=run_where(run_id),
+                 merge_schema=True)  # scored_by joined later: an older topn gains it, its rows read null
+    return tables.version(spark, cfg.storage, TOPN)
+
+
+def _written(spark: Any, st: StorageConfig, run_id: str) -> dict[str, int]:
+    """Rows, users and refreshed users (scored_by = run_id) of the run's rows in `topn`."""
+    from pyspark.sql import functions as F
+
+    written = tables.read(spark, st, TOPN).filter(run_rows(run_id))
+    mine = F.when(F.col("scored_by") == F.lit(run_id), F.col("user_id"))
+    row = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
+                      F.countDistinct(mine).alias("refreshed")).collect()[0]
+    return {k: int(row[k]) for k in ("rows", "users", "refreshed")}
+
+
+def gate_index(spark: Any, cfg: Config, run_id: str, index: ItemIndex, users: Any, blocked: np.ndarray,
+               model_name: str) -> tuple[dict[str, float], int]:
+    """Recall of the index on a seeded user sample, written to `metrics`; PublishError below the floor."""
+    from pyspark.sql import functions as F
+
+    pub = cfg.publish
+    sample = users.orderBy(F.xxhash64("idx", F.lit(pub.seed))).limit(pub.recall_sample).toArrow()
+    if sample.num_rows == 0:
+        raise InputDataError(f"user_factors of run {run_id!r} must have users with training rows, got none. "
+                             f"Check that `train` and the run's factors come from the same split.")
+    quality = check_index(index, sample, pub, blocked)
+    write_metrics(spark, cfg, run_id, model_name, quality, sample.num_rows)
+    recall = quality["index_recall"]
+    if recall < pub.min_index_recall:
+        raise PublishError(
+            f"index recall@{pub.n} must be >= publish.min_index_recall={pub.min_index_recall}, got {recall:.4f} on "
+            f"{sample.num_rows} sampled users (run {run_id!r}, {index.params.kind} index, "
+            f"{index.params.num_leaves_to_search}/{index.params.num_leaves} leaves searched); topn was not written. "
+            f"Raise publish.search_fraction or publish.num_leaves_to_search, or publish.reorder_factor.")
+    return quality, sample.num_rows
 
 
 def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
-    """Build the index for `run_id`, check its recall, publish every training user's top-n (see module doc)."""
-    from pyspark.sql import functions as F
-
+    """Build the index for `run_id`, check its recall, publish the selected users' top-n (see module doc)."""
     check_run_id(run_id)
     st, pub = cfg.storage, cfg.publish
     _require(spark, st, "item_factors", "user_factors", "train")
@@ -228,36 +315,29 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     build_s = time.perf_counter() - t0
     log.info("index for run %s: %s over %d items (d=%d) in %.1fs at %s", run_id, index.params.kind, len(h),
              h.shape[1], build_s, path.uri)
-
+    blocked = unavailable_items(spark, cfg, run_id, ids)
     users = users_frame(spark, cfg, run_id)
-    sample = users.orderBy(F.xxhash64("idx", F.lit(pub.seed))).limit(pub.recall_sample).toArrow()
-    if sample.num_rows == 0:
-        raise InputDataError(f"user_factors of run {run_id!r} must have users with training rows, got none. "
-                             f"Check that `train` and the run's factors come from the same split.")
-    quality = check_index(index, sample, pub)
-    write_metrics(spark, cfg, run_id, model.name if model else cfg.model.name, quality, sample.num_rows)
-    recall = quality["index_recall"]
-    if recall < pub.min_index_recall:
-        raise PublishError(
-            f"index recall@{pub.n} must be >= publish.min_index_recall={pub.min_index_recall}, got {recall:.4f} on "
-            f"{sample.num_rows} sampled users (run {run_id!r}, {index.params.kind} index, "
-            f"{index.params.num_leaves_to_search}/{index.params.num_leaves} leaves searched); topn was not written. "
-            f"Raise publish.search_fraction or publish.num_leaves_to_search, or publish.reorder_factor.")
+    quality, sampled = gate_index(spark, cfg, run_id, index, users, blocked, model.name if model else cfg.model.name)
 
     t1 = time.perf_counter()
-    frame = users.repartition(pub.partitions) if pub.partitions else users
-    out = frame.mapInArrow(_scorer(path, index.token, run_id, pub), TOPN_SCHEMA)
-    tables.write(out, st, TOPN, mode="overwrite", replace_where=run_where(run_id))
+    todo = plan(spark, cfg, run_id, users, ids[blocked])
+    log.info("publish %s: users=%s, %s; %d unavailable items", run_id, pub.users, todo.reason, len(blocked))
+    try:
+        version = write_topn(spark, cfg, run_id, users, _scorer(path, index.token, run_id, pub, blocked), todo)
+    finally:
+        if todo.keep is not None:
+            todo.keep.unpersist()
     publish_s = time.perf_counter() - t1
-    version = tables.version(spark, st, TOPN)
-    written = tables.read(spark, st, TOPN).filter(run_rows(run_id))
-    counts = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users")).collect()[0]
+    counts = _written(spark, st, run_id)
+    base = str(todo.base["run_id"]) if todo.keep is not None and todo.base is not None else None
     _mark_current(spark, cfg, {"run_id": run_id, "published_at": datetime.now(UTC), "n": pub.n,
-                               "users": int(counts["users"]), "rows": int(counts["rows"]),
-                               "index_kind": index.params.kind, "index_recall": float(recall),
-                               "index_path": path.uri, "topn_version": version})
-    return {"run_id": run_id, "n": pub.n, "users": int(counts["users"]), "rows": int(counts["rows"]),
-            "items": len(h), "index": index.params.kind, "index_recall": round(recall, 4),
+                               "users": counts["users"], "rows": counts["rows"], "index_kind": index.params.kind,
+                               "index_recall": float(quality["index_recall"]), "index_path": path.uri,
+                               "topn_version": version, "users_mode": pub.users, "refreshed": counts["refreshed"],
+                               "base_run_id": base, "unavailable_items": len(blocked)})
+    return {"run_id": run_id, "n": pub.n, **counts, "users_mode": pub.users, "base_run_id": base,
+            "unavailable_items": len(blocked), "items": len(h), "index": index.params.kind,
+            "index_recall": round(quality["index_recall"], 4),
             "index_recall_searcher": round(quality["index_recall_searcher"], 4),
-            "recall_sample": sample.num_rows, "topn_version": version, "index_seconds": round(build_s, 2),
+            "recall_sample": sampled, "topn_version": version, "index_seconds": round(build_s, 2),
             "publish_seconds": round(publish_s, 2), "index_path": path.uri}
