@@ -276,6 +276,8 @@ class BlockTrainer:
             item_counts = np.bincount(pairs[1], minlength=n_items)
         else:
             user_counts, item_counts = row_counts(train_df, n_users, n_items)
+        log.info("interactions per user and item counted (%s)", "pairs on the driver" if pairs is not None
+                 else "one pass")
         self.nnz = nnz = int(user_counts.sum())
         if nnz == 0:
             raise InputDataError("train set must not be empty, got 0 interactions. Check ingest's "
@@ -330,6 +332,7 @@ class BlockTrainer:
             for side, other in (("user", "item"), ("item", "user")):
                 self.routes[side] = routed.build_routes(self.blocks[side], self.layouts[other]).cache()
                 self.routes[side].count()
+                log.info("%s side: routes built", side)
 
     def other_size(self, side: str) -> int:
         return self.n_items if side == "user" else self.n_users
