@@ -299,6 +299,7 @@ class BlockTrainer:
         self.routes: dict[str, Any] = {}
         self._local_jobs: dict[tuple[str, bool], tuple[Any, FileRef]] = {}
         store = exchange_store(train, exchange, local, self.routed)
+        self.steps = routed.StepStore(exchange if self.routed else None)  # routed outputs: reliable in the store
         self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed, store=store)
         if self.handoff.store is not None:
             log.info("factors and block CSR go through the store %s, read once per Python worker", store)
@@ -345,7 +346,7 @@ class BlockTrainer:
                             init_factors(self.n_items, m.dim, m.init_scale, m.seed, 1))
         user = routed.init_blocks(self.spark, self.layouts["user"], m.dim, m.init_scale, m.seed, 0)
         item = routed.init_blocks(self.spark, self.layouts["item"], m.dim, m.init_scale, m.seed, 1)
-        return FitState(user.localCheckpoint(), item.localCheckpoint())
+        return FitState(self.steps.persist(user), self.steps.persist(item))
 
     def adopt(self, state: FitState) -> FitState:
         """A resumed state converted to this trainer's representation (arrays or factor blocks)."""
@@ -510,7 +511,7 @@ class BlockTrainer:
 
         result = (solving.groupBy("block").cogroup(payload.groupBy("dst_block"))
                   .applyInArrow(solve, schema + TIMING_SCHEMA))
-        return result.localCheckpoint()
+        return self.steps.persist(result)
 
     def gram_of(self, side: str, factors: Any) -> np.ndarray:
         """The Gramian of one side's current factors."""

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -59,13 +60,19 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
                                                                           user_rows)
     phases.mark("checkpoint and warm start")
     model, seconds = fit(spark, cfg, run_id, train_df, n_trained, n_items, ckpt, resume, initial, phases)
+    logging_model = None
+    if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
+        # MLflow's pyfunc save takes seconds of driver Python: it runs while Spark writes the tables
+        logging_model = threading.Thread(target=tracking.safe, name="gramian-log-model",
+                                         args=(log_model, tracking.active(), model, items, n_trained))
+        logging_model.start()
     write_factors(spark, cfg, run_id, model, users, items, user_rows)
     phases.mark("write factor tables")
     write_run(spark, cfg, run_id, model, started, seconds, inputs, source)
     phases.mark("write runs row")
-    if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
-        tracking.safe(log_model, tracking.active(), model, items, n_trained)
-        phases.mark("log model")
+    if logging_model is not None:
+        logging_model.join()
+        phases.mark("log model (what the writes did not hide)")
     last = model.history[-1]
     return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "alpha0": model.config.alpha0,
             "epochs": last.epoch,
