@@ -316,7 +316,11 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
                 x = b[side]
                 lines.append(f"| {name} | {side} | {x['wall']:.2f} | {x['kernel']:.2f} | {x['fetch']:.2f} | "
                              f"{x['rest']:.2f} |")
-    lines += phase_table(doc["jobs"])
+    before = doc.get("before") or {}
+    if before:
+        lines += ["", f"Before: commit {before['commit']}, load {before['load']}; session -> first epoch "
+                  + ", ".join(f"{n} {j['session_to_first_epoch_seconds']:.1f} s" for n, j in before["jobs"].items())]
+    lines += phase_table({**doc["jobs"], **{f"{n} before": j for n, j in before.get("jobs", {}).items()}})
     for name, r in doc["jobs"].items():
         if "epochs" in r:
             lines += ["", f"{name}, seconds per half-step (user / item):",
@@ -356,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help="storage.root for the tables (default: a fresh temp folder)")
     parser.add_argument("--out", default=str(RESULTS / "cluster"), help="results path without extension")
     parser.add_argument("--log-dir", default=None, help="keep every job's spark-submit log here (profiling)")
+    parser.add_argument("--before", default=None, help="an earlier run's phases (JSON: commit, load, jobs) to show "
+                        "beside this run's in the phase table")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its cluster
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -371,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             for log_file in work.glob("*.log"):
                 shutil.copy(log_file, Path(args.log_dir) / log_file.name)
         doc = summarise(args, root, jobs)
+    if args.before:
+        doc["before"] = json.loads(Path(args.before).read_text())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=float))
