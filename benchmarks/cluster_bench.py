@@ -44,7 +44,8 @@ GRAMIAN_SETS = {"gramian-auto": ["train.routing=auto"],
                 "gramian-closure": ["train.routing=auto", "train.exchange=closure"],
                 "gramian-routed": ["train.routing=routed"]}
 EPOCH_LINE = re.compile(r"epoch 1/\d+ loss")
-SESSION_LINE = re.compile(r"spark-submit session: Spark")
+SESSION_LINE = re.compile(r"spark-submit session: Spark")  # an INFO line: the jobs run with --verbose
+PHASE_LINE = re.compile(r"gramian\.phases: (\w+) \S+: (.+) (-?[\d.]+) s$")  # gramian.progress.Phases
 
 
 def bench_conf(dataset: str, folder: Path) -> Path:
@@ -89,7 +90,7 @@ class Job:
                     if name not in self.marks and pattern.search(line):
                         self.marks[name] = now
                 self.lines.append(line)
-                out.write(line)
+                out.write(f"[+{now:7.2f}s] {line}")  # arrival time since spark-submit started
                 out.flush()
 
     def finish(self, timeout: float = 3600) -> dict[str, Any]:
@@ -102,7 +103,8 @@ class Job:
         if self.proc.returncode != 0:
             raise RuntimeError(f"spark-submit failed ({self.proc.returncode}), log {self.log}:\n"
                                + "".join(self.lines[-40:]))
-        return {"wall_seconds": wall, "marks": self.marks, "driver_peak_rss_mib": self.driver_rss.peak / 2**20,
+        return {"wall_seconds": wall, "marks": self.marks, "text": "".join(self.lines),
+                "driver_peak_rss_mib": self.driver_rss.peak / 2**20,
                 "worker_peak_rss_mib": [m.peak / 2**20 for m in self.worker_rss],
                 "worker_peak_by_command_mib": [{k: v / 2**20 for k, v in m.peak_by_command.items()}
                                                for m in self.worker_rss]}
@@ -177,7 +179,7 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dic
             log = work / f"{method}.log"
             if method.startswith("gramian-"):
                 job_args = ["--conf", str(conf), *[x for s in [*sets, *GRAMIAN_SETS[method]] for x in ("--set", s)],
-                            "--run-id", f"bench-{method.split('-', 1)[1]}", "--json"]
+                            "--run-id", f"bench-{method.split('-', 1)[1]}", "--json", "--verbose"]
                 cmd = cluster.submit_command("jobs/train.py", job_args, py_files=zip_path,
                                              executor_memory=args.executor_memory)
             else:
@@ -188,7 +190,9 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dic
                                              py_files=zip_path, executor_memory=args.executor_memory)
             print(f"[cluster_bench] {method}: submitting", flush=True)
             res = Job(cmd, env, log, workers).finish()
-            res["result"] = parse_result(method, log.read_text())
+            text = res.pop("text")
+            res["result"] = parse_result(method, text)
+            res["phases"] = job_phases(method, res, text)
             out[method] = res
             print(f"[cluster_bench] {method}: wall {res['wall_seconds']:.1f} s, fit "
                   f"{res['result'].get('fit_seconds', float('nan')):.1f} s", flush=True)
@@ -202,6 +206,25 @@ def parse_result(method: str, text: str) -> dict[str, Any]:
         return json.loads(line[len("MLLIB_RESULT "):])
     start = text.index("{\n")  # the --json summary is the last indented JSON document on stdout
     return json.loads(text[start:text.index("\n}", start) + 2])["train"]
+
+
+def job_phases(method: str, res: dict[str, Any], text: str) -> dict[str, float]:
+    """Where the whole spark-submit's wall time went: JVM start and session, each logged phase of the stage
+    (train's own phases, then pipeline.execute's tracking and stage_runs ones), and the remainder (interpreter
+    and JVM shutdown, and anything no phase covers)."""
+    if method == "mllib":
+        r = res["result"]
+        out = {"spark-submit to session": r["session_seconds"], "read + fit": r["fit_seconds"],
+               "write factor tables": r["write_seconds"]}
+        out["rest (JVM start before Python, stop)"] = res["wall_seconds"] - r["job_seconds_in_driver"]
+        return out
+    out = {"spark-submit to session": res["marks"].get("session", float("nan"))}
+    for line in text.splitlines():
+        m = PHASE_LINE.search(line)
+        if m and m.group(2) != "stage":  # `stage` is the sum of the train phases logged before it
+            out[m.group(2)] = out.get(m.group(2), 0.0) + float(m.group(3))
+    out["rest (JVM stop, unlogged)"] = res["wall_seconds"] - sum(v for v in out.values() if v == v)
+    return out
 
 
 def gramian_history(root: str, run_id: str) -> list[dict[str, Any]]:
@@ -293,11 +316,36 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
                 x = b[side]
                 lines.append(f"| {name} | {side} | {x['wall']:.2f} | {x['kernel']:.2f} | {x['fetch']:.2f} | "
                              f"{x['rest']:.2f} |")
+    before = doc.get("before") or {}
+    if before:
+        lines += ["", f"Before: commit {before['commit']}, load {before['load']}; session -> first epoch "
+                  + ", ".join(f"{n} {j['session_to_first_epoch_seconds']:.1f} s" for n, j in before["jobs"].items())]
+    lines += phase_table({**doc["jobs"], **{f"{n} before": j for n, j in before.get("jobs", {}).items()}})
     for name, r in doc["jobs"].items():
         if "epochs" in r:
             lines += ["", f"{name}, seconds per half-step (user / item):",
                       " ".join(f"{h['user_seconds']:.2f}/{h['item_seconds']:.2f}" for h in r["epochs"])]
     path.write_text("\n".join(lines) + "\n")
+
+
+def phase_table(jobs: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows: each job's wall seconds split into its phases (job_phases), one column per job."""
+    names = [n for n, r in jobs.items() if r.get("phases")]
+    if not names:
+        return []
+    order: list[str] = []
+    for n in names:
+        order += [k for k in jobs[n]["phases"] if k not in order]
+    rest = [k for k in order if k.startswith("rest")]
+    order = [k for k in order if not k.startswith("rest")] + rest
+    out = ["", "Where the whole spark-submit job's time goes, seconds (phases as the job logs them; the fit's "
+           "setup is everything between fit start and the first epoch)", "",
+           "| phase | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k in order:
+        cells = [jobs[n]["phases"].get(k) for n in names]
+        out.append(f"| {k} | " + " | ".join("" if c is None else f"{c:.1f}" for c in cells) + " |")
+    out.append("| **wall** | " + " | ".join(f"{jobs[n]['wall_seconds']:.1f}" for n in names) + " |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help="storage.root for the tables (default: a fresh temp folder)")
     parser.add_argument("--out", default=str(RESULTS / "cluster"), help="results path without extension")
     parser.add_argument("--log-dir", default=None, help="keep every job's spark-submit log here (profiling)")
+    parser.add_argument("--before", default=None, help="an earlier run's phases (JSON: commit, load, jobs) to show "
+                        "beside this run's in the phase table")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its cluster
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -327,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             for log_file in work.glob("*.log"):
                 shutil.copy(log_file, Path(args.log_dir) / log_file.name)
         doc = summarise(args, root, jobs)
+    if args.before:
+        doc["before"] = json.loads(Path(args.before).read_text())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=float))

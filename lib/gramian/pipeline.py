@@ -22,7 +22,7 @@ from typing import Any
 
 from gramian import tables, tracking
 from gramian.config import Config
-from gramian.progress import describe_jobs
+from gramian.progress import Phases, describe_jobs
 from gramian.runs import check_run_id, run_rows, run_where
 
 log = logging.getLogger(__name__)
@@ -128,11 +128,15 @@ def execute(spark: Any, cfg: Config, run_id: str, stage: str, func: Callable[...
     started = datetime.now(UTC)
     before = _get_conf(spark, USER_METADATA)
     spark.conf.set(USER_METADATA, run_id)
+    phases = Phases(f"{stage} {run_id}")
     try:
         describe_jobs(spark, f"{stage} {run_id}")
         with tracking.tracked(cfg, run_id, stage) as tracker:
+            phases.mark("open tracking")
             summary = func(spark, cfg, run_id, **kwargs)
+            phases.mark("stage")
             tracking.safe(tracker.stage_done, stage, summary)
+        phases.mark("close tracking")
         if tracker.link:
             summary = {**summary, "mlflow_run": tracker.link}
     except BaseException as e:
@@ -150,6 +154,7 @@ def execute(spark: Any, cfg: Config, run_id: str, stage: str, func: Callable[...
     else:
         spark.conf.unset(USER_METADATA)
     record(spark, cfg, run_id, stage, "finished", started, fp, summary)
+    phases.mark("record stage_runs")
     return summary
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from typing import Any
 
 log = logging.getLogger("gramian.progress")  # INFO even when the CLI quiets the rest of gramian
@@ -67,3 +68,30 @@ class EpochProgress:
         if self.bar is not None:
             self.bar.close()
         describe_jobs(self.spark, self.label)
+
+
+class Phases:
+    """Wall seconds of a stage's consecutive phases, each logged at INFO as it ends: where a job's time goes
+    outside the work itself (reads, setup passes, writes, tracking), kept in the stage's summary."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, name: str) -> float:
+        """End phase `name` now (the next starts now); its seconds."""
+        now = time.perf_counter()
+        took = now - self._last
+        self._last = now
+        self.record(name, took)
+        return took
+
+    def restart(self) -> None:
+        """Start the next phase now (after `record`ing the parts of one measured by the caller)."""
+        self._last = time.perf_counter()
+
+    def record(self, name: str, seconds: float) -> None:
+        """Count `seconds` for phase `name` (measured by the caller: parts of a phase split after the fact)."""
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 2)
+        logging.getLogger("gramian.phases").info("%s: %s %.2f s", self.label, name, seconds)  # --verbose

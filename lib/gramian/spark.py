@@ -60,8 +60,11 @@ def active_session() -> Any | None:
 
 
 # What a session launched by spark-submit still needs (Delta, Arrow, UTC) unless the command line set it.
+# snapshotPartitions: Delta's default of 50 makes every table's log replay a 50-task job, which on a small
+# cluster cost a cluster train job most of a minute before its first epoch (gramian's logs are small).
 _SUBMIT_DEFAULTS = ("spark.sql.extensions", "spark.sql.catalog.spark_catalog", "spark.sql.session.timeZone",
-                    "spark.sql.execution.arrow.pyspark.enabled", "spark.sql.legacy.timeParserPolicy")
+                    "spark.sql.execution.arrow.pyspark.enabled", "spark.sql.legacy.timeParserPolicy",
+                    "spark.databricks.delta.snapshotPartitions")
 
 
 def delta_package() -> str:

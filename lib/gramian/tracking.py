@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pkgutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -198,6 +200,10 @@ class Tracker(NullTracker):
                                                  self.gramian_run_id)
             out = Path(tmp) / "model"
             code = Path(pyfunc.__file__).with_name("_mlflow_model.py")
+            if not code.is_file():  # imported from a zip (spark-submit --py-files): MLflow needs a real file
+                source = pkgutil.get_data("gramian", "_mlflow_model.py")
+                code = Path(tmp) / "_mlflow_model.py"
+                code.write_bytes(source or b"")
             with warnings.catch_warnings():  # "no input example": the signature is given whole
                 warnings.simplefilter("ignore", UserWarning)
                 mlflow.pyfunc.save_model(str(out), python_model=str(code), artifacts=artifacts,
@@ -263,12 +269,43 @@ def open_run(cfg: Config, run_id: str, uri: str) -> Tracker:
     return Tracker(client, uri, exp_id, rid, run_id)
 
 
+class DeferredTracker:
+    """The stage's tracker while a background thread opens it: MLflow's import and store setup (seconds, more
+    on a busy driver) overlap the stage's own first Spark jobs instead of preceding them. Every attribute
+    waits for the opening, then comes from the opened Tracker, or from a NullTracker when opening failed."""
+
+    def __init__(self, cfg: Config, run_id: str, stage: str, uri: str) -> None:
+        self._tracker: NullTracker = NullTracker()
+        self._thread = threading.Thread(target=self._open, args=(cfg, run_id, stage, uri), daemon=True,
+                                        name=f"gramian-tracking-{stage}")
+        self._thread.start()
+
+    def _open(self, cfg: Config, run_id: str, stage: str, uri: str) -> None:
+        try:
+            tracker = open_run(cfg, run_id, uri)
+            tracker.log_params(flat_params(cfg.to_dict()))
+            tracker.log_dict(cfg.to_dict(), "config.yaml")
+            tracker.client.update_run(tracker.run_id, status="RUNNING")
+            self._tracker = tracker
+        except Exception as e:  # never lose a stage to the tracking server
+            log.warning("MLflow tracking is off for stage %s: %s: %s", stage, type(e).__name__, e)
+
+    def resolve(self) -> NullTracker:
+        """The opened tracker (waits for the opening to finish)."""
+        self._thread.join()
+        return self._tracker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.resolve(), name)
+
+
 @contextmanager
 def tracked(cfg: Config, run_id: str, stage: str) -> Iterator[NullTracker]:
     """Make the run's MLflow run active for one stage; mark it FINISHED, or FAILED when the stage raises.
 
-    Tracking problems (a server down) are logged and the stage runs untracked, and so does a run whose
-    storage.root is not local when no tracking URI is given (a warning names the remedy).
+    The MLflow run is opened in the background (DeferredTracker) while the stage starts. Tracking problems
+    (a server down) are logged and the stage runs untracked, and so does a run whose storage.root is not
+    local when no tracking URI is given (a warning names the remedy).
     """
     global _ACTIVE
     uri = tracking_uri(cfg) if cfg.tracking.enabled else None
@@ -279,23 +316,16 @@ def tracked(cfg: Config, run_id: str, stage: str) -> Iterator[NullTracker]:
                         "'databricks'), or tracking.enabled=false to silence this.", stage, cfg.storage.root)
         yield NullTracker()
         return
+    opening = DeferredTracker(cfg, run_id, stage, uri)
+    _ACTIVE = opening  # type: ignore[assignment]  # a NullTracker in all but name: attributes delegate
     try:
-        tracker: NullTracker = open_run(cfg, run_id, uri)
-        tracker.log_params(flat_params(cfg.to_dict()))
-        tracker.log_dict(cfg.to_dict(), "config.yaml")
-        tracker.client.update_run(tracker.run_id, status="RUNNING")  # type: ignore[attr-defined]
-    except Exception as e:  # never lose a stage to the tracking server
-        log.warning("MLflow tracking is off for stage %s: %s: %s", stage, type(e).__name__, e)
-        tracker = NullTracker()
-    _ACTIVE = tracker
-    try:
-        yield tracker
+        yield opening  # type: ignore[misc]
     except BaseException:
-        _finish(tracker, "FAILED")
+        _finish(opening.resolve(), "FAILED")
         raise
     finally:
         _ACTIVE = NullTracker()
-    _finish(tracker, "FINISHED")
+    _finish(opening.resolve(), "FINISHED")
 
 
 def _finish(tracker: NullTracker, status: str) -> None:

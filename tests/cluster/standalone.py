@@ -135,6 +135,11 @@ class StandaloneCluster:
         _signal_group(proc, signal.SIGKILL)
         proc.wait(timeout=30)
 
+    def restart_worker(self, i: int, timeout: float = 120) -> None:
+        """Start worker i again after kill_worker (the machine is back) and wait until it has registered."""
+        self.start_worker(i)
+        self._wait_for(f"worker{i}", r"Successfully registered with master", timeout)
+
     def stop(self) -> None:
         """Stop every process this cluster started: SIGTERM, then SIGKILL what is left."""
         for proc in self.procs.values():

@@ -207,14 +207,30 @@ def test_training_resumes_from_its_checkpoint_on_s3_after_the_driver_is_killed(s
     assert_same_model(spark, storage(cluster), "resumed", "base")
 
 
-def test_losing_a_worker_mid_training_still_finishes_with_the_same_model(spark, s3, cluster, baseline):
-    job = submit(cluster, s3, "jobs/train.py", "train-faulty", [*config_args(cluster), "--run-id", "faulty"])
+def lose_a_worker_mid_training(cluster, s3, run_id: str, *extra: str) -> None:
+    """Train on the cluster, kill worker 1 after epoch 2, check the job still finished every epoch; worker 1
+    comes back afterwards, for the next test."""
+    job = submit(cluster, s3, "jobs/train.py", f"train-{run_id}", [*config_args(cluster, *extra), "--run-id", run_id])
     killed_after = job.wait_for(r"epoch 2/6 loss", timeout=TIMEOUT)
     cluster.kill_worker(1)
-    text = job.finish()
+    try:
+        text = job.finish()
+    finally:
+        cluster.restart_worker(1)
     later = "".join(job.lines[killed_after + 1:])
     assert re.search(r"epoch 6/6 loss", later), "the worker must be lost before training ended"
     assert re.search(r"(?i)lost executor|executor \S+ (is now )?lost|removed executor", text), "no executor loss seen"
+
+
+def test_losing_a_worker_mid_routed_training_still_finishes_with_the_same_model(spark, s3, cluster, baseline):
+    """Routed factor blocks live in the store between steps (not in executor memory): the lost executor's
+    tasks are retried from there, and the model is the whole-factor baseline's."""
+    lose_a_worker_mid_training(cluster, s3, "faulty-routed", "train.routing=routed")
+    assert_same_model(spark, storage(cluster), "faulty-routed", "base")
+
+
+def test_losing_a_worker_mid_training_still_finishes_with_the_same_model(spark, s3, cluster, baseline):
+    lose_a_worker_mid_training(cluster, s3, "faulty")
     st = storage(cluster)
     assert_same_model(spark, st, "faulty", "base")
     assert main(["evaluate", *config_args(cluster), "--run-id", "faulty"]) == 0  # in-process, from S3

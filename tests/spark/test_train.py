@@ -323,6 +323,41 @@ def test_routed_run_resumes_from_its_parquet_checkpoint(train_df, tmp_path):
     np.testing.assert_allclose(resumed.item_array, full.item_array, atol=1e-6)
 
 
+@pytest.mark.parametrize("estimator", ["ials", "pairwise"])
+def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(train_df, tmp_path, estimator):
+    """With a store, every routed step's factor blocks are Parquet there (a lost executor loses no step; old steps
+    are deleted), and the fit's factors and losses are those of the local-checkpoint path."""
+    from gramian.storage import open_store
+    from gramian.train import RankALS
+
+    cls = IALS if estimator == "ials" else RankALS
+    cfg = TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed")
+    made = []
+
+    class Recording(cls.trainer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    def fit(store=None):
+        est = cls(dim=8, epochs=4, train=cfg)
+        est.trainer_class = Recording
+        return est.fit(train_df, N_USERS + 4, N_ITEMS, exchange=store)
+
+    local = fit()
+    assert made[-1].steps.store is None
+    store = open_store(str(tmp_path / "exchange"))
+    stored = fit(store)
+    steps = made[-1].steps
+    written = steps.store.listdir()
+    assert 2 <= len([n for n in written if n.startswith("step")]) <= steps.keep  # old steps deleted
+    np.testing.assert_allclose(stored.user_array, local.user_array, atol=1e-6)
+    np.testing.assert_allclose(stored.item_array, local.item_array, atol=1e-6)
+    np.testing.assert_allclose([h.loss for h in stored.history], [h.loss for h in local.history], rtol=1e-9)
+    steps.close()
+    assert not steps.store.exists()
+
+
 def test_block_keys_put_block_b_in_spark_partition_b(spark):
     from pyspark.sql import functions as F
 

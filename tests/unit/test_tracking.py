@@ -44,6 +44,30 @@ def test_a_remote_root_without_a_uri_runs_untracked_with_a_warning(monkeypatch, 
     assert tracking.artifact_location(given, "databricks") is None
 
 
+def test_a_tracking_store_that_cannot_be_opened_leaves_the_stage_untracked_with_a_warning(tmp_path, caplog):
+    """The run is opened in the background while the stage starts; a failed opening is a warning and the
+    stage's tracker calls go nowhere (tracking never fails a stage)."""
+    cfg = load_config("conf/synthetic.yaml", [f"storage.root={tmp_path}/wh", "tracking.uri=nosuchscheme://x"])
+    with caplog.at_level(logging.WARNING, logger="gramian.tracking"), tracking.tracked(cfg, "r1", "train") as t:
+        assert isinstance(t, tracking.DeferredTracker) and tracking.active() is t
+        t.log_metrics({"loss": 1.0})  # waits for the opening, then does nothing
+        assert t.link is None and not isinstance(t.resolve(), tracking.Tracker)
+    assert "MLflow tracking is off for stage train" in caplog.text and "nosuchscheme" in caplog.text
+    assert not isinstance(tracking.active(), tracking.DeferredTracker)
+
+
+def test_a_tracked_stage_logs_into_its_mlflow_run_opened_in_the_background(tmp_path):
+    from mlflow import MlflowClient
+
+    cfg = load_config("conf/synthetic.yaml", [f"storage.root={tmp_path}/wh"])
+    uri = tracking.tracking_uri(cfg)
+    with tracking.tracked(cfg, "r2", "train") as t:
+        tracking.active().log_metrics({"loss": 2.5}, step=1)
+    run = MlflowClient(uri).get_run(t.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.RUN_TAG] == "r2"
+    assert run.data.metrics["loss"] == 2.5 and run.data.params["model.dim"] == str(cfg.model.dim)
+
+
 def test_tracking_section_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="tracking.urii"):
         load_config("conf/synthetic.yaml", ["tracking.urii=x"])

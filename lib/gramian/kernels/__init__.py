@@ -3,8 +3,12 @@
 No Spark here: the driver and executors call these on plain arrays (CSR blocks plus dense embeddings).
 """
 
-from gramian.kernels.confidence import observed_weights
-from gramian.kernels.loss import (
+from gramian.kernels import _jit_cache
+
+_jit_cache.install()  # before the kernel modules below decorate their functions
+
+from gramian.kernels.confidence import observed_weights  # noqa: E402
+from gramian.kernels.loss import (  # noqa: E402
     LossTerms,
     gramian,
     gramian_term,
@@ -13,7 +17,7 @@ from gramian.kernels.loss import (
     regularization_term,
     regularization_weights,
 )
-from gramian.kernels.solvers import SOLVERS, check_finite, solve_side
+from gramian.kernels.solvers import SOLVERS, check_finite, solve_side  # noqa: E402
 
 __all__ = [
     "SOLVERS",

@@ -276,6 +276,8 @@ class BlockTrainer:
             item_counts = np.bincount(pairs[1], minlength=n_items)
         else:
             user_counts, item_counts = row_counts(train_df, n_users, n_items)
+        log.info("interactions per user and item counted (%s)", "pairs on the driver" if pairs is not None
+                 else "one pass")
         self.nnz = nnz = int(user_counts.sum())
         if nnz == 0:
             raise InputDataError("train set must not be empty, got 0 interactions. Check ingest's "
@@ -297,6 +299,7 @@ class BlockTrainer:
         self.routes: dict[str, Any] = {}
         self._local_jobs: dict[tuple[str, bool], tuple[Any, FileRef]] = {}
         store = exchange_store(train, exchange, local, self.routed)
+        self.steps = routed.StepStore(exchange if self.routed else None)  # routed outputs: reliable in the store
         self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed, store=store)
         if self.handoff.store is not None:
             log.info("factors and block CSR go through the store %s, read once per Python worker", store)
@@ -330,6 +333,7 @@ class BlockTrainer:
             for side, other in (("user", "item"), ("item", "user")):
                 self.routes[side] = routed.build_routes(self.blocks[side], self.layouts[other]).cache()
                 self.routes[side].count()
+                log.info("%s side: routes built", side)
 
     def other_size(self, side: str) -> int:
         return self.n_items if side == "user" else self.n_users
@@ -342,7 +346,7 @@ class BlockTrainer:
                             init_factors(self.n_items, m.dim, m.init_scale, m.seed, 1))
         user = routed.init_blocks(self.spark, self.layouts["user"], m.dim, m.init_scale, m.seed, 0)
         item = routed.init_blocks(self.spark, self.layouts["item"], m.dim, m.init_scale, m.seed, 1)
-        return FitState(user.localCheckpoint(), item.localCheckpoint())
+        return FitState(self.steps.persist(user), self.steps.persist(item))
 
     def adopt(self, state: FitState) -> FitState:
         """A resumed state converted to this trainer's representation (arrays or factor blocks)."""
@@ -507,7 +511,7 @@ class BlockTrainer:
 
         result = (solving.groupBy("block").cogroup(payload.groupBy("dst_block"))
                   .applyInArrow(solve, schema + TIMING_SCHEMA))
-        return result.localCheckpoint()
+        return self.steps.persist(result)
 
     def gram_of(self, side: str, factors: Any) -> np.ndarray:
         """The Gramian of one side's current factors."""

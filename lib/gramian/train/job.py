@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from gramian import storage, tables, tracking
 from gramian.config import Config
 from gramian.errors import InputDataError
-from gramian.progress import EpochProgress
+from gramian.progress import EpochProgress, Phases
 from gramian.runs import check_run_id, current_inputs, describe_split, run_where, same_split
 from gramian.train import warm
 from gramian.train.checkpoint import Checkpointer
@@ -42,11 +43,14 @@ def checkpoint_store(spark: Any, cfg: Config, run_id: str) -> storage.Store:
 def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str, Any]:
     """Train the configured model on `train` and publish its factors under `run_id`."""
     check_run_id(run_id)
+    phases = Phases(f"train {run_id}")
     st = cfg.storage
     users, items, n_users, n_items = id_maps(spark, cfg)
     inputs = current_inputs(spark, st)  # pinned: the run trains on, and later stages read, these versions
+    phases.mark("read id maps and input versions")
     train_df, user_rows = train_positions(tables.read_version(spark, st, "train", inputs["train"]), n_users)
     n_trained = n_users if user_rows is None else len(user_rows)
+    phases.mark("trained users")
     started = datetime.now(UTC)
     ckpt = Checkpointer(checkpoint_store(spark, cfg, run_id), fingerprint(cfg, n_trained, n_items), inputs)
     if resume:
@@ -54,31 +58,60 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     source = warm.source_run(spark, cfg, run_id)
     initial, warmed = (None, None) if source is None else warm.warm_state(spark, cfg, source, n_trained, n_items,
                                                                           user_rows)
+    phases.mark("checkpoint and warm start")
+    model, seconds = fit(spark, cfg, run_id, train_df, n_trained, n_items, ckpt, resume, initial, phases)
+    logging_model = None
+    if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
+        # MLflow's pyfunc save takes seconds of driver Python: it runs while Spark writes the tables
+        logging_model = threading.Thread(target=tracking.safe, name="gramian-log-model",
+                                         args=(log_model, tracking.active(), model, items, n_trained))
+        logging_model.start()
+    write_factors(spark, cfg, run_id, model, users, items, user_rows)
+    phases.mark("write factor tables")
+    write_run(spark, cfg, run_id, model, started, seconds, inputs, source)
+    phases.mark("write runs row")
+    if logging_model is not None:
+        logging_model.join()
+        phases.mark("log model (what the writes did not hide)")
+    last = model.history[-1]
+    return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "alpha0": model.config.alpha0,
+            "epochs": last.epoch,
+            "users": n_trained, "users_without_train_rows": n_users - n_trained, "items": n_items,
+            "final_loss": last.loss, "fit_seconds": round(seconds, 2), "inputs": inputs, "warm_start": warmed,
+            "phase_seconds": phases.seconds}
+
+
+def fit(spark: Any, cfg: Config, run_id: str, train_df: Any, n_users: int, n_items: int, ckpt: Checkpointer,
+        resume: bool, initial: Any, phases: Phases) -> tuple[IALSModel, float]:
+    """Fit the configured estimator (progress and MLflow per epoch); the model and its fit seconds, split into
+    phases: setup before the first epoch (block building, init), the epochs, and the rest (checkpoints)."""
     t0 = time.perf_counter()
     estimator = ESTIMATORS[cfg.model.name].from_config(cfg.model, cfg.train)
     progress = EpochProgress(spark, cfg.model.epochs, label=f"train {run_id}")
     tracker = tracking.active()
+    first_end: list[float] = []
+    epoch_seconds: list[float] = []
 
     def on_epoch(stats: Any) -> None:
+        epoch_seconds.append(stats.user_seconds + stats.item_seconds)
+        if not first_end:
+            first_end.append(time.perf_counter())
         progress(stats)
         tracking.safe(tracker.log_epoch, stats)
 
     try:
-        model = estimator.fit(train_df, n_trained, n_items, ckpt, resume=resume, on_epoch=on_epoch,
+        model = estimator.fit(train_df, n_users, n_items, ckpt, resume=resume, on_epoch=on_epoch,
                               exchange=storage.artifact_store(cfg.storage, spark).child("exchange", run_id),
                               initial=initial)
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
-    write_factors(spark, cfg, run_id, model, users, items, user_rows)
-    write_run(spark, cfg, run_id, model, started, seconds, inputs, source)
-    if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
-        tracking.safe(log_model, tracker, model, items, n_trained)
-    last = model.history[-1]
-    return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "alpha0": model.config.alpha0,
-            "epochs": last.epoch,
-            "users": n_trained, "users_without_train_rows": n_users - n_trained, "items": n_items,
-            "final_loss": last.loss, "fit_seconds": round(seconds, 2), "inputs": inputs, "warm_start": warmed}
+    setup = first_end[0] - t0 - epoch_seconds[0] if first_end else seconds
+    phases.record("fit setup (block building, init)", setup)
+    phases.record("epochs", sum(epoch_seconds))
+    phases.record("fit other (checkpoints, release)", seconds - setup - sum(epoch_seconds))
+    phases.restart()
+    return model, seconds
 
 
 def id_maps(spark: Any, cfg: Config) -> tuple[Any, Any, int, int]:

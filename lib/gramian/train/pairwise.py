@@ -334,9 +334,7 @@ class PairwiseTrainer(BlockTrainer):
         def solve_fn(b: Block, users: np.ndarray, _h: np.ndarray) -> pa.RecordBatch:
             return _item_block(b, users, support, p, basis, m, mu)
 
-        h, stats, reg_h = self._step("item", solve_fn, w, items, e)
-        if self.routed:
-            h = h.localCheckpoint()
+        h, stats, reg_h = self._step("item", solve_fn, w, items, e)  # routed: read from the persisted step
         o = 1 + d + d * d
         im = ItemMoments(sum(float(s[0]) for s in stats), sum(s[1:1 + d] for s in stats),
                          sum(s[1 + d:o].reshape(d, d) for s in stats))
@@ -360,7 +358,7 @@ class PairwiseTrainer(BlockTrainer):
         if self.routed:
             joined = items.join(delta.select("block", delta.factors.alias("delta")), "block")
             h = joined.mapInArrow(_moved_fn(t, d), "block int, row_start int, n_rows int, factors binary")
-            h = h.localCheckpoint()
+            h = self.steps.persist(h)
         else:
             h = move_rows(items, delta, t)
         square, v, reg_h = part.partials_at(t, square0, v0, reg_h0)

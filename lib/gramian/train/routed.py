@@ -10,8 +10,10 @@ Factor blocks are DataFrames of (block, row_start, n_rows, factors binary float3
 
 from __future__ import annotations
 
+import atexit
+import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +21,9 @@ import pyarrow as pa
 from gramian.kernels import gramian
 from gramian.train.blocks import Block, SideLayout, decode_blocks
 from gramian.train.init import init_factors
+
+if TYPE_CHECKING:
+    from gramian.storage import Store
 
 ROUTE_SCHEMA = "dst_block int, src_block int, rows binary"
 PAYLOAD_SCHEMA = "dst_block int, rows binary, vecs binary"
@@ -134,3 +139,45 @@ def array_to_blocks(spark: Any, x: np.ndarray, layout: SideLayout) -> Any:
         "factors": pa.array([x[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:], strict=True)], pa.binary()),
     })
     return spark.createDataFrame(table).repartition(layout.num_blocks, "block")
+
+
+class StepStore:
+    """Routed steps' factor blocks written to the store as Parquet and read back, so the next step's lineage
+    starts there: a lost executor costs only its tasks' retry (a local checkpoint lives in executor memory and
+    dies with its executor), and old steps do not pile up in executor memory, slowing late epochs.
+
+    Without a store (fitting outside the train stage), `persist` falls back to a local checkpoint. The last
+    `keep` outputs stay (both sides' current factors, the step being made and RankALS's direction); the
+    folder goes at interpreter exit, since a fitted model reads its final factor blocks from it lazily.
+    """
+
+    def __init__(self, store: Store | None, keep: int = 6) -> None:
+        self.store = None if store is None else store.child(f"routed-{uuid.uuid4().hex[:12]}")
+        self.keep = keep
+        self._count = 0
+        self._written: list[str] = []
+        if self.store is not None:
+            atexit.register(self.close)
+
+    def persist(self, df: Any) -> Any:
+        """`df` computed once, written, and read back as a DataFrame whose lineage begins in the store."""
+        if self.store is None:
+            return df.localCheckpoint()
+        self._count += 1
+        name = f"step{self._count:05d}"
+        uri = self.store.uri_of(name)
+        df.write.mode("overwrite").parquet(uri)
+        self._written.append(name)
+        for old in self._written[:-self.keep]:
+            self.store.delete(old)
+        self._written = self._written[-self.keep:]
+        return df.sparkSession.read.parquet(uri)
+
+    def close(self) -> None:
+        """Delete every step written (and the exit hook)."""
+        if self.store is not None:
+            try:
+                self.store.delete()
+            except Exception:  # scratch left in the store is only space
+                pass
+            atexit.unregister(self.close)

@@ -1,0 +1,39 @@
+"""Kernels imported from a zip (spark-submit --py-files) reuse numba's compiled code across jobs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from gramian.dist import build_zip
+
+CALL = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    from gramian.kernels import _rows
+    assert ".zip" in _rows.__file__, _rows.__file__
+    x = np.ones((2, 3)); ip = np.array([0, 1, 2], np.int64); ix = np.array([0, 1], np.int32); w = np.ones(2)
+    _rows.observed_sq_error(ip, ix, w, w, x, x)
+    s = _rows.observed_sq_error.stats
+    print(json.dumps({"hits": sum(s.cache_hits.values()), "misses": sum(s.cache_misses.values())}))
+""")
+
+
+def run_from(zip_path, cache) -> dict[str, int]:
+    import json
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", CALL, str(zip_path)], env=env, capture_output=True, text=True,
+                         check=True, cwd="/")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_kernel_compiled_from_one_zip_is_loaded_from_numbas_cache_by_a_copy_elsewhere(tmp_path):
+    """Spark copies --py-files to a new folder per application: the second copy must find the first's code."""
+    first, second = build_zip(tmp_path / "app1" / "gramian.zip"), build_zip(tmp_path / "app2" / "gramian.zip")
+    assert run_from(first, tmp_path / "cache") == {"hits": 0, "misses": 1}  # compiled and written
+    assert run_from(second, tmp_path / "cache") == {"hits": 1, "misses": 0}  # loaded, not compiled
+    assert list((tmp_path / "cache" / "numba" / "zipped" / "gramian_kernels").glob("_rows.observed_sq_error-*"))
