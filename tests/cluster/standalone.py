@@ -89,15 +89,16 @@ class StandaloneCluster:
     def _spawn(self, name: str, args: list[str], prefix: list[str] | None = None) -> None:
         log = self.workdir / f"{name}.log"
         self.logs[name] = log
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:  # a restarted worker appends: what it logged before stays readable
             self.procs[name] = subprocess.Popen([*(prefix or []), str(BIN / "spark-class"), *args], stdout=out,
                                                 stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
                                                 start_new_session=True)
 
-    def _wait_for(self, name: str, pattern: str, timeout: float) -> None:
+    def _wait_for(self, name: str, pattern: str, timeout: float, since: int = 0) -> None:
+        """Wait until `name`'s log, from character `since` on, matches `pattern`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if re.search(pattern, self.logs[name].read_text(errors="replace")):
+            if re.search(pattern, self.logs[name].read_text(errors="replace")[since:]):
                 return
             if self.procs[name].poll() is not None:
                 break
@@ -136,9 +137,11 @@ class StandaloneCluster:
         proc.wait(timeout=30)
 
     def restart_worker(self, i: int, timeout: float = 120) -> None:
-        """Start worker i again after kill_worker (the machine is back) and wait until it has registered."""
+        """Start worker i again after kill_worker (the machine is back) and wait until it has registered again
+        (its log is appended to, so the registration looked for is the one after the restart)."""
+        since = len(self.logs[f"worker{i}"].read_text(errors="replace"))
         self.start_worker(i)
-        self._wait_for(f"worker{i}", r"Successfully registered with master", timeout)
+        self._wait_for(f"worker{i}", r"Successfully registered with master", timeout, since)
 
     def stop(self) -> None:
         """Stop every process this cluster started: SIGTERM, then SIGKILL what is left."""
