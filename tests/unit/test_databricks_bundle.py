@@ -21,6 +21,7 @@ BUNDLE = yaml.safe_load((ROOT / "databricks.yml").read_text())
 JOBS = BUNDLE["resources"]["jobs"]
 CHAIN = ["ingest", "split", "train", "evaluate", "quality_gate", "publish"]  # as the Airflow DAG
 REF = re.compile(r"\{\{job\.parameters\.(\w+)\}\}")
+PIPELINE_JOBS = ["gramian_pipeline", "gramian_pipeline_serverless"]
 
 
 def _chain(tasks: list[dict]) -> list[str]:
@@ -46,7 +47,11 @@ def _resolved(args: list[str], job: dict) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("job", sorted(JOBS))
+def test_bundle_has_the_two_pipeline_jobs_and_the_tune_job():
+    assert sorted(JOBS) == sorted([*PIPELINE_JOBS, "gramian_tune"])
+
+
+@pytest.mark.parametrize("job", PIPELINE_JOBS)
 def test_bundle_job_is_the_pipeline_chain_with_the_gate_before_publish(job):
     tasks = JOBS[job]["tasks"]
     assert _chain(tasks) == CHAIN
@@ -62,7 +67,7 @@ def test_bundle_tasks_call_the_gramian_console_script(job):
         assert scripts[wheel["entry_point"]] == "gramian.cli:main"
 
 
-@pytest.mark.parametrize("job", sorted(JOBS))
+@pytest.mark.parametrize("job", PIPELINE_JOBS)
 def test_bundle_task_arguments_parse_and_load_a_valid_config(job):
     parser = build_parser()
     for task in JOBS[job]["tasks"]:
@@ -75,6 +80,22 @@ def test_bundle_task_arguments_parse_and_load_a_valid_config(job):
         assert args.resume == (task["task_key"] == "train"), "a train retry must continue from its checkpoint"
         if args.command == "gate":
             assert (args.metric, args.k, args.floor) == ("ndcg", 20, 0.0)
+
+
+def test_bundle_tune_job_writes_a_profile_the_pipeline_can_take_as_its_conf(tmp_path):
+    job = JOBS["gramian_tune"]
+    (task,) = job["tasks"]
+    args = build_parser().parse_args(_resolved(task["python_wheel_task"]["parameters"], job))
+    assert args.command == "tune" and args.run_id == "4711"
+    assert (args.trials, args.budget_minutes) == (20, 60.0)
+    assert args.write_profile.startswith("/Volumes/"), "the profile must outlive the job cluster"
+    cfg = load_config(args.conf, args.overrides)
+    assert cfg.storage.root == next(p["default"] for p in job["parameters"] if p["name"] == "storage_root")
+    assert {"whl": "./dist/*.whl"} in task["libraries"]
+    assert task["max_retries"] >= 1, "a retried tune resumes its study under the same run id"
+    conf = next(p for p in JOBS["gramian_pipeline"]["parameters"] if p["name"] == "conf")
+    assert "{{job.parameters.conf}}" in JOBS["gramian_pipeline"]["tasks"][0]["python_wheel_task"]["parameters"]
+    assert conf["default"].endswith(".yaml")
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))
