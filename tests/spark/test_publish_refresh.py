@@ -138,6 +138,20 @@ def test_the_new_publication_is_complete_and_holds_no_unavailable_item(spark, da
     assert old["users_mode"] is None and old["refreshed"] is None  # the earlier table's row reads null
 
 
+def test_fold_in_recommendations_skip_the_publications_unavailable_items(spark, days):
+    """recommend() on the published run's index never returns an item its publication excluded (y is flagged
+    by publish.item_filter and is one of A's two most recommended items, so only the exclusion keeps it out)."""
+    from gramian.retrieval.recommend import recommend
+
+    cfg = days["cfg"]
+    items = [r["id"] for r in tables.read(spark, cfg.storage, "item_factors").filter("run_id = 'B'").collect()]
+    assert days["y"] in items, "y must be in B's catalogue for this test to mean anything"
+    history = [i for i in items if i not in (days["x"], days["y"])][:3]
+    n = len(items) - len(history) - 2  # every candidate but two: without the exclusion y would be listed
+    rec = recommend(history, n=n, cfg=cfg, run_id="B", spark=spark)
+    assert len(rec.items) == n and not set(rec.items) & {days["x"], days["y"], *history}
+
+
 def test_a_rerun_gives_the_same_lists_without_duplicates(spark, days):
     cfg = days["cfg"]
     again = publish(spark, cfg, "B")

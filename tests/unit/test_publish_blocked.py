@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gramian.retrieval.index import IndexParams, ItemIndex, topn_excluding
-from gramian.retrieval.publish import with_blocked
+from gramian.retrieval.index import IndexParams, ItemIndex, topn_excluding, with_blocked
 
 
 def test_every_row_gains_the_blocked_items_once_and_keeps_its_own_history():

@@ -360,6 +360,24 @@ def _drop_history(nb, dist, indptr, indices, rows, n_items, items, scores, got):
                 mark[it] = False
 
 
+def with_blocked(ip: np.ndarray, ix: np.ndarray, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR histories (ip, ix) with the `blocked` item rows appended to every row (once: dropped from ix first)."""
+    if len(blocked) == 0:
+        return ip, ix
+    ix = ix[ip[0]:ip[-1]]
+    keep = ~np.isin(ix, blocked)
+    m, b = len(ip) - 1, len(blocked)
+    owner = np.repeat(np.arange(m), np.diff(ip))[keep]
+    kept = np.bincount(owner, minlength=m).astype(np.int64)
+    new_ip = np.concatenate([[0], np.cumsum(kept + b)]).astype(np.int64)
+    out = np.empty(int(new_ip[-1]), dtype=np.int64)
+    within = np.arange(len(owner)) - np.repeat(np.cumsum(kept) - kept, kept)
+    out[new_ip[owner] + within] = ix[keep]
+    tail = np.repeat(new_ip[:-1] + kept, b) + np.tile(np.arange(b), m)
+    out[tail] = np.tile(blocked, m)
+    return new_ip, out
+
+
 def topn_excluding(index: ItemIndex, queries: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n: int,
                    exact_history_above: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-n item rows per query excluding that query's history (CSR rows over item rows), best first.

@@ -35,8 +35,15 @@ from gramian import storage, tables
 from gramian.config import Config, ModelConfig, PublishConfig, StorageConfig, _build
 from gramian.errors import InputDataError, PublishError
 from gramian.kernels.ranking import topk_excluding
-from gramian.retrieval.index import ItemIndex, build_index, index_recall, load_index, topn_excluding
-from gramian.retrieval.refresh import Plan, carried_rows, plan, publication_rows, unavailable_items
+from gramian.retrieval.index import (
+    ItemIndex,
+    build_index,
+    index_recall,
+    load_index,
+    topn_excluding,
+    with_blocked,
+)
+from gramian.retrieval.refresh import UNAVAILABLE, Plan, carried_rows, plan, publication_rows, unavailable_items
 from gramian.runs import check_run_id, current_publication, pinned_inputs, read_input, run_rows, run_where
 
 log = logging.getLogger(__name__)
@@ -132,24 +139,6 @@ def users_frame(spark: Any, cfg: Config, run_id: str) -> Any:
     hist = (train.groupBy("user_idx")
             .agg(F.collect_list(F.col("item_idx").cast("int")).alias("history")))
     return uf.join(hist, uf["idx"] == hist["user_idx"], "inner").select("idx", "id", "factors", "history")
-
-
-def with_blocked(ip: np.ndarray, ix: np.ndarray, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR histories (ip, ix) with the `blocked` item rows appended to every row (once: dropped from ix first)."""
-    if len(blocked) == 0:
-        return ip, ix
-    ix = ix[ip[0]:ip[-1]]
-    keep = ~np.isin(ix, blocked)
-    m, b = len(ip) - 1, len(blocked)
-    owner = np.repeat(np.arange(m), np.diff(ip))[keep]
-    kept = np.bincount(owner, minlength=m).astype(np.int64)
-    new_ip = np.concatenate([[0], np.cumsum(kept + b)]).astype(np.int64)
-    out = np.empty(int(new_ip[-1]), dtype=np.int64)
-    within = np.arange(len(owner)) - np.repeat(np.cumsum(kept) - kept, kept)
-    out[new_ip[owner] + within] = ix[keep]
-    tail = np.repeat(new_ip[:-1] + kept, b) + np.tile(np.arange(b), m)
-    out[tail] = np.tile(blocked, m)
-    return new_ip, out
 
 
 def score_batch(index: ItemIndex, batch: Any, run_id: str, pub: PublishConfig,
@@ -309,13 +298,15 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     h, ids = item_matrix(spark, cfg, run_id)
     model = run_model_config(spark, st, run_id)
-    meta = {"run_id": run_id, "model": dataclasses.asdict(model) if model else None}
+    blocked = unavailable_items(spark, cfg, run_id, ids)
+    # the index carries the publication's unavailable items, so fold-in (recommend, pyfunc on the index) skips them
+    meta = {"run_id": run_id, "model": dataclasses.asdict(model) if model else None,
+            UNAVAILABLE: [str(i) for i in ids[blocked]]}
     path = index_path(cfg, run_id, spark)
     index = build_index(h, ids, path, pub, pub.n, meta=meta)
     build_s = time.perf_counter() - t0
     log.info("index for run %s: %s over %d items (d=%d) in %.1fs at %s", run_id, index.params.kind, len(h),
              h.shape[1], build_s, path.uri)
-    blocked = unavailable_items(spark, cfg, run_id, ids)
     users = users_frame(spark, cfg, run_id)
     quality, sampled = gate_index(spark, cfg, run_id, index, users, blocked, model.name if model else cfg.model.name)
 

@@ -22,7 +22,8 @@ from gramian.config import Config, ModelConfig, _build
 from gramian.errors import InputDataError, PublishError
 from gramian.kernels.foldin import fold_in_one
 from gramian.kernels.loss import gramian as gramian_of
-from gramian.retrieval.index import ItemIndex, build_index, index_exists, load_index, topn_excluding
+from gramian.retrieval.index import ItemIndex, build_index, index_exists, load_index, topn_excluding, with_blocked
+from gramian.retrieval.refresh import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,16 @@ def _gramian(index: ItemIndex) -> np.ndarray:
     return g
 
 
+def _blocked_rows(index: ItemIndex, lookup: dict[str, int]) -> np.ndarray:
+    """Item rows the index's publication excluded (left the catalogue or flagged by publish.item_filter)."""
+    ids = (index.meta or {}).get(UNAVAILABLE) or []
+    return np.asarray(sorted(lookup[i] for i in ids if i in lookup), dtype=np.int64)
+
+
 def recommend_from_index(index: ItemIndex, history_item_ids: Sequence[str], weights: Sequence[float] | None = None,
                          n: int = 10, exact_history_above: int = 500) -> Recommendation:
-    """Fold in `history_item_ids` (optional raw `weights`) and return the n best items not in the history."""
+    """Fold in `history_item_ids` (optional raw `weights`) and return the n best items not in the history,
+    never an item the index's publication marked unavailable."""
     if n <= 0:
         raise InputDataError(f"n must be a positive integer, got {n!r}. Ask for at least one item.")
     ids = [str(i) for i in history_item_ids]
@@ -97,8 +105,8 @@ def recommend_from_index(index: ItemIndex, history_item_ids: Sequence[str], weig
     summed = np.bincount(inv, weights=np.asarray(w, dtype=np.float64))
     model = _model_of(index)
     emb = fold_in_one(uniq, None if weights is None else summed, index.item_factors, model, _gramian(index))
-    items, scores, _ = topn_excluding(index, emb[None, :].astype(np.float32), np.array([0, len(uniq)]), uniq, n,
-                                      exact_history_above)
+    ip, ix = with_blocked(np.array([0, len(uniq)], dtype=np.int64), uniq, _blocked_rows(index, lookup))
+    items, scores, _ = topn_excluding(index, emb[None, :].astype(np.float32), ip, ix, n, exact_history_above)
     keep = items[0] >= 0
     return Recommendation(items=[str(index.item_ids[i]) for i in items[0][keep]],
                           scores=[float(s) for s in scores[0][keep]], unknown=unknown, embedding=emb,
@@ -113,6 +121,7 @@ def recommend(history_item_ids: Sequence[str], weights: Sequence[float] | None =
     """
     from gramian.config import load_config
     from gramian.retrieval.publish import current_publication, index_path, item_matrix, run_model_config
+    from gramian.retrieval.refresh import unavailable_items
 
     cfg = cfg or load_config()
     n = n or cfg.publish.n
@@ -135,7 +144,9 @@ def recommend(history_item_ids: Sequence[str], weights: Sequence[float] | None =
         else:
             h, ids = item_matrix(spark, cfg, run_id)
             model = run_model_config(spark, cfg.storage, run_id)
-            meta = {"run_id": run_id, "model": dataclasses.asdict(model) if model else None}
+            blocked = unavailable_items(spark, cfg, run_id, ids)
+            meta = {"run_id": run_id, "model": dataclasses.asdict(model) if model else None,
+                    UNAVAILABLE: [str(i) for i in ids[blocked]]}
             index = build_index(h, ids, path, cfg.publish, cfg.publish.n, meta=meta)
     return recommend_from_index(index, history_item_ids, weights, n, cfg.publish.exact_history_above)
 

@@ -50,6 +50,8 @@ class Plan:
     reason: str = ""
 
 
+UNAVAILABLE = "unavailable_items"  # index meta key: the item ids the publication excluded (fold-in skips them)
+
 def publication_rows(spark: Any, st: StorageConfig, pub: dict[str, Any]) -> Any:
     """The topn rows of publication `pub` (a publications row) at the Delta version it wrote."""
     ref = tables.table_ref(st, TOPN)
