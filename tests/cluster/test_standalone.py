@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from gramian.cli import PIPELINE, main
-from gramian.config import StorageConfig
+from gramian.config import StorageConfig, load_config
 from gramian.tables import read
 from tests.cluster.s3 import AWS_ENV
 from tests.cluster.standalone import ROOT, StandaloneCluster, build_zip, s3a_jars
@@ -238,6 +238,25 @@ def test_losing_a_worker_mid_training_still_finishes_with_the_same_model(spark, 
     assert base.keys() == faulty.keys()
     for key, value in base.items():
         assert abs(faulty[key] - value) < METRIC_ATOL, key
+
+
+def test_tune_runs_through_spark_submit_with_its_table_and_study_on_s3(spark, s3, cluster, baseline, tmp_path):
+    """jobs/tune.py on the cluster: trials run on the executors, the tuning rows and the study land on S3, and
+    the profile the driver writes trains what the best trial found."""
+    profile = tmp_path / "small.tuned.yaml"
+    space = ["tune.space.dim={choices: [4, 8]}", "tune.space.epochs={low: 2, high: 3, step: 1}", "tune.prune_every=1"]
+    args = [*config_args(cluster, *space), "--run-id", "tuned", "--trials", "2", "--write-profile", str(profile)]
+    submit(cluster, s3, "jobs/tune.py", "tune", args).finish()
+    st = storage(cluster)
+    rows = [r.asDict() for r in read(spark, st, "tuning").filter("run_id = 'tuned'").orderBy("trial").collect()]
+    assert [r["trial"] for r in rows] == [0, 1]
+    done = [r for r in rows if r["state"] == "complete"]
+    assert done and all(0 < r["value"] <= 1 for r in done)
+    assert "wh/_artifacts/tune/tuned/study.db" in s3.keys("wh/_artifacts/tune/"), "the study is not on S3"
+    best = max(done, key=lambda r: r["value"])
+    cfg = load_config(profile, [f"storage.root={cluster.root}"])
+    assert (cfg.model.dim, cfg.model.epochs) == tuple(json.loads(best["params"])[k] for k in ("dim", "epochs"))
+    assert cfg.storage.root == cluster.root and cfg.generate.n_users == 400  # the base's data settings
 
 
 def test_the_pipeline_runs_on_s3_through_spark_submit_with_the_local_runs_metrics(spark, s3, cluster, baseline,
