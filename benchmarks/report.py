@@ -388,7 +388,7 @@ def stage_section(trials: list[dict[str, Any]]) -> list[str]:
     for ds in datasets:
         lines += [f"### {ds}", ""]
         st = stage.get(ds)
-        val = next((validation_of_text(t) for t in trials if t["dataset"] == ds), None) or (st or {}).get("validation")
+        val = next((t["validation"] for t in trials if t["dataset"] == ds), None)
         if val:
             lines += [f"Validation: {val}.", ""]
         if st:
@@ -407,10 +407,6 @@ def stage_section(trials: list[dict[str, Any]]) -> list[str]:
                                                          f"{_f(t['metrics'].get('recall@20'))}" for t in ease) + "."]
         lines.append("")
     return lines
-
-
-def validation_of_text(t: dict[str, Any]) -> str | None:
-    return t.get("validation")
 
 
 def stage_lines(st: dict[str, Any]) -> list[str]:

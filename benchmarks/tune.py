@@ -121,10 +121,10 @@ def peer_grid(method: str, dataset: str, trials: list[dict[str, Any]] | None = N
         return _grid(factors=[64], iterations=[15], alpha=[1.0, 3.0, 10.0, 30.0, 100.0],
                      regularization=[0.1, 1.0, 10.0, 100.0, 1000.0], weights=weights)
     if method == "ease":  # one closed-form fit a setting: reg on a log grid, and the feedback transform
-        return _grid(reg=[10.0, 30.0, 100.0, 300.0, 500.0, 1000.0, 2000.0, 3000.0],
+        return _grid(reg=[10.0, 30.0, 100.0, 300.0, 500.0, 1000.0, 2000.0, 3000.0, 10000.0],
                      weights=["binary", "log1p"] if dataset in WEIGHTED else ["binary"])
     if method == "rp3beta":  # Paudel et al.'s alpha, beta and the neighbourhood size
-        return _grid(alpha=[0.5, 0.75, 1.0], beta=[0.0, 0.2, 0.4, 0.6], topk=[100, 500], weights=["binary"])
+        return _grid(alpha=[0.5, 0.75, 1.0], beta=[0.0, 0.2, 0.4, 0.6, 0.8], topk=[100, 500], weights=["binary"])
     if method == "implicit_bpr":
         return _grid(factors=[64], iterations=[100], learning_rate=[0.01, 0.05, 0.1],
                      regularization=[0.001, 0.01])
