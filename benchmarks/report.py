@@ -174,7 +174,7 @@ def write_train_md(doc: dict[str, Any]) -> Path:
     if doc.get("comparisons"):
         lines += ["", "## Tuned gramian vs every tuned peer (test split, paired per user)", "",
                   "Per-user Recall@20 difference gramian - peer over the test users, mean with a normal 95% "
-                  "interval (both runs from the same benchmark run; an interval above 0: gramian ahead beyond the "
+                  "interval (both runs on the same split and test users; an interval above 0: gramian ahead beyond the "
                   "test set's noise).", "",
                   "| dataset | gramian run | Recall@20 | peer | peer Recall@20 | ratio | difference (95% CI) |",
                   "|---|---|---|---|---|---|---|"]
