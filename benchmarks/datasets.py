@@ -1,8 +1,9 @@
 """Benchmark datasets read straight from the shared files (numpy/pandas), independent of the ingest stage.
 
-Every loader returns a `Split`: dense 0-based ids, train triples and a test CSR by user. Holdouts are
-per user, seeded and hash-free; test items never seen in train are dropped (no CF method can rank
-them), so every item id has training data.
+Every loader returns a `Split`: dense 0-based ids, train triples and a test CSR by user; test items never
+seen in train are dropped (no CF method can rank them), so every item id has training data. ml-100k and
+lastfm-2k are split by the product's split stage (conf/<name>.yaml; benchmarks/pipeline_split.py), so
+`gramian tune` and the peers see the same train, validation and test pairs; Gowalla keeps its given split.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 DATASETS = ("gowalla", "ml-100k", "lastfm-2k", "synthetic10m")
@@ -132,27 +132,6 @@ def load_gowalla(root: Path | None = None) -> Split:
                  np.ones(len(tr_u)), indptr, indices, {"split": "given (LightGCN)", "weight": "1"})
 
 
-def load_ml100k(root: Path | None = None, seed: int = 0) -> Split:
-    """MovieLens 100K, every rating an interaction (weight = rating), 20% per-user random holdout."""
-    df = pd.read_csv((root or data_root()) / "ml-100k" / "u.data", sep="\t", header=None,
-                     names=["user", "item", "rating", "ts"])
-    u, i, w = df["user"].to_numpy(), df["item"].to_numpy(), df["rating"].to_numpy(np.float64)
-    u_dense = np.unique(u, return_inverse=True)[1]
-    mask = holdout(u_dense, 0.2, seed)
-    return _from_pairs("ml-100k", u, i, w, mask, {"split": f"per-user 20% random, seed {seed}",
-                                                   "weight": "rating"})
-
-
-def load_lastfm2k(root: Path | None = None, seed: int = 0) -> Split:
-    """HetRec Last.fm 2K user-artist play counts (weight = count), 20% per-user random holdout."""
-    df = pd.read_csv((root or data_root()) / "lastfm-2k" / "user_artists.dat", sep="\t")
-    u, i, w = df["userID"].to_numpy(), df["artistID"].to_numpy(), df["weight"].to_numpy(np.float64)
-    u_dense = np.unique(u, return_inverse=True)[1]
-    mask = holdout(u_dense, 0.2, seed)
-    return _from_pairs("lastfm-2k", u, i, w, mask, {"split": f"per-user 20% random, seed {seed}",
-                                                     "weight": "play count"})
-
-
 def power_law_interactions(n_users: int, n_items: int, n_interactions: int, seed: int = 0,
                            user_exponent: float = 0.6, item_exponent: float = 0.9
                            ) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +179,11 @@ def load_synthetic10m(seed: int = 0, n_interactions: int = 10_000_000) -> Split:
 
 
 def validation_split(split: Split, fraction: float = 0.1, seed: int = 0) -> Split:
-    """Carve `fraction` of each user's train pairs as a validation 'test' (ids kept, for tuning)."""
+    """The validation split peers are tuned on: for a dataset split by the product (PIPELINE), the pairs
+    `gramian tune` carves from the same train (pipeline_split); otherwise `fraction` of each user's train
+    pairs, seed `seed` (ids kept)."""
+    if split.name in PIPELINE:
+        return _pipeline_validation(split)
     mask = holdout(split.train_users, fraction, seed)
     tr = ~mask
     indptr, indices = _csr_from_pairs(split.train_users[mask].astype(np.int64),
@@ -210,8 +193,43 @@ def validation_split(split: Split, fraction: float = 0.1, seed: int = 0) -> Spli
                  {"split": f"validation: {fraction:.0%} of each user's train pairs, seed {seed}"})
 
 
-LOADERS = {"gowalla": load_gowalla, "ml-100k": load_ml100k, "lastfm-2k": load_lastfm2k,
-           "synthetic10m": load_synthetic10m}
+# Datasets whose benchmark split is the product's own (split stage + tune carve, benchmarks/pipeline_split.py).
+PIPELINE = ("ml-100k", "lastfm-2k")
+WEIGHT_NOTES = {"ml-100k": "rating", "lastfm-2k": "play count"}
+
+
+def load_pipeline(name: str) -> Split:
+    """`name` as the split stage splits it (conf/<name>.yaml), ids dense over train; test pairs of items
+    absent from train dropped (no CF method can rank them)."""
+    from benchmarks.pipeline_split import load_export
+
+    z = load_export(name)
+    users = np.concatenate([z["train_users"], z["test_users"]]).astype(np.int64)
+    items = np.concatenate([z["train_items"], z["test_items"]]).astype(np.int64)
+    weights = np.concatenate([z["train_weights"], np.zeros(len(z["test_users"]))])
+    test = np.zeros(len(users), dtype=bool)
+    test[len(z["train_users"]):] = True
+    return _from_pairs(name, users, items, weights, test, {"split": str(z["split"]), "weight": WEIGHT_NOTES[name]})
+
+
+def _pipeline_validation(split: Split) -> Split:
+    """The tune stage's carve of `split`'s train (its held-out part as the 'test'), in `split`'s dense ids."""
+    from benchmarks.pipeline_split import load_export
+
+    z = load_export(split.name)
+    part = z["val_part"]
+    if len(part) != split.nnz:
+        raise ValueError(f"{split.name}: export has {len(part)} train pairs, the split {split.nnz}; rebuild it")
+    held, fit = part == 1, part == 0  # train pairs keep the export's order in _from_pairs
+    indptr, indices = _csr_from_pairs(split.train_users[held].astype(np.int64),
+                                      split.train_items[held].astype(np.int64), split.n_users)
+    return Split(f"{split.name}/val", split.n_users, split.n_items, split.train_users[fit],
+                 split.train_items[fit], split.train_weights[fit], indptr, indices,
+                 {"split": str(z["validation"])})
+
+
+LOADERS = {"gowalla": load_gowalla, "ml-100k": lambda: load_pipeline("ml-100k"),
+           "lastfm-2k": lambda: load_pipeline("lastfm-2k"), "synthetic10m": load_synthetic10m}
 
 
 def load(name: str) -> Split:

@@ -166,11 +166,23 @@ def write_train_md(doc: dict[str, Any]) -> Path:
                      f"{_f(q.get('epoch_vs_mllib'), '.2f')} | {_f(q.get('epoch_vs_implicit'), '.2f')} | "
                      f"{_f(q.get('fit_vs_implicit'), '.2f')} | {_f(q.get('rankals_epoch_vs_ials'), '.2f')} |")
     if doc.get("targets"):
-        lines += ["", "## Targets (issue #3)", "", "| target | measured | limit | met |", "|---|---|---|---|"]
+        lines += ["", "## Targets (issues #3 and #17)", "", "| target | measured | limit | met |", "|---|---|---|---|"]
         for t in doc["targets"]:
             detail = f" ({t['detail']})" if t["detail"] else ""
             lines.append(f"| {t['target']} | {t['measured']:.4g}{detail} | {t['limit']:g} | "
                          f"{'yes' if t['ok'] else '**no**'} |")
+    if doc.get("comparisons"):
+        lines += ["", "## Tuned gramian vs every tuned peer (test split, paired per user)", "",
+                  "Per-user Recall@20 difference gramian - peer over the test users, mean with a normal 95% "
+                  "interval (both runs on the same split and test users; an interval above 0: gramian ahead beyond the "
+                  "test set's noise).", "",
+                  "| dataset | gramian run | Recall@20 | peer | peer Recall@20 | ratio | difference (95% CI) |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in doc["comparisons"]:
+            p = c["paired"]
+            ci = f"{p['mean']:+.4f} ({p['low']:+.4f}..{p['high']:+.4f}, {p['users']} users)" if p else "—"
+            lines.append(f"| {c['dataset']} | {c['gramian']} | {c['gramian_recall']:.4f} | {c['peer']} | "
+                         f"{c['peer_recall']:.4f} | {c['gramian_recall'] / c['peer_recall']:.3f} | {ci} |")
     bad = [c for c in doc["checks"] if not c["ok"]]
     lines += ["", "## Checks (asserted before timings are reported)", "",
               f"{len(doc['checks']) - len(bad)} of {len(doc['checks'])} passed."]
@@ -250,9 +262,16 @@ def recommend_defaults(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
-    """benchmarks/results/tuning.md: gramian grids, larger d, peers' optima, recommended defaults."""
-    lines = ["# gramian tuning (validation holdout, never the test set)", "",
-             "Validation: 10% of each user's train pairs (seed 0), carved from the benchmark's train split; "
+    """benchmarks/results/tuning.md: the `gramian tune` validation section (issue 17: the stage's study beside
+    the peers tuned on its validation), then the earlier grids on the 10% holdout, their peers' optima and
+    the recommended defaults."""
+    from benchmarks.tune import LEGACY_VALIDATION, validation_of
+
+    lines = ["# gramian tuning (validation holdout, never the test set)", ""]
+    lines += stage_section([t for t in trials if validation_of(t) != LEGACY_VALIDATION])
+    trials = [t for t in trials if validation_of(t) == LEGACY_VALIDATION]
+    lines += ["# Earlier grids on the benchmark's 10% holdout", "",
+              "Validation: 10% of each user's train pairs (seed 0), carved from the benchmark's train split; "
              "metric Recall@20 (hits/|val|) with train-minus-validation items excluded. gramian ran "
              "single-process (`benchmarks.peers.fit_gramian_numpy`, the Spark trainer's math), 15 epochs, "
              "CG 3 steps, nu=1 unless marked, rendle form (constant confidence unless marked log: "
@@ -345,3 +364,70 @@ def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
     out = RESULTS / "tuning.md"
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+STAGE_PEERS = ("implicit_als", "mllib", "implicit_bpr", "ease", "rp3beta")
+STAGE_JSON = RESULTS / "tune_stage.json"  # per dataset: the `gramian tune` run (benchmarks/tune_stage.py)
+
+
+def stage_section(trials: list[dict[str, Any]]) -> list[str]:
+    """Per dataset tuned on the tune stage's validation: the stage's study and every peer's grid optimum."""
+    import json
+
+    stage = json.loads(STAGE_JSON.read_text()) if STAGE_JSON.is_file() else {}
+    datasets = list(dict.fromkeys([t["dataset"] for t in trials] + list(stage)))
+    if not datasets:
+        return []
+    lines = ["## On `gramian tune`'s validation split (issue 17)", "",
+             "Every method below is tuned on the same pairs: the split stage splits the dataset (conf/<name>.yaml, "
+             "the test split of train.md), and the tune stage carves validation from its `train` with the split "
+             "stage's own assign_parts, seed split.seed + 1, fraction split.test_fraction "
+             "(gramian.tune.validation.carve; benchmarks/pipeline_split.py exports those pairs for the peers). "
+             "Metric: Recall@20 = hits / |held-out| with the validation-train items excluded, exact full catalogue.",
+             ""]
+    for ds in datasets:
+        lines += [f"### {ds}", ""]
+        st = stage.get(ds)
+        val = next((t["validation"] for t in trials if t["dataset"] == ds), None)
+        if val:
+            lines += [f"Validation: {val}.", ""]
+        if st:
+            lines += stage_lines(st)
+        lines += ["Peers on the same validation (grid; best setting):", "",
+                  "| method | Recall@20 | settings | settings tried |", "|---|---|---|---|"]
+        for m in STAGE_PEERS:
+            b = _best(trials, ds, m)
+            n = sum(1 for t in trials if t["dataset"] == ds and t["method"] == m)
+            if b is not None:
+                lines.append(f"| {m} | {_f(b['metrics']['recall@20'])} | {_params(b['params'])} | {n} |")
+        ease = sorted((t for t in trials if t["dataset"] == ds and t["method"] == "ease"),
+                      key=lambda t: (t["params"].get("weights", ""), t["params"]["reg"]))
+        if ease:
+            lines += ["", "EASE by reg: " + "; ".join(f"{t['params'].get('weights')} {t['params']['reg']:g}: "
+                                                         f"{_f(t['metrics'].get('recall@20'))}" for t in ease) + "."]
+        lines.append("")
+    return lines
+
+
+def stage_lines(st: dict[str, Any]) -> list[str]:
+    """The `gramian tune` run of one dataset: budget, trials by state, best trial, top trials."""
+    s = st["summary"]
+    out = [f"`{st['command']}` (budget {st['budget_minutes']:g} min, {s['seconds'] / 60:.1f} min used, stopped by "
+           f"{s['stopped_by']}; load before {st['load_before'][0]:.1f}): {s['trials']} trials, {s['complete']} "
+           f"complete, {s['pruned']} pruned, {s['failed']} failed. Searched: "
+           + "; ".join(f"{k} {_space_text(v)}" for k, v in st["space"].items()) + ".", "",
+           f"Best: trial {s['best_trial']}, validation Recall@20 **{s['best_value']:.4f}**: "
+           f"{_params(s['best_params'])} -> {st['profile']}.", "",
+           "| trial | state | Recall@20 | epochs | s | settings |", "|---|---|---|---|---|---|"]
+    for t in sorted(st["trials"], key=lambda t: -(t["value"] if t["value"] is not None else -1))[:10]:
+        out.append(f"| {t['trial']} | {t['state']} | {_f(t['value'])} | {t['epochs']} | {t['seconds']:.0f} | "
+                   f"{_params(t['params'])} |")
+    out.append("")
+    return out
+
+
+def _space_text(r: dict[str, Any]) -> str:
+    if r.get("choices"):
+        return "{" + ", ".join(str(c) for c in r["choices"]) + "}"
+    return f"[{r['low']:g}, {r['high']:g}]" + (" log" if r.get("log") else "") + (
+        f" step {r['step']:g}" if r.get("step") else "")

@@ -76,17 +76,37 @@ def gramian_dataset_conf(dataset: str) -> dict[str, Any] | None:
 
 
 def tuned(dataset: str, method: str) -> tuple[dict[str, Any] | None, float | None]:
-    """Best validation setting from tuning.json (gramian: at d=64 only, to match the peers' rank)."""
-    from benchmarks.tune import METRIC, load_results
+    """Best setting from tuning.json on the dataset's current validation (gramian: at d=64 only, to match the
+    peers' rank)."""
+    from benchmarks.tune import METRIC, current_validation, load_results, validation_of
 
+    current = current_validation(dataset)
     trials = [t for t in load_results() if t["dataset"] == dataset and t["method"] == method
-              and np.isfinite(t["metrics"].get(METRIC, np.nan))]
+              and validation_of(t) == current and np.isfinite(t["metrics"].get(METRIC, np.nan))]
     if method == "gramian":
         trials = [t for t in trials if t["params"].get("dim", 64) == 64 and t["params"].get("solver", "cg") == "cg"]
     if not trials:
         return None, None
     b = max(trials, key=lambda t: t["metrics"][METRIC])
     return dict(b["params"]), float(b["metrics"][METRIC])
+
+
+TUNE_STAGE = "gramian (tune stage)"
+
+
+def tune_stage_profile(dataset: str) -> tuple[dict[str, Any], str] | None:
+    """The model section of conf/<dataset>.tuned.yaml (written by `gramian tune --write-profile`) as IALS
+    keyword arguments, and its header line naming the study's best validation value; None without one."""
+    from gramian.config import CONF_DIR, load_config
+
+    path = CONF_DIR / f"{dataset}.tuned.yaml"
+    if not path.exists():
+        return None
+    out = dataclasses.asdict(load_config(path).model)
+    for key in ("name", "support_power"):
+        out.pop(key)
+    best = next((ln[2:].strip() for ln in path.read_text().splitlines() if ln.startswith("# best of")), "")
+    return out, f"conf/{dataset}.tuned.yaml from `gramian tune`: {best}"
 
 
 def ease_fits(dataset: str) -> bool:
@@ -127,6 +147,9 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
             if conf_params is not None and with_tuned and not synthetic:
                 runs.append({"label": "gramian (conf)", "method": "gramian", "params": conf_params,
                              "source": f"conf/{dataset}.yaml (tuned on validation; larger d)"})
+            stage = tune_stage_profile(dataset) if with_tuned and not synthetic else None
+            if stage is not None:
+                runs.append({"label": TUNE_STAGE, "method": "gramian", "params": stage[0], "source": stage[1]})
             t, score = tuned(dataset, "gramian")
             if with_tuned and t is not None and not synthetic:
                 runs.append({"label": "gramian (tuned)", "method": "gramian", "params": {**defaults, **t},
@@ -310,8 +333,8 @@ def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float] | None:
     from benchmarks.evaluation import paired_difference
 
     pa, pb = per_user_path(a["dataset"], a["label"]), per_user_path(b["dataset"], b["label"])
-    if a.get("run_date") != b.get("run_date") or not (pa.is_file() and pb.is_file()):
-        return None  # a dataset's files are cleared when it is re-run, so both are from the same run
+    if a.get("split") != b.get("split") or not (pa.is_file() and pb.is_file()):
+        return None  # a run's file is replaced when it is re-run; the same split means the same test users
     return paired_difference(np.load(pa), np.load(pb))
 
 
@@ -336,15 +359,17 @@ def targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rec = c["metrics"]["recall@20"]
         add("gowalla conf/gowalla.yaml Recall@20", rec, 0.17, rec >= 0.17, f"d={c['params'].get('dim')}")
     for ds in ("gowalla", "ml-100k", "lastfm-2k"):
-        d = by.get((ds, "gramian (defaults)"))
         peers = [r for r in records if r["dataset"] == ds and r["method"] in PEER_METHODS and "error" not in r]
-        if d and peers:
+        for label, name in (("gramian (defaults)", "defaults"), (TUNE_STAGE, "`gramian tune` profile")):
+            d = by.get((ds, label))
+            if not (d and peers):
+                continue
             best = max(peers, key=lambda r: r["metrics"]["recall@20"])
             rec, top = d["metrics"]["recall@20"], best["metrics"]["recall@20"]
             pd_ = paired(d, best)
             ci = (f"; per-user difference {pd_['mean']:+.4f}, 95% CI {pd_['low']:+.4f}..{pd_['high']:+.4f} over "
                   f"{pd_['users']} users" if pd_ else "")
-            add(f"{ds} defaults Recall@20 / best tuned peer's", rec / top, 1.0, rec >= top,
+            add(f"{ds} {name} Recall@20 / best tuned peer's", rec / top, 1.0, rec >= top,
                 f"{rec:.4f} vs {best['label']} {top:.4f}{ci}")
     s = by.get(("synthetic10m", "gramian (defaults)"))
     sm, si = by.get(("synthetic10m", "Spark MLlib ALS")), by.get(("synthetic10m", "implicit ALS (CG)"))
@@ -362,10 +387,43 @@ def targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def kept_intervals(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Targets whose paired interval could not be recomputed (per-user files of an earlier run, not committed,
+    are gone) keep the earlier detail when they measure the same value."""
+    was = {t["target"]: t for t in old}
+    out = []
+    for t in new:
+        o = was.get(t["target"])
+        if "CI" not in t["detail"] and o is not None and "CI" in o["detail"] and o["measured"] == t["measured"]:
+            t = {**t, "detail": o["detail"]}
+        out.append(t)
+    return out
+
+
+def comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each tuned gramian run against every tuned peer of its dataset: paired per-user Recall@20 difference."""
+    out = []
+    for g in records:
+        if g.get("method") != "gramian" or g["label"] == "gramian (defaults)" or "error" in g:
+            continue
+        for p in records:
+            if p["dataset"] != g["dataset"] or p.get("method") not in PEER_METHODS or "error" in p:
+                continue
+            pd_ = paired(g, p)
+            out.append({"dataset": g["dataset"], "gramian": g["label"], "peer": p["label"],
+                        "gramian_recall": g["metrics"]["recall@20"], "peer_recall": p["metrics"]["recall@20"],
+                        "paired": pd_})
+    return out
+
+
 def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Replace old records of the same (dataset, label); keep the rest."""
+    """Replace old records of the same (dataset, label), and every old record of a dataset whose split the new
+    records were measured on differs (its rows would not be comparable); keep the rest."""
     keys = {(r["dataset"], r["label"]) for r in new}
-    return [r for r in old if (r["dataset"], r["label"]) not in keys] + new
+    splits = {r["dataset"]: r["split"] for r in new if "split" in r}
+    stale = {r["dataset"] for r in old
+             if r["dataset"] in splits and "split" in r and r["split"] != splits[r["dataset"]]}
+    return [r for r in old if (r["dataset"], r["label"]) not in keys and r["dataset"] not in stale] + new
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,9 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gramian-bench-") as tmp:
         for ds in datasets:
-            for stale in PER_USER.glob(f"{ds}__*.npy"):
-                stale.unlink()
-            for spec in plan(ds, methods, args.gramian_tuned):
+            specs = plan(ds, methods, args.gramian_tuned)
+            for spec in specs:  # a failed re-run must not leave the earlier run's per-user file behind
+                per_user_path(ds, spec["label"]).unlink(missing_ok=True)
+            for spec in specs:
                 spec = {**spec, "dataset": ds}
                 t0 = time.perf_counter()
                 rec = run_isolated(spec, args.timeout, Path(tmp))
@@ -420,13 +479,16 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("%-12s %-30s fit %7.1fs  %6.2fs/epoch  peak %6.0f MiB  recall@20 %s", ds,
                              rec["label"], rec["fit_seconds"], rec["seconds_per_epoch"], rec["peak_rss_mib"],
                              f"{rec['metrics'].get('recall@20', float('nan')):.4f}")
-    old = []
+    old, before = [], {}
     if TRAIN_JSON.is_file() and not args.fresh:
-        old = json.loads(TRAIN_JSON.read_text()).get("runs", [])
+        before = json.loads(TRAIN_JSON.read_text())
+        old = before.get("runs", [])
     runs = merge(old, records)
     checks = check(runs)
     doc = {"machine": {**env_before, "load_after": os.getloadavg()}, "runs": runs, "checks": checks,
-           "ratios": ratios(runs), "targets": targets(runs), "bench_seconds": time.perf_counter() - t_all,
+           "ratios": ratios(runs), "targets": kept_intervals(targets(runs), before.get("targets", [])),
+           "comparisons": comparisons(runs),
+           "bench_seconds": time.perf_counter() - t_all,
            "notes": ["fit seconds: wall time around .fit in a fresh process (gramian: includes block "
                      "building); MLlib and BPR seconds/epoch = fit seconds / iterations",
                      "peak RSS: max over 0.2 s samples of summed VmRSS of the fit's process tree "

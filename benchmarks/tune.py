@@ -2,10 +2,14 @@
 
     python -m benchmarks.tune --datasets gowalla,ml-100k,lastfm-2k --methods gramian,implicit_als,mllib
 
-Validation = 10% of each user's train pairs (seed 0). gramian runs single-process (`fit_gramian_numpy`,
-the Spark trainer's math without Spark); peers run as in the benchmark. Results merge into
-benchmarks/results/tuning.json (one entry per dataset/method/setting), the best setting per
-dataset/method is what `train_bench` uses, and tuning.md summarises the grids and the chosen defaults.
+Validation: `datasets.validation_split` -- on ml-100k and lastfm-2k the pairs `gramian tune` carves from the
+split stage's train (benchmarks/pipeline_split.py), so peers are tuned on the stage's validation; elsewhere
+10% of each user's train pairs (seed 0). Every entry records its validation, and only entries of a dataset's
+current validation count as its optimum. gramian runs single-process here (`fit_gramian_numpy`, the Spark
+trainer's math without Spark); on the pipeline datasets gramian is tuned by the product (`gramian tune`)
+instead. Peers run as in the benchmark. Results merge into benchmarks/results/tuning.json (one entry per
+dataset/validation/method/setting), the best setting per dataset/method is what `train_bench` uses, and
+tuning.md summarises the grids and the chosen defaults.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from benchmarks.evaluation import evaluate
 RESULTS = Path(__file__).parent / "results"
 TUNING_JSON = RESULTS / "tuning.json"
 METRIC = "recall@20"
+LEGACY_VALIDATION = "validation: 10% of each user's train pairs, seed 0"  # entries without a validation field
 WEIGHTED = ("ml-100k", "lastfm-2k")  # datasets whose weights are not all 1
 
 log = logging.getLogger("benchmarks.tune")
@@ -116,10 +121,10 @@ def peer_grid(method: str, dataset: str, trials: list[dict[str, Any]] | None = N
         return _grid(factors=[64], iterations=[15], alpha=[1.0, 3.0, 10.0, 30.0, 100.0],
                      regularization=[0.1, 1.0, 10.0, 100.0, 1000.0], weights=weights)
     if method == "ease":  # one closed-form fit a setting: reg on a log grid, and the feedback transform
-        return _grid(reg=[10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0],
+        return _grid(reg=[10.0, 30.0, 100.0, 300.0, 500.0, 1000.0, 2000.0, 3000.0, 10000.0],
                      weights=["binary", "log1p"] if dataset in WEIGHTED else ["binary"])
     if method == "rp3beta":  # Paudel et al.'s alpha, beta and the neighbourhood size
-        return _grid(alpha=[0.5, 0.75, 1.0], beta=[0.0, 0.2, 0.4, 0.6], topk=[100, 500], weights=["binary"])
+        return _grid(alpha=[0.5, 0.75, 1.0], beta=[0.0, 0.2, 0.4, 0.6, 0.8], topk=[100, 500], weights=["binary"])
     if method == "implicit_bpr":
         return _grid(factors=[64], iterations=[100], learning_rate=[0.01, 0.05, 0.1],
                      regularization=[0.001, 0.01])
@@ -130,8 +135,11 @@ def peer_grid(method: str, dataset: str, trials: list[dict[str, Any]] | None = N
             base += [{"alpha": 30.0, "regParam": r} for r in (0.3, 3.0)]  # around the best of the cross
             return [{"rank": 64, "maxIter": 15, **b, "weights": "raw"} for b in base]
         b = best(trials or [], dataset, "implicit_als")
-        w = [b["params"].get("weights", "raw")] if b is not None else weights
-        return _grid(rank=[64], maxIter=[15], alpha=[1.0, 3.0, 10.0, 30.0], regParam=[0.1, 1.0, 10.0], weights=w)
+        w = b["params"].get("weights", "raw") if b is not None else "raw"
+        # (alpha, regParam): both defaults-like settings (1, 0.1) and (10, 1), the earlier optima (3, 1) and
+        # (10, 1), and a step either way in each; six fits, not the 12-grid (1-2 min a fit on a shared machine)
+        cross = [(1.0, 0.1), (10.0, 1.0), (3.0, 1.0), (30.0, 1.0), (10.0, 0.1), (10.0, 10.0)]
+        return [{"rank": 64, "maxIter": 15, "alpha": a, "regParam": r, "weights": w} for a, r in cross]
     raise ValueError(f"no grid for method {method!r}")
 
 
@@ -151,18 +159,33 @@ def save_results(trials: list[dict[str, Any]]) -> None:
         merged = {_key(t): t for t in load_results()}
         merged.update({_key(t): t for t in trials})
         tmp = TUNING_JSON.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"metric": METRIC, "validation": "10% of each user's train pairs, seed 0",
+        tmp.write_text(json.dumps({"metric": METRIC, "validation": "per entry (missing: " + LEGACY_VALIDATION + ")",
                                    "trials": list(merged.values())}, indent=1))
         tmp.replace(TUNING_JSON)
 
 
 def _key(t: dict[str, Any]) -> str:
-    return json.dumps([t["dataset"], t["method"], t["params"]], sort_keys=True)
+    return json.dumps([t["dataset"], validation_of(t), t["method"], t["params"]], sort_keys=True)
+
+
+def validation_of(t: dict[str, Any]) -> str:
+    """The validation split an entry was scored on."""
+    return t.get("validation", LEGACY_VALIDATION)
+
+
+def current_validation(dataset: str) -> str:
+    """The validation the benchmark tunes `dataset` on today (datasets.validation_split's description)."""
+    if dataset in D.PIPELINE:
+        from benchmarks.pipeline_split import load_export
+
+        return str(load_export(dataset)["validation"])
+    return LEGACY_VALIDATION
 
 
 def best(trials: list[dict[str, Any]], dataset: str, method: str) -> dict[str, Any] | None:
-    """The trial with the highest validation METRIC for dataset/method."""
-    cands = [t for t in trials if t["dataset"] == dataset and t["method"] == method
+    """The trial with the highest validation METRIC for dataset/method, on the dataset's current validation."""
+    current = current_validation(dataset)
+    cands = [t for t in trials if t["dataset"] == dataset and t["method"] == method and validation_of(t) == current
              and np.isfinite(t["metrics"].get(METRIC, np.nan))]
     return max(cands, key=lambda t: t["metrics"][METRIC]) if cands else None
 
@@ -217,7 +240,7 @@ def tune(datasets: list[str], methods: list[str], dims: list[int],
 
 def _run_one(trials: list[dict[str, Any]], done: set[str], name: str, val: D.Split, method: str,
              params: dict[str, Any], spark: Any) -> None:
-    entry = {"dataset": name, "method": method, "params": params}
+    entry = {"dataset": name, "validation": val.notes["split"], "method": method, "params": params}
     if _key(entry) in done:
         return
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from benchmarks.datasets import Split
 from benchmarks.evaluation import evaluate
-from benchmarks.item_item import ease_weights, fit_ease, fit_rp3beta, rp3beta_weights
+from benchmarks.item_item import ease_dual_scorer, ease_weights, fit_ease, fit_rp3beta, rp3beta_weights
 
 
 def _random_history(n_users=30, n_items=12, density=0.3, seed=0) -> sp.csr_matrix:
@@ -43,6 +43,17 @@ def test_ease_beats_a_perturbed_b_on_its_own_objective():
         e = rng.normal(scale=1e-2, size=b.shape)
         np.fill_diagonal(e, 0.0)
         assert objective(b) < objective(b + e)
+
+
+def test_ease_through_the_user_side_scores_as_the_item_side_b():
+    x = _random_history(n_users=8, n_items=20, density=0.4, seed=4)  # fewer users than items: the dual's case
+    reg = 1.5
+    b = ease_weights(x, reg).astype(np.float64)
+    users = np.array([0, 3, 7, 5])
+    dual = ease_dual_scorer(x, reg)(users)
+    primal = x[users].toarray().astype(np.float64) @ b
+    assert np.allclose(dual, primal, atol=1e-4 * np.abs(primal).max())
+    assert not np.allclose(ease_dual_scorer(x, 2 * reg)(users), primal, atol=1e-4 * np.abs(primal).max())
 
 
 def test_rp3beta_equals_its_dense_definition():
