@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,8 @@ def _submitted_session(cfg: SparkConfig, extra_conf: dict[str, str] | None) -> A
             builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(cfg.log_level)
+    if given.contains("spark.jars.packages") and given.contains("spark.jars.ivy"):  # --packages resolved them:
+        remember_jars(session, Path(given.get("spark.jars.ivy")), given.get("spark.jars.packages"))  # submit_args
     jvm = session.sparkContext._jvm
     try:
         jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension", True,
@@ -174,6 +177,17 @@ def jar_settings(ivy: Path, packages: str, jars: str = "") -> dict[str, str]:
         if cached and all(Path(j).is_file() for j in cached):
             return {"spark.jars": ",".join([*_split(jars), *cached])}
     return {"spark.jars.packages": packages}
+
+
+def submit_args(packages: str, ivy: str | Path) -> list[str]:
+    """spark-submit's arguments for `packages`: `--jars` of the jars an earlier resolution remembered in the Ivy
+    cache when all are still there, else `--packages` (and the cache). --packages runs Ivy on every submit (seconds
+    of checks against Maven Central) and, for a Python job, also ships every jar as a py-file onto the driver's
+    and each Python worker's path; a submitted driver remembers what its --packages resolved (jar_settings)."""
+    settings = jar_settings(Path(ivy), packages)
+    if "spark.jars" in settings:
+        return ["--jars", settings["spark.jars"]]
+    return ["--packages", packages, "--conf", f"spark.jars.ivy={ivy}"]
 
 
 def remember_jars(session: Any, ivy: Path, packages: str) -> None:
@@ -276,6 +290,21 @@ def local_connect_session(cfg: SparkConfig | None = None) -> Any:
     os.environ["SPARK_LOCAL_REMOTE"] = "1"
 
     return ConnectSession.builder.remote(f"sc://{LOOPBACK}:{service.localPort()}").getOrCreate()
+
+
+def run_together(spark: Any, calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Each call's result, the calls run at once on threads that keep this thread's job description and tags
+    (classic and Connect): independent Delta lookups overlap their log reads and small jobs instead of
+    queueing. All calls finish before the first failure (in `calls` order) is raised. `spark` None: plain
+    threads (calls that need no session)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyspark.util import inheritable_thread_target
+
+    inherit = inheritable_thread_target(spark) if spark is not None else (lambda call: call)
+    with ThreadPoolExecutor(max_workers=max(1, len(calls)), thread_name_prefix="gramian-lookup") as pool:
+        futures = {key: pool.submit(inherit(call)) for key, call in calls.items()}
+    return {key: future.result() for key, future in futures.items()}
 
 
 def is_connect(session: Any) -> bool:

@@ -19,8 +19,8 @@ TABLES = ("interactions", "given_test", "quarantine", "users", "items", "ingest_
           "user_factors", "item_factors", "runs", "metrics", "metrics_by_user", "topn", "publications",
           "stage_runs", "tuning")
 # Delta / Spark error conditions that mean "no table here yet" (anything else is a real failure)
-_ABSENT = ("PATH_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_NOT_FOUND", "is not a Delta table",
-           "Path does not exist", "doesn't exist")
+_ABSENT = ("PATH_NOT_FOUND", "TABLE_OR_VIEW_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_NOT_FOUND",
+           "is not a Delta table", "Path does not exist", "doesn't exist")
 
 
 def table_ref(storage: StorageConfig, name: str) -> str:
@@ -56,9 +56,14 @@ def exists(spark: Any, storage: StorageConfig, name: str) -> bool:
             spark.read.format("delta").load(ref).schema  # noqa: B018
             return True
         except Exception as e:
-            if any(marker in str(e) for marker in _ABSENT):
+            if absent(e):
                 return False
             raise
+
+
+def absent(error: BaseException) -> bool:
+    """Whether a Delta/Spark error says the table was never written (anything else is a real failure)."""
+    return any(marker in str(error) for marker in _ABSENT)
 
 
 def read(spark: Any, storage: StorageConfig, name: str) -> Any:
@@ -71,12 +76,20 @@ def read(spark: Any, storage: StorageConfig, name: str) -> Any:
 
 
 def version(spark: Any, storage: StorageConfig, name: str) -> int | None:
-    """The latest Delta version of a table (None when it was never written): what a run pins."""
+    """The latest Delta version of a table (None when it was never written): what a run pins.
+
+    A table under the root: the newest commit file in its `_delta_log`, one listing through the store (the
+    artifacts' mechanism). DESCRIBE HISTORY would load the table's snapshot and run a Spark job for each table
+    on a fresh driver, for a number the log's file names hold. A catalog table: its history.
+    """
+    ref = table_ref(storage, name)
+    if not storage.catalog:
+        names = store.open_store(ref, spark).listdir("_delta_log")
+        commits = [int(n[:-len(".json")]) for n in names if n.endswith(".json") and n[:-len(".json")].isdigit()]
+        return max(commits) if commits else None
     if not exists(spark, storage, name):
         return None
-    ref = table_ref(storage, name)
-    target = ref if storage.catalog else "delta.`" + ref.replace("`", "``") + "`"
-    rows = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").select("version").collect()
+    rows = spark.sql(f"DESCRIBE HISTORY {ref} LIMIT 1").select("version").collect()
     return int(rows[0][0]) if rows else None
 
 

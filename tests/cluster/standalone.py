@@ -24,7 +24,7 @@ from pathlib import Path
 
 from gramian.config import SparkConfig
 from gramian.dist import build_zip  # noqa: F401 (re-exported for the tests)
-from gramian.spark import delta_package, hadoop_aws_package
+from gramian.spark import delta_package, hadoop_aws_package, submit_args
 from gramian.storage import hadoop_version
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,7 +198,7 @@ def submit_command(master: str, job: str, args: list[str], py_files: Path | None
     if class_path:
         settings["spark.executor.extraClassPath"] = os.pathsep.join(class_path)
     cmd = [str(BIN / "spark-submit"), "--master", master, "--deploy-mode", "client",
-           "--packages", delta_package(), "--driver-memory", "1g"]
+           *submit_args(delta_package(), settings["spark.jars.ivy"]), "--driver-memory", "1g"]
     if class_path:
         cmd += ["--driver-class-path", os.pathsep.join(class_path)]
     for key, value in settings.items():

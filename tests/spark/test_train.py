@@ -387,6 +387,20 @@ def test_each_block_is_built_once_in_its_own_partition(train_df):
     assert sum(r.nnz for r in rows) == train_df.count()
 
 
+def test_counts_without_sizes_stop_at_the_largest_index_and_are_checked_against_the_id_maps(train_df):
+    from gramian.train.als import row_counts
+    from gramian.train.job import sized
+
+    users, items = row_counts(train_df, N_USERS, N_ITEMS)
+    open_users, open_items = row_counts(train_df, None, None)  # the train stage's pass beside the id maps
+    for full, open_ended in ((users, open_users), (items, open_items)):
+        top = int(np.flatnonzero(full).max())
+        assert len(open_ended) == top + 1 and np.array_equal(open_ended, full[:top + 1])
+        assert np.array_equal(sized(open_ended, len(full), "user_idx"), full)
+    with pytest.raises(InputDataError, match=r"item_idx must be in \[0, 3\), got 3"):
+        sized(np.ones(4, np.int64), 3, "item_idx")
+
+
 class _Injected(RuntimeError):
     """The failure the setup-leak test injects."""
 

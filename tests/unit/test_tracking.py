@@ -135,6 +135,37 @@ def test_jars_come_from_the_manifest_only_when_every_jar_is_cached(tmp_path):
     assert gspark.jar_settings(tmp_path, pkgs) == {"spark.jars.packages": pkgs}
 
 
+def test_spark_submit_gets_the_cached_jars_and_packages_only_until_they_are_cached(tmp_path):
+    pkgs = "io.delta:delta-spark_4.2_2.13:4.4.0"
+    assert gspark.submit_args(pkgs, tmp_path) == ["--packages", pkgs, "--conf", f"spark.jars.ivy={tmp_path}"]
+    jars = [tmp_path / "jars" / name for name in ("a.jar", "b.jar")]
+    jars[0].parent.mkdir()
+    for jar in jars:
+        jar.write_bytes(b"x")
+    gspark._manifest(tmp_path, pkgs).write_text("".join(f"{j}\n" for j in jars))
+    assert gspark.submit_args(pkgs, str(tmp_path)) == ["--jars", f"{jars[0]},{jars[1]}"]
+    jars[1].unlink()  # one jar gone from the cache: Ivy must resolve again
+    assert gspark.submit_args(pkgs, tmp_path)[:2] == ["--packages", pkgs]
+
+
+def test_calls_run_together_return_by_key_and_raise_the_first_failure_after_all_ran():
+    started = []
+
+    def call(key, fail=False):
+        def run():
+            started.append(key)
+            if fail:
+                raise ValueError(key)
+            return key * 2
+        return run
+
+    assert gspark.run_together(None, {"a": call("a"), "b": call("b")}) == {"a": "aa", "b": "bb"}
+    started.clear()
+    with pytest.raises(ValueError, match="^b$"):
+        gspark.run_together(None, {"a": call("a"), "b": call("b", True), "c": call("c", True)})
+    assert sorted(started) == ["a", "b", "c"]
+
+
 def test_quiet_java_options_add_gramians_log4j_file_unless_one_is_given():
     opts = gspark.quiet_java_options("-Xss4m")
     assert opts.startswith("-Xss4m -Dlog4j.configurationFile=file:") and Path(gspark.LOG4J).is_file()

@@ -10,6 +10,7 @@ Python worker, CSR kept in the worker) or the task closure; routed rows when the
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ from gramian.kernels import (
     regularization_weights,
     solve_side,
 )
+from gramian.spark import run_together
 from gramian.train import routed
 from gramian.train.blocks import (
     Block,
@@ -214,28 +216,37 @@ def collect_pairs(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray
     return u, i, w
 
 
-def row_counts(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Interactions per user and per item in one pass (they drive the balanced block layouts)."""
+def row_counts(train_df: Any, n_users: int | None, n_items: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Interactions per user and per item in one pass (they drive the balanced block layouts). A size None
+    counts up to the largest index seen: for a caller that learns the size at the same time (and checks it)."""
 
     def count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        cu = np.zeros(n_users, np.int64)
-        ci = np.zeros(n_items, np.int64)
+        cu = np.zeros(n_users or 0, np.int64)
+        ci = np.zeros(n_items or 0, np.int64)
         for b in batches:
             u = b.column("user_idx").to_numpy(zero_copy_only=False)
             i = b.column("item_idx").to_numpy(zero_copy_only=False)
             for name, idx, n in (("user_idx", u, n_users), ("item_idx", i, n_items)):
-                _check_range(name, idx, n)
-            cu += np.bincount(u, minlength=n_users)
-            ci += np.bincount(i, minlength=n_items)
+                _check_range(name, idx, np.iinfo(np.int64).max if n is None else n)
+            cu = add_counts(cu, np.bincount(u))
+            ci = add_counts(ci, np.bincount(i))
         yield pa.RecordBatch.from_pydict({"users": [cu.tobytes()], "items": [ci.tobytes()]})
 
     parts = train_df.select("user_idx", "item_idx").mapInArrow(count, "users binary, items binary").toArrow()
-    users = np.zeros(n_users, np.int64)
-    items = np.zeros(n_items, np.int64)
+    users = np.zeros(n_users or 0, np.int64)
+    items = np.zeros(n_items or 0, np.int64)
     for k in range(parts.num_rows):
-        users += np.frombuffer(parts.column("users")[k].as_buffer(), np.int64)
-        items += np.frombuffer(parts.column("items")[k].as_buffer(), np.int64)
+        users = add_counts(users, np.frombuffer(parts.column("users")[k].as_buffer(), np.int64))
+        items = add_counts(items, np.frombuffer(parts.column("items")[k].as_buffer(), np.int64))
     return users, items
+
+
+def add_counts(total: np.ndarray, more: np.ndarray) -> np.ndarray:
+    """`total + more` for count vectors of any lengths (the shorter one padded with zeros)."""
+    if len(more) > len(total):
+        total = np.concatenate([total, np.zeros(len(more) - len(total), total.dtype)])
+    total[:len(more)] += more
+    return total
 
 
 def out_name(side: str) -> str:
@@ -261,23 +272,27 @@ class BlockTrainer:
     """Runs alternating half-steps over cached user and item blocks of one training set."""
 
     def __init__(self, spark: Any, train_df: Any, n_users: int, n_items: int, model: ModelConfig,
-                 train: TrainConfig, exchange: Store | None = None) -> None:
+                 train: TrainConfig, exchange: Store | None = None,
+                 counts: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         if n_users <= 0 or n_items <= 0:
             raise InputDataError(f"train set must have users and items, got {n_users} users and "
                                  f"{n_items} items. Check the split stage's output.")
         self.spark, self.model, self.train_cfg = spark, model, train
         self.n_users, self.n_items = n_users, n_items
         # On a local master the pairs come to the driver once (one Arrow job) and the CSR blocks are cut there:
-        # no counting pass and no shuffle. Elsewhere counts come from one pass and blocks from one shuffle/side.
+        # no counting pass and no shuffle. Elsewhere counts come from one pass (or the caller's `counts`, per user
+        # and item, e.g. the train stage's) and blocks from one shuffle per side.
         local = train.local_file_handoff and is_local_master(spark)
         pairs = collect_pairs(train_df, n_users, n_items) if local and train.routing != "routed" else None
         if pairs is not None:
             user_counts = np.bincount(pairs[0], minlength=n_users)
             item_counts = np.bincount(pairs[1], minlength=n_items)
+        elif counts is not None:
+            user_counts, item_counts = counts
         else:
             user_counts, item_counts = row_counts(train_df, n_users, n_items)
         log.info("interactions per user and item counted (%s)", "pairs on the driver" if pairs is not None
-                 else "one pass")
+                 else "by the caller" if counts is not None else "one pass")
         self.nnz = nnz = int(user_counts.sum())
         if nnz == 0:
             raise InputDataError("train set must not be empty, got 0 interactions. Check ingest's "
@@ -310,9 +325,11 @@ class BlockTrainer:
             raise
 
     def _build_blocks(self, train_df: Any, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:
-        """Both sides' CSR blocks (memory-mapped files on a local master, else cached DataFrames) and routes."""
+        """Both sides' CSR blocks (memory-mapped files on a local master, else cached DataFrames) and routes.
+        Off the local files each side is one shuffle job: both run at once (run_together)."""
         model = self.model
-        for side, row_col, other_col in (("user", "user_idx", "item_idx"), ("item", "item_idx", "user_idx")):
+
+        def build(side: str, row_col: str, other_col: str) -> None:
             if self.handoff.enabled and pairs is not None:  # local master: memory-mapped block files
                 rows, cols = (pairs[0], pairs[1]) if side == "user" else (pairs[1], pairs[0])
                 sizes = write_local_blocks_from_pairs(rows, cols, pairs[2], self.layouts[side],
@@ -329,6 +346,12 @@ class BlockTrainer:
                 sizes = [r["nnz"] for r in df.select("nnz").collect()]  # materialises the cache
             log.info("%s side: %d blocks, interactions per block min %d max %d", side,
                      self.layouts[side].num_blocks, min(sizes, default=0), max(sizes, default=0))
+        sides = {"user": ("user_idx", "item_idx"), "item": ("item_idx", "user_idx")}
+        if self.handoff.enabled and pairs is not None:
+            for side, cols in sides.items():
+                build(side, *cols)
+        else:
+            run_together(self.spark, {side: functools.partial(build, side, *cols) for side, cols in sides.items()})
         if self.routed:
             for side, other in (("user", "item"), ("item", "user")):
                 self.routes[side] = routed.build_routes(self.blocks[side], self.layouts[other]).cache()

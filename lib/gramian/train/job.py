@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -11,16 +12,20 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from gramian import storage, tables, tracking
 from gramian.config import Config
 from gramian.errors import InputDataError
 from gramian.progress import EpochProgress, Phases
 from gramian.runs import check_run_id, current_inputs, describe_split, run_where, same_split
+from gramian.spark import run_together
 from gramian.train import warm
+from gramian.train.als import row_counts
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.model import IALS, IALSModel
 from gramian.train.pairwise import RankALS
-from gramian.train.rows import is_identity, to_indices, to_positions, trained_rows
+from gramian.train.rows import is_identity, to_indices, to_positions
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +49,10 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     """Train the configured model on `train` and publish its factors under `run_id`."""
     check_run_id(run_id)
     phases = Phases(f"train {run_id}")
-    st = cfg.storage
-    users, items, n_users, n_items = id_maps(spark, cfg)
-    inputs = current_inputs(spark, st)  # pinned: the run trains on, and later stages read, these versions
-    phases.mark("read id maps and input versions")
-    train_df, user_rows = train_positions(tables.read_version(spark, st, "train", inputs["train"]), n_users)
+    inputs, users, items, n_users, n_items, (train, counts) = read_inputs(spark, cfg)
+    train_df, user_rows, counts = train_positions(train, n_users, counts)
     n_trained = n_users if user_rows is None else len(user_rows)
-    phases.mark("trained users")
+    phases.mark("read input versions, id maps and train counts")
     started = datetime.now(UTC)
     ckpt = Checkpointer(checkpoint_store(spark, cfg, run_id), fingerprint(cfg, n_trained, n_items), inputs)
     if resume:
@@ -59,7 +61,7 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     initial, warmed = (None, None) if source is None else warm.warm_state(spark, cfg, source, n_trained, n_items,
                                                                           user_rows)
     phases.mark("checkpoint and warm start")
-    model, seconds = fit(spark, cfg, run_id, train_df, n_trained, n_items, ckpt, resume, initial, phases)
+    model, seconds = fit(spark, cfg, run_id, train_df, counts, ckpt, resume, initial, phases)
     logging_model = None
     if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
         # MLflow's pyfunc save takes seconds of driver Python: it runs while Spark writes the tables
@@ -81,10 +83,11 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
             "phase_seconds": phases.seconds}
 
 
-def fit(spark: Any, cfg: Config, run_id: str, train_df: Any, n_users: int, n_items: int, ckpt: Checkpointer,
-        resume: bool, initial: Any, phases: Phases) -> tuple[IALSModel, float]:
-    """Fit the configured estimator (progress and MLflow per epoch); the model and its fit seconds, split into
-    phases: setup before the first epoch (block building, init), the epochs, and the rest (checkpoints)."""
+def fit(spark: Any, cfg: Config, run_id: str, train_df: Any, counts: tuple[np.ndarray, np.ndarray],
+        ckpt: Checkpointer, resume: bool, initial: Any, phases: Phases) -> tuple[IALSModel, float]:
+    """Fit the configured estimator on `train_df` (interactions per user and item `counts`, train_positions) with
+    progress and MLflow per epoch; the model and its fit seconds, split into phases: setup before the first
+    epoch (block building, init), the epochs, and the rest (checkpoints)."""
     t0 = time.perf_counter()
     estimator = ESTIMATORS[cfg.model.name].from_config(cfg.model, cfg.train)
     progress = EpochProgress(spark, cfg.model.epochs, label=f"train {run_id}")
@@ -100,9 +103,9 @@ def fit(spark: Any, cfg: Config, run_id: str, train_df: Any, n_users: int, n_ite
         tracking.safe(tracker.log_epoch, stats)
 
     try:
-        model = estimator.fit(train_df, n_users, n_items, ckpt, resume=resume, on_epoch=on_epoch,
+        model = estimator.fit(train_df, len(counts[0]), len(counts[1]), ckpt, resume=resume, on_epoch=on_epoch,
                               exchange=storage.artifact_store(cfg.storage, spark).child("exchange", run_id),
-                              initial=initial)
+                              initial=initial, counts=counts)
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
@@ -114,19 +117,54 @@ def fit(spark: Any, cfg: Config, run_id: str, train_df: Any, n_users: int, n_ite
     return model, seconds
 
 
-def id_maps(spark: Any, cfg: Config) -> tuple[Any, Any, int, int]:
-    """(users, items, n_users, n_items) of the id maps, or InputDataError when a stage's table is missing."""
+def read_inputs(spark: Any, cfg: Config, count: bool = True) -> tuple[dict[str, int], Any, Any, int, int, Any]:
+    """(input versions, users, items, n_users, n_items, train counts): the versions are pinned (the run trains
+    on, and later stages read, these; listed from the tables' logs), the id maps' sizes are max idx + 1, and
+    the pinned train table's interactions per user and item index (row_counts) come from the pass that runs
+    beside the two maps' (each its own small Spark jobs: overlapped, not queued; `count` False: counts None).
+    InputDataError when train or an id map was never written."""
+    st = cfg.storage
+    inputs, _ = current_inputs(spark, st)
+    if "train" not in inputs:
+        raise InputDataError(missing_input(cfg, "train"))
+    train = tables.read_version(spark, st, "train", inputs["train"])
+    calls = {"users": lambda: id_map(spark, cfg, "users"), "items": lambda: id_map(spark, cfg, "items")}
+    if count:
+        calls["counts"] = lambda: row_counts(train, None, None)
+    got = run_together(spark, calls)
+    (users, n_users), (items, n_items) = got["users"], got["items"]
+    counts = None if not count else tuple(
+        sized(c, n, name) for c, n, name in zip(got["counts"], (n_users, n_items), ("user_idx", "item_idx"),
+                                                strict=True))
+    return inputs, users, items, n_users, n_items, (train, counts)
+
+
+def sized(counts: np.ndarray, n: int, column: str) -> np.ndarray:
+    """Counts per index of `column` padded to the id map's size `n`, or InputDataError for an index past it."""
+    if len(counts) > n:
+        raise InputDataError(f"{column} must be in [0, {n}), got {len(counts) - 1}. The train table and the id "
+                             f"maps disagree: re-run `gramian split`.")
+    return np.concatenate([counts, np.zeros(n - len(counts), counts.dtype)])
+
+
+def id_map(spark: Any, cfg: Config, name: str) -> tuple[Any, int]:
+    """(id map `name`, its size: max idx + 1), or InputDataError when the table was never written."""
     from pyspark.sql import functions as F
 
-    st = cfg.storage
-    for name in ("train", "users", "items"):
-        if not tables.exists(spark, st, name):
-            raise InputDataError(f"table {name!r} must exist before training, got none at "
-                                 f"{tables.table_ref(st, name)}. Run `gramian ingest` and `gramian split` first.")
-    users, items = tables.read(spark, st, "users"), tables.read(spark, st, "items")
-    n_users = int(users.agg(F.max("idx")).collect()[0][0]) + 1
-    n_items = int(items.agg(F.max("idx")).collect()[0][0]) + 1
-    return users, items, n_users, n_items
+    try:
+        frame = tables.read(spark, cfg.storage, name)
+        top = frame.agg(F.max("idx")).collect()[0][0]
+    except Exception as e:
+        if tables.absent(e):
+            raise InputDataError(missing_input(cfg, name)) from e
+        raise
+    return frame, 0 if top is None else int(top) + 1
+
+
+def missing_input(cfg: Config, name: str) -> str:
+    """The message for a table the train stage reads that no stage has written yet."""
+    return (f"table {name!r} must exist before training, got none at {tables.table_ref(cfg.storage, name)}. "
+            f"Run `gramian ingest` and `gramian split` first.")
 
 
 def check_resume(ckpt: Checkpointer, inputs: dict[str, int], run_id: str) -> None:
@@ -139,14 +177,18 @@ def check_resume(ckpt: Checkpointer, inputs: dict[str, int], run_id: str) -> Non
             f"--run-id.")
 
 
-def train_positions(train_df: Any, n_users: int) -> tuple[Any, Any]:
-    """(train rows for the trainer, user rows or None): users without train rows get no factor row (train.rows)."""
-    rows = trained_rows(train_df)
+def train_positions(train_df: Any, n_users: int, counts: tuple[np.ndarray, np.ndarray]) -> tuple[
+        Any, Any, tuple[np.ndarray, np.ndarray]]:
+    """(train rows for the trainer, user rows or None, interactions per trainer user and per item) from the
+    counts per user and item index (row_counts): users without train rows get no factor row (train.rows), and
+    the counts spare the trainer its own pass (they drive its block layouts)."""
+    users, items = counts
+    rows = np.flatnonzero(users)
     if is_identity(rows, n_users):
-        return train_df, None
+        return train_df, None, (users, items)
     log.info("%d of %d users have no train rows (strong split or given test): they get no factor row",
              n_users - len(rows), n_users)
-    return to_positions(train_df, rows), rows
+    return to_positions(train_df, rows), rows, (users[rows], items)
 
 
 def log_model(tracker: tracking.NullTracker, model: IALSModel, items: Any, n_users: int) -> None:
@@ -162,18 +204,21 @@ def log_model(tracker: tracking.NullTracker, model: IALSModel, items: Any, n_use
 
 def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any,
                   user_rows: Any = None) -> None:
-    """user_factors / item_factors rows (run_id, idx, id, factors) replacing this run's earlier rows.
+    """user_factors / item_factors rows (run_id, idx, id, factors) replacing this run's earlier rows; the two
+    tables are written at once (run_together: each write's jobs and commit overlap the other's).
 
     `user_rows` (from `train_positions`) maps the trainer's user positions back to `users` indices."""
     from pyspark.sql import functions as F
 
     where = run_where(run_id)
     user_frame = model.user_factors if user_rows is None else to_indices(model.user_factors, user_rows)
+    writes = {}
     for name, frame, ids in (("user_factors", user_frame, users),
                              ("item_factors", model.item_factors, items)):
         out = (frame.join(ids.select("idx", "id"), "idx", "left")
                .select(F.lit(run_id).alias("run_id"), "idx", "id", "factors"))
-        tables.write(out, cfg.storage, name, replace_where=where)
+        writes[name] = functools.partial(tables.write, out, cfg.storage, name, replace_where=where)
+    run_together(spark, writes)
 
 
 def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: datetime, seconds: float,

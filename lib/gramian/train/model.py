@@ -67,7 +67,8 @@ class IALS:
     def fit(self, train_df: Any, n_users: int | None = None, n_items: int | None = None,
             checkpointer: Checkpointer | None = None, resume: bool = False,
             on_epoch: Callable[[EpochStats], None] | None = None, exchange: Store | None = None,
-            initial: FitState | None = None, on_model: Callable[[IALSModel], None] | None = None) -> IALSModel:
+            initial: FitState | None = None, on_model: Callable[[IALSModel], None] | None = None,
+            counts: tuple[np.ndarray, np.ndarray] | None = None) -> IALSModel:
         """Train on a DataFrame of (user_idx, item_idx, weight); sizes default to max index + 1.
 
         `on_epoch` gets each epoch's stats (progress bar, MLflow); without it each epoch is an INFO line.
@@ -77,6 +78,8 @@ class IALS:
         resumed checkpoint still wins over it.
         `on_model`: called after each epoch (and its checkpoint) with the model as it stands; whatever it raises
         stops the fit, scratch released (gramian.tune scores each epoch on validation and prunes this way).
+        `counts`: interactions per user and per item when the caller already counted them (the train stage
+        does, train.job.train_positions); the trainer then skips its own counting pass.
         """
         spark = train_df.sparkSession
         if n_users is None or n_items is None:
@@ -86,7 +89,7 @@ class IALS:
             n_users = n_users if n_users is not None else int(row["u"] if row["u"] is not None else -1) + 1
             n_items = n_items if n_items is not None else int(row["i"] if row["i"] is not None else -1) + 1
         m = self.config.resolved(n_items, n_users)
-        trainer = self.trainer_class(spark, train_df, n_users, n_items, m, self.train_config, exchange)
+        trainer = self.trainer_class(spark, train_df, n_users, n_items, m, self.train_config, exchange, counts)
         state = _start_state(trainer, spark, checkpointer, resume, initial)
         try:
             while state.epoch < m.epochs:

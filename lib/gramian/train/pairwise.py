@@ -198,8 +198,9 @@ class PairwiseTrainer(BlockTrainer):
     """Runs RankALS epochs over the user and item blocks of one training set (whole or routed factors)."""
 
     def __init__(self, spark: Any, train_df: Any, n_users: int, n_items: int, model: ModelConfig,
-                 train: TrainConfig, exchange: Store | None = None) -> None:
-        super().__init__(spark, train_df, n_users, n_items, model, train, exchange)
+                 train: TrainConfig, exchange: Store | None = None,
+                 counts: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        super().__init__(spark, train_df, n_users, n_items, model, train, exchange, counts)
         try:  # the blocks built above must not outlive a failed setup
             totals = self.map_blocks("item", _totals_block, TOTALS_SCHEMA)
         except BaseException:

@@ -20,12 +20,6 @@ import numpy as np
 import pyarrow as pa
 
 
-def trained_rows(train_df: Any, column: str = "user_idx") -> np.ndarray:
-    """The sorted distinct values of `column` in `train_df` (int64): the indices that get factor rows."""
-    table = train_df.select(column).distinct().toArrow()
-    return np.unique(np.asarray(table.column(column).combine_chunks().fill_null(-1), dtype=np.int64))
-
-
 def is_identity(rows: np.ndarray, n: int) -> bool:
     """True when `rows` is 0..n-1 (every index trained): positions and indices coincide."""
     return len(rows) == n and (n == 0 or (rows[0] == 0 and rows[-1] == n - 1))

@@ -53,14 +53,14 @@ def carve(spark: Any, cfg: Config) -> Validation:
     from pyspark.sql import functions as F
 
     from gramian.evaluate.job import heldout_rows
-    from gramian.train.job import id_maps, train_positions
+    from gramian.train.als import row_counts
+    from gramian.train.job import read_inputs, train_positions
 
     st = cfg.storage
-    _, _, n_users, n_items = id_maps(spark, cfg)  # checks train, users and items exist
-    version = tables.version(spark, st, "train")
-    assert version is not None  # id_maps checked that train exists
+    # checks that train, users and items exist
+    inputs, _, _, n_users, n_items, (train, _) = read_inputs(spark, cfg, count=False)
+    version = inputs["train"]
     split = validation_split(cfg)
-    train = tables.read_version(spark, st, "train", version)
     keyed = train.select(F.col("user_idx").cast("string").alias("user_id"),
                          F.col("item_idx").cast("string").alias("item_id"), *VALIDATION_COLUMNS)
     labelled = assign_parts(keyed, split).select(*VALIDATION_COLUMNS, "part").localCheckpoint()
@@ -71,7 +71,7 @@ def carve(spark: Any, cfg: Config) -> Validation:
                              f"{split.method!r}, fraction {split.test_fraction}, {tables.table_ref(st, 'train')} "
                              f"version {version}). Lower split.min_interactions or raise tune.validation_fraction.")
     parts = {p: labelled.filter(F.col("part") == p).select(*VALIDATION_COLUMNS) for p in (TRAIN, TEST, FOLDIN)}
-    fit_rows, user_rows = train_positions(parts[TRAIN], n_users)
+    fit_rows, user_rows, _ = train_positions(parts[TRAIN], n_users, row_counts(parts[TRAIN], n_users, n_items))
     rows = heldout_rows(parts[TRAIN], parts[TEST], parts[FOLDIN] if split.method == "strong" else None).cache()
     n_test_users = rows.count()
     summary = {"method": split.method, "seed": split.seed, "fraction": split.test_fraction, "train_version": version,
