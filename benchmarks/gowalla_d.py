@@ -29,6 +29,15 @@ OUT_MD = RESULTS / "gowalla_d.md"
 METRIC = "recall@20"
 
 log = logging.getLogger("benchmarks.gowalla_d")
+HEADER = ("Validation: 10% of each user's train pairs (seed 0) carved from Gowalla's train (the LightGCN split, "
+          "the carve of benchmarks/tune.py); Recall@20 = hits / |validation items| with the other train items "
+          "excluded. Fits: single process, one BLAS thread (`benchmarks.peers.fit_gramian_numpy`, the Spark "
+          "trainer's math); regularisation frequency-scaled (reg_counts all: lambda_c = reg (|I_c| + alpha0 |I|)^nu)."
+          " s/epoch is the wall-clock mean of both half-steps over the epochs (inflated by the machine's load, "
+          "quoted); CPU s/epoch is the fit's process CPU time over its epochs (one thread: what an idle core "
+          "would take); peak RSS is the fitting process's. Test Recall@20 (denominator |test|, LightGCN's "
+          "protocol; LightGCN published 0.1830) only for the profile shipped in conf/gowalla.yaml, from the "
+          "product's Spark run (train.json, \"gramian (conf)\").")
 
 
 def key(p: dict[str, Any]) -> str:
@@ -56,11 +65,13 @@ def run_point(val: Any, params: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.evaluation import evaluate
 
     load = os.getloadavg()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     r = P.fit_gramian_numpy(val, params, track_loss=False)
+    cpu = time.process_time() - c0  # one thread: the uncontended time, whatever the machine's load
     m = evaluate(val, r.user_factors, r.item_factors, ks=(20,))
     return {"params": params, "val_metrics": {k: float(v) for k, v in m.items()},
             "fit_seconds": r.fit_seconds, "seconds_per_epoch": r.seconds_per_epoch,
+            "cpu_seconds": cpu, "cpu_seconds_per_epoch": cpu / r.iterations,
             "user_half_step_s": sum(r.extra["user_seconds"]) / len(r.extra["user_seconds"]),
             "item_half_step_s": sum(r.extra["item_seconds"]) / len(r.extra["item_seconds"]),
             "peak_rss_mib": r.peak_rss / 2**20, "wall_seconds": time.perf_counter() - t0,
@@ -103,6 +114,10 @@ def conf_test_row() -> dict[str, Any] | None:
     return None
 
 
+def _f(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
 def write_md(points: list[dict[str, Any]]) -> Path:
     """gowalla_d.md: one row per point, d ascending; the conf profile's test figure beside its point."""
     conf = conf_test_row()
@@ -111,21 +126,15 @@ def write_md(points: list[dict[str, Any]]) -> Path:
     def is_conf(p: dict[str, Any]) -> bool:
         return bool(cp) and all(cp.get(k) == v for k, v in p.items())
 
-    lines = ["# Gowalla: Recall@20 against d (issue 17)", "",
-             "Validation: 10% of each user's train pairs (seed 0) carved from Gowalla's train (the LightGCN split); "
-             "Recall@20 = hits / |validation items| with the other train items excluded. Fits: single process, "
-             "one BLAS thread (`benchmarks.peers.fit_gramian_numpy`, the Spark trainer's math); regularisation "
-             "frequency-scaled (reg_counts all: lambda_c = reg (|I_c| + alpha0 |I|)^nu). s/epoch is the mean of "
-             "both half-steps over the epochs; peak RSS is the fitting process's. Test Recall@20 (denominator "
-             "|test|, LightGCN's protocol; LightGCN published 0.1830) only for the profile shipped in "
-             "conf/gowalla.yaml, from the product's Spark run (train.json, \"gramian (conf)\").", "",
-             "| d | settings | val Recall@20 | test Recall@20 | s/epoch | user / item half-step s | fit s | "
-             "peak RSS MiB | load before |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["# Gowalla: Recall@20 against d (issue 17)", "", HEADER, "",
+             "| d | settings | val Recall@20 | test Recall@20 | s/epoch | CPU s/epoch | user / item half-step s | "
+             "fit s | peak RSS MiB | load before |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         q = p["params"]
         test = f"{conf['metrics']['recall@20']:.4f}" if conf and is_conf(q) else "—"
         lines.append(f"| {q['dim']} | {settings(q)} | {p['val_metrics'][METRIC]:.4f} | {test} | "
-                     f"{p['seconds_per_epoch']:.2f} | {p['user_half_step_s']:.2f} / {p['item_half_step_s']:.2f} | "
+                     f"{p['seconds_per_epoch']:.2f} | {_f(p.get('cpu_seconds_per_epoch'))} | "
+                     f"{p['user_half_step_s']:.2f} / {p['item_half_step_s']:.2f} | "
                      f"{p['fit_seconds']:.0f} | {p['peak_rss_mib']:.0f} | {p['load_before'][0]:.2f} |")
     if conf:
         lines += ["", f"Product run of conf/gowalla.yaml (Spark local[2], train.json): Recall@20 "
