@@ -49,14 +49,22 @@ def load_points() -> list[dict[str, Any]]:
 
 
 def save_points(points: list[dict[str, Any]]) -> None:
-    """Merge `points` into gowalla_d.json (same settings: the newer measurement wins)."""
-    merged = {key(p["params"]): p for p in load_points()}
-    merged.update({key(p["params"]): p for p in points})
+    """Merge `points` into gowalla_d.json under a lock (same settings: the newer measurement wins)."""
+    import fcntl
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"dataset": "gowalla", "metric": METRIC,
-           "validation": "10% of each user's train pairs, seed 0 (benchmarks.datasets.validation_split)",
-           "points": sorted(merged.values(), key=lambda p: (p["params"]["dim"], json.dumps(p["params"])))}
-    OUT_JSON.write_text(json.dumps(doc, indent=1))
+    lock_path = RESULTS.parent / "work" / ".gowalla_d.lock"  # benchmarks/work: not committed
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = {key(p["params"]): p for p in load_points()}
+        merged.update({key(p["params"]): p for p in points})
+        doc = {"dataset": "gowalla", "metric": METRIC,
+               "validation": "10% of each user's train pairs, seed 0 (benchmarks.datasets.validation_split)",
+               "points": sorted(merged.values(), key=lambda p: (p["params"]["dim"], json.dumps(p["params"])))}
+        tmp = OUT_JSON.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(OUT_JSON)
 
 
 def run_point(val: Any, params: dict[str, Any]) -> dict[str, Any]:
