@@ -386,6 +386,43 @@ def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(tra
     assert not steps.store.exists()
 
 
+def test_a_routed_half_step_moves_only_factor_rows_and_solves_block_b_in_partition_b(spark, train_df):
+    """The CSR blocks and routes stay in a cache partitioned by block (so a routed half-step shuffles only factor
+    rows: the other side's blocks to the routes that slice them, sliced and own rows to their block) and each block
+    is solved once, block b in partition b (one task per block, not spark.sql.shuffle.partitions)."""
+    from pyspark.sql import functions as F
+
+    from gramian.train.als import STEP_SCHEMA, BlockTrainer, SolveParams, SolveTask
+    from gramian.train.exchange import RoutedRows
+
+    model = IALS(dim=4).config.resolved(N_ITEMS, N_USERS)
+    trainer = BlockTrainer(spark, train_df, N_USERS, N_ITEMS, model,
+                           TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed"))
+    try:
+        ex = trainer.exchange
+        assert isinstance(ex, RoutedRows)
+        state = trainer.initial_state()
+        task = SolveTask(SolveParams.of(model, N_ITEMS), False)
+        job = ex.job("user", task, state.user_factors, state.item_factors, {"gram": np.eye(4)}, STEP_SCHEMA)
+        for side, frames, n in (("user", ex.blocks, 3), ("item", ex.blocks, 2), ("user", ex.routes, 2)):
+            cached = frames[side]._jdf.queryExecution().sparkPlan().outputPartitioning().toString()
+            assert cached.startswith("hashpartitioning(pkey") and cached.endswith(f", {n})"), cached
+        broadcast = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # the factor blocks are shuffled, as when large
+        try:
+            plan = ex.job("user", task, state.user_factors, state.item_factors, {"gram": np.eye(4)},
+                          STEP_SCHEMA)._jdf.queryExecution().executedPlan().toString()
+        finally:
+            spark.conf.set("spark.sql.autoBroadcastJoinThreshold", broadcast)
+        shuffles = [line for line in plan.splitlines() if "ENSURE_REQUIREMENTS" in line]
+        assert len(shuffles) == 2, plan  # item blocks to the user routes (2 partitions), rows to user blocks (3)
+        assert sorted(line.split(", ENSURE")[0][-2] for line in shuffles) == ["2", "3"], shuffles
+        placed = job.select("block", F.spark_partition_id().alias("p")).collect()
+        assert sorted((r.block, r.p) for r in placed) == [(0, 0), (1, 1), (2, 2)]
+    finally:
+        trainer.release()
+
+
 def test_block_keys_put_block_b_in_spark_partition_b(spark):
     from pyspark.sql import functions as F
 

@@ -32,7 +32,15 @@ import pyarrow as pa
 from gramian.kernels import gramian
 from gramian.kernels.pairwise import move_rows
 from gramian.train import routed
-from gramian.train.blocks import Block, SideLayout, decode_blocks, empty_block, read_local_block, store_block
+from gramian.train.blocks import (
+    Block,
+    SideLayout,
+    decode_blocks,
+    empty_block,
+    read_local_block,
+    spark_partition_keys,
+    store_block,
+)
 from gramian.train.handoff import FETCH, FileRef, Handoff, resolve, writable
 from gramian.train.init import init_factors
 
@@ -333,8 +341,14 @@ class Closure(WholeFactors):
 
 
 class RoutedRows(FactorExchange):
-    """Factor-block DataFrames; each block task gets the other side's rows its CSR references, cogrouped with its
-    CSR and current rows over routes built once; every new side is persisted by `steps`."""
+    """Factor-block DataFrames; each block task gets the other side's rows its CSR references; every new side is
+    persisted by `steps`.
+
+    Co-partitioned so a half-step is two shuffles and one solving stage: the CSR blocks are cached hash-partitioned
+    on their block's partition key (block b in partition b, `spark_partition_keys`) and the routes on their source
+    block's key, so only factor rows move: the other side's blocks to the routes that slice them, then the sliced
+    rows together with each block's own current rows to the block's partition, cogrouped with its cached CSR.
+    """
 
     routed = True
 
@@ -342,6 +356,25 @@ class RoutedRows(FactorExchange):
                  routes: dict[str, Any], steps: routed.StepStore) -> None:
         super().__init__(spark, layouts, spec)
         self.blocks, self.routes, self.steps = blocks, routes, steps
+        self.keys = {side: spark_partition_keys(layout.num_blocks) for side, layout in layouts.items()}
+        for side, other in (("user", "item"), ("item", "user")):  # re-keyed once; the trainer releases them
+            self._recache(blocks, side, "block", side)
+            self._recache(routes, side, "src_block", other)
+
+    def _recache(self, frames: dict[str, Any], name: str, column: str, keyed_by: str) -> None:
+        """frames[name] cached again hash-partitioned on `column`'s partition key among `keyed_by`'s blocks."""
+        old = frames[name]
+        new = old.withColumn("pkey", self.key_of(keyed_by, column)).repartition(
+            self.layouts[keyed_by].num_blocks, "pkey").cache()
+        frames[name] = new  # registered before it is materialised, so the trainer's release finds it
+        new.count()
+        old.unpersist()
+
+    def key_of(self, side: str, column: str) -> Any:
+        """The partition key of block `column` of `side` (a Spark Column): block b hashes to partition b."""
+        from pyspark.sql import functions as F
+
+        return F.element_at(F.array(*[F.lit(k) for k in self.keys[side]]), F.col(column) + 1)
 
     def initial(self, side: str) -> Any:
         s = self.spec
@@ -367,33 +400,40 @@ class RoutedRows(FactorExchange):
 
     def step(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
              schema: str, new_rows: bool = True) -> StepResult:
-        d, layout, arrays = self.spec.dim, self.layouts[side], dict(shared)
-        payload = routed.route_payload(self.routes[side], other, d)
-        x0 = current.select("block", current.row_start.alias("x_start"), current.n_rows.alias("x_rows"),
-                            current.factors.alias("x0"))
-        solving = x0.join(self.blocks[side].drop("row_start", "n_rows"), "block", "left")
+        result = self.job(side, task, current, other, shared, schema)
+        if new_rows:
+            result = self.steps.persist(result)
+        summary = self.note_timing(side, result.drop("factors").toArrow()).sort_by("block")  # sums in block order
+        return StepResult(result.select(*routed.FACTOR_COLUMNS) if new_rows else None, summary)
 
-        def solve(left: pa.Table, right: pa.Table) -> pa.Table:
+    def job(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
+            schema: str) -> Any:
+        """The half-step's DataFrame: one row per block of `side` (the task's record), block b in partition b."""
+        from pyspark.sql import functions as F
+
+        d, layout, arrays = self.spec.dim, self.layouts[side], dict(shared)
+        other_side = "item" if side == "user" else "user"
+        src = other.select(self.key_of(other_side, "block").alias("pkey"), "row_start", "factors")
+        sliced = routed.route_payload(self.routes[side].join(src, "pkey"), self.keys[side], d)
+        own = current.select(self.key_of(side, "block").alias("pkey"), F.col("block").alias("dst_block"),
+                             F.lit(True).alias("own"), F.lit(bytearray()).alias("rows"), F.col("factors").alias("vecs"))
+        payload = sliced.unionByName(own)
+
+        def solve(csr: pa.Table, rows_in: pa.Table) -> pa.Table:
             t0 = time.perf_counter()
-            row = left.slice(0, 1)
-            block = row.column("block")[0].as_py()
-            start, n = row.column("x_start")[0].as_py(), row.column("x_rows")[0].as_py()
-            x_init = np.frombuffer(row.column("x0")[0].as_buffer(), np.float32).reshape(n, d)
-            if row.column("indptr")[0].as_py() is None:
-                b = empty_block(layout, block)
-            else:
-                b = next(decode_blocks(row.select(["block", "indptr", "indices", "alpha", "target"]).append_column(
-                    "row_start", pa.array([start], pa.int32())).append_column("n_rows", pa.array([n], pa.int32()))
-                    .to_batches()[0]))
-            rows, vecs = routed.gather(right, d)
+            mine = rows_in.column("own").to_numpy(zero_copy_only=False)
+            own_row = rows_in.filter(pa.array(mine))
+            block = own_row.column("dst_block")[0].as_py()
+            start, stop = layout.bounds(block)
+            x_init = np.frombuffer(own_row.column("vecs")[0].as_buffer(), np.float32).reshape(stop - start, d)
+            b = next(decode_blocks(csr.combine_chunks().to_batches()[0])) if csr.num_rows else empty_block(layout,
+                                                                                                          block)
+            rows, vecs = routed.gather(rows_in.filter(pa.array(~mine)), d)
             return pa.Table.from_batches([timed(lambda: task(routed.localise(b, rows), vecs, x_init, arrays),
                                                 time.perf_counter() - t0)])
 
-        result = (solving.groupBy("block").cogroup(payload.groupBy("dst_block"))
-                  .applyInArrow(solve, schema + TIMING_SCHEMA))
-        result = self.steps.persist(result)  # also without new rows: the summary's order is the stored one
-        summary = self.note_timing(side, result.drop("factors").toArrow())
-        return StepResult(result.select(*routed.FACTOR_COLUMNS) if new_rows else None, summary)
+        return (self.blocks[side].groupBy("pkey").cogroup(payload.groupBy("pkey"))
+                .applyInArrow(solve, schema + TIMING_SCHEMA))
 
 
 def choose(spark: Any, routed_rows: bool, handoff: Handoff, layouts: dict[str, SideLayout], spec: FactorSpec,

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from gramian.storage import Store
 
 ROUTE_SCHEMA = "dst_block int, src_block int, rows binary"
-PAYLOAD_SCHEMA = "dst_block int, rows binary, vecs binary"
 FACTOR_COLUMNS = ("block", "row_start", "n_rows", "factors")
+PAYLOAD_SCHEMA = "pkey int, dst_block int, own boolean, rows binary, vecs binary"
 
 
 def build_routes(blocks_df: Any, other: SideLayout) -> Any:
@@ -115,22 +115,25 @@ def move_blocks(factors_df: Any, delta_df: Any, t: float, dim: int) -> Any:
     return joined.mapInArrow(move, "block int, row_start int, n_rows int, factors binary")
 
 
-def route_payload(routes_df: Any, other_factors: Any, dim: int) -> Any:
-    """The other side's factor rows each destination block needs, sliced out of their source blocks."""
+def route_payload(joined: Any, dst_keys: list[int], dim: int) -> Any:
+    """The other side's factor rows each destination block needs, sliced out of their source blocks.
+
+    `joined` holds the routes beside their source block's row_start and factors; each slice is keyed by its
+    destination block's partition key (`dst_keys`) and marked as not the block's own rows.
+    """
 
     def slice_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for k in range(batch.num_rows):
                 rows = np.frombuffer(batch.column("rows")[k].as_buffer(), np.int32)
-                start = batch.column("row_start")[k].as_py()
+                start, dst = batch.column("row_start")[k].as_py(), batch.column("dst_block")[k].as_py()
                 x = np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32).reshape(-1, dim)
                 yield pa.RecordBatch.from_pydict({
-                    "dst_block": pa.array([batch.column("dst_block")[k].as_py()], pa.int32()),
-                    "rows": pa.array([rows.tobytes()], pa.binary()),
+                    "pkey": pa.array([dst_keys[dst]], pa.int32()), "dst_block": pa.array([dst], pa.int32()),
+                    "own": pa.array([False]), "rows": pa.array([rows.tobytes()], pa.binary()),
                     "vecs": pa.array([np.ascontiguousarray(x[rows - start]).tobytes()], pa.binary())})
 
-    src = other_factors.select("block", "row_start", "factors").withColumnRenamed("block", "src_block")
-    return routes_df.join(src, "src_block").mapInArrow(slice_rows, PAYLOAD_SCHEMA)
+    return joined.select("dst_block", "rows", "row_start", "factors").mapInArrow(slice_rows, PAYLOAD_SCHEMA)
 
 
 def gather(payload: pa.Table, dim: int) -> tuple[np.ndarray, np.ndarray]:
