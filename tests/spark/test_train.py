@@ -93,10 +93,34 @@ def test_spark_fit_equals_single_process_numpy_run(train_df, pairs, solver, bloc
 
 
 def test_factors_handed_over_in_the_closure_equal_those_handed_over_by_file(train_df):
-    fits = [IALS(dim=8, epochs=2, train=TrainConfig(local_file_handoff=flag)).fit(train_df, N_USERS, N_ITEMS)
-            for flag in (True, False)]
+    """Both exchanges give bit-identical factors and losses; the local one plans each side's job once (3 epochs)."""
+    from gramian.train.exchange import Closure, LocalFiles
+
+    made = []
+
+    def fit(flag: bool):
+        est = IALS(dim=8, epochs=3, train=TrainConfig(local_file_handoff=flag))
+
+        class Recording(est.trainer_class):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made.append(self)
+
+            def release(self):
+                planned.append(len(getattr(self.exchange, "_jobs", ())))
+                super().release()
+
+        est.trainer_class = Recording
+        return est.fit(train_df, N_USERS, N_ITEMS)
+
+    planned: list[int] = []
+    fits = [fit(flag) for flag in (True, False)]
+    assert [type(t.exchange) for t in made] == [LocalFiles, Closure]
+    assert planned[0] == 2  # one job per side (user, item), re-run every epoch
+    assert not made[0].exchange._jobs  # dropped on release
     np.testing.assert_array_equal(fits[0].user_array, fits[1].user_array)
     np.testing.assert_array_equal(fits[0].item_array, fits[1].item_array)
+    assert [h.loss for h in fits[0].history] == [h.loss for h in fits[1].history]
 
 
 @pytest.mark.parametrize("estimator", ["ials", "pairwise"])
@@ -106,6 +130,7 @@ def test_factors_through_the_store_equal_the_closure_path_with_empty_blocks_solv
     closure path's factors and loss; 200 users without interactions make whole blocks with none, solved in tasks."""
     from gramian.storage import open_store
     from gramian.train import RankALS
+    from gramian.train.exchange import Closure, StoreFiles
 
     cls = IALS if estimator == "ials" else RankALS
     df, n_users = spark.createDataFrame(pairs), N_USERS + 200
@@ -127,6 +152,7 @@ def test_factors_through_the_store_equal_the_closure_path_with_empty_blocks_solv
     store = open_store(str(tmp_path / "exchange"))
     stored = fit("auto", store)
     trainer = made[-1]
+    assert isinstance(trainer.exchange, StoreFiles) and isinstance(made[0].exchange, Closure)
     assert trainer.handoff.store is not None and not trainer.blocks  # nothing cached in Spark
     assert len(trainer.nonempty["user"]) < trainer.layouts["user"].num_blocks  # some blocks have no interactions
     assert not store.exists(trainer.handoff.store.uri.rsplit("/", 1)[-1])  # its scratch is gone after the fit
@@ -329,6 +355,7 @@ def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(tra
     are deleted), and the fit's factors and losses are those of the local-checkpoint path."""
     from gramian.storage import open_store
     from gramian.train import RankALS
+    from gramian.train.exchange import RoutedRows
 
     cls = IALS if estimator == "ials" else RankALS
     cfg = TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed")
@@ -345,6 +372,7 @@ def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(tra
         return est.fit(train_df, N_USERS + 4, N_ITEMS, exchange=store)
 
     local = fit()
+    assert isinstance(made[-1].exchange, RoutedRows)
     assert made[-1].steps.store is None
     store = open_store(str(tmp_path / "exchange"))
     stored = fit(store)
@@ -356,6 +384,43 @@ def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(tra
     np.testing.assert_allclose([h.loss for h in stored.history], [h.loss for h in local.history], rtol=1e-9)
     steps.close()
     assert not steps.store.exists()
+
+
+def test_a_routed_half_step_moves_only_factor_rows_and_solves_block_b_in_partition_b(spark, train_df):
+    """The CSR blocks and routes stay in a cache partitioned by block (so a routed half-step shuffles only factor
+    rows: the other side's blocks to the routes that slice them, sliced and own rows to their block) and each block
+    is solved once, block b in partition b (one task per block, not spark.sql.shuffle.partitions)."""
+    from pyspark.sql import functions as F
+
+    from gramian.train.als import STEP_SCHEMA, BlockTrainer, SolveParams, SolveTask
+    from gramian.train.exchange import RoutedRows
+
+    model = IALS(dim=4).config.resolved(N_ITEMS, N_USERS)
+    trainer = BlockTrainer(spark, train_df, N_USERS, N_ITEMS, model,
+                           TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed"))
+    try:
+        ex = trainer.exchange
+        assert isinstance(ex, RoutedRows)
+        state = trainer.initial_state()
+        task = SolveTask(SolveParams.of(model, N_ITEMS), False)
+        job = ex.job("user", task, state.user_factors, state.item_factors, {"gram": np.eye(4)}, STEP_SCHEMA)
+        for side, frames, n in (("user", ex.blocks, 3), ("item", ex.blocks, 2), ("user", ex.routes, 2)):
+            cached = frames[side]._jdf.queryExecution().sparkPlan().outputPartitioning().toString()
+            assert cached.startswith("hashpartitioning(pkey") and cached.endswith(f", {n})"), cached
+        broadcast = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # the factor blocks are shuffled, as when large
+        try:
+            plan = ex.job("user", task, state.user_factors, state.item_factors, {"gram": np.eye(4)},
+                          STEP_SCHEMA)._jdf.queryExecution().executedPlan().toString()
+        finally:
+            spark.conf.set("spark.sql.autoBroadcastJoinThreshold", broadcast)
+        shuffles = [line for line in plan.splitlines() if "ENSURE_REQUIREMENTS" in line]
+        assert len(shuffles) == 2, plan  # item blocks to the user routes (2 partitions), rows to user blocks (3)
+        assert sorted(line.split(", ENSURE")[0][-2] for line in shuffles) == ["2", "3"], shuffles
+        placed = job.select("block", F.spark_partition_id().alias("p")).collect()
+        assert sorted((r.block, r.p) for r in placed) == [(0, 0), (1, 1), (2, 2)]
+    finally:
+        trainer.release()
 
 
 def test_block_keys_put_block_b_in_spark_partition_b(spark):

@@ -3,9 +3,10 @@
 One Spark job per half-iteration: every block task solves its rows against the fixed side's
 factors and Gramian, and returns its new factor rows together with its share of the next Gramian
 and of the loss, so the Gramian of the side just solved never costs a second pass.
-How factors and CSR reach the tasks is the handoff's business (gramian.train.handoff): memory-mapped
-files on a local master; on a cluster, the artifact store (written once per half-step, read once per
-Python worker, CSR kept in the worker) or the task closure; routed rows when the factors are too big.
+How factors reach the tasks and the new rows come back is the factor exchange's business, chosen once per
+trainer (gramian.train.exchange): memory-mapped files on a local master; on a cluster, the artifact store
+(written once per half-step, read once per Python worker, CSR kept in the worker) or the task closure; routed
+rows when the factors are too big for one executor. The half-step itself has one code path.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,18 +34,10 @@ from gramian.kernels import (
 )
 from gramian.spark import run_together
 from gramian.train import routed
-from gramian.train.blocks import (
-    Block,
-    SideLayout,
-    build_side_blocks,
-    decode_blocks,
-    empty_block,
-    read_local_block,
-    store_block,
-    write_local_blocks_from_pairs,
-)
-from gramian.train.handoff import FETCH, FileRef, Handoff, is_local_master, resolve, writable
-from gramian.train.init import init_factors
+from gramian.train.blocks import Block, SideLayout, build_side_blocks, write_local_blocks_from_pairs
+from gramian.train.exchange import FactorExchange, FactorSpec, choose
+from gramian.train.handoff import Handoff, is_local_master
+from gramian.train.init import init_factors  # noqa: F401  (re-exported: tests and benchmarks import it here)
 
 if TYPE_CHECKING:
     from gramian.storage import Store
@@ -54,20 +46,6 @@ log = logging.getLogger(__name__)
 
 STEP_SCHEMA = ("block int, row_start int, n_rows int, factors binary, gram binary, observed double, "
                "reg double, bad_row int")
-TIMING_SCHEMA = ", fetch_seconds double, kernel_seconds double"  # appended by every block task (see timed)
-
-
-def timed(produce: Callable[[], pa.RecordBatch], fetch_before: float = 0.0) -> pa.RecordBatch:
-    """produce()'s one-row record with its fetch seconds (the worker's FETCH clock, plus `fetch_before`)
-    and the rest of its seconds as kernel seconds appended (TIMING_SCHEMA)."""
-    f0, t0 = FETCH.seconds, time.perf_counter()
-    rec = produce()
-    fetched = FETCH.seconds - f0
-    kernel = time.perf_counter() - t0 - fetched
-    return (rec.append_column("fetch_seconds", pa.array([fetched + fetch_before], pa.float64()))
-            .append_column("kernel_seconds", pa.array([kernel], pa.float64())))
-
-
 @dataclass
 class EpochStats:
     """What one epoch cost and where the loss stands after it (eq. 26 via the Gramian trick)."""
@@ -126,11 +104,10 @@ class SolveParams:
 
 
 def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.ndarray, p: SolveParams,
-                 loss_after: bool, out: np.ndarray | None = None) -> pa.RecordBatch:
+                 loss_after: bool) -> pa.RecordBatch:
     """Solve one block's rows and summarise them (runs inside a task, or on the driver).
 
-    `b.indices` index rows of `other`; the result row carries the new float32 factors (or writes them
-    into rows row_start.. of `out`, a shared local file, leaving `factors` empty), their Gramian, and the
+    `b.indices` index rows of `other`; the result row carries the new float32 factors, their Gramian, and the
     block's observed-loss and regularisation terms (both measured on the float32 factors).
     """
     lam = regularization_weights(p.reg, p.nu, b.counts, p.alpha0, p.n_other, reg_counts=p.reg_counts)
@@ -139,12 +116,10 @@ def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.nda
     finite = np.isfinite(x).all(axis=1)
     bad = -1 if finite.all() else int(b.row_start + np.argmin(finite))
     observed = observed_loss(b.indptr, b.indices, b.alpha, b.target, x, other) if loss_after and bad < 0 else 0.0
-    if out is not None:
-        out[b.row_start:b.row_start + b.n_rows] = x
     return pa.RecordBatch.from_pydict({
         "block": pa.array([b.block], pa.int32()), "row_start": pa.array([b.row_start], pa.int32()),
         "n_rows": pa.array([b.n_rows], pa.int32()),
-        "factors": pa.array([x.tobytes() if out is None else b""], pa.binary()),
+        "factors": pa.array([x.tobytes()], pa.binary()),
         "gram": pa.array([gramian(x).tobytes()], pa.binary()),
         "observed": pa.array([float(observed)], pa.float64()),
         "reg": pa.array([regularization_term(lam, x)], pa.float64()),
@@ -152,26 +127,19 @@ def _solve_block(b: Block, other: np.ndarray, gram_other: np.ndarray, x0: np.nda
     })
 
 
-def _local_fn(side: str, layout: SideLayout, other: FileRef, current: FileRef, gram: FileRef, out: FileRef,
-              p: SolveParams, loss_after: bool) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The per-block task on a local master: block CSR, inputs and new rows all go through local files.
+@dataclass(frozen=True)
+class SolveTask:
+    """The iALS block task: solve a block's rows against the other side's rows and the shared Gramian ("gram").
 
-    The task's input is just the block ids; stable paths make the closure, hence the planned job, the
-    same for every half-step of a side.
+    Equal by value, so a local master's planned job is reused for every half-step of a side.
     """
-    folder = str(Path(out.path).parent)
 
-    def step(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        other_rows, current_rows = resolve(other), resolve(current)
-        gram_other, new_rows = np.array(resolve(gram)), writable(out)
-        for batch in batches:
-            for block in batch.column("id").to_pylist():
-                b = read_local_block(folder, side, layout, block)
-                x0 = np.array(current_rows[b.row_start:b.row_start + b.n_rows])
-                yield timed(lambda b=b, x0=x0: _solve_block(b, other_rows, gram_other, x0, p, loss_after, new_rows))
-        new_rows.flush()
+    params: SolveParams
+    loss_after: bool
 
-    return step
+    def __call__(self, b: Block, other: np.ndarray, x0: np.ndarray,
+                 shared: Mapping[str, np.ndarray]) -> pa.RecordBatch:
+        return _solve_block(b, other, shared["gram"], x0, self.params, self.loss_after)
 
 
 def check_rows_finite(side: str, epoch: int, block: int, bad_row: int) -> None:
@@ -249,11 +217,6 @@ def add_counts(total: np.ndarray, more: np.ndarray) -> np.ndarray:
     return total
 
 
-def out_name(side: str) -> str:
-    """Handoff name of the file a local half-step of `side` writes its new rows into."""
-    return f"{side}-new"
-
-
 def exchange_store(train: TrainConfig, store: Store | None, local: bool, routed: bool) -> Store | None:
     """The store whole factors and CSR go through (train.exchange), or None for the closure/local files/routes.
 
@@ -310,9 +273,7 @@ class BlockTrainer:
                  else "memory-mapped by every block (local master)" if local else "sent whole to every block")
         self.blocks: dict[str, Any] = {}  # cached block DataFrames (closure or routed exchange)
         self.nonempty: dict[str, frozenset[int]] = {}  # blocks with interactions (store exchange)
-        self.timing: dict[str, list[float]] = {}  # side -> [fetch, kernel] seconds of its block tasks (take_timing)
         self.routes: dict[str, Any] = {}
-        self._local_jobs: dict[tuple[str, bool], tuple[Any, FileRef]] = {}
         store = exchange_store(train, exchange, local, self.routed)
         self.steps = routed.StepStore(exchange if self.routed else None)  # routed outputs: reliable in the store
         self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed, store=store)
@@ -323,6 +284,9 @@ class BlockTrainer:
         except BaseException:
             self.release()
             raise
+        self.exchange: FactorExchange = choose(  # the one way factors reach this trainer's tasks
+            spark, self.routed, self.handoff, self.layouts, FactorSpec(model.dim, model.init_scale, model.seed),
+            self.blocks, self.nonempty, self.routes, self.steps)
 
     def _build_blocks(self, train_df: Any, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:
         """Both sides' CSR blocks (memory-mapped files on a local master, else cached DataFrames) and routes.
@@ -362,183 +326,42 @@ class BlockTrainer:
         return self.n_items if side == "user" else self.n_users
 
     def initial_state(self) -> FitState:
-        """N(0, σ/√d) factors on both sides: arrays on the driver, or factor blocks in tasks."""
-        m = self.model
-        if not self.routed:
-            return FitState(init_factors(self.n_users, m.dim, m.init_scale, m.seed, 0),
-                            init_factors(self.n_items, m.dim, m.init_scale, m.seed, 1))
-        user = routed.init_blocks(self.spark, self.layouts["user"], m.dim, m.init_scale, m.seed, 0)
-        item = routed.init_blocks(self.spark, self.layouts["item"], m.dim, m.init_scale, m.seed, 1)
-        return FitState(self.steps.persist(user), self.steps.persist(item))
+        """N(0, σ/√d) factors on both sides, in the exchange's representation (arrays or factor blocks)."""
+        return FitState(self.exchange.initial("user"), self.exchange.initial("item"))
 
     def adopt(self, state: FitState) -> FitState:
-        """A resumed state converted to this trainer's representation (arrays or factor blocks)."""
-        d = self.model.dim
-        if self.routed:
-            convert = {side: routed.array_to_blocks(self.spark, np.asarray(f), self.layouts[side])
-                       for side, f in (("user", state.user_factors), ("item", state.item_factors))}
-        else:
-            convert = {side: routed.blocks_to_array(f, d)
-                       for side, f in (("user", state.user_factors), ("item", state.item_factors))}
-        return FitState(convert["user"], convert["item"], state.epoch, state.history)
+        """A resumed or warm-start state converted to this trainer's representation (arrays or factor blocks)."""
+        ex = self.exchange
+        return FitState(ex.adopt("user", state.user_factors), ex.adopt("item", state.item_factors), state.epoch,
+                        state.history)
 
     def half_step(self, side: str, current: Any, other: Any, gram_other: np.ndarray, epoch: int,
                   loss_after: bool) -> tuple[Any, np.ndarray, float, float]:
         """Solve every row of `side`; return its factors, Gramian, observed and regularisation terms."""
-        p = SolveParams.of(self.model, self.other_size(side))
-        new_rows: np.ndarray | None = None
-        if self.routed:
-            result = self._routed_step(side, current, other, gram_other, p, loss_after)
-            summary = self.note_timing(side, result.select("block", "row_start", "n_rows", "gram", "observed", "reg",
-                                                           "bad_row", "fetch_seconds", "kernel_seconds").toArrow())
-        elif self.handoff.enabled:
-            job, out = self._local_job(side, p, loss_after)
-            self.handoff.publish(f"{side}-other", other)
-            self.handoff.publish(f"{side}-current", current)
-            self.handoff.publish(f"{side}-gram", gram_other)
-            self.handoff.output(out_name(side), current.shape)
-            summary = result = self.note_timing(side, job.toArrow())
-            new_rows = np.array(resolve(out))
-        else:
-            refs = self.handoff.pack(other), self.handoff.pack(current)
-
-            def solve(b: Block) -> pa.RecordBatch:
-                x0 = np.array(resolve(refs[1])[b.row_start:b.row_start + b.n_rows])
-                return _solve_block(b, resolve(refs[0]), gram_other, x0, p, loss_after)
-
-            try:
-                summary = result = self.map_blocks(side, solve, STEP_SCHEMA)
-            finally:
-                for ref in refs:
-                    self.handoff.release(ref)
-        d = self.model.dim
+        task = SolveTask(SolveParams.of(self.model, self.other_size(side)), loss_after)
+        result = self.exchange.step(side, task, current, other, {"gram": gram_other}, STEP_SCHEMA)
+        summary, d = result.summary, self.model.dim
         gram, observed, reg = np.zeros((d, d)), 0.0, 0.0
-        cols = {name: summary.column(name).to_pylist() for name in ("block", "row_start", "n_rows", "bad_row",
-                                                                     "observed", "reg")}
+        cols = {name: summary.column(name).to_pylist() for name in ("block", "bad_row", "observed", "reg")}
         for k in range(summary.num_rows):
             check_rows_finite(side, epoch, cols["block"][k], cols["bad_row"][k])
             gram += np.frombuffer(summary.column("gram")[k].as_buffer(), np.float64).reshape(d, d)
             observed += cols["observed"][k]
             reg += cols["reg"][k]
-        if self.routed:
-            return result.drop("fetch_seconds", "kernel_seconds"), gram, observed, reg
-        x = np.empty_like(current) if new_rows is None else new_rows
-        for k in range(summary.num_rows if new_rows is None else 0):
-            start, n = cols["row_start"][k], cols["n_rows"][k]
-            x[start:start + n] = np.frombuffer(summary.column("factors")[k].as_buffer(), np.float32).reshape(n, d)
-        layout = self.layouts[side]
-        for block in set(range(layout.num_blocks)) - set(cols["block"]):  # no interactions in the whole block
-            start, stop = layout.bounds(block)
-            rec = _solve_block(empty_block(layout, block), other, gram_other, current[start:stop], p, False)
-            x[start:stop] = np.frombuffer(rec.column("factors")[0].as_buffer(), np.float32).reshape(-1, d)
-            gram += np.frombuffer(rec.column("gram")[0].as_buffer(), np.float64).reshape(d, d)
-            reg += rec.column("reg")[0].as_py()
-        return x, gram, observed, reg
+        return result.factors, gram, observed, reg
 
     def map_blocks(self, side: str, per_block: Callable[[Block], pa.RecordBatch], schema: str) -> pa.Table:
-        """One Spark job applying `per_block` to every block of `side`, wherever its CSR lives.
-
-        Local master and store: the job runs over block ids (block b in partition b) and each task maps its
-        block's files or reads its block from the store (once per Python worker); otherwise it runs over the
-        cached block DataFrame (blocks without interactions are not in it: callers solve those themselves).
-        """
-        layout, store = self.layouts[side], self.handoff.store
-        if self.handoff.folder is not None or store is not None:
-            folder, nonempty = str(self.handoff.folder), self.nonempty.get(side, frozenset())
-
-            def by_id(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                for batch in batches:
-                    for block in batch.column("id").to_pylist():
-                        yield timed(lambda block=block: per_block(
-                            read_local_block(folder, side, layout, block) if store is None
-                            else store_block(store, side, layout, block, nonempty)))
-
-            ids = self.spark.range(0, layout.num_blocks, 1, layout.num_blocks)
-            return self.note_timing(side, ids.mapInArrow(by_id, schema + TIMING_SCHEMA).toArrow())
-
-        def by_row(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            for batch in batches:
-                t0 = time.perf_counter()
-                blocks = list(decode_blocks(batch))
-                decode = (time.perf_counter() - t0) / max(len(blocks), 1)
-                for b in blocks:
-                    yield timed(lambda b=b: per_block(b), decode)
-
-        return self.note_timing(side, self.blocks[side].mapInArrow(by_row, schema + TIMING_SCHEMA).toArrow())
-
-    def note_timing(self, side: str, table: pa.Table) -> pa.Table:
-        """Add a job's per-block fetch and kernel seconds (TIMING_SCHEMA) to `side`'s count; the table without them."""
-        acc = self.timing.setdefault(side, [0.0, 0.0])
-        for k, name in enumerate(("fetch_seconds", "kernel_seconds")):
-            acc[k] += float(sum(x for x in table.column(name).to_pylist() if x is not None))
-        return table.drop_columns(["fetch_seconds", "kernel_seconds"])
+        """One Spark job applying `per_block` to the CSR of every block of `side` wherever it lives (blocks without
+        interactions may be left out); the table without the timing columns."""
+        return self.exchange.map_blocks(side, per_block, schema)
 
     def take_timing(self) -> dict[str, float]:
-        """The fetch and kernel seconds counted since the last call, as EpochStats fields; the count restarts."""
-        out = {f"{side}_{name}_seconds": self.timing.get(side, [0.0, 0.0])[k]
-               for side in ("user", "item") for k, name in enumerate(("fetch", "kernel"))}
-        self.timing = {}
-        return out
-
-    def _local_job(self, side: str, p: SolveParams, loss_after: bool) -> tuple[Any, FileRef]:
-        """The half-step job of `side` on a local master, planned once and re-run every half-step."""
-        key = (side, loss_after)
-        if key not in self._local_jobs:
-            folder = self.handoff.folder
-            assert folder is not None
-            ref = {name: FileRef(str(folder / f"{side}-{name}.npy")) for name in ("other", "current", "gram")}
-            out = FileRef(str(folder / f"{out_name(side)}.npy"))
-            layout = self.layouts[side]
-            fn = _local_fn(side, layout, ref["other"], ref["current"], ref["gram"], out, p, loss_after)
-            ids = self.spark.range(0, layout.num_blocks, 1, layout.num_blocks)  # block b in partition b
-            self._local_jobs[key] = (ids.mapInArrow(fn, STEP_SCHEMA + TIMING_SCHEMA), out)
-        return self._local_jobs[key]
-
-    def _routed_step(self, side: str, current: Any, other: Any, gram_other: np.ndarray, p: SolveParams,
-                     loss_after: bool) -> Any:
-        """Cogroup each block's CSR and current rows with the routed rows it needs; solve; persist."""
-
-        def solve(b: Block, rows: np.ndarray, vecs: np.ndarray, x_init: np.ndarray) -> pa.RecordBatch:
-            return _solve_block(routed.localise(b, rows), vecs, gram_other, x_init, p, loss_after)
-
-        return self.routed_map(side, current, other, solve, STEP_SCHEMA)
-
-    def routed_map(self, side: str, current: Any, other: Any,
-                   per_block: Callable[[Block, np.ndarray, np.ndarray, np.ndarray], pa.RecordBatch],
-                   schema: str) -> Any:
-        """Run per_block(block, routed row ids, their rows, current rows) on every block of `side`; persist.
-
-        Each block's CSR and current factor rows are cogrouped with the other side's rows it references
-        (routes built once); blocks without interactions still run, with an empty CSR.
-        """
-        d, layout = self.model.dim, self.layouts[side]
-        payload = routed.route_payload(self.routes[side], other, d)
-        x0 = current.select("block", current.row_start.alias("x_start"), current.n_rows.alias("x_rows"),
-                            current.factors.alias("x0"))
-        solving = x0.join(self.blocks[side].drop("row_start", "n_rows"), "block", "left")
-
-        def solve(left: pa.Table, right: pa.Table) -> pa.Table:
-            t0 = time.perf_counter()
-            row = left.slice(0, 1)
-            block = row.column("block")[0].as_py()
-            start, n = row.column("x_start")[0].as_py(), row.column("x_rows")[0].as_py()
-            x_init = np.frombuffer(row.column("x0")[0].as_buffer(), np.float32).reshape(n, d)
-            if row.column("indptr")[0].as_py() is None:
-                b = empty_block(layout, block)
-            else:
-                b = next(decode_blocks(row.select(["block", "indptr", "indices", "alpha", "target"]).append_column(
-                    "row_start", pa.array([start], pa.int32())).append_column("n_rows", pa.array([n], pa.int32()))
-                    .to_batches()[0]))
-            rows, vecs = routed.gather(right, d)
-            return pa.Table.from_batches([timed(lambda: per_block(b, rows, vecs, x_init), time.perf_counter() - t0)])
-
-        result = (solving.groupBy("block").cogroup(payload.groupBy("dst_block"))
-                  .applyInArrow(solve, schema + TIMING_SCHEMA))
-        return self.steps.persist(result)
+        """The fetch and kernel seconds of block tasks since the last call, as EpochStats fields."""
+        return self.exchange.take_timing()
 
     def gram_of(self, side: str, factors: Any) -> np.ndarray:
         """The Gramian of one side's current factors."""
-        return gramian(factors) if not self.routed else routed.factor_gramian(factors, self.model.dim)
+        return self.exchange.gramian(factors)
 
     def epoch(self, state: FitState) -> EpochStats:
         """One user half-step then one item half-step; the loss is measured after the item step."""
@@ -560,7 +383,9 @@ class BlockTrainer:
         return stats
 
     def release(self) -> None:
-        """Drop the cached blocks and routes."""
+        """Drop the cached blocks, routes, planned jobs and scratch files."""
+        if hasattr(self, "exchange"):
+            self.exchange.release()
         for df in (*self.blocks.values(), *self.routes.values()):
             df.unpersist()
         self.handoff.close()

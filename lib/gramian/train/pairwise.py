@@ -1,6 +1,6 @@
 """Block-distributed RankALS on Spark: ALS for the pairwise square loss (paper §5.2, docs/rankals.md).
 
-Same CSR blocks (local block files on a local master, cached block DataFrames elsewhere), factor handoff,
+Same CSR blocks (local block files on a local master, cached block DataFrames elsewhere), factor exchange,
 checkpoints and estimator face as iALS (als.BlockTrainer); only the half-steps differ.
 With model.solver cg or subspace (the default, cg) an epoch is two Spark jobs:
   user step     every user block solves its rows against centred items and returns them with its share of
@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,6 @@ from gramian.kernels.pairwise import (
     item_moments,
     item_regularization,
     item_side_partials,
-    move_rows,
     observed_from_partials,
     pairwise_terms,
     row_sums,
@@ -54,10 +53,8 @@ from gramian.kernels.pairwise import (
     user_regularization,
     user_side_partials,
 )
-from gramian.train import routed
 from gramian.train.als import BlockTrainer, EpochStats, FitState, check_rows_finite
-from gramian.train.blocks import Block, empty_block
-from gramian.train.handoff import resolve
+from gramian.train.blocks import Block
 from gramian.train.model import IALS, model_config
 
 if TYPE_CHECKING:
@@ -100,6 +97,16 @@ def _record(b: Block, x: np.ndarray | None, stats: np.ndarray, reg: float) -> pa
 
 
 BlockFn = Callable[[Block, np.ndarray, np.ndarray], pa.RecordBatch]  # (block, other side's rows, own rows)
+
+
+@dataclass(frozen=True)
+class _PairTask:
+    """A RankALS block function as the exchange's block task (RankALS shares no arrays through the exchange)."""
+
+    fn: BlockFn
+
+    def __call__(self, b: Block, other: np.ndarray, x0: np.ndarray, shared: Mapping[str, np.ndarray]) -> pa.RecordBatch:
+        return self.fn(b, other, x0)
 
 
 def _user_block(b: Block, items: np.ndarray, x0: np.ndarray, p: PairParams, moments: ItemMoments) -> pa.RecordBatch:
@@ -154,38 +161,6 @@ def _descent_block(b: Block, users: np.ndarray, h0: np.ndarray, support: np.ndar
     return _record(b, delta.astype(np.float32), part.to_array(), regularization_term(lam, h))
 
 
-def _moments_fn(support: np.ndarray, dim: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """Per factor block: its share of (S, z, G^I) (routed factors, before the first user step)."""
-
-    def part(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for k in range(batch.num_rows):
-                start, n = batch.column("row_start")[k].as_py(), batch.column("n_rows")[k].as_py()
-                x = np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32).reshape(n, dim)
-                im = item_moments(x, support[start:start + n])
-                yield pa.RecordBatch.from_pydict({"stats": [np.concatenate([[im.total], im.z,
-                                                                            im.gram.ravel()]).tobytes()]})
-
-    return part
-
-
-def _moved_fn(t: float, dim: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """Per item factor block joined with its direction: the rows h + t Delta (routed descent step)."""
-
-    def move(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for k in range(batch.num_rows):
-                x = move_rows(np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32),
-                              np.frombuffer(batch.column("delta")[k].as_buffer(), np.float32), t)
-                yield pa.RecordBatch.from_pydict({
-                    "block": pa.array([batch.column("block")[k].as_py()], pa.int32()),
-                    "row_start": pa.array([batch.column("row_start")[k].as_py()], pa.int32()),
-                    "n_rows": pa.array([batch.column("n_rows")[k].as_py()], pa.int32()),
-                    "factors": pa.array([x.tobytes()], pa.binary())})
-
-    return move
-
-
 def _totals_block(b: Block) -> pa.RecordBatch:
     """Per item block: interactions and alpha sum of every row (support weights, lambda_i, A)."""
     return pa.RecordBatch.from_pydict({
@@ -215,74 +190,29 @@ class PairwiseTrainer(BlockTrainer):
         self.params = PairParams(model.reg, model.nu, model.solver, model.cg_steps, model.solver_block_size,
                                  float(self.support.sum()), float(sums.sum()))
 
-    def _step(self, side: str, fn: BlockFn, other: Any, current: Any, epoch: int) -> tuple[Any, list[np.ndarray],
-                                                                                              float]:
-        """Run fn(block, other rows, own current rows) on every block of `side` in one Spark job.
+    def _step(self, side: str, fn: BlockFn, other: Any, current: Any, epoch: int,
+              new_rows: bool = True) -> tuple[Any, list[np.ndarray], float]:
+        """Run fn(block, other rows, own current rows) on every block of `side` in one Spark job (the exchange's).
 
-        Returns (new rows: an array, or a factor-block DataFrame when routed; per-block stats; summed reg).
-        Whole factors reach tasks as mapped files or in the closure; routed ones as the rows each block needs.
+        Returns (new rows in the exchange's representation, or None when `new_rows` is False; per-block stats;
+        summed reg).
         """
-        if self.routed:
-            def routed_fn(b: Block, rows: np.ndarray, vecs: np.ndarray, x_init: np.ndarray) -> pa.RecordBatch:
-                return fn(routed.localise(b, rows), vecs, x_init)
-
-            result = self.routed_map(side, current, other, routed_fn, PAIR_SCHEMA)
-            out = self.note_timing(side, result.select("block", "stats", "reg", "bad_row", "fetch_seconds",
-                                                       "kernel_seconds").toArrow())
-            self._check(out, side, epoch)
-            stats = [np.frombuffer(out.column("stats")[k].as_buffer(), np.float64) for k in range(out.num_rows)]
-            return result.select("block", "row_start", "n_rows", "factors"), stats, float(sum(
-                out.column("reg").to_pylist()))
-        refs = {"other": self.handoff.pack(other), "current": self.handoff.pack(current)}
-        cache: dict[str, np.ndarray] = {}
-
-        def task(b: Block) -> pa.RecordBatch:
-            if not cache:  # once per Python worker and job
-                cache.update({k: resolve(r) for k, r in refs.items()})
-            return fn(b, cache["other"], cache["current"][b.row_start:b.row_start + b.n_rows])
-
-        try:
-            out = self.map_blocks(side, task, PAIR_SCHEMA)
-        finally:
-            for ref in refs.values():
-                self.handoff.release(ref)
-        layout = self.layouts[side]
-        done = set(out.column("block").to_pylist())
-        extra = []
-        for blk in range(layout.num_blocks):
-            if blk not in done:  # blocks without interactions (not in the cached DataFrame): on the driver
-                start, stop = layout.bounds(blk)
-                extra.append(fn(empty_block(layout, blk), other, current[start:stop]))
-        if extra:
-            out = pa.concat_tables([out, pa.Table.from_batches(extra, schema=out.schema)])
-        self._check(out, side, epoch)
-        return self._gather(out, self.n_users if side == "user" else self.n_items)
-
-    @staticmethod
-    def _check(out: pa.Table, side: str, epoch: int) -> None:
+        result = self.exchange.step(side, _PairTask(fn), current, other, {}, PAIR_SCHEMA, new_rows)
+        out = result.summary
         for blk, bad in zip(out.column("block").to_pylist(), out.column("bad_row").to_pylist(), strict=True):
             check_rows_finite(side, epoch, blk, bad)
-
-    def _gather(self, out: pa.Table, n: int) -> tuple[np.ndarray | None, list[np.ndarray], float]:
-        """Assemble factor rows, the per-block stats vectors and the summed regularisation of one job."""
-        d = self.model.dim
-        x = np.empty((n, d), np.float32) if out.num_rows and out.column("factors")[0].as_py() else None
-        stats = []
-        for k in range(out.num_rows):
-            if x is not None:
-                start, m = out.column("row_start")[k].as_py(), out.column("n_rows")[k].as_py()
-                x[start:start + m] = np.frombuffer(out.column("factors")[k].as_buffer(), np.float32).reshape(m, d)
-            stats.append(np.frombuffer(out.column("stats")[k].as_buffer(), np.float64))
-        return x, stats, float(sum(out.column("reg").to_pylist()))
+        stats = [np.frombuffer(out.column("stats")[k].as_buffer(), np.float64) for k in range(out.num_rows)]
+        return result.factors, stats, float(sum(out.column("reg").to_pylist()))
 
     def item_moments_of(self, items: Any) -> ItemMoments:
         """(S, z, G^I) of the current items (used once, before the first user step of a fit or resume)."""
-        if not self.routed:
-            return item_moments(items, self.support)
-        d = self.model.dim
-        out = items.select("row_start", "n_rows", "factors").mapInArrow(_moments_fn(self.support, d),
-                                                                        "stats binary").toArrow()
-        parts = [np.frombuffer(out.column("stats")[k].as_buffer(), np.float64) for k in range(out.num_rows)]
+        d, support = self.model.dim, self.support
+
+        def part(start: int, x: np.ndarray) -> np.ndarray:
+            im = item_moments(x, support[start:start + x.shape[0]])
+            return np.concatenate([[im.total], im.z, im.gram.ravel()])
+
+        parts = self.exchange.partials(items, part)
         return ItemMoments(sum(float(x[0]) for x in parts), sum(x[1:1 + d] for x in parts),
                            sum(x[1 + d:].reshape(d, d) for x in parts))
 
@@ -324,7 +254,7 @@ class PairwiseTrainer(BlockTrainer):
         def coupling_fn(b: Block, users: np.ndarray, _h: np.ndarray) -> pa.RecordBatch:
             return _coupling_block(b, users, support, p, basis)
 
-        _, stats, _ = self._step("item", coupling_fn, w, items, e)
+        _, stats, _ = self._step("item", coupling_fn, w, items, e, new_rows=False)
         coupling = functools.reduce(Coupling.__add__, (Coupling.from_array(s, d) for s in stats))
         try:
             m, mu = coupling.solve()
@@ -356,12 +286,7 @@ class PairwiseTrainer(BlockTrainer):
         delta, stats, reg_h0 = self._step("item", descent_fn, w, items, e)
         part = functools.reduce(Descent.__add__, (Descent.from_array(s, d) for s in stats))
         t = part.step(um, im, v0)
-        if self.routed:
-            joined = items.join(delta.select("block", delta.factors.alias("delta")), "block")
-            h = joined.mapInArrow(_moved_fn(t, d), "block int, row_start int, n_rows int, factors binary")
-            h = self.steps.persist(h)
-        else:
-            h = move_rows(items, delta, t)
+        h = self.exchange.move(items, delta, t)
         square, v, reg_h = part.partials_at(t, square0, v0, reg_h0)
         log.debug("epoch %d item step: t=%.4f along the descent direction", e, t)
         return h, part.moved(im, t), square, v, reg_h

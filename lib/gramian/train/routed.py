@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import atexit
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from gramian.kernels import gramian
+from gramian.kernels.pairwise import move_rows
 from gramian.train.blocks import Block, SideLayout, decode_blocks
 from gramian.train.init import init_factors
 
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
     from gramian.storage import Store
 
 ROUTE_SCHEMA = "dst_block int, src_block int, rows binary"
-PAYLOAD_SCHEMA = "dst_block int, rows binary, vecs binary"
 FACTOR_COLUMNS = ("block", "row_start", "n_rows", "factors")
+PAYLOAD_SCHEMA = "pkey int, dst_block int, own boolean, rows binary, vecs binary"
 
 
 def build_routes(blocks_df: Any, other: SideLayout) -> Any:
@@ -82,22 +83,57 @@ def factor_gramian(factors_df: Any, dim: int) -> np.ndarray:
                 for k in range(out.num_rows)), np.zeros((dim, dim)))
 
 
-def route_payload(routes_df: Any, other_factors: Any, dim: int) -> Any:
-    """The other side's factor rows each destination block needs, sliced out of their source blocks."""
+def block_partials(factors_df: Any, dim: int, fn: Callable[[int, np.ndarray], np.ndarray]) -> list[np.ndarray]:
+    """fn(row_start, rows) of every factor block, computed in its task (float64 partial sums, block order kept)."""
+
+    def part(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for k in range(batch.num_rows):
+                start, n = batch.column("row_start")[k].as_py(), batch.column("n_rows")[k].as_py()
+                x = np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32).reshape(n, dim)
+                yield pa.RecordBatch.from_pydict({"part": [np.asarray(fn(start, x), np.float64).tobytes()]})
+
+    out = factors_df.select("row_start", "n_rows", "factors").mapInArrow(part, "part binary").toArrow()
+    return [np.frombuffer(out.column("part")[k].as_buffer(), np.float64) for k in range(out.num_rows)]
+
+
+def move_blocks(factors_df: Any, delta_df: Any, t: float, dim: int) -> Any:
+    """Factor blocks moved by t times a direction of the same layout: rows h + t Delta (RankALS's line step)."""
+
+    def move(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for k in range(batch.num_rows):
+                x = move_rows(np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32),
+                              np.frombuffer(batch.column("delta")[k].as_buffer(), np.float32), t)
+                yield pa.RecordBatch.from_pydict({
+                    "block": pa.array([batch.column("block")[k].as_py()], pa.int32()),
+                    "row_start": pa.array([batch.column("row_start")[k].as_py()], pa.int32()),
+                    "n_rows": pa.array([batch.column("n_rows")[k].as_py()], pa.int32()),
+                    "factors": pa.array([x.tobytes()], pa.binary())})
+
+    joined = factors_df.join(delta_df.select("block", delta_df.factors.alias("delta")), "block")
+    return joined.mapInArrow(move, "block int, row_start int, n_rows int, factors binary")
+
+
+def route_payload(joined: Any, dst_keys: list[int], dim: int) -> Any:
+    """The other side's factor rows each destination block needs, sliced out of their source blocks.
+
+    `joined` holds the routes beside their source block's row_start and factors; each slice is keyed by its
+    destination block's partition key (`dst_keys`) and marked as not the block's own rows.
+    """
 
     def slice_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for k in range(batch.num_rows):
                 rows = np.frombuffer(batch.column("rows")[k].as_buffer(), np.int32)
-                start = batch.column("row_start")[k].as_py()
+                start, dst = batch.column("row_start")[k].as_py(), batch.column("dst_block")[k].as_py()
                 x = np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32).reshape(-1, dim)
                 yield pa.RecordBatch.from_pydict({
-                    "dst_block": pa.array([batch.column("dst_block")[k].as_py()], pa.int32()),
-                    "rows": pa.array([rows.tobytes()], pa.binary()),
+                    "pkey": pa.array([dst_keys[dst]], pa.int32()), "dst_block": pa.array([dst], pa.int32()),
+                    "own": pa.array([False]), "rows": pa.array([rows.tobytes()], pa.binary()),
                     "vecs": pa.array([np.ascontiguousarray(x[rows - start]).tobytes()], pa.binary())})
 
-    src = other_factors.select("block", "row_start", "factors").withColumnRenamed("block", "src_block")
-    return routes_df.join(src, "src_block").mapInArrow(slice_rows, PAYLOAD_SCHEMA)
+    return joined.select("dst_block", "rows", "row_start", "factors").mapInArrow(slice_rows, PAYLOAD_SCHEMA)
 
 
 def gather(payload: pa.Table, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,450 @@
+"""The factor exchange: how a half-step's block tasks read the fixed side's factors and hand back the new side.
+
+One interface, `FactorExchange`, chosen once per trainer (`choose`) from train.routing, train.exchange and the master:
+
+  LocalFiles   local master: the fixed side, the current rows and small shared arrays are memory-mapped files in
+               /dev/shm and tasks write their new rows into one shared output file; a job is planned once per
+               side and task and re-run
+  StoreFiles   off a local master with an artifact store: each half-step writes the fixed side and the current
+               rows to the store once, every Python worker reads them once; block CSR comes from the store
+  Closure      anywhere else: the factors ride in the task closure over cached CSR block DataFrames
+  RoutedRows   factors too big for one executor: factor-block DataFrames, each block task receiving only the rows
+               its CSR references (gramian.train.routed); every new side is persisted (store, else local checkpoint)
+
+A half-step is `step(side, task, current, other, shared, schema)`: `task(block, other rows, own current rows,
+shared)` runs once per block (indices of the block index the other rows it is given) and returns one record with
+at least block, row_start, n_rows, factors (float32 row-major, or empty when the task makes no rows) and bad_row.
+Whole-factor exchanges keep factors as driver arrays; the routed one as factor-block DataFrames.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from gramian.kernels import gramian
+from gramian.kernels.pairwise import move_rows
+from gramian.train import routed
+from gramian.train.blocks import (
+    Block,
+    SideLayout,
+    decode_blocks,
+    empty_block,
+    read_local_block,
+    spark_partition_keys,
+    store_block,
+)
+from gramian.train.handoff import FETCH, FileRef, Handoff, resolve, writable
+from gramian.train.init import init_factors
+
+TIMING_SCHEMA = ", fetch_seconds double, kernel_seconds double"  # appended by every block task (see timed)
+TIMING_COLUMNS = ["fetch_seconds", "kernel_seconds"]
+SIDE_IDS = {"user": 0, "item": 1}  # the init stream of each side (init_factors)
+
+BlockTask = Callable[[Block, np.ndarray, np.ndarray, Mapping[str, np.ndarray]], pa.RecordBatch]
+BlockFn = Callable[[Block], pa.RecordBatch]
+PartialFn = Callable[[int, np.ndarray], np.ndarray]  # (first row, factor rows) -> a float64 partial sum
+
+
+def timed(produce: Callable[[], pa.RecordBatch], fetch_before: float = 0.0) -> pa.RecordBatch:
+    """produce()'s one-row record with its fetch seconds (the worker's FETCH clock, plus `fetch_before`)
+    and the rest of its seconds as kernel seconds appended (TIMING_SCHEMA)."""
+    f0, t0 = FETCH.seconds, time.perf_counter()
+    rec = produce()
+    fetched = FETCH.seconds - f0
+    kernel = time.perf_counter() - t0 - fetched
+    return (rec.append_column("fetch_seconds", pa.array([fetched + fetch_before], pa.float64()))
+            .append_column("kernel_seconds", pa.array([kernel], pa.float64())))
+
+
+@dataclass
+class StepResult:
+    """A half-step's new side (an array, a factor-block DataFrame, or None when its task makes no rows) and one
+    summary row per block, every block included (the task's record without `factors`)."""
+
+    factors: Any
+    summary: pa.Table
+
+
+@dataclass(frozen=True)
+class FactorSpec:
+    """What an exchange needs to make a side's initial factors: the model's dim, init scale and seed."""
+
+    dim: int
+    init_scale: float
+    seed: int
+
+
+class FactorExchange(ABC):
+    """Hands the fixed side's factors to the block tasks of a half-step and collects the new side's rows."""
+
+    routed: bool = False  # factors are factor-block DataFrames (else arrays on the driver)
+
+    def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec) -> None:
+        self.spark, self.layouts, self.spec = spark, layouts, spec
+        self.timing: dict[str, list[float]] = {}  # side -> [fetch, kernel] seconds of its block tasks
+
+    @abstractmethod
+    def step(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
+             schema: str, new_rows: bool = True) -> StepResult:
+        """Run `task` on every block of `side` in one Spark job; `new_rows` False: the task makes no rows."""
+
+    @abstractmethod
+    def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
+        """One Spark job applying `fn` to the CSR of every block of `side` that has interactions (at least)."""
+
+    @abstractmethod
+    def initial(self, side: str) -> Any:
+        """N(0, σ/√d) factors of `side` (identical rows in every exchange)."""
+
+    @abstractmethod
+    def adopt(self, side: str, factors: Any) -> Any:
+        """Factors of another exchange (a checkpoint, a warm start) in this one's representation."""
+
+    @abstractmethod
+    def gramian(self, factors: Any) -> np.ndarray:
+        """Σ x xᵀ over the rows of `factors` (eq. 25)."""
+
+    @abstractmethod
+    def partials(self, factors: Any, fn: PartialFn) -> list[np.ndarray]:
+        """fn(first row, rows) over `factors`: once over all rows for arrays, once per block for routed blocks."""
+
+    @abstractmethod
+    def move(self, factors: Any, delta: Any, t: float) -> Any:
+        """The rows factors + t·delta (RankALS's exact line step), in this exchange's representation."""
+
+    def release(self) -> None:  # noqa: B027  (most exchanges plan nothing ahead)
+        """Forget planned jobs (scratch files and cached blocks are the trainer's to release)."""
+
+    def note_timing(self, side: str, table: pa.Table) -> pa.Table:
+        """Add a job's per-block fetch and kernel seconds to `side`'s count; the table without them."""
+        acc = self.timing.setdefault(side, [0.0, 0.0])
+        for k, name in enumerate(TIMING_COLUMNS):
+            acc[k] += float(sum(x for x in table.column(name).to_pylist() if x is not None))
+        return table.drop_columns(TIMING_COLUMNS)
+
+    def take_timing(self) -> dict[str, float]:
+        """The fetch and kernel seconds counted since the last call, as EpochStats fields; the count restarts."""
+        out = {f"{side}_{name}_seconds": self.timing.get(side, [0.0, 0.0])[k]
+               for side in ("user", "item") for k, name in enumerate(("fetch", "kernel"))}
+        self.timing = {}
+        return out
+
+
+def _by_id(spark: Any, layout: SideLayout, read: Callable[[int], Block], fn: BlockFn, schema: str) -> Any:
+    """The job applying `fn` to every block of `layout`, block b read by `read(b)` in partition b."""
+
+    def by_id(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for block in batch.column("id").to_pylist():
+                yield timed(lambda block=block: fn(read(block)))
+
+    ids = spark.range(0, layout.num_blocks, 1, layout.num_blocks)
+    return ids.mapInArrow(by_id, schema + TIMING_SCHEMA)
+
+
+def _by_row(blocks_df: Any, fn: BlockFn, schema: str) -> Any:
+    """The job applying `fn` to every block of a cached CSR block DataFrame (decoding counted as fetch time)."""
+
+    def by_row(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            t0 = time.perf_counter()
+            blocks = list(decode_blocks(batch))
+            decode = (time.perf_counter() - t0) / max(len(blocks), 1)
+            for b in blocks:
+                yield timed(lambda b=b: fn(b), decode)
+
+    return blocks_df.mapInArrow(by_row, schema + TIMING_SCHEMA)
+
+
+def _rows_of(table: pa.Table, n: int, d: int) -> np.ndarray:
+    """The float32 factor rows a step's records carry, assembled in row order."""
+    x = np.empty((n, d), np.float32)
+    starts, sizes = table.column("row_start").to_pylist(), table.column("n_rows").to_pylist()
+    for k, (start, m) in enumerate(zip(starts, sizes, strict=True)):
+        x[start:start + m] = np.frombuffer(table.column("factors")[k].as_buffer(), np.float32).reshape(m, d)
+    return x
+
+
+class WholeFactors(FactorExchange):
+    """Factors travel whole, as arrays on the driver: what the local-file, store and closure exchanges share."""
+
+    def initial(self, side: str) -> np.ndarray:
+        s = self.spec
+        return init_factors(self.layouts[side].n_rows, s.dim, s.init_scale, s.seed, SIDE_IDS[side])
+
+    def adopt(self, side: str, factors: Any) -> np.ndarray:
+        return factors if isinstance(factors, np.ndarray) else routed.blocks_to_array(factors, self.spec.dim)
+
+    def gramian(self, factors: np.ndarray) -> np.ndarray:
+        return gramian(factors)
+
+    def partials(self, factors: np.ndarray, fn: PartialFn) -> list[np.ndarray]:
+        return [fn(0, factors)]
+
+    def move(self, factors: np.ndarray, delta: np.ndarray, t: float) -> np.ndarray:
+        return move_rows(factors, delta, t)
+
+    def step(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
+             shared: Mapping[str, np.ndarray], schema: str, new_rows: bool = True) -> StepResult:
+        table, x = self._run(side, task, current, other, shared, schema, new_rows)
+        if x is None and new_rows:
+            x = _rows_of(table, current.shape[0], current.shape[1])
+        return StepResult(x if new_rows else None, table.drop_columns(["factors"]))
+
+    @abstractmethod
+    def _run(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
+             shared: Mapping[str, np.ndarray], schema: str, new_rows: bool) -> tuple[pa.Table, np.ndarray | None]:
+        """The step's records of every block (timing noted) and the new rows if they did not come back in them."""
+
+
+class LocalFiles(WholeFactors):
+    """Local master: inputs at stable memory-mapped paths, new rows written by the tasks into one shared file.
+
+    Stable paths make the closure, hence the planned job, the same for every half-step of a side and task.
+    """
+
+    def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, handoff: Handoff) -> None:
+        super().__init__(spark, layouts, spec)
+        assert handoff.folder is not None, "LocalFiles needs a local master's scratch folder"
+        self.handoff, self.folder = handoff, handoff.folder
+        self._jobs: OrderedDict[Any, Any] = OrderedDict()  # planned jobs, least recently used dropped first
+
+    def _read(self, side: str) -> Callable[[int], Block]:
+        folder, layout = str(self.folder), self.layouts[side]
+        return lambda block: read_local_block(folder, side, layout, block)
+
+    def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
+        return self.note_timing(side, _by_id(self.spark, self.layouts[side], self._read(side), fn, schema).toArrow())
+
+    def _run(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
+             shared: Mapping[str, np.ndarray], schema: str, new_rows: bool) -> tuple[pa.Table, np.ndarray | None]:
+        job, out = self._job(side, task, tuple(sorted(shared)), schema, new_rows)
+        self.handoff.publish(f"{side}-other", other)
+        self.handoff.publish(f"{side}-current", current)
+        for name, value in shared.items():
+            self.handoff.publish(f"{side}-shared-{name}", value)
+        if out is not None:
+            self.handoff.output(f"{side}-new", current.shape)
+        table = self.note_timing(side, job.toArrow())
+        return table, None if out is None else np.array(resolve(out))
+
+    def _job(self, side: str, task: BlockTask, names: tuple[str, ...], schema: str,
+             new_rows: bool) -> tuple[Any, FileRef | None]:
+        """The planned job of (side, task), made on first use (tasks equal by value share one plan)."""
+        key = (side, task, names, schema, new_rows)
+        try:
+            hit = self._jobs.get(key)
+        except TypeError:  # an unhashable task: plan afresh
+            key, hit = None, None
+        if hit is not None:
+            self._jobs.move_to_end(key)
+            return hit
+        ref = {name: FileRef(str(self.folder / f"{side}-{name}.npy")) for name in ("other", "current")}
+        shared = {name: FileRef(str(self.folder / f"{side}-shared-{name}.npy")) for name in names}
+        out = FileRef(str(self.folder / f"{side}-new.npy")) if new_rows else None
+        read = self._read(side)
+
+        def solve(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            other_rows, current_rows = resolve(ref["other"]), resolve(ref["current"])
+            arrays = {name: np.array(resolve(r)) for name, r in shared.items()}
+            new = None if out is None else writable(out)
+
+            def one(block: int) -> pa.RecordBatch:
+                b = read(block)
+                rec = task(b, other_rows, np.array(current_rows[b.row_start:b.row_start + b.n_rows]), arrays)
+                if new is None:
+                    return rec
+                new[b.row_start:b.row_start + b.n_rows] = np.frombuffer(
+                    rec.column("factors")[0].as_buffer(), np.float32).reshape(b.n_rows, -1)
+                return rec.set_column(rec.schema.get_field_index("factors"), "factors", pa.array([b""], pa.binary()))
+
+            for batch in batches:
+                for block in batch.column("id").to_pylist():
+                    yield timed(lambda block=block: one(block))
+            if new is not None:
+                new.flush()
+
+        layout = self.layouts[side]
+        ids = self.spark.range(0, layout.num_blocks, 1, layout.num_blocks)  # block b in partition b
+        planned = (ids.mapInArrow(solve, schema + TIMING_SCHEMA), out)
+        if key is not None:
+            self._jobs[key] = planned
+            while len(self._jobs) > 8:
+                self._jobs.popitem(last=False)
+        return planned
+
+    def release(self) -> None:
+        self._jobs.clear()
+
+
+class StoreFiles(WholeFactors):
+    """Off a local master with an artifact store: the fixed side and current rows written to the store once per
+    half-step and read once per Python worker; block CSR read from the store (and kept by the worker)."""
+
+    def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, handoff: Handoff,
+                 nonempty: dict[str, frozenset[int]]) -> None:
+        super().__init__(spark, layouts, spec)
+        assert handoff.store is not None, "StoreFiles needs the handoff's store folder"
+        self.handoff, self.store, self.nonempty = handoff, handoff.store, nonempty
+
+    def _read(self, side: str) -> Callable[[int], Block]:
+        store, layout, nonempty = self.store, self.layouts[side], self.nonempty.get(side, frozenset())
+        return lambda block: store_block(store, side, layout, block, nonempty)
+
+    def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
+        return self.note_timing(side, _by_id(self.spark, self.layouts[side], self._read(side), fn, schema).toArrow())
+
+    def _run(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
+             shared: Mapping[str, np.ndarray], schema: str, new_rows: bool) -> tuple[pa.Table, np.ndarray | None]:
+        refs = self.handoff.pack(other), self.handoff.pack(current)
+        arrays = dict(shared)
+
+        def solve(b: Block) -> pa.RecordBatch:
+            x0 = np.array(resolve(refs[1])[b.row_start:b.row_start + b.n_rows])
+            return task(b, resolve(refs[0]), x0, arrays)
+
+        return self.map_blocks(side, solve, schema), None
+
+
+class Closure(WholeFactors):
+    """Factors in the task closure over cached CSR block DataFrames; blocks without interactions (not cached)
+    are solved on the driver."""
+
+    def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, blocks: dict[str, Any]) -> None:
+        super().__init__(spark, layouts, spec)
+        self.blocks = blocks
+
+    def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
+        return self.note_timing(side, _by_row(self.blocks[side], fn, schema).toArrow())
+
+    def _run(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
+             shared: Mapping[str, np.ndarray], schema: str, new_rows: bool) -> tuple[pa.Table, np.ndarray | None]:
+        arrays = dict(shared)
+
+        def solve(b: Block) -> pa.RecordBatch:
+            return task(b, other, np.array(current[b.row_start:b.row_start + b.n_rows]), arrays)
+
+        table = self.map_blocks(side, solve, schema)
+        layout, done = self.layouts[side], set(table.column("block").to_pylist())
+        extra = [solve(empty_block(layout, blk)) for blk in range(layout.num_blocks) if blk not in done]
+        if extra:
+            table = pa.concat_tables([table, pa.Table.from_batches(extra, schema=table.schema)])
+        return table, None
+
+
+class RoutedRows(FactorExchange):
+    """Factor-block DataFrames; each block task gets the other side's rows its CSR references; every new side is
+    persisted by `steps`.
+
+    Co-partitioned so a half-step is two shuffles and one solving stage: the CSR blocks are cached hash-partitioned
+    on their block's partition key (block b in partition b, `spark_partition_keys`) and the routes on their source
+    block's key, so only factor rows move: the other side's blocks to the routes that slice them, then the sliced
+    rows together with each block's own current rows to the block's partition, cogrouped with its cached CSR.
+    """
+
+    routed = True
+
+    def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, blocks: dict[str, Any],
+                 routes: dict[str, Any], steps: routed.StepStore) -> None:
+        super().__init__(spark, layouts, spec)
+        self.blocks, self.routes, self.steps = blocks, routes, steps
+        self.keys = {side: spark_partition_keys(layout.num_blocks) for side, layout in layouts.items()}
+        for side, other in (("user", "item"), ("item", "user")):  # re-keyed once; the trainer releases them
+            self._recache(blocks, side, "block", side)
+            self._recache(routes, side, "src_block", other)
+
+    def _recache(self, frames: dict[str, Any], name: str, column: str, keyed_by: str) -> None:
+        """frames[name] cached again hash-partitioned on `column`'s partition key among `keyed_by`'s blocks."""
+        old = frames[name]
+        new = old.withColumn("pkey", self.key_of(keyed_by, column)).repartition(
+            self.layouts[keyed_by].num_blocks, "pkey").cache()
+        frames[name] = new  # registered before it is materialised, so the trainer's release finds it
+        new.count()
+        old.unpersist()
+
+    def key_of(self, side: str, column: str) -> Any:
+        """The partition key of block `column` of `side` (a Spark Column): block b hashes to partition b."""
+        from pyspark.sql import functions as F
+
+        return F.element_at(F.array(*[F.lit(k) for k in self.keys[side]]), F.col(column) + 1)
+
+    def initial(self, side: str) -> Any:
+        s = self.spec
+        return self.steps.persist(routed.init_blocks(self.spark, self.layouts[side], s.dim, s.init_scale, s.seed,
+                                                     SIDE_IDS[side]))
+
+    def adopt(self, side: str, factors: Any) -> Any:
+        if not isinstance(factors, np.ndarray):
+            return factors
+        return routed.array_to_blocks(self.spark, factors, self.layouts[side])
+
+    def gramian(self, factors: Any) -> np.ndarray:
+        return routed.factor_gramian(factors, self.spec.dim)
+
+    def partials(self, factors: Any, fn: PartialFn) -> list[np.ndarray]:
+        return routed.block_partials(factors, self.spec.dim, fn)
+
+    def move(self, factors: Any, delta: Any, t: float) -> Any:
+        return self.steps.persist(routed.move_blocks(factors, delta, t, self.spec.dim))
+
+    def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
+        return self.note_timing(side, _by_row(self.blocks[side], fn, schema).toArrow())
+
+    def step(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
+             schema: str, new_rows: bool = True) -> StepResult:
+        result = self.job(side, task, current, other, shared, schema)
+        if new_rows:
+            result = self.steps.persist(result)
+        summary = self.note_timing(side, result.drop("factors").toArrow()).sort_by("block")  # sums in block order
+        return StepResult(result.select(*routed.FACTOR_COLUMNS) if new_rows else None, summary)
+
+    def job(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
+            schema: str) -> Any:
+        """The half-step's DataFrame: one row per block of `side` (the task's record), block b in partition b."""
+        from pyspark.sql import functions as F
+
+        d, layout, arrays = self.spec.dim, self.layouts[side], dict(shared)
+        other_side = "item" if side == "user" else "user"
+        src = other.select(self.key_of(other_side, "block").alias("pkey"), "row_start", "factors")
+        sliced = routed.route_payload(self.routes[side].join(src, "pkey"), self.keys[side], d)
+        own = current.select(self.key_of(side, "block").alias("pkey"), F.col("block").alias("dst_block"),
+                             F.lit(True).alias("own"), F.lit(bytearray()).alias("rows"), F.col("factors").alias("vecs"))
+        payload = sliced.unionByName(own)
+
+        def solve(csr: pa.Table, rows_in: pa.Table) -> pa.Table:
+            t0 = time.perf_counter()
+            mine = rows_in.column("own").to_numpy(zero_copy_only=False)
+            own_row = rows_in.filter(pa.array(mine))
+            block = own_row.column("dst_block")[0].as_py()
+            start, stop = layout.bounds(block)
+            x_init = np.frombuffer(own_row.column("vecs")[0].as_buffer(), np.float32).reshape(stop - start, d)
+            b = next(decode_blocks(csr.combine_chunks().to_batches()[0])) if csr.num_rows else empty_block(layout,
+                                                                                                          block)
+            rows, vecs = routed.gather(rows_in.filter(pa.array(~mine)), d)
+            return pa.Table.from_batches([timed(lambda: task(routed.localise(b, rows), vecs, x_init, arrays),
+                                                time.perf_counter() - t0)])
+
+        return (self.blocks[side].groupBy("pkey").cogroup(payload.groupBy("pkey"))
+                .applyInArrow(solve, schema + TIMING_SCHEMA))
+
+
+def choose(spark: Any, routed_rows: bool, handoff: Handoff, layouts: dict[str, SideLayout], spec: FactorSpec,
+           blocks: dict[str, Any], nonempty: dict[str, frozenset[int]], routes: dict[str, Any],
+           steps: routed.StepStore) -> FactorExchange:
+    """The one exchange a trainer uses, from where its setup put the CSR blocks (local files, store, cache)."""
+    if routed_rows:
+        return RoutedRows(spark, layouts, spec, blocks, routes, steps)
+    if handoff.folder is not None:
+        return LocalFiles(spark, layouts, spec, handoff)
+    if handoff.store is not None:
+        return StoreFiles(spark, layouts, spec, handoff, nonempty)
+    return Closure(spark, layouts, spec, blocks)
+
