@@ -416,6 +416,9 @@ def stage_lines(st: dict[str, Any]) -> list[str]:
            f"{s['stopped_by']}; load before {st['load_before'][0]:.1f}): {s['trials']} trials, {s['complete']} "
            f"complete, {s['pruned']} pruned, {s['failed']} failed. Searched: "
            + "; ".join(f"{k} {_space_text(v)}" for k, v in st["space"].items()) + ".", "",
+           *([f"{st['note']}: " + "; ".join(f"{x['budget_minutes']:g} min, {x['trials']} trials, best "
+                                          f"{x['best_value']:.4f}, load before {x['load_before'][0]:.1f}"
+                                          for x in st["sessions"]) + ".", ""] if st.get("sessions") else []),
            f"Best: trial {s['best_trial']}, validation Recall@20 **{s['best_value']:.4f}**: "
            f"{_params(s['best_params'])} -> {st['profile']}.", "",
            "| trial | state | Recall@20 | epochs | s | settings |", "|---|---|---|---|---|---|"]
