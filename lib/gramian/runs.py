@@ -17,7 +17,6 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Callable
 from typing import Any
 
 from gramian import tables
@@ -68,17 +67,13 @@ def run_rows(run_id: str) -> Any:
     return F.col("run_id") == F.lit(check_run_id(run_id))
 
 
-def current_inputs(spark: Any, storage: StorageConfig, **more: Callable[[], Any]) -> tuple[dict[str, int],
-                                                                                        dict[str, Any]]:
-    """Latest Delta version of each input table that exists (what a run starting now trains on), and the
-    results of `more` lookups, all looked up at once (gramian.spark.run_together)."""
+def current_inputs(spark: Any, storage: StorageConfig) -> dict[str, int]:
+    """Latest Delta version of each input table that exists (what a run starting now trains on), the tables
+    looked up at once (gramian.spark.run_together)."""
     from gramian.spark import run_together
 
-    calls: dict[str, Callable[[], Any]] = {name: functools.partial(tables.version, spark, storage, name)
-                                           for name in INPUTS}
-    got = run_together(spark, {**calls, **{f"+{k}": call for k, call in more.items()}})
-    versions = {name: got[name] for name in INPUTS if got[name] is not None}
-    return versions, {k: got[f"+{k}"] for k in more}
+    got = run_together(spark, {name: functools.partial(tables.version, spark, storage, name) for name in INPUTS})
+    return {name: version for name, version in got.items() if version is not None}
 
 
 def recorded_inputs(spark: Any, storage: StorageConfig, run_id: str) -> dict[str, int] | None:

@@ -21,7 +21,7 @@ from gramian.progress import EpochProgress, Phases
 from gramian.runs import check_run_id, current_inputs, describe_split, run_where, same_split
 from gramian.spark import run_together
 from gramian.train import warm
-from gramian.train.als import row_counts
+from gramian.train.als import add_counts, row_counts
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.model import IALS, IALSModel
 from gramian.train.pairwise import RankALS
@@ -124,7 +124,7 @@ def read_inputs(spark: Any, cfg: Config, count: bool = True) -> tuple[dict[str, 
     beside the two maps' (each its own small Spark jobs: overlapped, not queued; `count` False: counts None).
     InputDataError when train or an id map was never written."""
     st = cfg.storage
-    inputs, _ = current_inputs(spark, st)
+    inputs = current_inputs(spark, st)
     if "train" not in inputs:
         raise InputDataError(missing_input(cfg, "train"))
     train = tables.read_version(spark, st, "train", inputs["train"])
@@ -144,7 +144,7 @@ def sized(counts: np.ndarray, n: int, column: str) -> np.ndarray:
     if len(counts) > n:
         raise InputDataError(f"{column} must be in [0, {n}), got {len(counts) - 1}. The train table and the id "
                              f"maps disagree: re-run `gramian split`.")
-    return np.concatenate([counts, np.zeros(n - len(counts), counts.dtype)])
+    return add_counts(np.zeros(n, counts.dtype), counts)
 
 
 def id_map(spark: Any, cfg: Config, name: str) -> tuple[Any, int]:
