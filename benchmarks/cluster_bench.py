@@ -276,7 +276,9 @@ def summarise(args: argparse.Namespace, root: str, jobs: dict[str, dict[str, Any
         for m in (k for k in jobs if k != "mllib"):
             ratios[m] = {"fit_vs_mllib": jobs[m]["result"]["fit_seconds"] / ml["result"]["fit_seconds"],
                          "job_vs_mllib": jobs[m]["wall_seconds"] / ml["wall_seconds"]}
-    return {"machine": machine_info(), "load_after": os.getloadavg(), "dataset": args.dataset, "dim": args.dim,
+    # machine_info() reads the load now, at the end: the load before is the one main() took at the start
+    machine = machine_info() | {"load_before": args.load_before}
+    return {"machine": machine, "load_after": os.getloadavg(), "dataset": args.dataset, "dim": args.dim,
             "epochs": args.epochs, "cluster": {"workers": 2, "cores_per_worker": 1,
                                                "worker_memory": args.worker_memory,
                                                "executor_memory": args.executor_memory, "store": root},
@@ -363,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default=None, help="an earlier run's phases (JSON: commit, load, jobs) to show "
                         "beside this run's in the phase table")
     args = parser.parse_args(argv)
+    args.load_before = os.getloadavg()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its cluster
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
