@@ -322,7 +322,7 @@ def write_tuning_md(trials: list[dict[str, Any]]) -> Path:
             lines.append("")
         lines += ["Best per method (validation Recall@20):", "", "| method | Recall@20 | settings | trials |",
                   "|---|---|---|---|"]
-        for method in ("gramian d=64", "gramian", "implicit_als", "mllib", "implicit_bpr"):
+        for method in ("gramian d=64", "gramian", "implicit_als", "mllib", "implicit_bpr", "ease", "rp3beta"):
             base = method.split()[0]
             n = sum(1 for t in trials if t["dataset"] == ds and t["method"] == base)
             pred = (lambda t: t["params"].get("dim") == 64) if method == "gramian d=64" else None

@@ -97,3 +97,15 @@ def test_item_item_scorers_rank_exactly_like_their_dense_scores():
         via_scorer = evaluate(split, r.user_factors, r.item_factors, ks=(5,), scorer=r.scorer)
         assert via_scorer["recall@5"] == via_factors["recall@5"]
         assert via_scorer["ndcg@5"] == via_factors["ndcg@5"]
+
+
+def test_rp3beta_steps_move_one_axis_at_a_time_and_stay_in_range() -> None:
+    """The climb's neighbours differ from the start in exactly one key; beta never goes below 0, topk stays int."""
+    from benchmarks.tune import rp3beta_steps
+
+    start = {"alpha": 0.75, "beta": 0.0, "topk": 100, "weights": "binary"}
+    steps = rp3beta_steps(start)
+    assert all(sum(s[k] != start[k] for k in start) == 1 for s in steps)
+    assert {(k, s[k]) for s in steps for k in start if s[k] != start[k]} == {
+        ("alpha", 0.625), ("alpha", 0.875), ("beta", 0.1), ("topk", 50), ("topk", 200)}
+    assert all(isinstance(s["topk"], int) for s in steps)
