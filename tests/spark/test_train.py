@@ -329,7 +329,7 @@ def test_routed_rows_give_the_same_factors_as_whole_factor_matrices(train_df, pa
                train=TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed"))
     model = est.fit(train_df, N_USERS + 4, N_ITEMS)  # 4 users without interactions: a block may be empty
     resolved = est.config.resolved(N_ITEMS, N_USERS + 4)
-    assert resolved.alpha0 == pytest.approx(est.config.alpha0_total / np.sqrt((N_USERS + 4) * N_ITEMS))
+    assert resolved.alpha0 == pytest.approx(350.0 / np.sqrt((N_USERS + 4) * N_ITEMS))
     W, H, losses = numpy_fit(pairs, resolved, N_USERS + 4, N_ITEMS)
     np.testing.assert_allclose(model.user_array, W, atol=1e-4)
     np.testing.assert_allclose(model.item_array, H, atol=1e-4)
