@@ -4,6 +4,9 @@ Every loader returns a `Split`: dense 0-based ids, train triples and a test CSR 
 seen in train are dropped (no CF method can rank them), so every item id has training data. ml-100k and
 lastfm-2k are split by the product's split stage (conf/<name>.yaml; benchmarks/pipeline_split.py), so
 `gramian tune` and the peers see the same train, validation and test pairs; Gowalla keeps its given split.
+dense-ml1m and dense-2k are drawn by the product's generator (gramian.data.synthetic, conf/<name>.yaml) and
+split the same way: dense sets with long histories (MovieLens-1M's shape; 2,000 x 1,000 at 300 per user)
+for the package defaults' choice (benchmarks/defaults_bench.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-DATASETS = ("gowalla", "ml-100k", "lastfm-2k", "synthetic10m")
+DATASETS = ("gowalla", "ml-100k", "lastfm-2k", "synthetic10m")  # the training benchmark's default set
+DENSE = ("dense-ml1m", "dense-2k")  # generated dense sets (conf/<name>.yaml), for the defaults' choice
 
 
 def data_root() -> Path:
@@ -194,8 +198,9 @@ def validation_split(split: Split, fraction: float = 0.1, seed: int = 0) -> Spli
 
 
 # Datasets whose benchmark split is the product's own (split stage + tune carve, benchmarks/pipeline_split.py).
-PIPELINE = ("ml-100k", "lastfm-2k")
-WEIGHT_NOTES = {"ml-100k": "rating", "lastfm-2k": "play count"}
+PIPELINE = ("ml-100k", "lastfm-2k", "dense-ml1m", "dense-2k")
+WEIGHT_NOTES = {"ml-100k": "rating", "lastfm-2k": "play count", "dense-ml1m": "1 (generated, binary)",
+                "dense-2k": "1 (generated, binary)"}
 
 
 def load_pipeline(name: str) -> Split:
@@ -229,11 +234,12 @@ def _pipeline_validation(split: Split) -> Split:
 
 
 LOADERS = {"gowalla": load_gowalla, "ml-100k": lambda: load_pipeline("ml-100k"),
-           "lastfm-2k": lambda: load_pipeline("lastfm-2k"), "synthetic10m": load_synthetic10m}
+           "lastfm-2k": lambda: load_pipeline("lastfm-2k"), "synthetic10m": load_synthetic10m,
+           "dense-ml1m": lambda: load_pipeline("dense-ml1m"), "dense-2k": lambda: load_pipeline("dense-2k")}
 
 
 def load(name: str) -> Split:
     """The named benchmark split."""
     if name not in LOADERS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+        raise ValueError(f"dataset must be one of {tuple(LOADERS)}, got {name!r}")
     return LOADERS[name]()

@@ -42,11 +42,14 @@ def export_path(name: str) -> Path:
 
 
 def conf_digest(name: str) -> str:
-    """A hash of the conf and defaults: an export made under other split settings is rebuilt."""
-    h = hashlib.sha256()
-    for p in (REPO / "conf" / "defaults.yaml", conf_path(name)):
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    """A hash of what the export depends on: the ingest and split stages' config sections (their pipeline
+    fingerprint) and the carve's fraction. An export made under other split settings is rebuilt; a change of
+    the model defaults is not such a change."""
+    from gramian.pipeline import ORDER, fingerprint
+
+    cfg = config(name)
+    text = f"{fingerprint(cfg, ORDER, 'split')} {cfg.tune.validation_fraction!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def config(name: str) -> Any:

@@ -9,7 +9,9 @@ current validation count as its optimum. gramian runs single-process here (`fit_
 trainer's math without Spark); on the pipeline datasets gramian is tuned by the product (`gramian tune`)
 instead. Peers run as in the benchmark. Results merge into benchmarks/results/tuning.json (one entry per
 dataset/validation/method/setting), the best setting per dataset/method is what `train_bench` uses, and
-tuning.md summarises the grids and the chosen defaults.
+tuning.md summarises the grids (its "one default" section: the earlier cross-dataset sweep on the 10%
+holdout). The package defaults are chosen by benchmarks/defaults_bench.py, against the peers' defaults-like
+settings on every data set including the dense generated ones.
 """
 
 from __future__ import annotations
@@ -81,36 +83,6 @@ def scaled_grid(n_users: int, n_items: int) -> list[dict[str, Any]]:
     The absolute grids put every dataset's optimum near alpha0 * n_items ~ 400-500, so this tries the rule.
     """
     return [scaled(c, "items", n_users, n_items, r) for c in SCALED_C for r in SCALED_REG]
-
-
-def defaults_grid(n_users: int, n_items: int) -> list[dict[str, Any]]:
-    """The sweeps behind the package defaults, run on every dataset with `--defaults-sweep`; the setting
-    with the best worst-case ratio to the best peer became the default.
-
-    The current one first: ALS-WR regularisation (reg_counts=observed, as MLlib) with alpha0 scaled by
-    |I|, |U| or sqrt(|U| |I|), and nu other than 1 with the geometric rule. Then the earlier one (Rendle
-    et al. 2022 regularisation, reg_counts=all, alpha0 = c/|I|, reg, nu, confidence), whose best setting
-    stayed 2% short of MLlib on lastfm-2k.
-    """
-    out = []
-    observed = {"items": (600, 800, 1000, 1400), "users": (100, 150, 200, 250, 300),
-                "geometric": (250, 300, 350, 400, 450, 500)}
-    for scale_by, cs in observed.items():
-        for c, reg in itertools.product(cs, (0.03, 0.05, 0.06, 0.07, 0.08, 0.1)):
-            out.append(scaled(c, scale_by, n_users, n_items, reg, reg_counts="observed"))
-    for nu, regs in ((0.5, (0.25, 0.4, 0.6, 0.8, 1.0)), (0.75, (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)),
-                     (1.25, (0.02, 0.03, 0.04))):
-        for c, reg in itertools.product((250, 350, 500), regs):  # reg ~ 0.07 * 30^(1 - nu): same at 30 pairs
-            out.append(scaled(c, "geometric", n_users, n_items, reg, nu, reg_counts="observed"))
-    for conf, c, reg in itertools.product(("constant", "log"), (300, 500, 800, 1200, 2000), (0.003, 0.01, 0.03, 0.1)):
-        p = scaled(c, "items", n_users, n_items, reg)
-        out.append({**p, "confidence": LOG_CONF} if conf == "log" else p)
-    for c, reg in itertools.product((400, 500, 600, 800), (0.005, 0.007, 0.01, 0.015)):
-        out.append(scaled(c, "items", n_users, n_items, reg))
-    for nu, regs in ((0.5, (0.1, 0.2, 0.3)), (0.0, (3.0, 6.0, 10.0))):
-        for c, reg in itertools.product((400, 600, 800), regs):
-            out.append(scaled(c, "items", n_users, n_items, reg, nu))
-    return out
 
 
 def peer_grid(method: str, dataset: str, trials: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -209,17 +181,14 @@ def run_trial(val: D.Split, method: str, params: dict[str, Any], spark: Any) -> 
     return {"metrics": m, "fit_seconds": r.fit_seconds}
 
 
-def tune(datasets: list[str], methods: list[str], dims: list[int],
-         defaults_sweep: bool = False) -> list[dict[str, Any]]:
+def tune(datasets: list[str], methods: list[str], dims: list[int]) -> list[dict[str, Any]]:
     trials = load_results()
     done = {_key(t) for t in trials}
     spark = P.spark_session() if "mllib" in methods else None
     for name in datasets:
         val = D.validation_split(D.load(name))
         for method in methods:
-            if method == "gramian" and defaults_sweep:
-                grid = defaults_grid(val.n_users, val.n_items)
-            elif method == "gramian":
+            if method == "gramian":
                 grid = gramian_grid(name) + scaled_grid(val.n_users, val.n_items)
                 if name in WEIGHTED:
                     grid += [{**g, "confidence": LOG_CONF} for g in scaled_grid(val.n_users, val.n_items)]
@@ -286,13 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", default="gowalla,ml-100k,lastfm-2k")
     ap.add_argument("--methods", default="gramian,implicit_als,implicit_bpr,mllib,ease,rp3beta")
     ap.add_argument("--dims", default="128,256", help="larger d for gramian after the d=64 grid ('' = none)")
-    ap.add_argument("--defaults-sweep", action="store_true",
-                    help="gramian: only the cross-dataset sweep behind the package defaults (with --dims '')")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     dims = [int(d) for d in args.dims.split(",") if d]
-    trials = tune(args.datasets.split(","), args.methods.split(","), dims, args.defaults_sweep)
+    trials = tune(args.datasets.split(","), args.methods.split(","), dims)
     from benchmarks.report import write_tuning_md
 
     write_tuning_md(trials)

@@ -41,7 +41,7 @@ def test_defaults_file_lists_exactly_the_keys_of_the_typed_config():
     assert yaml_keys(raw) == keys(Config)
 
 
-@pytest.mark.parametrize("name", ["synthetic", "ml-100k", "lastfm-2k", "gowalla"])
+@pytest.mark.parametrize("name", ["synthetic", "ml-100k", "lastfm-2k", "gowalla", "dense-ml1m", "dense-2k"])
 def test_every_dataset_file_loads(name):
     cfg = load_config(CONF_DIR / f"{name}.yaml")
     assert cfg.data.name == name
