@@ -32,7 +32,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from gramian.config import SparkConfig
 from gramian.runs import check_run_id
-from gramian.spark import delta_package
+from gramian.spark import delta_package, submit_args
 
 REPO = Path(os.environ.get("GRAMIAN_HOME", Path(__file__).resolve().parents[1]))
 STAGES = tuple(s for s in ("ingest", "split", "tune", "train", "evaluate", "publish")
@@ -60,6 +60,15 @@ OUTLETS = {"ingest": [INTERACTIONS], "publish": [TOPN]}
 # param tune: true -> the tune task (run id <run_id>-tune) writes the profile here and train takes it as --conf;
 # a folder every worker running the DAG's tasks can read
 PROFILE_DIR = Path(os.environ.get("GRAMIAN_PROFILE_DIR", REPO / "conf" / "tuned"))
+
+
+def jar_args(ivy: str) -> dict[str, str]:
+    """SparkSubmitOperator's `jars` (the Delta jars an earlier resolution left in the Ivy cache `ivy`, all still
+    there) or else its `packages`: what gramian.spark.submit_args gives spark-submit. --packages runs Ivy against
+    Maven Central on every task (seconds each) and ships every jar again; a driver started with it remembers the
+    jars it resolved, so the DAG's later tasks take --jars (the DAG file is parsed again where each task runs)."""
+    args = submit_args(delta_package(), ivy)
+    return {"jars": args[1]} if args[0] == "--jars" else {"packages": delta_package()}
 
 
 def profile_path(run_id: str) -> str:
@@ -139,7 +148,7 @@ def stage_task(stage: str, gate: bool = False) -> SparkSubmitOperator:
         application_args=(f"{{{{ gramian_args(params, {RUN_ID}, {gate}, {stage == 'train'}, {stage == 'tune'}, "
                           f"{stage == 'publish'}) }}}}"),
         conn_id=CONN_ID,
-        packages=delta_package(),
+        **jar_args(SPARK_CONF.get("spark.jars.ivy", SparkConfig().ivy_folder)),
         conf=SPARK_CONF,
         env_vars=ENV,
         name=f"gramian-{stage}",

@@ -6,9 +6,11 @@ Thin by design: parse arguments, load config, get the session, call the stage's 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -109,6 +111,15 @@ def run_stage(name: str, cfg: Config, run_id: str, spark: Any = None, **kwargs: 
     return _stage(name)(spark, cfg, run_id, **kwargs)
 
 
+def import_stages(names: Sequence[str]) -> None:
+    """Import the modules of stages `names` (an import error surfaces again when the stage is called)."""
+    for name in names:
+        try:
+            importlib.import_module(STAGES[name].split(":")[0])
+        except Exception:  # noqa: BLE001 - the stage's own call raises it where it can be reported
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gramian` console script and of jobs/*.py."""
     args = build_parser().parse_args(argv)
@@ -123,7 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id = args.run_id or new_run_id()
         from gramian.spark import get_session
 
+        importing = threading.Thread(target=import_stages, args=(PIPELINE if args.command == "run" else
+                                                                 (args.command,),), daemon=True)
+        importing.start()  # seconds of imports (numba, MLflow) while the session starts and its executors launch
         spark = get_session(cfg.spark)
+        importing.join()
 
         def echo(name: str, summary: dict[str, Any]) -> None:
             if not args.json:

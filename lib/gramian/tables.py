@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 from gramian import storage as store
 from gramian.config import StorageConfig
@@ -82,22 +83,124 @@ def version(spark: Any, storage: StorageConfig, name: str) -> int | None:
     artifacts' mechanism). DESCRIBE HISTORY would load the table's snapshot and run a Spark job for each table
     on a fresh driver, for a number the log's file names hold. A catalog table: its history.
     """
-    ref = table_ref(storage, name)
     if not storage.catalog:
-        names = store.open_store(ref, spark).listdir("_delta_log")
-        commits = [int(n[:-len(".json")]) for n in names if n.endswith(".json") and n[:-len(".json")].isdigit()]
-        return max(commits) if commits else None
+        return _newest(_log_names(spark, storage, name))
     if not exists(spark, storage, name):
         return None
-    rows = spark.sql(f"DESCRIBE HISTORY {ref} LIMIT 1").select("version").collect()
+    rows = spark.sql(f"DESCRIBE HISTORY {table_ref(storage, name)} LIMIT 1").select("version").collect()
     return int(rows[0][0]) if rows else None
 
 
+def column_max(spark: Any, storage: StorageConfig, name: str, column: str, version: int | None = None) -> int | None:
+    """The largest value of integer `column` in the table's `version` (None: the current one; the result None: no
+    row has a value); raises the absent-table error (`absent`) when the table was never written.
+
+    A table under the root: from the per-file statistics (maxValues) Delta records for every live data file in
+    its log, read through the store, so no Spark job and no snapshot. Where the log states them less plainly (a
+    catalog table, a version only a checkpoint describes, files without statistics or with deletion vectors):
+    the column's max computed by Spark.
+    """
+    if not storage.catalog:
+        names = _log_names(spark, storage, name)
+        newest = _newest(names)
+        if newest is None:
+            raise FileNotFoundError(f"table {table_ref(storage, name)} doesn't exist (no Delta commit in its log)")
+        state = _snapshot(spark, storage, name, newest if version is None else int(version), names)
+        tops = None if state is None else [_file_max(s, column) for s in state["files"]]
+        if tops is not None and all(t is not False for t in tops):
+            return max((t for t in tops if t is not None), default=None)
+    from pyspark.sql import functions as F
+
+    frame = read(spark, storage, name) if version is None else read_version(spark, storage, name, version)
+    top = frame.agg(F.max(column)).collect()[0][0]
+    return None if top is None else int(top)
+
+
+def _log_names(spark: Any, storage: StorageConfig, name: str) -> list[str]:
+    """The file names in a path table's `_delta_log` (empty when it was never written)."""
+    return store.open_store(table_ref(storage, name), spark).listdir("_delta_log")
+
+
+def _newest(names: list[str]) -> int | None:
+    """The newest commit version among a `_delta_log`'s file names."""
+    commits = [int(n[:-len(".json")]) for n in names if n.endswith(".json") and n[:-len(".json")].isdigit()]
+    return max(commits) if commits else None
+
+
+def _snapshot(spark: Any, storage: StorageConfig, name: str, version: int,
+              names: list[str]) -> dict[str, Any] | None:
+    """A path table's `version` as its log states it: {"files": the live data files' `add` actions, "metadata",
+    "protocol"}, from the version's checksum file when it lists the files (Delta keeps `allFiles` there for small
+    tables), else by replaying every commit up to it when no checkpoint was ever written; None when neither holds
+    (the caller asks Delta). `names`: the `_delta_log` listing."""
+    import json
+
+    log = store.open_store(table_ref(storage, name), spark).child("_delta_log")
+    crc = f"{version:020d}.crc"
+    if crc in names:
+        state = json.loads(log.read_text(crc))
+        if state.get("allFiles") is not None and state.get("metadata") and state.get("protocol"):
+            return {"files": state["allFiles"], "metadata": state["metadata"], "protocol": state["protocol"]}
+    commits = [f"{v:020d}.json" for v in range(version + 1)]
+    if any(".checkpoint" in n for n in names) or not set(commits) <= set(names):
+        return None
+    live: dict[str, dict[str, Any]] = {}
+    state = {}
+    for commit in commits:
+        for line in log.read_text(commit).splitlines():
+            action = json.loads(line) if line.strip() else {}
+            if "add" in action:
+                live[action["add"]["path"]] = action["add"]
+            elif "remove" in action:
+                live.pop(action["remove"]["path"], None)
+            elif "metaData" in action or "protocol" in action:
+                state["metadata" if "metaData" in action else "protocol"] = next(iter(action.values()))
+    return {"files": list(live.values()), **state} if len(state) == 2 else None
+
+
+def _file_max(add: dict[str, Any], column: str) -> int | None | bool:
+    """`column`'s max in one data file per its statistics: None for a file without rows or values in it, False
+    when the statistics cannot say (none recorded, or a deletion vector hides some rows)."""
+    import json
+
+    if add.get("deletionVector") or not add.get("stats"):
+        return False
+    stats = json.loads(add["stats"])
+    if stats.get("numRecords") == 0 or (stats.get("nullCount") or {}).get(column) == stats.get("numRecords"):
+        return None
+    top = (stats.get("maxValues") or {}).get(column)
+    return False if top is None else int(top)
+
+
 def read_version(spark: Any, storage: StorageConfig, name: str, version: int) -> Any:
-    """A table as it was at Delta `version` (time travel); Delta raises if that version is gone."""
+    """A table as it was at Delta `version` (time travel); Delta raises if that version is gone.
+
+    A plain table under the root (reader version 1: no column mapping, deletion vectors or partitions) whose log
+    lists the version's files (`_snapshot`) is read as those Parquet files with its schema: Delta's own time
+    travel would first rebuild the table's state in Spark jobs (a log scan, a shuffle, a cached state), the
+    better part of a minute on a cluster's fresh executors, to find the same files.
+    """
     ref = table_ref(storage, name)
+    if not storage.catalog:
+        names = _log_names(spark, storage, name)
+        state = _snapshot(spark, storage, name, int(version), names) if _newest(names) is not None else None
+        if state is not None and _plain(state):
+            import json
+
+            from pyspark.sql.types import StructType
+
+            schema = StructType.fromJson(json.loads(state["metadata"]["schemaString"]))
+            paths = [add["path"] if ":" in add["path"] or add["path"].startswith("/")  # absolute (a clone's)
+                     else store.join(ref, unquote(add["path"])) for add in state["files"]]
+            return spark.read.schema(schema).parquet(*paths) if paths else spark.createDataFrame([], schema)
     reader = spark.read.format("delta").option("versionAsOf", int(version))
     return reader.table(ref) if storage.catalog else reader.load(ref)
+
+
+def _plain(state: dict[str, Any]) -> bool:
+    """Whether a version's rows are exactly its files' Parquet rows (reader version 1, no partition columns)."""
+    return (state["protocol"].get("minReaderVersion") == 1 and not state["metadata"].get("partitionColumns")
+            and not any(add.get("deletionVector") for add in state["files"]))
 
 
 def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",

@@ -75,6 +75,25 @@ def test_run_id_and_arguments_come_from_the_logical_date_and_params(bag):
                               "--on-new-split", "floor"]
 
 
+def test_tasks_submit_the_delta_jars_the_ivy_cache_holds_and_resolve_packages_only_when_it_does_not(bag, tmp_path):
+    import airflow_dags.gramian_pipeline as module
+    from gramian.spark import _manifest, delta_package
+
+    ivy = tmp_path / "ivy"
+    ivy.mkdir()
+    assert module.jar_args(str(ivy)) == {"packages": delta_package()}  # nothing resolved yet: Ivy runs once
+    jars = [tmp_path / "delta-spark.jar", tmp_path / "delta-storage.jar"]
+    for jar in jars:
+        jar.write_bytes(b"")
+    _manifest(ivy, delta_package()).write_text("\n".join(map(str, jars)) + "\n")  # what a submitted driver leaves
+    assert module.jar_args(str(ivy)) == {"jars": ",".join(map(str, jars))}
+    jars[1].unlink()  # a jar gone from the cache: resolve again
+    assert module.jar_args(str(ivy)) == {"packages": delta_package()}
+    expected = module.jar_args(module.SPARK_CONF["spark.jars.ivy"])
+    for task in bag.dags["gramian_pipeline"].tasks:
+        assert (task.jars, task.packages) == (expected.get("jars"), expected.get("packages")), task.task_id
+
+
 @pytest.mark.parametrize("bad", ["x' OR '1'='1", "a b", "manual__2026-01-01T00:00:00+00:00"])
 def test_dag_refuses_a_run_id_outside_the_pattern_before_spark_submit(bag, bad):
     from gramian.errors import ConfigError

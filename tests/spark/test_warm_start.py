@@ -91,3 +91,25 @@ def test_published_with_nothing_published_starts_cold(spark, tmp_path):
     split(spark, cfg, "s0")
     out = train(spark, cfg, "first")
     assert out["warm_start"] is None and runs_row(spark, cfg, "first")["warm_start"] is None
+
+
+def test_a_run_whose_factor_table_write_failed_is_recorded_failed_and_not_warm_started_from(spark, published,
+                                                                                           monkeypatch):
+    """The factor tables and the runs row are written at once: a failed factor write leaves a `failed` row."""
+    root, _ = published
+    written = tables.write
+
+    def failing(df, storage, name, *args, **kwargs):
+        if name == "item_factors":
+            raise RuntimeError("injected item_factors failure")
+        return written(df, storage, name, *args, **kwargs)
+
+    monkeypatch.setattr(tables, "write", failing)
+    with pytest.raises(RuntimeError, match="injected item_factors failure"):
+        train(spark, cfg_of(root, "model.epochs=1"), "E")
+    monkeypatch.setattr(tables, "write", written)
+    cfg = cfg_of(root)
+    assert runs_row(spark, cfg, "E")["status"] == "failed"
+    assert tables.read(spark, cfg.storage, "item_factors").filter(F.col("run_id") == "E").count() == 0
+    with pytest.raises(ConfigError, match=r"finished run.*'E'.*status failed"):
+        train(spark, cfg_of(root, "train.warm_start=E", "model.epochs=1"), "D")

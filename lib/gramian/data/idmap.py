@@ -47,7 +47,7 @@ def update(spark: Any, storage: StorageConfig, name: str, counts: DataFrame, run
         return {"seen": seen, "new": seen, "total": seen}
 
     current = tables.read(spark, storage, name)
-    base = current.agg(F.max("idx")).first()[0]
+    base = tables.column_max(spark, storage, name, "idx")  # the log's file statistics: no scan of the map
     base = 0 if base is None else base + 1
     fresh = number_new_ids(counts.join(current.select("id"), "id", "left_anti"), base)
     source = counts.join(fresh.select("id", "idx"), "id", "left").withColumn("run", F.lit(run_id))

@@ -15,7 +15,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -185,28 +185,29 @@ def collect_pairs(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray
 
 
 def row_counts(train_df: Any, n_users: int | None, n_items: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Interactions per user and per item in one pass (they drive the balanced block layouts). A size None
-    counts up to the largest index seen: for a caller that learns the size at the same time (and checks it)."""
+    """Interactions per user and per item in one pass (they drive the balanced block layouts): one scan and one
+    small aggregation in the JVM (no Python worker starts), its (side, index, count) rows collected through Arrow.
+    A size None counts up to the largest index seen: for a caller that learns the size at the same time (and
+    checks it)."""
+    from pyspark.sql import functions as F
 
-    def count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        cu = np.zeros(n_users or 0, np.int64)
-        ci = np.zeros(n_items or 0, np.int64)
-        for b in batches:
-            u = b.column("user_idx").to_numpy(zero_copy_only=False)
-            i = b.column("item_idx").to_numpy(zero_copy_only=False)
-            for name, idx, n in (("user_idx", u, n_users), ("item_idx", i, n_items)):
-                _check_range(name, idx, np.iinfo(np.int64).max if n is None else n)
-            cu = add_counts(cu, np.bincount(u))
-            ci = add_counts(ci, np.bincount(i))
-        yield pa.RecordBatch.from_pydict({"users": [cu.tobytes()], "items": [ci.tobytes()]})
-
-    parts = train_df.select("user_idx", "item_idx").mapInArrow(count, "users binary, items binary").toArrow()
-    users = np.zeros(n_users or 0, np.int64)
-    items = np.zeros(n_items or 0, np.int64)
-    for k in range(parts.num_rows):
-        users = add_counts(users, np.frombuffer(parts.column("users")[k].as_buffer(), np.int64))
-        items = add_counts(items, np.frombuffer(parts.column("items")[k].as_buffer(), np.int64))
-    return users, items
+    sides = F.explode(F.array(*(F.struct(F.lit(k).alias("side"), F.col(c).cast("long").alias("idx"))
+                                for k, c in enumerate(("user_idx", "item_idx")))))
+    t = (train_df.select(sides.alias("p")).select("p.side", "p.idx").groupBy("side", "idx")
+         .agg(F.count(F.lit(1)).alias("n")).toArrow())
+    side = t.column("side").to_numpy()
+    out = []
+    for k, (name, n) in enumerate((("user_idx", n_users), ("item_idx", n_items))):
+        mine = side == k
+        idx = t.column("idx").filter(pa.array(mine))
+        if idx.null_count:
+            raise InputDataError(f"{name} must not be null, got train rows without one. The train table was not "
+                                 f"written by `gramian split`: re-run it.")
+        idx = idx.to_numpy()
+        _check_range(name, idx, np.iinfo(np.int64).max if n is None else n)
+        counts = t.column("n").filter(pa.array(mine)).to_numpy()
+        out.append(np.bincount(idx, weights=counts, minlength=n or 0).astype(np.int64))
+    return out[0], out[1]
 
 
 def add_counts(total: np.ndarray, more: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,10 +69,9 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
         logging_model = threading.Thread(target=tracking.safe, name="gramian-log-model",
                                          args=(log_model, tracking.active(), model, items, n_trained))
         logging_model.start()
-    write_factors(spark, cfg, run_id, model, users, items, user_rows)
-    phases.mark("write factor tables")
-    write_run(spark, cfg, run_id, model, started, seconds, inputs, source)
-    phases.mark("write runs row")
+    write_outputs(spark, cfg, run_id, model, users, items, user_rows,
+                  functools.partial(write_run, spark, cfg, run_id, model, started, seconds, inputs, source))
+    phases.mark("write factor tables and runs row")
     if logging_model is not None:
         logging_model.join()
         phases.mark("log model (what the writes did not hide)")
@@ -119,9 +119,9 @@ def fit(spark: Any, cfg: Config, run_id: str, train_df: Any, counts: tuple[np.nd
 
 def read_inputs(spark: Any, cfg: Config, count: bool = True) -> tuple[dict[str, int], Any, Any, int, int, Any]:
     """(input versions, users, items, n_users, n_items, train counts): the versions are pinned (the run trains
-    on, and later stages read, these; listed from the tables' logs), the id maps' sizes are max idx + 1, and
-    the pinned train table's interactions per user and item index (row_counts) come from the pass that runs
-    beside the two maps' (each its own small Spark jobs: overlapped, not queued; `count` False: counts None).
+    on, and later stages read, these; listed from the tables' logs), the id maps' sizes are max idx + 1 (from
+    their logs' file statistics), and the pinned train table's interactions per user and item index (row_counts,
+    one JVM-only Spark job) are counted while the maps are looked up (run_together; `count` False: counts None).
     InputDataError when train or an id map was never written."""
     st = cfg.storage
     inputs = current_inputs(spark, st)
@@ -148,17 +148,14 @@ def sized(counts: np.ndarray, n: int, column: str) -> np.ndarray:
 
 
 def id_map(spark: Any, cfg: Config, name: str) -> tuple[Any, int]:
-    """(id map `name`, its size: max idx + 1), or InputDataError when the table was never written."""
-    from pyspark.sql import functions as F
-
-    try:
-        frame = tables.read(spark, cfg.storage, name)
-        top = frame.agg(F.max("idx")).collect()[0][0]
-    except Exception as e:
-        if tables.absent(e):
-            raise InputDataError(missing_input(cfg, name)) from e
-        raise
-    return frame, 0 if top is None else int(top) + 1
+    """(id map `name` at its current version, its size: max idx + 1), both from the version's Delta log (the
+    files' statistics, the files themselves: tables.column_max, tables.read_version), or InputDataError when the
+    table was never written."""
+    version = tables.version(spark, cfg.storage, name)
+    if version is None:
+        raise InputDataError(missing_input(cfg, name))
+    top = tables.column_max(spark, cfg.storage, name, "idx", version)
+    return tables.read_version(spark, cfg.storage, name, version), 0 if top is None else top + 1
 
 
 def missing_input(cfg: Config, name: str) -> str:
@@ -202,10 +199,26 @@ def log_model(tracker: tracking.NullTracker, model: IALSModel, items: Any, n_use
     tracker.log_model(item_factors=h, item_ids=ids, model=dataclasses.asdict(model.config), n_users=n_users)
 
 
-def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any,
-                  user_rows: Any = None) -> None:
-    """user_factors / item_factors rows (run_id, idx, id, factors) replacing this run's earlier rows; the two
-    tables are written at once (run_together: each write's jobs and commit overlap the other's).
+def write_outputs(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any, user_rows: Any,
+                  write_row: Callable[..., None]) -> None:
+    """The factor tables and the `runs` row (`write_row`, write_run with its arguments bound), the three Delta
+    writes at once (run_together: each write's jobs and commit overlap the others'). Should any fail, the runs
+    row is written again with status `failed`, so no row claims a finished run whose factors are missing."""
+    calls = factor_writes(cfg, run_id, model, users, items, user_rows)
+    calls["runs"] = write_row
+    try:
+        run_together(spark, calls)
+    except BaseException:
+        try:
+            write_row(status="failed")
+        except Exception:  # the write's own failure is the error to raise
+            log.exception("could not mark run %s failed in the runs table", run_id)
+        raise
+
+
+def factor_writes(cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any,
+                  user_rows: Any = None) -> dict[str, Callable[[], None]]:
+    """The user_factors / item_factors writes, rows (run_id, idx, id, factors) replacing this run's earlier rows.
 
     `user_rows` (from `train_positions`) maps the trainer's user positions back to `users` indices."""
     from pyspark.sql import functions as F
@@ -218,18 +231,18 @@ def write_factors(spark: Any, cfg: Config, run_id: str, model: IALSModel, users:
         out = (frame.join(ids.select("idx", "id"), "idx", "left")
                .select(F.lit(run_id).alias("run_id"), "idx", "id", "factors"))
         writes[name] = functools.partial(tables.write, out, cfg.storage, name, replace_where=where)
-    run_together(spark, writes)
+    return writes
 
 
 def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: datetime, seconds: float,
-              inputs: dict[str, int] | None = None, warm_start: str | None = None) -> None:
+              inputs: dict[str, int] | None = None, warm_start: str | None = None, status: str = "finished") -> None:
     """One `runs` row: config, per-epoch loss and time, status, the input versions trained on (JSON) and the
     run it warm-started from (null: a cold start)."""
     history = [dataclasses.asdict(h) for h in model.history]
     config = cfg.to_dict()
     config["model"] = dataclasses.asdict(model.config)  # as trained: alpha0 resolved for this catalogue
     row = {"run_id": run_id, "model": cfg.model.name, "config": json.dumps(config, default=str),
-           "started": started, "finished": datetime.now(UTC), "status": "finished",
+           "started": started, "finished": datetime.now(UTC), "status": status,
            "fit_seconds": float(seconds), "epochs": json.dumps(history),
            "inputs": json.dumps(inputs) if inputs is not None else None, "warm_start": warm_start}
     schema = ("run_id string, model string, config string, started timestamp, finished timestamp, "

@@ -1,0 +1,98 @@
+"""A path table's version as its Delta log lists it (no Spark job, no Delta state rebuilt): tables.column_max from the
+files' statistics, tables.read_version as the version's Parquet files; both equal to what Delta itself answers
+after the commits the ingest stage makes (first write, MERGE of new ids) and after an overwrite that lowers the
+max; Delta's own answer where only a checkpoint describes the version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from gramian import tables
+from gramian.config import StorageConfig, load_config
+from gramian.data.ingest import run as ingest
+
+SMALL = ["generate.n_items=150", "generate.n_interactions=6000", "tracking.enabled=false"]
+
+
+def spark_max(spark, st: StorageConfig, name: str, column: str) -> int:
+    return tables.read(spark, st, name).agg(F.max(column)).collect()[0][0]
+
+
+def newest_checksum(st: StorageConfig, name: str) -> Path:
+    log = Path(st.root) / name / "_delta_log"
+    return max(log.glob("[0-9]*.crc"))
+
+
+def no_spark(*args, **kwargs):
+    raise AssertionError("column_max must read this table's log, not scan it with Spark")
+
+
+def rows(df) -> list[tuple]:
+    return sorted(tuple(r) for r in df.collect())
+
+
+def delta_version(spark, st: StorageConfig, name: str, version: int) -> list[tuple]:
+    return rows(spark.read.format("delta").option("versionAsOf", version).load(tables.table_ref(st, name)))
+
+
+def without_delta_reader(spark, m) -> None:
+    """Make any read through Delta's data source fail for the rest of the `m` monkeypatch context."""
+    reader = type(spark.read)
+    original = reader.format
+
+    def fmt(self, source):
+        if source == "delta":
+            raise AssertionError("read_version must read the version's files, not go through Delta")
+        return original(self, source)
+
+    m.setattr(reader, "format", fmt)
+
+
+def test_id_map_sizes_come_from_the_log_after_a_first_ingest_and_a_merge_of_new_ids(spark, tmp_path, monkeypatch):
+    root = tmp_path / "wh"
+    ingest(spark, load_config("conf/synthetic.yaml", [*SMALL, "generate.n_users=200", f"storage.root={root}"]), "one")
+    cfg = load_config("conf/synthetic.yaml", [*SMALL, "generate.n_users=300", f"storage.root={root}"])
+    ingest(spark, cfg, "two")  # new users: the map gains ids through a MERGE
+    st = cfg.storage
+    truth = {name: spark_max(spark, st, name, "idx") for name in ("users", "items")}
+    assert truth["users"] >= 200 and tables.version(spark, st, "users") == 1
+    monkeypatch.setattr(tables, "read", no_spark)
+    assert {name: tables.column_max(spark, st, name, "idx") for name in truth} == truth  # the checksum's file list
+    newest_checksum(st, "users").unlink()
+    assert tables.column_max(spark, st, "users", "idx") == truth["users"]  # the commits replayed
+    monkeypatch.undo()
+    expected = {v: delta_version(spark, st, "users", v) for v in (0, 1)}
+    with monkeypatch.context() as m:
+        without_delta_reader(spark, m)
+        assert {v: rows(tables.read_version(spark, st, "users", v)) for v in (0, 1)} == expected
+
+
+def test_an_overwrite_that_lowers_the_max_is_seen_through_checksum_replay_and_checkpoint(spark, tmp_path,
+                                                                                        monkeypatch):
+    st = StorageConfig(root=str(tmp_path / "wh"))
+    tables.write(spark.range(10).selectExpr("cast(id as int) as idx"), st, "t")
+    tables.write(spark.range(5).selectExpr("cast(id as int) as idx"), st, "t")  # removes the first file
+    with monkeypatch.context() as m:
+        m.setattr(tables, "read", no_spark)
+        assert tables.column_max(spark, st, "t", "idx") == 4
+        newest_checksum(st, "t").unlink()
+        assert tables.column_max(spark, st, "t", "idx") == 4  # remove actions applied
+        without_delta_reader(spark, m)
+        assert [len(rows(tables.read_version(spark, st, "t", v))) for v in (0, 1)] == [10, 5]
+    key = "spark.databricks.delta.properties.defaults.checkpointInterval"
+    spark.conf.set(key, "1")
+    try:
+        tables.write(spark.range(3).selectExpr("cast(id as int) as idx"), st, "c")
+        tables.write(spark.range(2).selectExpr("cast(id as int) as idx"), st, "c")
+    finally:
+        spark.conf.unset(key)
+    assert any(".checkpoint" in p.name for p in (Path(st.root) / "c" / "_delta_log").iterdir())
+    newest_checksum(st, "c").unlink()
+    assert tables.column_max(spark, st, "c", "idx") == 1  # only a checkpoint describes it: Spark answers
+    assert rows(tables.read_version(spark, st, "c", 1)) == [(0,), (1,)]  # and Delta reads it
+    with pytest.raises(Exception) as err:
+        tables.column_max(spark, st, "never_written", "idx")
+    assert tables.absent(err.value)
