@@ -452,7 +452,7 @@ def check_10m(run: dict[str, Any] | None, k: dict[str, Any], a: dict[str, float]
               base: dict[str, float]) -> dict[str, Any] | None:
     """The model against the 10M routed cluster run (cluster-10m.json): blocks chosen, s/epoch, rows routed and
     executor memory, predicted with the run's own sizes, cluster and block counts."""
-    if run is None or run["jobs"].get("gramian-routed", {}).get("failed", True):
+    if run is None or run["jobs"].get("gramian-routed", {"failed": True}).get("failed", False):
         return None
     job, sp = run["jobs"]["gramian-routed"], run["split"]
     sc = Scenario(interactions=float(sp["train"]), users=int(sp["users"]), items=int(sp["items"]))
