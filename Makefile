@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 LINT   := lib tests jobs benchmarks airflow_dags notebooks
 
-.PHONY: setup demo test lint bench bench-cluster clean dist-zip airflow-demo
+.PHONY: setup demo test lint bench bench-cluster bench-cluster-10m clean dist-zip airflow-demo
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ bench: $(STAMP)
 # gramian (both factor routings) vs MLlib ALS on one standalone cluster on loopback -> benchmarks/results/cluster.*
 bench-cluster: $(STAMP)
 	$(PY) -m benchmarks.cluster_bench
+
+# issue 14's 10M target: synthetic 1M users x 200k items, routed d=128 vs MLlib, 3 GiB executors -> cluster-10m.*
+bench-cluster-10m: $(STAMP)
+	$(PY) -m benchmarks.cluster_bench --dataset synthetic10m --methods gramian-routed,mllib --dim 128 --epochs 3 \
+	  --worker-memory 3g --executor-memory 3g --driver-memory 2g
 
 clean:
 	rm -rf warehouse warehouse-airflow spark-warehouse metastore_db derby.log .pytest_cache .airflow dist

@@ -28,6 +28,8 @@ BROADCAST_MAX_MB = 256  # train.broadcast_max_mb default (conf/defaults.yaml)
 NNZ_PER_BLOCK = 4_000_000  # default_num_blocks in lib/gramian/train/als.py: blocks of at most ~4M interactions
 CSR_BYTES_PER_NNZ = 20  # indices int32 + alpha float64 + target float64 (lib/gramian/train/blocks.py)
 CSR_BYTES_PER_ROW = 8  # indptr int64
+TASK_MEMORY_SHARE = 1 / 8  # lib/gramian/train/routed.py: a routed task's estimated bytes per executor memory per core
+MAX_BLOCKS = 65_536  # lib/gramian/train/routed.py: the most blocks sized_layouts gives a side
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,6 @@ class Cluster:
     shuffle_gbps: float = 0.5  # GB/s per executor through a shuffle (serialise, write, fetch, read): assumed
     driver_collect_gbps: float = 0.3  # GB/s of results collected to the driver through toArrow: assumed
     task_overhead_s: float = 0.001  # driver-side seconds per task launched (~1000 tasks/s): assumed
-    shuffle_partitions: int = 200  # spark.sql.shuffle.partitions: Spark's default on a submitted session
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,25 @@ def steady(xs: list[float]) -> float:
     return float(np.median(xs[1:])) if len(xs) > 1 else float(xs[0])
 
 
-def measured(train: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
-    """The half-step seconds this model uses, by run, with where each comes from."""
+def measured(train: dict[str, Any], cluster: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The half-step seconds this model uses, by run, with where each comes from.
+
+    The kernel runs (one-thread numpy on three datasets, local Gowalla at d=64 and 256, local 10M) come from one
+    train.json run; when the current train.json no longer has them all at those d (later benchmark runs keep
+    other rows), the set recorded in the previous scale.json (`previous`, its "inputs") is kept whole.
+    """
+    try:
+        out = kernel_inputs(train)
+    except KeyError:
+        if not previous:
+            raise
+        out = {k: previous["inputs"][k] for k in ("numpy_1proc", "local", "train_date")}
+        out["train_source"] = "kept from the previous scale.json (train.json no longer has these runs)"
+    return {**out, **cluster_inputs(cluster)}
+
+
+def kernel_inputs(train: dict[str, Any]) -> dict[str, Any]:
+    """The kernel runs of one train.json (KeyError when one is missing or at another d)."""
     runs = {(r["dataset"], r["label"]): r for r in train["runs"]}
 
     def sides(r: dict[str, Any]) -> dict[str, Any]:
@@ -72,12 +90,22 @@ def measured(train: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
                 "epoch_s_steady": steady(r["epoch_seconds"]), "epoch_s_reported": r["seconds_per_epoch"],
                 "load_before": r.get("load_before")}
 
-    out: dict[str, Any] = {"numpy_1proc": {}, "local": {}, "cluster": {}}
+    out: dict[str, Any] = {"numpy_1proc": {}, "local": {}}
     for ds in ("ml-100k", "lastfm-2k", "gowalla"):
         out["numpy_1proc"][ds] = sides(runs[(ds, "gramian numpy 1-proc")])
     out["local"]["gowalla d=64"] = sides(runs[("gowalla", "gramian (defaults)")])
     out["local"]["gowalla d=256"] = sides(runs[("gowalla", "gramian (conf)")])
     out["local"]["synthetic10m d=128"] = sides(runs[("synthetic10m", "gramian (defaults)")])
+    if out["local"]["gowalla d=256"]["dim"] != 256:
+        raise KeyError("gowalla (conf) is not at d=256")
+    out["train_date"] = train["machine"]["date"]
+    out["train_source"] = "train.json"
+    return out
+
+
+def cluster_inputs(cluster: dict[str, Any]) -> dict[str, Any]:
+    """The cluster run's per half-step rest, kernel and fetch seconds and Python/JVM peaks (cluster.json)."""
+    out: dict[str, Any] = {"cluster": {}}
     for job in ("gramian-auto", "gramian-closure", "gramian-routed"):
         eps = cluster["jobs"][job]["epochs"]
         row = {}
@@ -92,7 +120,6 @@ def measured(train: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
         row["python_peak_mib"] = max(v["python"] for v in cluster["jobs"][job]["worker_peak_by_command_mib"])
         row["java_peak_mib"] = max(v["java"] for v in cluster["jobs"][job]["worker_peak_by_command_mib"])
         out["cluster"][job] = row
-    out["train_date"] = train["machine"]["date"]
     out["cluster_setup"] = {**cluster["cluster"], "load_before": cluster["machine"]["load_before"],
                             "date": cluster["machine"]["date"], "git_commit": cluster["machine"]["git_commit"],
                             "dataset": cluster["dataset"], "dim": cluster["dim"], **cluster["split"]}
@@ -219,28 +246,31 @@ class SideShape:
     routed_total: float  # summed over blocks: rows shipped per half-step
 
 
-@lru_cache(maxsize=32)
-def side_shapes(sc: Scenario, blocks: int) -> dict[str, SideShape]:
+@lru_cache(maxsize=256)
+def side_shapes(sc: Scenario, user_blocks: int, item_blocks: int) -> dict[str, SideShape]:
     """Block sizes and routed rows for both sides under the generator's popularity.
 
     The most popular row's interactions are distinct pairs, as the generator keeps them: the top item's
     count is the expected number of distinct users among its draws (likewise the top user's items).
     """
     pu, pi = zipf_weights(sc.users, sc.user_exponent), zipf_weights(sc.items, sc.item_exponent)
-    per_block = sc.interactions / blocks
     top_user = expected_distinct(sc.interactions * pu[0], pi)
     top_item = expected_distinct(sc.interactions * pi[0], pu)
-    u_typ = expected_distinct(per_block, pi)  # a user block references this many items
-    i_typ = expected_distinct(per_block, pu)  # an item block references this many users
+    u_per, i_per = sc.interactions / user_blocks, sc.interactions / item_blocks
+    u_typ = expected_distinct(u_per, pi)  # a user block references this many items
+    i_typ = expected_distinct(i_per, pu)  # an item block references this many users
     return {
-        "user": SideShape(sc.users, blocks, per_block, max(per_block, top_user), u_typ,
-                          max(u_typ, top_user), u_typ * blocks),
-        "item": SideShape(sc.items, blocks, per_block, max(per_block, top_item), i_typ,
-                          max(i_typ, top_item), i_typ * blocks),
+        "user": SideShape(sc.users, user_blocks, u_per, max(u_per, top_user), u_typ, max(u_typ, top_user),
+                          u_typ * user_blocks),
+        "item": SideShape(sc.items, item_blocks, i_per, max(i_per, top_item), i_typ, max(i_typ, top_item),
+                          i_typ * item_blocks),
     }
 
 
 # ---------------------------------------------------------------- one half-step at scale
+
+OTHER = {"user": "item", "item": "user"}
+
 
 def exchange_mode(n_users: int, n_items: int, d: int) -> str:
     """What BlockTrainer picks off a local master with the defaults (routing: auto, exchange: auto, the train
@@ -249,134 +279,145 @@ def exchange_mode(n_users: int, n_items: int, d: int) -> str:
     return "routed" if factor_mb > BROADCAST_MAX_MB else "store"
 
 
-def routed_bytes(side: SideShape, other_rows: int, d: int) -> dict[str, float]:
-    """Bytes one routed half-step moves (lib/gramian/train/routed.py, BlockTrainer.routed_map)."""
-    nnz = side.nnz_per_block * side.blocks
+def task_estimate(shapes: dict[str, SideShape], side: str, d: int) -> dict[str, float]:
+    """routed.block_task_bytes restated for a typical block and the top row's block: as a destination its CSR,
+    own and new rows and routed rows; as a source its rows and the slices cut from them (on average, the other
+    side's routed rows over this side's blocks)."""
+    s, o = shapes[side], shapes[OTHER[side]]
+    rows = s.rows / s.blocks
+    dst = s.nnz_per_block * CSR_BYTES_PER_NNZ + rows * CSR_BYTES_PER_ROW + 2 * rows * 4 * d \
+        + s.routed_per_block * (4 * d + 4)
+    src = rows * 4 * d + o.routed_total / s.blocks * (4 * d + 4)
+    top = s.heaviest_block_nnz * CSR_BYTES_PER_NNZ + CSR_BYTES_PER_ROW + 8 * d + s.routed_heaviest * (4 * d + 4)
+    return {"typical": max(dst, src), "typical_dst": dst, "typical_src": src, "top_row": top}
+
+
+def grow(blocks: int, step: int, rows: int) -> int:
+    """routed.grow restated: half again, a multiple of `step`, at most a block per row and MAX_BLOCKS."""
+    return min(step * math.ceil(max(blocks + 1, math.ceil(blocks * 1.5)) / step), rows, MAX_BLOCKS)
+
+
+def task_budget(cl: Cluster) -> float:
+    """routed.task_budget restated: TASK_MEMORY_SHARE of an executor's memory per core."""
+    return cl.memory_gib * GIB / cl.cores * TASK_MEMORY_SHARE
+
+
+def sized_blocks(sc: Scenario, cl: Cluster, d: int) -> dict[str, int]:
+    """routed.sized_layouts restated on the typical block: from default_num_blocks, each side grows by half (a
+    multiple of the cores) until its typical task's estimate fits the budget; the top row's block cannot
+    shrink (a row is never split) and is reported apart."""
+    cores = cl.executors * cl.cores
+    n = {s: default_num_blocks(cores, sc.interactions) for s in OTHER}
+    rows = {"user": sc.users, "item": sc.items}
+    while True:
+        shapes = side_shapes(sc, n["user"], n["item"])
+        over = [s for s in n if task_estimate(shapes, s, d)["typical"] > task_budget(cl)
+                and grow(n[s], cores, rows[s]) > n[s]]
+        if not over:
+            return n
+        for s in over:
+            n[s] = grow(n[s], cores, rows[s])
+
+
+def routed_bytes(shapes: dict[str, SideShape], side: str, other_rows: int, d: int) -> dict[str, float]:
+    """Bytes one routed half-step moves (exchange.RoutedRows.job): the CSR and routes stay cached and
+    co-partitioned, so only factor rows move, in two shuffles, and the new side is written to the store."""
+    s = shapes[side]
     return {
-        "routes (join on src_block)": side.routed_total * 4,
-        "fixed factor blocks (join on src_block)": other_rows * d * 4,
-        "routed rows (cogroup to dst)": side.routed_total * (4 * d + 4),
-        "block CSR + current rows (join on block)": nnz * CSR_BYTES_PER_NNZ + side.rows * (CSR_BYTES_PER_ROW + 4 * d),
+        "fixed side's factor blocks to their routes (shuffle 1)": other_rows * d * 4,
+        "routed rows to their block (shuffle 2)": s.routed_total * (4 * d + 4),
+        "own current rows to their block (shuffle 2)": s.rows * d * 4,
+        "new rows written to the store (Parquet)": s.rows * d * 4,
     }
 
 
-def routed_task_memory(nnz: float, rows: float, routed: float, d: int) -> dict[str, float]:
-    """Bytes a routed block task holds (lib/gramian/train/routed.py gather/localise, als.py _solve_block).
+def routed_task_memory(nnz: float, rows: float, routed: float, sliced: float, d: int) -> dict[str, float]:
+    """Bytes a routed task holds (slice_sources, RoutedRows.job's solve, gather, localise, _solve_block), in the
+    larger of its two roles.
 
-    Python: the cogrouped Arrow tables, gather's concatenation and its sorted copy (3x the routed rows),
-    the CSR and its re-pointed indices, x0, the float64 solution and its float32 copy. JVM: the task's
-    shuffled input once (sort buffer; assumed, spillable).
+    Destination: Python holds the cogrouped Arrow table of routed rows and gather's one concatenated copy
+    (2 x routed rows), the CSR and its re-pointed indices, x0 (in the Arrow table), the float64 solution and its
+    float32 copy; the JVM the group's sort buffer and Arrow batch (2 x routed rows). Source: its factor rows and
+    the slices it cuts, in Python and once in the JVM.
     """
-    payload = routed * (4 * d + 4)
+    payload, cut = routed * (4 * d + 4), sliced * (4 * d + 4)
     csr = nnz * CSR_BYTES_PER_NNZ + rows * CSR_BYTES_PER_ROW
-    python = 3 * payload + csr + nnz * 4 + rows * d * (4 + 8 + 4)
-    return {"python": python, "jvm": payload + csr + rows * d * 4}
+    dst = {"python": 2 * payload + csr + nnz * 4 + rows * d * (4 + 8 + 4), "jvm": 2 * payload + rows * d * 4}
+    src = {"python": rows * d * 4 + 2 * cut, "jvm": rows * d * 4 + cut}
+    return dst if sum(dst.values()) >= sum(src.values()) else src
 
 
-ROUTED_STAGES = 5  # payload join, x0 join, cogroup + solve, localCheckpoint, summary collect (routed_map)
-
-
-def max_blocks_per_task(blocks: int, partitions: int | None, seed: int = 0) -> int:
-    """Most blocks one solve task gets. The routed cogroup groups by the raw block id, i.e. into
-    pmod(murmur3(block), partitions), simulated here as uniform hashing; None: one block per task (keyed
-    partitions as build_side_blocks already uses, a code change the routed path does not have)."""
-    if partitions is None:
-        return 1
-    loads = np.bincount(np.random.default_rng(seed).integers(0, partitions, size=blocks), minlength=partitions)
-    return int(loads.max())
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What a user (or a code change) sets: blocks per side (0: gramian's default) and solve partitions."""
-
-    name: str
-    blocks: int = 0
-    partitions: int | None = 200  # spark.sql.shuffle.partitions; None: one block per task (keyed)
+ROUTED_STAGES = 5  # two factor reads (map side), slice (cogroup), solve (cogroup) + Parquet write, summary read
 
 
 def half_step(sc: Scenario, cl: Cluster, k: dict[str, Any], a: float, rest_s: float, d: int, side_name: str,
-              shape: SideShape, partitions: int | None) -> dict[str, Any]:
-    """Seconds and bytes of one routed half-step of `side_name` on cluster `cl`."""
+              shapes: dict[str, SideShape]) -> dict[str, Any]:
+    """Seconds and bytes of one routed half-step of `side_name` on cluster `cl` (one task per block and stage)."""
+    shape = shapes[side_name]
     other_rows = sc.items if side_name == "user" else sc.users
     cores = cl.executors * cl.cores
-    tasks = shape.blocks if partitions is None else min(partitions, shape.blocks)
-    load = max_blocks_per_task(shape.blocks, partitions)
     block_kernel = kernel_seconds(k, shape.nnz_per_block, shape.rows / shape.blocks, d, a)
     heavy_kernel = kernel_seconds(k, shape.heaviest_block_nnz, 1, d, a)
-    kernel_wall = max(max(load, math.ceil(shape.blocks / cores)) * block_kernel, heavy_kernel)
-    moved = routed_bytes(shape, other_rows, d)
+    kernel_wall = max(math.ceil(shape.blocks / cores) * block_kernel, heavy_kernel)
+    moved = routed_bytes(shapes, side_name, other_rows, d)
     shuffle = sum(moved.values()) / (cl.executors * cl.shuffle_gbps * 1e9)
     gram_bytes = shape.blocks * d * d * 8
     driver = gram_bytes / (cl.driver_collect_gbps * 1e9)
-    sched = ROUTED_STAGES * tasks * cl.task_overhead_s
-    return {"tasks": tasks, "blocks_per_task_max": load, "kernel_wall_s": kernel_wall,
-            "block_kernel_s": block_kernel, "heaviest_row_kernel_s": heavy_kernel, "shuffle_s": shuffle,
-            "driver_gramian_s": driver, "gramian_bytes": gram_bytes, "scheduling_s": sched, "fixed_s": rest_s,
-            "bytes": moved, "seconds": rest_s + sched + shuffle + kernel_wall + driver}
+    sched = ROUTED_STAGES * shape.blocks * cl.task_overhead_s
+    return {"tasks": shape.blocks, "kernel_wall_s": kernel_wall, "block_kernel_s": block_kernel,
+            "heaviest_row_kernel_s": heavy_kernel, "shuffle_s": shuffle, "driver_gramian_s": driver,
+            "gramian_bytes": gram_bytes, "scheduling_s": sched, "fixed_s": rest_s, "bytes": moved,
+            "seconds": rest_s + sched + shuffle + kernel_wall + driver}
 
 
-def executor_memory(sc: Scenario, cl: Cluster, d: int, shape: SideShape, partitions: int | None,
+def executor_memory(sc: Scenario, cl: Cluster, d: int, shapes: dict[str, SideShape], side: str,
                     base: dict[str, float]) -> dict[str, float]:
-    """Bytes one executor holds in a routed half-step of this side: `cores` tasks, each one block at a time
-    in Python (cogroup calls the function per group) and its partition's blocks in the JVM (mean load; the
-    busiest task `load`), plus its share of both sides' cached CSR and of two factor versions (checkpoints)."""
-    typical = routed_task_memory(shape.nnz_per_block, shape.rows / shape.blocks, shape.routed_per_block, d)
-    heavy = routed_task_memory(shape.heaviest_block_nnz, 1, shape.routed_heaviest, d)
-    load = max_blocks_per_task(shape.blocks, partitions)
-    mean_load = 1.0 if partitions is None else shape.blocks / min(partitions, shape.blocks)
-    cached = (2 * sc.interactions * CSR_BYTES_PER_NNZ + 2 * (sc.users + sc.items) * d * 4) / cl.executors
-    task = base["python"] + typical["python"] + mean_load * typical["jvm"]
-    busiest = base["python"] + typical["python"] + load * typical["jvm"]
-    hot = base["python"] + heavy["python"] + heavy["jvm"] + (load - 1) * typical["jvm"]
+    """Bytes one executor holds in a routed half-step of `side`: `cores` tasks of one block each, plus its share
+    of both sides' cached CSR and routes (factor versions live in the store, not in executors)."""
+    s, o = shapes[side], shapes[OTHER[side]]
+    rows = s.rows / s.blocks
+    typical = routed_task_memory(s.nnz_per_block, rows, s.routed_per_block,
+                                 o.routed_total / o.blocks, d)  # the other side's blocks cut this step's slices
+    heavy = routed_task_memory(s.heaviest_block_nnz, 1, s.routed_heaviest, 0, d)
+    cached = (2 * sc.interactions * CSR_BYTES_PER_NNZ + 4 * (s.routed_total + o.routed_total)) / cl.executors
+    task = base["python"] + sum(typical.values())
+    hot = base["python"] + sum(heavy.values())
     shared = base["jvm"] + cached
     return {"typical_executor": cl.cores * task + shared,
-            "busiest_executor": (cl.cores - 1) * task + max(busiest, hot) + shared,
+            "busiest_executor": (cl.cores - 1) * task + max(task, hot) + shared,
             "top_row_task": hot, "typical_task": task, "typical_task_python": base["python"] + typical["python"],
-            "cached_share": cached,
-            "routed_rows_heaviest": shape.routed_heaviest}
+            "cached_share": cached, "routed_rows_heaviest": s.routed_heaviest}
 
 
 def python_base(m: dict[str, Any]) -> float:
-    """A Python worker's own bytes (interpreter, numpy, numba-compiled kernels, pyarrow): the routed cluster
-    run's peak Python RSS less what the model puts in its largest Gowalla task (routed rows <= the other side)."""
+    """A Python worker's own bytes (interpreter, numpy, numba-compiled kernels, pyarrow): the routed Gowalla cluster
+    run's peak Python RSS less what the model puts in its largest task (routed rows <= the other side)."""
     cs = m["cluster_setup"]
     blocks = default_num_blocks(cs["workers"] * cs["cores_per_worker"], cs["train"])
-    data = max(routed_task_memory(cs["train"] / blocks, rows / blocks, min(cs["train"] / blocks, other), cs["dim"])
-               ["python"] for rows, other in ((cs["users"], cs["items"]), (cs["items"], cs["users"])))
-    return m["cluster"]["gramian-routed"]["python_peak_mib"] * 2**20 - data
+    data = max(routed_task_memory(cs["train"] / blocks, rows / blocks, min(cs["train"] / blocks, other), 0,
+                                  cs["dim"])["python"]
+               for rows, other in ((cs["users"], cs["items"]), (cs["items"], cs["users"])))
+    return max(m["cluster"]["gramian-routed"]["python_peak_mib"] * 2**20 - data, 0.0)
 
 
 JVM_BASE = 1.0 * GIB  # an executor JVM's own heap use before data: assumed (not separable in the measurements)
 
 
-def fitting_blocks(sc: Scenario, cl: Cluster, d: int, base: dict[str, float]) -> int:
-    """The fewest blocks per side (a multiple of the cores, at least the default) whose typical executor fits
-    in cl.memory_gib with one block per task; the top item's block is not made smaller by more blocks."""
-    cores = cl.executors * cl.cores
-    blocks = default_num_blocks(cores, sc.interactions)
-    while blocks < 64 * cores:
-        shapes = side_shapes(sc, blocks)
-        if all(executor_memory(sc, cl, d, shapes[s], None, base)["typical_executor"] <= cl.memory_gib * GIB
-               for s in shapes):
-            return blocks
-        blocks += cores
-    return blocks
-
-
 def project(sc: Scenario, cl: Cluster, k: dict[str, Any], a: dict[str, float], rest: dict[str, float], d: int,
-            base: dict[str, float], setting: Setting) -> dict[str, Any]:
-    """One epoch (user then item half-step) of the routed path under `setting`."""
-    blocks = setting.blocks or default_num_blocks(cl.executors * cl.cores, sc.interactions)
-    shapes = side_shapes(sc, blocks)
-    steps = {s: half_step(sc, cl, k, a[s], rest["routed"], d, s, shapes[s], setting.partitions)
-             for s in ("user", "item")}
-    mem = {s: executor_memory(sc, cl, d, shapes[s], setting.partitions, base) for s in steps}
+            base: dict[str, float], blocks: dict[str, int] | None = None) -> dict[str, Any]:
+    """One epoch (user then item half-step) of the routed path; blocks per side as the trainer sizes them
+    (sized_blocks) unless given."""
+    n = blocks or sized_blocks(sc, cl, d)
+    shapes = side_shapes(sc, n["user"], n["item"])
+    steps = {s: half_step(sc, cl, k, a[s], rest["routed"], d, s, shapes) for s in ("user", "item")}
+    mem = {s: executor_memory(sc, cl, d, shapes, s, base) for s in steps}
     factors = (sc.users + sc.items) * d * 4
     return {
-        "setting": asdict(setting), "d": d, "executors": cl.executors, "cores": cl.cores,
-        "memory_gib": cl.memory_gib, "mode": exchange_mode(sc.users, sc.items, d), "factor_mib": factors / 2**20,
-        "blocks_per_side": blocks, "epoch_s": sum(st["seconds"] for st in steps.values()),
+        "d": d, "executors": cl.executors, "cores": cl.cores, "memory_gib": cl.memory_gib,
+        "mode": exchange_mode(sc.users, sc.items, d), "factor_mib": factors / 2**20, "blocks": n,
+        "task_budget_bytes": task_budget(cl),
+        "task_estimate": {s: task_estimate(shapes, s, d) for s in steps},
+        "epoch_s": sum(st["seconds"] for st in steps.values()),
         "bytes_per_epoch": sum(sum(st["bytes"].values()) for st in steps.values()), "half_steps": steps,
         "memory": mem, "executor_gib": max(v["typical_executor"] for v in mem.values()) / GIB,
         "busiest_executor_gib": max(v["busiest_executor"] for v in mem.values()) / GIB,
@@ -407,22 +448,54 @@ def bottleneck(steps: dict[str, Any], mem: dict[str, Any], cl: Cluster) -> str:
     return max(terms, key=lambda t: terms[t])
 
 
-def oom_check(k: dict[str, Any], a: dict[str, float], rest: dict[str, float], base: dict[str, float]) -> dict[str, Any]:
-    """The model on the run that failed: 10M routed, d=128, 2 executors x 1 core, 3 GiB (issue 14)."""
-    sc = Scenario(interactions=1e7, users=996_100, items=199_987)
-    cl = Cluster(executors=2, cores=1, memory_gib=3.0)
-    p = project(sc, cl, k, a, rest, 128, base, Setting("defaults"))
-    unified = (3 * GIB - 300 * 2**20) * 0.6  # Spark's execution + storage region of a 3 GiB heap
-    jvm = {s: p["memory"][s]["typical_executor"] - cl.cores * p["memory"][s]["typical_task_python"]
-           for s in ("user", "item")}
-    return {"executor_bytes_by_side": {s: p["memory"][s]["typical_executor"] for s in ("user", "item")},
-            "jvm_bytes_by_side": jvm, "spark_unified_region_bytes": unified, "blocks_per_side": p["blocks_per_side"],
-            "routed_rows_per_block": {s: p["shapes"][s]["routed_per_block"] for s in ("user", "item")}}
+def check_10m(run: dict[str, Any] | None, k: dict[str, Any], a: dict[str, float], rest: dict[str, float],
+              base: dict[str, float]) -> dict[str, Any] | None:
+    """The model against the 10M routed cluster run (cluster-10m.json): blocks chosen, s/epoch, rows routed and
+    executor memory, predicted with the run's own sizes, cluster and block counts."""
+    if run is None or run["jobs"].get("gramian-routed", {"failed": True}).get("failed", False):
+        return None
+    job, sp = run["jobs"]["gramian-routed"], run["split"]
+    sc = Scenario(interactions=float(sp["train"]), users=int(sp["users"]), items=int(sp["items"]))
+    cl = Cluster(executors=run["cluster"]["workers"], cores=run["cluster"]["cores_per_worker"],
+                 memory_gib=size_gib(run["cluster"]["executor_memory"]))
+    blocks = {s: job["blocks"][s]["blocks"] for s in ("user", "item")}
+    p = project(sc, cl, k, a, rest, run["dim"], base, blocks)
+    eps = job["epochs"]
+    out: dict[str, Any] = {"blocks_measured": blocks, "blocks_predicted": sized_blocks(sc, cl, run["dim"]),
+                           "projection": p, "items": [], "load_before": run["machine"]["load_before"],
+                           "date": run["machine"]["date"], "commit": run["machine"].get("git_commit")}
+
+    def add(name: str, predicted: float, actual: float, note: str = "") -> None:
+        out["items"].append({"check": name, "predicted": predicted, "measured": actual,
+                             "error": predicted / actual - 1, "note": note})
+
+    for s in ("user", "item"):
+        add(f"{s} half-step s (epochs 2-{len(eps)})", p["half_steps"][s]["seconds"],
+            steady([e[f"{s}_seconds"] for e in eps]))
+    add("s/epoch (epochs 2-)", p["epoch_s"], steady([e["user_seconds"] + e["item_seconds"] for e in eps]),
+        "the 10M check the issue asks for")
+    for s in ("user", "item"):
+        if "routed_rows" in job["blocks"][s]:
+            add(f"{s} step: rows routed per half-step", p["shapes"][s]["routed_total"],
+                job["blocks"][s]["routed_rows"], "Zipf estimate vs the routes built")
+    worst = max(p["memory"][s]["busiest_executor"] for s in ("user", "item"))
+    add("executor peak RSS, MiB (busiest)", worst / 2**20, max(job["worker_peak_rss_mib"]),
+        "JVM heap is reserved up front: RSS counts it once touched")
+    return out
+
+
+def size_gib(text: str) -> float:
+    """A Spark memory size ("3g", "800m") in GiB."""
+    t = text.strip().lower()
+    return float(t[:-1]) * {"k": 2**-20, "m": 2**-10, "g": 1.0, "t": 1024.0}[t[-1]] if t[-1] in "kmgt" \
+        else float(t) / 1024
 
 
 def main() -> dict[str, Any]:
     """Fit, check, project; write results/scale.json and scale.md; return the document."""
-    m = measured(json.loads((RESULTS / "train.json").read_text()), json.loads((RESULTS / "cluster.json").read_text()))
+    previous = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").is_file() else None
+    m = measured(json.loads((RESULTS / "train.json").read_text()), json.loads((RESULTS / "cluster.json").read_text()),
+                 previous)
     k = fit_kernel(numpy_points(m))
     ck = checks(m, k)
     a_dram = dram_constants(m, k, ck["local_overhead_s"])
@@ -430,23 +503,21 @@ def main() -> dict[str, Any]:
     rest = {name: float(np.mean([m["cluster"][job][s]["rest"] for s in ("user", "item")]))
             for name, job in (("routed", "gramian-routed"), ("store", "gramian-auto"), ("closure", "gramian-closure"))}
     base = {"python": python_base(m), "jvm": JVM_BASE}
+    ten = RESULTS / "cluster-10m.json"
+    check = check_10m(json.loads(ten.read_text()) if ten.is_file() else None, k, a_dram, rest, base)
     sc = Scenario()
     rows = []
     for executors in (50, 200):
         for d in (64, 128, 256):
             cl = Cluster(executors=executors)
-            fit = fitting_blocks(sc, cl, d, base)
-            variants = {"defaults": Setting("defaults"),
-                        "settings": Setting("blocks to fit memory, shuffle partitions = blocks", fit, fit),
-                        "keyed": Setting("as settings, one block per task (code change)", fit, None)}
-            row = {name: project(sc, cl, k, a_dram, rest, d, base, st) for name, st in variants.items()}
-            row["keyed, Gowalla-fit kernel"] = project(sc, cl, k, a_low, rest, d, base, variants["keyed"])
-            rows.append(row)
+            defaults = project(sc, cl, k, a_dram, rest, d, base)
+            rows.append({"defaults": defaults,
+                         "Gowalla-fit kernel": project(sc, cl, k, a_low, rest, d, base, defaults["blocks"])})
     generated = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),
                  "numpy": np.__version__}
     doc = {"generated": generated, "inputs": m, "kernel_fit": k, "a_dram_s_per_nnz_d": a_dram, "checks": ck,
            "rest_s": rest, "base_bytes": base, "scenario": asdict(sc), "cluster_assumed": asdict(Cluster(executors=0)),
-           "oom_check": oom_check(k, a_dram, rest, base), "projection": rows}
+           "check_10m": check, "projection": rows}
     (RESULTS / "scale.json").write_text(json.dumps(doc, indent=1, default=float))
     (RESULTS / "scale.md").write_text(render(doc))
     return doc
@@ -484,51 +555,59 @@ def render_checks(doc: dict[str, Any]) -> list[str]:
     for c in ck["items"]:
         lines.append(f"| {c['check']} | {c['predicted']:.3f} | {c['measured']:.3f} | {c['error']:+.0%} | "
                      f"{c['note']} |")
-    o = doc["oom_check"]
-    lines += ["", "The failed 10M routed cluster run (d=128, 2 executors x 1 core, 3 GiB, issue 14), as the model "
-              f"sees it: {o['blocks_per_side']} blocks per side; routed rows per block user "
-              f"{o['routed_rows_per_block']['user']:,.0f}, item {o['routed_rows_per_block']['item']:,.0f}; "
-              f"JVM bytes per executor user {_g(o['jvm_bytes_by_side']['user'])} GB, item "
-              f"{_g(o['jvm_bytes_by_side']['item'])} GB against Spark's execution+storage region of a 3 GiB heap, "
-              f"{_g(o['spark_unified_region_bytes'])} GB."]
+    c = doc.get("check_10m")
+    if not c:
+        return lines + ["", "No 10M routed cluster run in benchmarks/results/cluster-10m.json to check against."]
+    p = c["projection"]
+    lines += ["", f"## Check against the 10M routed cluster run (cluster-10m.json, {c['date']}, commit {c['commit']}, "
+              f"load before {', '.join(f'{x:.2f}' for x in c['load_before'])})", "",
+              f"Predicted with the run's sizes, {p['executors']} executors x {p['cores']} core of "
+              f"{p['memory_gib']:g} GiB, its block counts (user {c['blocks_measured']['user']}, item "
+              f"{c['blocks_measured']['item']}; the restated sizing rule picks user {c['blocks_predicted']['user']}, "
+              f"item {c['blocks_predicted']['item']}), the kernel constants refit on the local 10M run and the "
+              "routed Gowalla cluster run's fixed overhead per half-step.", "",
+              "| check | predicted | measured | error | note |", "|---|---|---|---|---|"]
+    for x in c["items"]:
+        lines.append(f"| {x['check']} | {x['predicted']:,.2f} | {x['measured']:,.2f} | {x['error']:+.0%} | "
+                     f"{x['note']} |")
+    lines += ["", "Predicted terms per half-step (s): " + "; ".join(
+        f"{s}: fixed {st['fixed_s']:.2f}, shuffle {st['shuffle_s']:.2f} ({_g(sum(st['bytes'].values()))} GB), "
+        f"kernel {st['kernel_wall_s']:.2f}, scheduling {st['scheduling_s']:.2f}"
+        for s, st in p["half_steps"].items())]
     return lines
 
 
 def render_projection(doc: dict[str, Any]) -> list[str]:
-    """The projection table: defaults, user settings, and one block per task (a code change)."""
+    """The projection table: the trainer's own block sizing, with the 10M-refit and the Gowalla-fit kernels."""
     sc, cl = doc["scenario"], doc["cluster_assumed"]
     lines = ["", f"## Projection: {sc['interactions']:.0e} interactions, {sc['users']:,} users, {sc['items']:,} "
              f"items (Zipf user {sc['user_exponent']}, item {sc['item_exponent']})", "",
              f"Executors of {cl['cores']} cores and {cl['memory_gib']:g} GiB; assumed: shuffle {cl['shuffle_gbps']} "
              f"GB/s per executor, driver collect {cl['driver_collect_gbps']} GB/s, {cl['task_overhead_s'] * 1e3:g} ms "
-             f"per task, spark.sql.shuffle.partitions {cl['shuffle_partitions']} (Spark's default). Settings: "
-             "blocks per side that fit the typical executor, spark.sql.shuffle.partitions = blocks. Keyed: the same "
-             "with one block per solve task (needs a code change).", "",
-             "| executors | d | mode | blocks/side defaults / settings | s/epoch defaults | s/epoch settings "
-             "| s/epoch keyed | s/epoch keyed, Gowalla-fit kernel | GB moved/epoch | GiB/executor defaults / "
-             "settings | GiB, busiest executor (settings) | GiB, top-item task | bottleneck defaults | "
-             "bottleneck keyed |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "per task. Blocks per side as the trainer sizes them (routed.sized_layouts: a typical task's estimate "
+             f"within {TASK_MEMORY_SHARE:.3g} of an executor's memory per core), one task per block and stage.", "",
+             "| executors | d | mode | blocks user / item | s/epoch | s/epoch, Gowalla-fit kernel | GB moved/epoch "
+             "| GiB/executor typical / busiest | GiB, top-item task | bottleneck |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in doc["projection"]:
-        p, q, r, g = row["defaults"], row["settings"], row["keyed"], row["keyed, Gowalla-fit kernel"]
-        lines.append(f"| {p['executors']} | {p['d']} | {p['mode']} | {p['blocks_per_side']} / "
-                     f"{q['blocks_per_side']} | {p['epoch_s']:.1f} | {q['epoch_s']:.1f} | {r['epoch_s']:.1f} | "
-                     f"{g['epoch_s']:.1f} | {_g(p['bytes_per_epoch'])} | {p['executor_gib']:.1f} / "
-                     f"{q['executor_gib']:.1f} | {q['busiest_executor_gib']:.1f} | {q['top_row_task_gib']:.1f} | "
-                     f"{p['bottleneck']} | {r['bottleneck']} |")
-    lines += ["", "Per half-step terms (seconds; defaults | keyed)", "",
+        p, g = row["defaults"], row["Gowalla-fit kernel"]
+        lines.append(f"| {p['executors']} | {p['d']} | {p['mode']} | {p['blocks']['user']} / {p['blocks']['item']} "
+                     f"| {p['epoch_s']:.1f} | {g['epoch_s']:.1f} | {_g(p['bytes_per_epoch'])} | "
+                     f"{p['executor_gib']:.1f} / {p['busiest_executor_gib']:.1f} | {p['top_row_task_gib']:.1f} | "
+                     f"{p['bottleneck']} |")
+    lines += ["", "Per half-step terms (seconds)", "",
               "| executors | d | side | fixed | scheduling | shuffle | kernel wall | top-row kernel | driver Gramian "
-              "| blocks in busiest task | GB moved | routed rows/block | top row nnz |",
+              "| GB moved | routed rows/block | top row nnz | task estimate MiB (budget) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in doc["projection"]:
-        for name in ("defaults", "keyed"):
-            p = row[name]
-            for s, st in p["half_steps"].items():
-                sh = p["shapes"][s]
-                lines.append(f"| {p['executors']} | {p['d']} | {s} ({name}) | {st['fixed_s']:.2f} | "
-                             f"{st['scheduling_s']:.2f} | {st['shuffle_s']:.1f} | {st['kernel_wall_s']:.1f} | "
-                             f"{st['heaviest_row_kernel_s']:.1f} | {st['driver_gramian_s']:.2f} | "
-                             f"{st['blocks_per_task_max']} | {_g(sum(st['bytes'].values()))} | "
-                             f"{sh['routed_per_block']:,.0f} | {sh['heaviest_block_nnz']:,.0f} |")
+        p = row["defaults"]
+        for s, st in p["half_steps"].items():
+            sh = p["shapes"][s]
+            lines.append(f"| {p['executors']} | {p['d']} | {s} | {st['fixed_s']:.2f} | {st['scheduling_s']:.2f} | "
+                         f"{st['shuffle_s']:.1f} | {st['kernel_wall_s']:.1f} | {st['heaviest_row_kernel_s']:.1f} | "
+                         f"{st['driver_gramian_s']:.2f} | {_g(sum(st['bytes'].values()))} | "
+                         f"{sh['routed_per_block']:,.0f} | {sh['heaviest_block_nnz']:,.0f} | "
+                         f"{p['task_estimate'][s]['typical'] / 2**20:,.0f} ({p['task_budget_bytes'] / 2**20:,.0f}) |")
     return lines
 
 

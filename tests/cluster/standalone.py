@@ -168,7 +168,7 @@ class StandaloneCluster:
 
     def submit_command(self, job: str, args: list[str], py_files: Path | None = None,
                        executor_memory: str = "800m", conf: dict[str, str] | None = None,
-                       class_path: list[str] | None = None) -> list[str]:
+                       class_path: list[str] | None = None, driver_memory: str = "1g") -> list[str]:
         """The spark-submit command line the README shows, pointed at this cluster.
 
         `class_path`: jars installed on every node (the S3A connector, as cloud images have it), put on the
@@ -181,12 +181,12 @@ class StandaloneCluster:
                                f"(GRAMIAN_IVY_DIR)")
         if self.isolated:  # two "hosts" on one address: Spark would read the other executor's shuffle files
             conf = {"spark.shuffle.readHostLocalDisk": "false", **(conf or {})}  # from its disk; real hosts fetch
-        return submit_command(self.url, job, args, py_files, executor_memory, conf, class_path)
+        return submit_command(self.url, job, args, py_files, executor_memory, conf, class_path, driver_memory)
 
 
 def submit_command(master: str, job: str, args: list[str], py_files: Path | None = None,
                    executor_memory: str = "800m", conf: dict[str, str] | None = None,
-                   class_path: list[str] | None = None) -> list[str]:
+                   class_path: list[str] | None = None, driver_memory: str = "1g") -> list[str]:
     """spark-submit of ROOT/job in client mode against `master` (a cluster URL or local[N]), all on loopback."""
     settings = {"spark.jars.ivy": SparkConfig().ivy_folder, "spark.driver.host": LOOPBACK,
                 "spark.driver.bindAddress": LOOPBACK, "spark.pyspark.python": sys.executable,
@@ -198,7 +198,7 @@ def submit_command(master: str, job: str, args: list[str], py_files: Path | None
     if class_path:
         settings["spark.executor.extraClassPath"] = os.pathsep.join(class_path)
     cmd = [str(BIN / "spark-submit"), "--master", master, "--deploy-mode", "client",
-           *submit_args(delta_package(), settings["spark.jars.ivy"]), "--driver-memory", "1g"]
+           *submit_args(delta_package(), settings["spark.jars.ivy"]), "--driver-memory", driver_memory]
     if class_path:
         cmd += ["--driver-class-path", os.pathsep.join(class_path)]
     for key, value in settings.items():

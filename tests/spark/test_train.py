@@ -338,6 +338,41 @@ def test_routed_rows_give_the_same_factors_as_whole_factor_matrices(train_df, pa
     np.testing.assert_allclose(first["factors"], W[0], rtol=1e-6)
 
 
+def test_routed_blocks_sized_to_a_small_task_budget_give_the_local_paths_factors(train_df, pairs, monkeypatch):
+    """A task budget too small for the default blocks: the routed trainer takes more blocks, each task's estimated
+    bytes within the budget, slices factor rows in rows of 5, and still fits what the local path and the
+    single-process numpy run fit."""
+    from gramian.train import routed
+
+    budget = 9_000.0
+    monkeypatch.setattr(routed, "task_budget", lambda spark, local: budget)
+    monkeypatch.setattr(routed, "SLICE_BYTES", 4 * 8 * 5)
+    made = []
+
+    class Recording(IALS.trainer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    est = IALS(dim=8, epochs=3, reg=0.01, train=TrainConfig(routing="routed"))
+    est.trainer_class = Recording
+    model = est.fit(train_df, N_USERS, N_ITEMS)
+    layouts = made[-1].layouts
+    assert layouts["user"].num_blocks > 2 and layouts["item"].num_blocks > 2
+    u = pairs["user_idx"].to_numpy()
+    i = pairs["item_idx"].to_numpy()
+    counts = {"user": np.bincount(u, minlength=N_USERS), "item": np.bincount(i, minlength=N_ITEMS)}
+    for side, other in (("user", "item"), ("item", "user")):
+        assert routed.task_bytes(counts[side], counts[other], layouts[side], layouts[other].num_blocks, 8) <= budget
+    local = IALS(dim=8, epochs=3, reg=0.01, train=TrainConfig(routing="auto")).fit(train_df, N_USERS, N_ITEMS)
+    W, H, losses = numpy_fit(pairs, est.config.resolved(N_ITEMS, N_USERS))
+    for got, want in ((model.user_array, local.user_array), (model.item_array, local.item_array),
+                      (model.user_array, W), (model.item_array, H)):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose([h.loss for h in model.history], [h.loss for h in local.history], rtol=1e-6)
+    np.testing.assert_allclose([h.loss for h in model.history], losses, rtol=1e-6)
+
+
 def test_routed_run_resumes_from_its_parquet_checkpoint(train_df, tmp_path):
     routed_cfg = TrainConfig(num_user_blocks=2, num_item_blocks=2, routing="routed", checkpoint_every=1)
     full = IALS(dim=4, epochs=3, train=routed_cfg).fit(train_df, N_USERS, N_ITEMS)

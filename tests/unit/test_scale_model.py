@@ -52,7 +52,30 @@ def test_expected_distinct_matches_sampling() -> None:
     assert sm.expected_distinct(draws, weights) == pytest.approx(np.mean(counts), rel=0.01)
 
 
-def test_busiest_task_has_one_block_when_keyed_and_at_least_the_mean_when_hashed() -> None:
-    assert sm.max_blocks_per_task(800, None) == 1
-    assert sm.max_blocks_per_task(800, 200) >= 4  # 800 ids into 200 partitions: at least the mean
-    assert sm.max_blocks_per_task(4, 200) >= 1
+def test_routed_sizing_rules_restate_the_trainers() -> None:
+    from types import SimpleNamespace
+
+    from gramian.train import routed
+
+    assert (sm.TASK_MEMORY_SHARE, sm.MAX_BLOCKS) == (routed.TASK_MEMORY_SHARE, routed.MAX_BLOCKS)
+    assert sm.CSR_BYTES_PER_NNZ == routed.CSR_BYTES_PER_NNZ
+    for blocks, step, rows in ((4, 2, 10**6), (400, 200, 10**8), (7, 3, 9), (60_000, 800, 10**8)):
+        assert sm.grow(blocks, step, rows) == routed.grow(blocks, step, rows)
+    session = SimpleNamespace(conf=SimpleNamespace(get=lambda key, default=None: {
+        "spark.executor.memory": "32g", "spark.executor.cores": "4"}.get(key, default)))
+    assert sm.task_budget(sm.Cluster(executors=50)) == routed.task_budget(session, local=False)
+
+
+def test_the_typical_task_estimate_is_the_trainers_on_expected_counts() -> None:
+    """The model's typical block estimate against routed.block_task_bytes on the scenario's expected counts."""
+    from gramian.train import routed
+    from gramian.train.blocks import SideLayout
+
+    sc = sm.Scenario(interactions=2e6, users=200_000, items=20_000)
+    cu = np.round(sc.interactions * sm.zipf_weights(sc.users, sc.user_exponent)).astype(np.int64)
+    ci = np.round(sc.interactions * sm.zipf_weights(sc.items, sc.item_exponent)).astype(np.int64)
+    shapes = sm.side_shapes(sc, 8, 8)
+    for side, counts, other in (("user", cu, ci), ("item", ci, cu)):
+        layout = SideLayout.balanced(counts, 8, 64)
+        per_block = routed.block_task_bytes(counts, other, layout, 8, 64)
+        assert sm.task_estimate(shapes, side, 64)["typical"] == pytest.approx(np.median(per_block), rel=0.35)

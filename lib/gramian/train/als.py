@@ -261,10 +261,6 @@ class BlockTrainer:
         if nnz == 0:
             raise InputDataError("train set must not be empty, got 0 interactions. Check ingest's "
                                  "quarantine table and the split settings.")
-        nub = train.num_user_blocks or default_num_blocks(spark, nnz)
-        nib = train.num_item_blocks or default_num_blocks(spark, nnz)
-        self.layouts = {"user": SideLayout.balanced(user_counts, nub, model.dim),
-                        "item": SideLayout.balanced(item_counts, nib, model.dim)}
         factor_mb = (n_users + n_items) * model.dim * 4 / 2**20
         # On a local master the factors reach tasks as memory-mapped files (nothing copied per task), so
         # whole factors stay cheap at any size; elsewhere every task receives them, hence the size limit.
@@ -272,6 +268,7 @@ class BlockTrainer:
             train.routing == "auto" and not local and factor_mb > train.broadcast_max_mb)
         log.info("factors %.1f MiB: %s", factor_mb, "routed to the blocks that need them" if self.routed
                  else "memory-mapped by every block (local master)" if local else "sent whole to every block")
+        self.layouts = self._layouts(user_counts, item_counts)
         self.blocks: dict[str, Any] = {}  # cached block DataFrames (closure or routed exchange)
         self.nonempty: dict[str, frozenset[int]] = {}  # blocks with interactions (store exchange)
         self.routes: dict[str, Any] = {}
@@ -288,6 +285,24 @@ class BlockTrainer:
         self.exchange: FactorExchange = choose(  # the one way factors reach this trainer's tasks
             spark, self.routed, self.handoff, self.layouts, FactorSpec(model.dim, model.init_scale, model.seed),
             self.blocks, self.nonempty, self.routes, self.steps)
+
+    def _layouts(self, user_counts: np.ndarray, item_counts: np.ndarray) -> dict[str, SideLayout]:
+        """Both sides' block layouts: train.num_*_blocks, else enough blocks for the cores and ~4M interactions
+        each; routed, as many more as keep every block task within its share of executor memory."""
+        spark, train, dim = self.spark, self.train_cfg, self.model.dim
+        nub = train.num_user_blocks or default_num_blocks(spark, self.nnz)
+        nib = train.num_item_blocks or default_num_blocks(spark, self.nnz)
+        if not self.routed:
+            return {"user": SideLayout.balanced(user_counts, nub, dim),
+                    "item": SideLayout.balanced(item_counts, nib, dim)}
+        budget = routed.task_budget(spark, is_local_master(spark))
+        layouts = routed.sized_layouts({"user": user_counts, "item": item_counts}, dim, budget,
+                                       {"user": nub, "item": nib},
+                                       {"user": bool(train.num_user_blocks), "item": bool(train.num_item_blocks)},
+                                       default_num_blocks(spark, 1))
+        log.info("routed blocks sized to %.0f MiB per task: %d user, %d item", budget / 2**20,
+                 layouts["user"].num_blocks, layouts["item"].num_blocks)
+        return layouts
 
     def _build_blocks(self, train_df: Any, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:
         """Both sides' CSR blocks (memory-mapped files on a local master, else cached DataFrames) and routes.
@@ -320,8 +335,9 @@ class BlockTrainer:
         if self.routed:
             for side, other in (("user", "item"), ("item", "user")):
                 self.routes[side] = routed.build_routes(self.blocks[side], self.layouts[other]).cache()
-                self.routes[side].count()
-                log.info("%s side: routes built", side)
+                per_block = routed.routed_rows(self.routes[side])  # materialises the cache
+                log.info("%s side: routes built, %d rows routed per half-step, at most %d to one block", side,
+                         sum(per_block.values()), max(per_block.values(), default=0))
 
     def other_size(self, side: str) -> int:
         return self.n_items if side == "user" else self.n_users

@@ -9,7 +9,8 @@ One interface, `FactorExchange`, chosen once per trainer (`choose`) from train.r
                rows to the store once, every Python worker reads them once; block CSR comes from the store
   Closure      anywhere else: the factors ride in the task closure over cached CSR block DataFrames
   RoutedRows   factors too big for one executor: factor-block DataFrames, each block task receiving only the rows
-               its CSR references (gramian.train.routed); every new side is persisted (store, else local checkpoint)
+               its CSR references (gramian.train.routed), blocks sized so a task's rows fit its share of executor
+               memory; every new side is persisted (store, else local checkpoint)
 
 A half-step is `step(side, task, current, other, shared, schema)`: `task(block, other rows, own current rows,
 shared)` runs once per block (indices of the block index the other rows it is given) and returns one record with
@@ -346,8 +347,10 @@ class RoutedRows(FactorExchange):
 
     Co-partitioned so a half-step is two shuffles and one solving stage: the CSR blocks are cached hash-partitioned
     on their block's partition key (block b in partition b, `spark_partition_keys`) and the routes on their source
-    block's key, so only factor rows move: the other side's blocks to the routes that slice them, then the sliced
-    rows together with each block's own current rows to the block's partition, cogrouped with its cached CSR.
+    block's key, so only factor rows move: the other side's blocks to the routes that slice them (cogrouped: one
+    task per source block holds it once), then the sliced rows together with each block's own current rows to the
+    block's partition, cogrouped with its cached CSR. Every task holds one block's data (routed.task_bytes; the
+    trainer sizes the blocks to fit executor memory, routed.sized_layouts).
     """
 
     routed = True
@@ -414,21 +417,21 @@ class RoutedRows(FactorExchange):
         d, layout, arrays = self.spec.dim, self.layouts[side], dict(shared)
         other_side = "item" if side == "user" else "user"
         src = other.select(self.key_of(other_side, "block").alias("pkey"), "row_start", "factors")
-        sliced = routed.route_payload(self.routes[side].join(src, "pkey"), self.keys[side], d)
+        sliced = routed.slice_sources(self.routes[side], src, self.keys[side], d)
         own = current.select(self.key_of(side, "block").alias("pkey"), F.col("block").alias("dst_block"),
                              F.lit(True).alias("own"), F.lit(bytearray()).alias("rows"), F.col("factors").alias("vecs"))
         payload = sliced.unionByName(own)
 
         def solve(csr: pa.Table, rows_in: pa.Table) -> pa.Table:
             t0 = time.perf_counter()
-            mine = rows_in.column("own").to_numpy(zero_copy_only=False)
-            own_row = rows_in.filter(pa.array(mine))
-            block = own_row.column("dst_block")[0].as_py()
+            mine = rows_in.column("own").to_pylist()  # rows are read in place: no filtered copy of the payload
+            k_own = mine.index(True)
+            block = rows_in.column("dst_block")[k_own].as_py()
             start, stop = layout.bounds(block)
-            x_init = np.frombuffer(own_row.column("vecs")[0].as_buffer(), np.float32).reshape(stop - start, d)
+            x_init = np.frombuffer(rows_in.column("vecs")[k_own].as_buffer(), np.float32).reshape(stop - start, d)
             b = next(decode_blocks(csr.combine_chunks().to_batches()[0])) if csr.num_rows else empty_block(layout,
                                                                                                           block)
-            rows, vecs = routed.gather(rows_in.filter(pa.array(~mine)), d)
+            rows, vecs = routed.gather(rows_in, d, [k for k, m in enumerate(mine) if not m])
             return pa.Table.from_batches([timed(lambda: task(routed.localise(b, rows), vecs, x_init, arrays),
                                                 time.perf_counter() - t0)])
 
