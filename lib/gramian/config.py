@@ -340,6 +340,7 @@ class TuneConfig:
     prune_every: int = field(default=5, metadata=_check("> 0", _positive))  # epochs between validation checks
     startup_trials: int = field(default=2, metadata=_check(">= 0", _non_negative))  # trials before pruning
     warmup_epochs: int = field(default=2, metadata=_check(">= 0", _non_negative))  # no pruning before this epoch
+    baseline: bool = True  # a new study's first trial is the conf's own model setting (tune.space.baseline)
     space: TuneSpaceConfig = field(default_factory=TuneSpaceConfig)
 
 
