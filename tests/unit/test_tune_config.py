@@ -113,7 +113,7 @@ def test_the_baseline_trial_is_the_conf_setting_where_the_space_can_draw_it():
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial(base)
     p = S.suggest(study.ask(), cfg.tune.space, "ials")
-    assert {k: p[k] for k in base} == base and p["dim"] in (32, 64, 128) and p["epochs"] % 5 == 0
+    assert {k: p[k] for k in base} == base and p["dim"] in (64, 128, 256) and p["epochs"] % 5 == 0
     assert S.apply(cfg.model, p).reg == 0.3
     on_grid = load_config(None, ["model.epochs=15", "model.dim=64"])
     assert {"epochs": 15, "dim": 64}.items() <= S.baseline(on_grid.model, on_grid.tune.space).items()
