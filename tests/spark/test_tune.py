@@ -170,7 +170,8 @@ def test_a_clearly_bad_trial_is_pruned_after_a_reasonable_one(spark, wh, monkeyp
 
     monkeypatch.setattr(space, "suggest", fixed)
     cfg = load_config(wh["conf"] / "base.yaml", [f"storage.root={wh['root']}", "model.epochs=3",
-                                                  "tune.startup_trials=1", "tune.warmup_epochs=0"])
+                                                  "tune.startup_trials=1", "tune.warmup_epochs=0",
+                                                  "tune.baseline=false"])  # both trials' reg as drawn here
     summary = tune.run(spark, cfg, "prune", trials=2)
     good, bad = _rows(spark, cfg, "prune")
     assert good["state"] == "complete" and good["epochs"] == 3
