@@ -312,7 +312,7 @@ class TuneSpaceConfig:
     reg: SearchRange | None = _range(1e-4, 10.0, log=True)
     nu: SearchRange | None = _range(0.0, 1.25)
     reg_counts: SearchRange | None = _choices("observed", "all")
-    dim: SearchRange | None = _choices(32, 64, 128)
+    dim: SearchRange | None = _choices(64, 128, 256)  # larger d wins once regularised (Rendle et al. 2022)
     epochs: SearchRange | None = _range(5.0, 25.0, step=5.0)
     confidence_form: SearchRange | None = None
     confidence_scale: SearchRange | None = None
@@ -340,6 +340,7 @@ class TuneConfig:
     prune_every: int = field(default=5, metadata=_check("> 0", _positive))  # epochs between validation checks
     startup_trials: int = field(default=2, metadata=_check(">= 0", _non_negative))  # trials before pruning
     warmup_epochs: int = field(default=2, metadata=_check(">= 0", _non_negative))  # no pruning before this epoch
+    baseline: bool = True  # a new study's first trial is the conf's own model setting (tune.space.baseline)
     space: TuneSpaceConfig = field(default_factory=TuneSpaceConfig)
 
 

@@ -78,6 +78,8 @@ def test_tuning_table_has_one_row_per_trial_with_the_params_optuna_chose(spark, 
     rows = _rows(spark, cfg, "cli")
     study = _study(cfg, "cli")
     assert [r["trial"] for r in rows] == [t.number for t in study.trials] == [0, 1, 2]  # --trials 3 honoured
+    assert study.trials[0].params == space.baseline(cfg.model, cfg.tune.space)  # the conf's own setting first
+    assert study.trials[0].params["dim"] == cfg.model.dim and study.trials[0].params["epochs"] == cfg.model.epochs
     for row, t in zip(rows, study.trials, strict=True):
         assert json.loads(row["params"]) == t.params
         assert set(t.params) == {"alpha0_total", "reg", "nu", "reg_counts", "dim", "epochs"}
@@ -168,7 +170,8 @@ def test_a_clearly_bad_trial_is_pruned_after_a_reasonable_one(spark, wh, monkeyp
 
     monkeypatch.setattr(space, "suggest", fixed)
     cfg = load_config(wh["conf"] / "base.yaml", [f"storage.root={wh['root']}", "model.epochs=3",
-                                                  "tune.startup_trials=1", "tune.warmup_epochs=0"])
+                                                  "tune.startup_trials=1", "tune.warmup_epochs=0",
+                                                  "tune.baseline=false"])  # both trials' reg as drawn here
     summary = tune.run(spark, cfg, "prune", trials=2)
     good, bad = _rows(spark, cfg, "prune")
     assert good["state"] == "complete" and good["epochs"] == 3
@@ -194,6 +197,38 @@ def test_the_wall_clock_budget_stops_a_running_trial_and_starts_no_other(spark, 
     assert "budget" in rows[0]["note"] and rows[0]["value"] is not None
     with pytest.raises(Exception, match="must complete a trial to write a profile"):
         tune.run(spark, wh["cfg"], "budget2", trials=5, budget_minutes=1e-6, write_profile=str(wh["root"] / "x.yaml"))
+
+
+def test_the_budget_counts_from_the_end_of_the_validation_carve(spark, wh, monkeypatch):
+    later = [0.0]
+    real_clock, real_carve = tune.clock, tune.carve
+    monkeypatch.setattr(tune, "clock", lambda: real_clock() + later[0])
+
+    def an_hour_long_carve(spark_, cfg_):
+        val = real_carve(spark_, cfg_)
+        later[0] = 3600.0  # start-up and carve took an hour: none of it is the trials' budget
+        return val
+
+    monkeypatch.setattr(tune, "carve", an_hour_long_carve)
+    summary = tune.run(spark, wh["cfg"], "carve-clock", trials=1, budget_minutes=10)
+    assert summary["stopped_by"] == "trials" and summary["complete"] == 1
+    assert summary["baseline_trial"] == 0 and summary["baseline_value"] == pytest.approx(summary["best_value"])
+
+
+def test_every_trial_fits_with_the_counts_the_carve_made(spark, wh, monkeypatch):
+    from gramian.train.model import IALS
+
+    given, real_fit = [], IALS.fit
+
+    def fit(self, *args, **kwargs):
+        given.append(kwargs.get("counts"))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(IALS, "fit", fit)
+    summary = tune.run(spark, wh["cfg"], "counts", trials=2)
+    assert len(given) == 2 and given[0] is given[1]  # counted once, by the carve
+    users, items = given[0]
+    assert int(users.sum()) == int(items.sum()) == summary["validation"]["validation_train"]
 
 
 def test_a_resumed_study_refuses_another_search_space(spark, wh):

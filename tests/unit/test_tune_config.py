@@ -101,3 +101,19 @@ def test_a_set_alpha0_that_would_override_the_searched_alpha0_total_is_refused()
     with pytest.raises(ConfigError, match="tune.space.alpha0_total is searched but model.alpha0=0.01"):
         S.check(cfg.model, cfg.tune.space)
     S.check(cfg.model, load_config(None, ["model.alpha0=0.01", "tune.space.alpha0_total=null"]).tune.space)
+
+
+def test_the_baseline_trial_is_the_conf_setting_where_the_space_can_draw_it():
+    cfg = load_config(None, ["model.dim=48", "model.epochs=12", "model.reg=0.3", "model.confidence.scale=log",
+                             "tune.space.confidence_scale.choices=[constant,log]"])
+    base = S.baseline(cfg.model, cfg.tune.space)
+    # dim 48 is not a choice and epochs 12 is off the 5-25 step-5 grid: left to the sampler
+    assert base == {"alpha0_total": cfg.model.alpha0_total, "reg": 0.3, "nu": cfg.model.nu,
+                    "reg_counts": cfg.model.reg_counts, "confidence_scale": "log"}
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(base)
+    p = S.suggest(study.ask(), cfg.tune.space, "ials")
+    assert {k: p[k] for k in base} == base and p["dim"] in (64, 128, 256) and p["epochs"] % 5 == 0
+    assert S.apply(cfg.model, p).reg == 0.3
+    on_grid = load_config(None, ["model.epochs=15", "model.dim=64"])
+    assert {"epochs": 15, "dim": 64}.items() <= S.baseline(on_grid.model, on_grid.tune.space).items()

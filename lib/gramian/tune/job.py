@@ -9,10 +9,15 @@ Hyperband: a tune here runs tens of trials, not hundreds; the median rule prunes
 and needs no brackets to fill, and it compares trials at the same epoch, so a trial drawing more epochs is
 not cut for being early in its schedule.
 
+A new study's first trial is the conf's own model setting (tune.baseline; the keys the space can draw, the
+others sampled), so the search starts from the setting it is asked to improve on, and the summary reports
+that trial's value beside the best.
+
 Budgets: the study's total trials (--trials, tune.trials) and wall-clock minutes (--budget-minutes,
-tune.budget_minutes): no trial starts past the budget, and a running one stops at its next epoch past it
-(recorded as pruned). One `tuning` row per trial (replaced when a resumed study reruns a trial number);
-with tracking on, one nested MLflow run per trial under the run's MLflow run.
+tune.budget_minutes), counted from the end of the validation carve (Spark start-up and the carve are the same
+for any budget, so they do not eat into the trials' time): no trial starts past the budget, and a running
+one stops at its next epoch past it (recorded as pruned). One `tuning` row per trial (replaced when a resumed
+study reruns a trial number); with tracking on, one nested MLflow run per trial under the run's MLflow run.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 progress = logging.getLogger("gramian.progress")  # one line per trial, visible without -v
 
 clock = time.monotonic  # the budget's clock (tests move it)
+BASELINE = "baseline"  # user attribute of the trial that ran the conf's own setting (tune.baseline)
 TUNING_TABLE = "tuning"
 TUNING_SCHEMA = ("run_id string, trial int, params string, value double, metrics string, state string, "
                  "epochs int, seconds double, started timestamp, note string")
@@ -96,14 +102,17 @@ def run(spark: Any, cfg: Config, run_id: str, trials: int | None = None, budget_
     check_run_id(run_id)
     S.check(cfg.model, cfg.tune.space)
     started = time.perf_counter()
-    n_trials, deadline = budgets(cfg, trials, budget_minutes, clock())
+    n_trials, _ = budgets(cfg, trials, budget_minutes, 0.0)  # checked before any Spark work
     val = carve(spark, cfg)
+    _, deadline = budgets(cfg, trials, budget_minutes, clock())  # the budget is the trials' time
     store = storage.artifact_store(cfg.storage, spark).child("tune", run_id)
     settings = {"model": cfg.model.name, "metric": cfg.tune.metric, "k": cfg.tune.k,
                 "space": S.describe(cfg.tune.space, cfg.model.name),
                 "validation": {k: val.summary[k] for k in ("method", "seed", "fraction", "train_version")}}
     try:
         with opened(store, run_id, cfg.tune, n_trials, settings) as (study, snapshot):
+            if cfg.tune.baseline and not study.get_trials(deepcopy=False):  # a new study: the conf's setting first
+                study.enqueue_trial(S.baseline(cfg.model, cfg.tune.space), user_attrs={BASELINE: True})
             ran, stopped = search(spark, cfg, run_id, val, study, snapshot, n_trials, deadline)
             summary = summarise(study, cfg, run_id, ran, stopped, val)
     finally:
@@ -184,7 +193,7 @@ def run_trial(spark: Any, cfg: Config, val: Validation, trial: Any, params: dict
         monitor = Monitor(spark, cfg, val, trial, model_cfg.epochs, deadline, tracker)
         estimator = ESTIMATORS[model_cfg.name].from_config(model_cfg, cfg.train)
         estimator.fit(val.train, val.n_users, val.n_items, on_epoch=lambda stats: None, exchange=exchange,
-                      on_model=monitor)
+                      on_model=monitor, counts=val.counts)
         out.state = "complete"
     except Stop as s:
         out.state, out.note = "pruned", s.reason
@@ -244,11 +253,22 @@ def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str, val:
         note = next((t.user_attrs.get("note") for t in trials if t.user_attrs.get("note")), "see the tuning table")
         raise GramianError(f"tune trials must not all fail, got {len(trials)} failed of {len(trials)} (run {run_id!r}; "
                            f"first: {note}). Fix the cause, or narrow tune.space away from diverging settings.")
+    base = next((t for t in trials if t.user_attrs.get(BASELINE)), None)
+    if base is not None:
+        out.update(baseline_trial=base.number, baseline_value=_last_value(base))
     if count["complete"]:
         best = study.best_trial
         out.update(best_trial=best.number, best_value=best.value, best_params=best.params)
         tracking.safe(tracking.active().log_metrics, {f"tune.best_{_mlflow_name(out['metric'])}": best.value})
     return out
+
+
+def _last_value(trial: Any) -> float | None:
+    """A finished trial's value, else its last reported one (a pruned trial's), else None."""
+    if trial.value is not None:
+        return float(trial.value)
+    steps = sorted(trial.intermediate_values)
+    return float(trial.intermediate_values[steps[-1]]) if steps else None
 
 
 def describe_validation(val: Validation) -> str:

@@ -41,6 +41,38 @@ def suggest(trial: Any, space: TuneSpaceConfig, model_name: str) -> dict[str, An
     return out
 
 
+def model_value(model: ModelConfig, key: str) -> Any:
+    """The model config's value of tune.space key `key` (confidence_form is model.confidence.form)."""
+    if key.startswith("confidence_"):
+        return getattr(model.confidence, key.split("_", 1)[1])
+    return getattr(model, key)
+
+
+def holds(r: SearchRange, value: Any) -> bool:
+    """Whether the searched range or choices `r` can draw `value` (on its step grid, if it has one)."""
+    if r.choices:
+        return value in r.choices
+    if isinstance(value, bool) or not isinstance(value, int | float) or not r.low <= value <= r.high:
+        return False
+    if r.step is None:
+        return True
+    k = (value - r.low) / r.step
+    return abs(k - round(k)) < 1e-9
+
+
+def baseline(model: ModelConfig, space: TuneSpaceConfig) -> dict[str, Any]:
+    """The conf's own setting as a trial's params: every searched key whose model value the space can draw.
+
+    Tried first (tune.baseline), so the search starts from the setting it is asked to improve on and the
+    profile never scores below it on validation; keys outside the space are left to the sampler."""
+    out: dict[str, Any] = {}
+    for key, r in searched(space, model.name).items():
+        value = model_value(model, key)
+        if holds(r, value):
+            out[key] = int(value) if key in INT_KEYS else value
+    return out
+
+
 def apply(model: ModelConfig, params: dict[str, Any]) -> ModelConfig:
     """`model` with a trial's params (confidence_* into model.confidence), validated like any model config."""
     from gramian.train.model import model_config

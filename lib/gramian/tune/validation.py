@@ -3,8 +3,10 @@
 The configured split method (gramian.data.split.assign_parts, the split stage's own function) is applied
 to `train` with seed split.seed + 1 and fraction tune.validation_fraction (default split.test_fraction):
 its train part fits the trials, its held-out part scores them. split.method `given` (a provided test
-file) has no rule to re-apply, so its validation is `random`. A trial's model is scored with the evaluate
-stage's code (evaluate.job.evaluate_model: exact full-catalogue ranks, kernels.ranking's metrics).
+file) has no rule to re-apply, so its validation is `random`. The fit part's interactions per user and
+item are counted once here and handed to every trial's fit (no trial counts them again). A trial's model
+is scored with the evaluate stage's code (evaluate.job.evaluate_model: exact full-catalogue ranks,
+kernels.ranking's metrics).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Validation:
     user_rows: np.ndarray | None  # trainer position -> users idx (None: identity)
     n_users: int  # trainer rows
     n_items: int
+    counts: tuple[np.ndarray, np.ndarray]  # validation-train interactions per trainer row and per item
     rows: Any  # one row per validation user (evaluate.job.heldout_rows), cached
     n_test_users: int
     parts: dict[str, Any]  # train / test / foldin frames in users indices (what was carved)
@@ -71,13 +74,13 @@ def carve(spark: Any, cfg: Config) -> Validation:
                              f"{split.method!r}, fraction {split.test_fraction}, {tables.table_ref(st, 'train')} "
                              f"version {version}). Lower split.min_interactions or raise tune.validation_fraction.")
     parts = {p: labelled.filter(F.col("part") == p).select(*VALIDATION_COLUMNS) for p in (TRAIN, TEST, FOLDIN)}
-    fit_rows, user_rows, _ = train_positions(parts[TRAIN], n_users, row_counts(parts[TRAIN], n_users, n_items))
+    fit_rows, user_rows, counts = train_positions(parts[TRAIN], n_users, row_counts(parts[TRAIN], n_users, n_items))
     rows = heldout_rows(parts[TRAIN], parts[TEST], parts[FOLDIN] if split.method == "strong" else None).cache()
     n_test_users = rows.count()
     summary = {"method": split.method, "seed": split.seed, "fraction": split.test_fraction, "train_version": version,
                **{f"validation_{p}": stats.get(p, (0, 0))[0] for p in (TRAIN, TEST, FOLDIN)},
                "validation_users": n_test_users}
-    return Validation(fit_rows, user_rows, n_users if user_rows is None else len(user_rows), n_items, rows,
+    return Validation(fit_rows, user_rows, n_users if user_rows is None else len(user_rows), n_items, counts, rows,
                       n_test_users, parts, summary)
 
 
