@@ -48,7 +48,10 @@ METHODS = ("gramian-auto", "gramian-closure", "gramian-routed", "mllib")
 # whole factors in the task closure over cached CSR rows (the path before the store exchange), routed = routed rows
 GRAMIAN_SETS = {"gramian-auto": ["train.routing=auto"],
                 "gramian-closure": ["train.routing=auto", "train.exchange=closure"],
-                "gramian-routed": ["train.routing=routed"]}
+                "gramian-routed": ["train.routing=routed"],
+                # RankALS (model.name pairwise) through the same exchanges: issue 14's "within 1.5x iALS per epoch"
+                "gramian-rankals": ["model.name=pairwise", "train.routing=auto"],
+                "gramian-rankals-routed": ["model.name=pairwise", "train.routing=routed"]}
 EPOCH_LINE = re.compile(r"epoch 1/\d+ loss")
 SESSION_LINE = re.compile(r"spark-submit session: Spark")  # an INFO line: the jobs run with --verbose
 PHASE_LINE = re.compile(r"gramian\.phases: (\w+) \S+: (.+) (-?[\d.]+) s$")  # gramian.progress.Phases
