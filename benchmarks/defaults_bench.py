@@ -285,10 +285,17 @@ def rank(trials: list[dict[str, Any]], vals: dict[str, str]) -> list[dict[str, A
 # ------------------------------------------------------------------------------------------- phases
 
 
-def _ordered(settings: list[tuple[str, str, dict[str, Any]]], methods: tuple[str, ...]
-             ) -> list[tuple[str, str, dict[str, Any]]]:
-    """Peer settings in the order of `methods` (cheap fits first)."""
-    return sorted(settings, key=lambda s: methods.index(s[1]) if s[1] in methods else len(methods))
+def run_peers(split: D.Split, name: str, methods: tuple[str, ...], spark: Any, per_user: bool = False) -> Any:
+    """Every defaults-like peer setting of `methods` on `split`, cheap fits first (the order of `methods`); MLlib's
+    Spark session is started at its first fit and returned for the next data set."""
+    settings = [s for s in peer_settings(name, split.n_items) if s[1] in methods]
+    for label, method, params in sorted(settings, key=lambda s: methods.index(s[1])):
+        if method == "mllib" and spark is None:
+            from benchmarks import peers as P
+
+            spark = P.spark_session()
+        run(split, name, method, params, spark, label, per_user=per_user)
+    return spark
 
 
 def phase_validation(datasets: list[str], only: str, peer_methods: tuple[str, ...] = PEER_METHODS,
@@ -312,14 +319,7 @@ def phase_validation(datasets: list[str], only: str, peer_methods: tuple[str, ..
         val = D.validation_split(D.load(name))
         D_ITEMS[name] = val.n_items
         if only in ("all", "peers"):
-            for label, method, params in _ordered(peer_settings(name, val.n_items), peer_methods):
-                if method not in peer_methods:
-                    continue
-                if method == "mllib" and spark is None:
-                    from benchmarks import peers as P
-
-                    spark = P.spark_session()
-                run(val, name, method, params, spark, label)
+            spark = run_peers(val, name, peer_methods, spark)
         if only in ("all", "gramian"):
             for params in cands:
                 run(val, name, "gramian", params, None)
@@ -353,14 +353,7 @@ def phase_test(datasets: list[str], only: str, peer_methods: tuple[str, ...] = P
     for name in datasets:
         split = D.load(name)
         if only in ("all", "peers"):
-            for label, method, params in _ordered(peer_settings(name, split.n_items), peer_methods):
-                if method not in peer_methods:
-                    continue
-                if method == "mllib" and spark is None:
-                    from benchmarks import peers as P
-
-                    spark = P.spark_session()
-                run(split, name, method, params, spark, label, per_user=True)
+            spark = run_peers(split, name, peer_methods, spark, per_user=True)
         if chosen is not None:
             for label, params in (("gramian (defaults before)", BEFORE), ("gramian (chosen defaults)", chosen)):
                 run(split, name, "gramian", params, None, label, per_user=True)
