@@ -418,6 +418,16 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def before_of(earlier: dict[str, Any]) -> dict[str, Any]:
+    """--before's document as write_md shows it ({commit, load, jobs}): as given, or cut from an earlier run's whole
+    results JSON (its label, its load, its gramian jobs that reached their first epoch)."""
+    if "machine" not in earlier:
+        return earlier
+    load = tuple(round(x, 1) for x in earlier["machine"].get("load_before", ()))
+    return {"commit": earlier.get("commit_tested") or "earlier run", "load": f"{load} before",
+            "jobs": {n: j for n, j in earlier["jobs"].items() if "session_to_first_epoch_seconds" in j}}
+
+
 def phase_table(jobs: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown rows: each job's wall seconds split into its phases (job_phases), one column per job."""
     names = [n for n, r in jobs.items() if r.get("phases")]
@@ -478,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = summarise(args, root, jobs)
         doc["commit_tested"] = args.label
     if args.before:
-        doc["before"] = json.loads(Path(args.before).read_text())
+        doc["before"] = before_of(json.loads(Path(args.before).read_text()))
     out = Path(args.out or RESULTS / ("cluster-10m" if args.dataset == "synthetic10m" else "cluster"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=float))
