@@ -206,6 +206,7 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dic
     sets = [f"storage.root={root}", f"model.dim={args.dim}", f"model.epochs={args.epochs}",
             "train.checkpoint_every=0"]
     out: dict[str, dict[str, Any]] = {}
+    events = {} if not args.event_log else {"spark.eventLog.enabled": "true", "spark.eventLog.dir": args.event_log}
     # the workers share this host's disk (isolated=False): the tables sit in a local folder, as in issue 14's
     # first measurement; cluster_stages.py is the no-shared-disk S3 run
     with StandaloneCluster(work / "cluster", workers=2, cores=1, memory=args.worker_memory,
@@ -217,7 +218,7 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dic
             if method.startswith("gramian-"):
                 job_args = ["--conf", str(conf), *[x for s in [*sets, *GRAMIAN_SETS[method]] for x in ("--set", s)],
                             "--run-id", f"bench-{method.split('-', 1)[1]}", "--json", "--verbose"]
-                cmd = cluster.submit_command("jobs/train.py", job_args, py_files=zip_path,
+                cmd = cluster.submit_command("jobs/train.py", job_args, py_files=zip_path, conf=events,
                                              executor_memory=args.executor_memory, driver_memory=args.driver_memory)
             else:
                 params = mllib_params(args.dataset, args.dim, args.epochs)
@@ -225,7 +226,7 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dic
                                              ["--root", root, "--params", json.dumps(params),
                                               "--out", f"{root}/_bench/mllib"],
                                              py_files=zip_path, executor_memory=args.executor_memory,
-                                             driver_memory=args.driver_memory)
+                                             driver_memory=args.driver_memory, conf=events)
             print(f"[cluster_bench] {method}: submitting", flush=True)
             started = time.monotonic()
             try:
@@ -417,6 +418,16 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def before_of(earlier: dict[str, Any]) -> dict[str, Any]:
+    """--before's document as write_md shows it ({commit, load, jobs}): as given, or cut from an earlier run's whole
+    results JSON (its label, its load, its gramian jobs that reached their first epoch)."""
+    if "machine" not in earlier:
+        return earlier
+    load = tuple(round(x, 1) for x in earlier["machine"].get("load_before", ()))
+    return {"commit": earlier.get("commit_tested") or "earlier run", "load": f"{load} before",
+            "jobs": {n: j for n, j in earlier["jobs"].items() if "session_to_first_epoch_seconds" in j}}
+
+
 def phase_table(jobs: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown rows: each job's wall seconds split into its phases (job_phases), one column per job."""
     names = [n for n, r in jobs.items() if r.get("phases")]
@@ -454,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(a second run on the same prepared data)")
     parser.add_argument("--label", default=None, help="what code ran, for the results (e.g. 'main c9ab3fa')")
     parser.add_argument("--log-dir", default=None, help="keep every job's spark-submit log here (profiling)")
+    parser.add_argument("--event-log", default=None, help="write every job's Spark event log here (timeline: "
+                        "python -m benchmarks.spark_events <file>)")
     parser.add_argument("--before", default=None, help="an earlier run's phases (JSON: commit, load, jobs) to show "
                         "beside this run's in the phase table")
     args = parser.parse_args(argv)
@@ -475,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = summarise(args, root, jobs)
         doc["commit_tested"] = args.label
     if args.before:
-        doc["before"] = json.loads(Path(args.before).read_text())
+        doc["before"] = before_of(json.loads(Path(args.before).read_text()))
     out = Path(args.out or RESULTS / ("cluster-10m" if args.dataset == "synthetic10m" else "cluster"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=float))

@@ -75,8 +75,8 @@ def record(spark: Any, cfg: Config, run_id: str, stage: str, status: str, starte
     """Replace this (run_id, stage)'s row of `stage_runs`."""
     row = (run_id, stage, status, started, datetime.now(UTC), fp, json.dumps(summary, default=str))
     df = spark.createDataFrame([row], STAGE_RUNS_SCHEMA)
-    tables.write(df, cfg.storage, STAGE_RUNS,
-                 replace_where=run_where(run_id, stage=stage))
+    tables.write(df, cfg.storage, STAGE_RUNS, replace_where=run_where(run_id, stage=stage),
+                 rows_of={"run_id": run_id, "stage": stage})
 
 
 def stage_runs(spark: Any, cfg: Config, run_id: str | None = None) -> list[dict[str, Any]]:

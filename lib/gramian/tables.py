@@ -203,13 +203,57 @@ def _plain(state: dict[str, Any]) -> bool:
             and not any(add.get("deletionVector") for add in state["files"]))
 
 
+def may_hold(spark: Any, storage: StorageConfig, name: str, values: dict[str, str]) -> bool:
+    """Whether the table's current version may hold a row whose string columns equal `values` (False: it certainly
+    holds none), from the per-file min/max statistics its log records (read through the store, no Spark job). True
+    whenever the log cannot say so plainly: a catalog table, a version only a checkpoint describes, a file without
+    statistics or with a deletion vector. A table never written holds none.
+
+    Delta cuts long strings' statistics to a prefix (32 characters by default): a cut minimum is still at most the
+    true one, and a cut maximum (its prefix and a tie-breaking character) is compared on its prefix alone.
+    """
+    if storage.catalog or not all(v.isascii() for v in values.values()):  # Delta orders strings by UTF-8 bytes:
+        return True                                                         # ASCII agrees with str order
+    names = _log_names(spark, storage, name)
+    newest = _newest(names)
+    if newest is None:
+        return False
+    state = _snapshot(spark, storage, name, newest, names)
+    return state is None or any(all(_file_may_hold(add, c, v) for c, v in values.items()) for add in state["files"])
+
+
+def _file_may_hold(add: dict[str, Any], column: str, value: str) -> bool:
+    """Whether one data file (its `add` action) may hold `column` = `value` per its statistics."""
+    import json
+
+    if add.get("deletionVector") or not add.get("stats"):
+        return True
+    stats = json.loads(add["stats"])
+    if stats.get("numRecords") == 0 or (stats.get("nullCount") or {}).get(column) == stats.get("numRecords"):
+        return False
+    low, high = (stats.get("minValues") or {}).get(column), (stats.get("maxValues") or {}).get(column)
+    if not isinstance(low, str) or not isinstance(high, str):
+        return True
+    if high[-1:].isascii():  # an uncut maximum (a cut one ends in a non-ASCII tie-breaker, e.g. U+FFFD)
+        return low <= value <= high
+    return low <= value and value[:len(high) - 1] <= high[:-1]  # cut: only its prefix is the true maximum's
+
+
 def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
-          replace_where: str | None = None, merge_schema: bool = False) -> None:
+          replace_where: str | None = None, merge_schema: bool = False,
+          rows_of: dict[str, str] | None = None) -> None:
     """Write `df` in one transaction; `replace_where` swaps only the matching rows (e.g. one run_id).
 
     `merge_schema` lets a write add columns to an existing table (older rows read them as null).
+    `rows_of` {column: value}: every row of `df` and every row `replace_where` matches has these values (e.g.
+    {"run_id": id}). When the table's log shows that no file may hold such a row (`may_hold`: a run writing its
+    rows for the first time) the write is a blind append: Delta then neither rebuilds the table's state nor scans
+    its files for rows to replace, and the result is the same.
     """
-    if replace_where is not None and not exists(df.sparkSession, storage, name):
+    spark = df.sparkSession
+    if replace_where is not None and rows_of is not None and not may_hold(spark, storage, name, rows_of):
+        mode, replace_where = "append", None  # also creates a table never written
+    elif replace_where is not None and not exists(spark, storage, name):
         replace_where = None  # first write of the table: nothing to replace
     writer = df.write.format("delta").mode(mode)
     if merge_schema:

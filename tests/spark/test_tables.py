@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from gramian import tables
 from gramian.config import StorageConfig, load_config
 from gramian.data.ingest import run as ingest
+from gramian.runs import run_where
 
 SMALL = ["generate.n_items=150", "generate.n_interactions=6000", "tracking.enabled=false"]
 
@@ -96,3 +97,60 @@ def test_an_overwrite_that_lowers_the_max_is_seen_through_checksum_replay_and_ch
     with pytest.raises(Exception) as err:
         tables.column_max(spark, st, "never_written", "idx")
     assert tables.absent(err.value)
+
+
+def run_rows(spark, run_id: str, n: int, value: float):
+    return spark.createDataFrame([(run_id, i, value) for i in range(n)], "run_id string, idx int, v double")
+
+
+def history_modes(spark, st: StorageConfig, name: str) -> list[str]:
+    """Each commit's write mode, oldest first (Append, Overwrite)."""
+    hist = spark.sql(f"DESCRIBE HISTORY delta.`{tables.table_ref(st, name)}`").orderBy("version").collect()
+    return [r["operationParameters"].get("mode") for r in hist]
+
+
+def test_a_run_writing_its_rows_for_the_first_time_appends_and_a_rerun_replaces_only_its_own(spark, tmp_path):
+    """rows_of: the log's file statistics show no file may hold the run, so the write is a blind append (no Delta
+    state rebuilt, no file scanned); once a file may hold it, replaceWhere swaps exactly that run's rows."""
+    st = StorageConfig(root=str(tmp_path / "wh"))
+
+    def write(run_id: str, n: int, value: float) -> None:
+        tables.write(run_rows(spark, run_id, n, value), st, "t", replace_where=run_where(run_id),
+                     rows_of={"run_id": run_id})
+
+    assert not tables.may_hold(spark, st, "t", {"run_id": "A"})  # never written
+    write("A", 3, 1.0)
+    write("B", 2, 1.0)
+    assert tables.may_hold(spark, st, "t", {"run_id": "A"}) and not tables.may_hold(spark, st, "t", {"run_id": "C"})
+    write("A", 4, 2.0)  # a re-run of A: its 3 rows replaced, B's kept
+    got = rows(tables.read(spark, st, "t").groupBy("run_id", "v").count())
+    assert got == [("A", 2.0, 4), ("B", 1.0, 2)]
+    assert history_modes(spark, st, "t") == ["Append", "Append", "Overwrite"]
+
+
+def test_run_ids_beyond_the_cut_statistics_prefix_are_told_apart_by_replace_where(spark, tmp_path):
+    """Delta keeps only a prefix of long strings in its statistics: ids sharing it may be in the file, so the write
+    replaces by predicate and still touches only its own rows."""
+    st = StorageConfig(root=str(tmp_path / "wh"))
+    a, b = "r" * 40 + "-a", "r" * 40 + "-b"
+    tables.write(run_rows(spark, a, 3, 1.0), st, "t", replace_where=run_where(a), rows_of={"run_id": a})
+    assert tables.may_hold(spark, st, "t", {"run_id": b})  # the statistics cannot tell b from a
+    tables.write(run_rows(spark, b, 2, 1.0), st, "t", replace_where=run_where(b), rows_of={"run_id": b})
+    tables.write(run_rows(spark, b, 1, 3.0), st, "t", replace_where=run_where(b), rows_of={"run_id": b})
+    assert rows(tables.read(spark, st, "t").groupBy("run_id", "v").count()) == [(a, 1.0, 3), (b, 3.0, 1)]
+
+
+def test_a_stage_of_the_same_run_is_recorded_beside_the_stages_before_it(spark, tmp_path):
+    """stage_runs holds one row per (run_id, stage): the second stage of a run appends (its stage is in no file's
+    statistics), recording a stage again replaces that row alone."""
+    st = StorageConfig(root=str(tmp_path / "wh"))
+
+    def record(stage: str, status: str) -> None:
+        df = spark.createDataFrame([("R", stage, status)], "run_id string, stage string, status string")
+        tables.write(df, st, "s", replace_where=run_where("R", stage=stage), rows_of={"run_id": "R", "stage": stage})
+
+    record("ingest", "finished")
+    record("split", "failed")
+    record("split", "finished")
+    assert rows(tables.read(spark, st, "s")) == [("R", "ingest", "finished"), ("R", "split", "finished")]
+    assert history_modes(spark, st, "s") == ["Append", "Append", "Overwrite"]

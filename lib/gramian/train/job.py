@@ -230,7 +230,8 @@ def factor_writes(cfg: Config, run_id: str, model: IALSModel, users: Any, items:
                              ("item_factors", model.item_factors, items)):
         out = (frame.join(ids.select("idx", "id"), "idx", "left")
                .select(F.lit(run_id).alias("run_id"), "idx", "id", "factors"))
-        writes[name] = functools.partial(tables.write, out, cfg.storage, name, replace_where=where)
+        writes[name] = functools.partial(tables.write, out, cfg.storage, name, replace_where=where,
+                                         rows_of={"run_id": run_id})
     return writes
 
 
@@ -247,5 +248,6 @@ def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: d
            "inputs": json.dumps(inputs) if inputs is not None else None, "warm_start": warm_start}
     schema = ("run_id string, model string, config string, started timestamp, finished timestamp, "
               "status string, fit_seconds double, epochs string, inputs string, warm_start string")
+    # merge_schema: `inputs`, `warm_start` joined later: older runs tables gain them, their rows read null
     tables.write(spark.createDataFrame([row], schema), cfg.storage, "runs", replace_where=run_where(run_id),
-                 merge_schema=True)  # `inputs`, `warm_start` joined later: older runs tables gain them, rows read null
+                 merge_schema=True, rows_of={"run_id": run_id})
