@@ -586,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.log_dir).mkdir(parents=True, exist_ok=True)
             for log_file in [*work.glob("*.log"), *work.glob("cluster/*.log")]:
                 shutil.copy(log_file, Path(args.log_dir) / log_file.name)
+            (Path(args.log_dir) / "jobs.json").write_text(json.dumps(jobs, indent=2, default=float))  # pre-summary
         doc = summarise(args, root, jobs)
         doc["commit_tested"] = args.label
         if moto_rss is not None:
