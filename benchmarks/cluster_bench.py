@@ -491,6 +491,19 @@ def storage_lines(doc: dict[str, Any]) -> list[str]:
                                            for a, b in [r.get("load_1min_start_end", (float("nan"),) * 2)])]
 
 
+def disk_summary(path: str) -> dict[str, Any]:
+    """What disk_comparison needs of a disk run's JSON: its loads, date, commit and ratios (s/epoch ratios
+    derived from its jobs where an older run did not record them)."""
+    disk = json.loads(Path(path).read_text())
+    ratios = {m: dict(r) for m, r in disk.get("ratios", {}).items()}
+    jobs = disk.get("jobs", {})
+    for m, r in ratios.items():
+        if "s_per_epoch_vs_mllib" not in r and "seconds_per_epoch" in jobs.get(m, {}) and "mllib" in jobs:
+            r["s_per_epoch_vs_mllib"] = jobs[m]["seconds_per_epoch"] / jobs["mllib"]["seconds_per_epoch"]
+    return {"path": path, "commit_tested": disk.get("commit_tested"), "load_after": disk["load_after"],
+            "ratios": ratios, "load_before": disk["machine"]["load_before"], "date": disk["machine"]["date"]}
+
+
 def disk_comparison(doc: dict[str, Any], disk: dict[str, Any]) -> list[str]:
     """Each gramian job's ratios to MLlib in this run beside the shared-disk run's (`doc["disk"]`, both loads
     quoted): ratios measured within one run compare across runs, absolute seconds at different loads do not."""
@@ -594,9 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.before:
         doc["before"] = json.loads(Path(args.before).read_text())
     if args.disk:
-        disk = json.loads(Path(args.disk).read_text())
-        doc["disk"] = {"path": args.disk, **{k: disk.get(k) for k in ("commit_tested", "load_after", "ratios")},
-                       "load_before": disk["machine"]["load_before"], "date": disk["machine"]["date"]}
+        doc["disk"] = disk_summary(args.disk)
     name = "cluster-10m" if args.dataset == "synthetic10m" else "cluster"
     out = Path(args.out or RESULTS / (f"{name}-s3" if args.storage == "s3" else name))
     out.parent.mkdir(parents=True, exist_ok=True)
