@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 LINT   := lib tests jobs benchmarks airflow_dags notebooks
 
-.PHONY: setup demo test lint bench bench-cluster bench-cluster-10m clean dist-zip airflow-demo
+.PHONY: setup demo test lint bench bench-cluster bench-cluster-s3 bench-cluster-10m clean dist-zip airflow-demo
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ bench: $(STAMP)
 # gramian (both factor routings) vs MLlib ALS on one standalone cluster on loopback -> benchmarks/results/cluster.*
 bench-cluster: $(STAMP)
 	$(PY) -m benchmarks.cluster_bench
+
+# the same on the cluster a deployment has: isolated workers, no shared disk, store on moto's S3 (127.0.0.1) -> cluster-s3.*
+bench-cluster-s3: $(STAMP)
+	$(PY) -m benchmarks.cluster_bench --storage s3 --methods gramian-auto,gramian-routed,mllib \
+	  --disk benchmarks/results/cluster.json
 
 # issue 14's 10M target: synthetic 1M users x 200k items, routed d=128 vs MLlib, 3 GiB executors -> cluster-10m.*
 bench-cluster-10m: $(STAMP)

@@ -4,6 +4,8 @@
     python -m benchmarks.cluster_bench --dataset ml-100k --methods gramian-auto,mllib
     python -m benchmarks.cluster_bench --dataset synthetic10m --methods gramian-routed,mllib --dim 128 --epochs 3 \
         --worker-memory 3g --executor-memory 3g      # -> benchmarks/results/cluster-10m.{json,md}
+    python -m benchmarks.cluster_bench --storage s3 --methods gramian-auto,gramian-routed,mllib \
+        --disk benchmarks/results/cluster.json     # no shared disk, store on S3 -> results/cluster-s3.{json,md}
 
 Starts a master and two 1-core workers on loopback (tests/cluster/standalone.py), prepares the Delta `train`
 and `test` tables once in-process (ingest + split with the dataset's data and split sections, model defaults),
@@ -15,6 +17,13 @@ spark-submit wall time, fit time, session-to-first-epoch, per-epoch half-step se
 driver tree and of each worker tree (its executors and Python workers), and exact Recall@20 / NDCG@20 of the
 factors by the project's one ranking implementation. Results: benchmarks/results/cluster.{json,md}.
 
+`--storage s3` runs the same jobs on the cluster a real deployment has (tests/cluster's): every worker in its own
+mount namespace with a private /tmp and /dev/shm, the driver working under a /tmp no worker sees, and the nodes
+sharing nothing but the store, moto's S3 server on 127.0.0.1 (storage.root s3a://gramian/warehouse). The raw
+files are copied into the bucket first and `jobs/ingest.py` and `jobs/split.py` run through spark-submit on the
+cluster, so every table, artifact and factor file any job reads comes from S3. `--disk` names a shared-disk run's
+JSON to set beside it (ratios and loads of both).
+
 `synthetic10m` is train_bench's 10M generator (1M users x 200k items) written as Parquet, then ingested and split
 by the stages (about 10M train interactions, SYNTHETIC10M); it is timed and measured, not evaluated (exact
 Recall@20 of 1M users against 200k items is a driver job of its own), and MLlib gets FALLBACK's setting.
@@ -23,6 +32,7 @@ Recall@20 of 1M users against 200k items is a driver job of its own), and MLlib 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -106,11 +116,13 @@ def mllib_params(dataset: str, dim: int, epochs: int) -> dict[str, Any]:
 class Job:
     """One spark-submit on the cluster: output kept line by line with arrival times, RSS of driver and workers."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], log: Path, worker_pids: list[int]) -> None:
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path, worker_pids: list[int],
+                 cwd: Path = REPO) -> None:
         self.t0 = time.monotonic()
+        self.load_start = os.getloadavg()[0]
         self.marks: dict[str, float] = {}
         self.lines: list[str] = []
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                      text=True, errors="replace")
         self.driver_rss = PeakRSS(self.proc.pid).__enter__()
         self.worker_rss = [PeakRSS(pid).__enter__() for pid in worker_pids]
@@ -141,6 +153,7 @@ class Job:
             raise RuntimeError(f"spark-submit failed ({self.proc.returncode}), log {self.log}:\n"
                                + "".join(self.lines[-40:]))
         return {"wall_seconds": wall, "marks": self.marks, "text": "".join(self.lines),
+                "load_1min_start_end": [self.load_start, os.getloadavg()[0]],
                 "driver_peak_rss_mib": self.driver_rss.peak / 2**20,
                 "worker_peak_rss_mib": [m.peak / 2**20 for m in self.worker_rss],
                 "worker_peak_by_command_mib": [{k: v / 2**20 for k, v in m.peak_by_command.items()}
@@ -152,6 +165,41 @@ def prepare(conf: Path, root: str) -> None:
     for stage in ("ingest", "split"):
         subprocess.run([sys.executable, "-m", "gramian.cli", stage, "--conf", str(conf), "--set",
                         f"storage.root={root}", "--run-id", "bench-data"], check=True, cwd=REPO)
+
+
+def upload_inputs(conf: Path, s3: Any) -> None:
+    """Copy the conf's data.path and data.test_path files into the bucket (raw/) and point the conf at them: the
+    cluster's nodes share nothing but the store, so its ingest reads the raw data from there."""
+    from gramian.config import expand_path
+
+    raw = yaml.safe_load(conf.read_text())
+    client = s3.client()
+    for key in ("path", "test_path"):
+        local = expand_path(raw["data"].get(key))
+        if not local:
+            continue
+        if not Path(local).is_file():
+            raise FileNotFoundError(f"data.{key} must be one file to upload, got {local!r}")
+        target = f"raw/{key}/{Path(local).name}"
+        client.upload_file(local, s3.bucket, target)
+        raw["data"][key] = s3.url(target)
+    conf.write_text(yaml.safe_dump(raw))
+
+
+def prepare_on_cluster(args: argparse.Namespace, conf: Path, root: str, cluster: Any, zip_path: Path,
+                       s3: Any) -> dict[str, float]:
+    """`jobs/ingest.py` then `jobs/split.py` through spark-submit on the cluster; the wall seconds of each."""
+    from benchmarks.cluster_stages import run
+
+    walls = {}
+    for stage in ("ingest", "split"):
+        cmd = cluster.submit_command(f"jobs/{stage}.py", ["--conf", str(conf), "--set", f"storage.root={root}",
+                                                          "--run-id", "bench-data"],
+                                     py_files=zip_path, executor_memory=args.executor_memory,
+                                     driver_memory=args.driver_memory, **s3.submit_settings())
+        print(f"[cluster_bench] {stage}: submitting", flush=True)
+        walls[stage] = run(cmd, cluster.env, cluster.driver_cwd, cluster.workdir / f"{stage}.log")
+    return walls
 
 
 def read_split(root: str) -> Any:
@@ -198,39 +246,49 @@ def read_factors(path_or_run: str, root: str, n: int, dim: int, side: str) -> np
     return out
 
 
-def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dict[str, dict[str, Any]]:
-    """Submit every method's job on one cluster, in order; return each job's measurements."""
-    from tests.cluster.standalone import StandaloneCluster, build_zip, spark_env
+def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path,
+             s3: Any = None) -> dict[str, dict[str, Any]]:
+    """Submit every method's job on one cluster, in order; return each job's measurements.
 
-    env = {**spark_env(), "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    Without `s3` the workers share this host's disk (isolated=False) and the tables sit in a local folder, as in
+    issue 14's first measurement. With `s3` (--storage s3) the workers are isolated, ingest and split run on the
+    cluster first (their walls in args.prepare_seconds), and every driver runs from the cluster's driver folder,
+    which no worker sees, with the S3A settings."""
+    from tests.cluster.s3 import AWS_ENV
+    from tests.cluster.standalone import StandaloneCluster, build_zip
+
+    out: dict[str, dict[str, Any]] = {}
     sets = [f"storage.root={root}", f"model.dim={args.dim}", f"model.epochs={args.epochs}",
             "train.checkpoint_every=0"]
-    out: dict[str, dict[str, Any]] = {}
     events = {} if not args.event_log else {"spark.eventLog.enabled": "true", "spark.eventLog.dir": args.event_log}
-    # the workers share this host's disk (isolated=False): the tables sit in a local folder, as in issue 14's
-    # first measurement; cluster_stages.py is the no-shared-disk S3 run
     with StandaloneCluster(work / "cluster", workers=2, cores=1, memory=args.worker_memory,
-                           isolated=False) as cluster:
+                           isolated=s3 is not None, env=AWS_ENV if s3 is not None else None) as cluster:
         zip_path = build_zip(work / "gramian.zip")
+        env = {**cluster.env, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        cwd, store_kw = (cluster.driver_cwd, s3.submit_settings()) if s3 is not None else (REPO, {})
+        store_kw["conf"] = {**store_kw.get("conf", {}), **events}
+        if s3 is not None:
+            args.prepare_seconds = prepare_on_cluster(args, conf, root, cluster, zip_path, s3)
         workers = [cluster.procs[f"worker{i}"].pid for i in range(2)]
         for method in args.methods:
             log = work / f"{method}.log"
             if method.startswith("gramian-"):
                 job_args = ["--conf", str(conf), *[x for s in [*sets, *GRAMIAN_SETS[method]] for x in ("--set", s)],
                             "--run-id", f"bench-{method.split('-', 1)[1]}", "--json", "--verbose"]
-                cmd = cluster.submit_command("jobs/train.py", job_args, py_files=zip_path, conf=events,
-                                             executor_memory=args.executor_memory, driver_memory=args.driver_memory)
+                cmd = cluster.submit_command("jobs/train.py", job_args, py_files=zip_path,
+                                             executor_memory=args.executor_memory, driver_memory=args.driver_memory,
+                                             **store_kw)
             else:
                 params = mllib_params(args.dataset, args.dim, args.epochs)
                 cmd = cluster.submit_command("benchmarks/cluster_mllib.py",
                                              ["--root", root, "--params", json.dumps(params),
                                               "--out", f"{root}/_bench/mllib"],
                                              py_files=zip_path, executor_memory=args.executor_memory,
-                                             driver_memory=args.driver_memory, conf=events)
+                                             driver_memory=args.driver_memory, **store_kw)
             print(f"[cluster_bench] {method}: submitting", flush=True)
             started = time.monotonic()
             try:
-                res = Job(cmd, env, log, workers).finish()
+                res = Job(cmd, env, log, workers, cwd).finish()
             except RuntimeError as e:  # recorded (an OOM is a finding), and the next method still runs
                 out[method] = {**failure(str(e), log), "wall_seconds": time.monotonic() - started}
                 print(f"[cluster_bench] {method}: FAILED, {out[method]['failure']}", flush=True)
@@ -352,8 +410,10 @@ def summarise(args: argparse.Namespace, root: str, jobs: dict[str, dict[str, Any
             "epochs": args.epochs, "cluster": {"workers": 2, "cores_per_worker": 1,
                                                "worker_memory": args.worker_memory,
                                                "executor_memory": args.executor_memory,
-                                               "driver_memory": args.driver_memory, "store": root},
-            "jobs": jobs, "ratios": ratios, "split": split.summary()}
+                                               "driver_memory": args.driver_memory, "store": root,
+                                               "storage": args.storage},
+            "jobs": jobs, "ratios": ratios, "split": split.summary(),
+            **({"prepare_seconds": args.prepare_seconds} if getattr(args, "prepare_seconds", None) else {})}
 
 
 def write_md(doc: dict[str, Any], path: Path) -> None:
@@ -364,7 +424,7 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
              f"{tuple(round(x, 2) for x in m['load_before'])}, after {tuple(round(x, 2) for x in doc['load_after'])}",
              f"Standalone master + {doc['cluster']['workers']} workers x {doc['cluster']['cores_per_worker']} core "
              f"on loopback, worker memory {doc['cluster']['worker_memory']}, executor memory "
-             f"{doc['cluster']['executor_memory']}; store {doc['cluster']['store']}", "",
+             f"{doc['cluster']['executor_memory']}; store {doc['cluster']['store']}", *storage_lines(doc), "",
              "| job | spark-submit wall s | fit s | s/epoch | session -> first epoch s | Recall@20 | NDCG@20 "
              "| driver peak MiB | worker (executor) peaks MiB | sum of peaks MiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -411,6 +471,8 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
         lines += ["", f"Before: commit {before['commit']}, load {before['load']}; session -> first epoch "
                   + ", ".join(f"{n} {j['session_to_first_epoch_seconds']:.1f} s" for n, j in before["jobs"].items())]
     lines += phase_table({**doc["jobs"], **{f"{n} before": j for n, j in before.get("jobs", {}).items()}})
+    if doc.get("disk"):
+        lines += disk_comparison(doc, doc["disk"])
     for name, r in doc["jobs"].items():
         if "epochs" in r:
             lines += ["", f"{name}, seconds per half-step (user / item):",
@@ -426,6 +488,51 @@ def before_of(earlier: dict[str, Any]) -> dict[str, Any]:
     load = tuple(round(x, 1) for x in earlier["machine"].get("load_before", ()))
     return {"commit": earlier.get("commit_tested") or "earlier run", "load": f"{load} before",
             "jobs": {n: j for n, j in earlier["jobs"].items() if "session_to_first_epoch_seconds" in j}}
+
+
+def storage_lines(doc: dict[str, Any]) -> list[str]:
+    """What the no-shared-disk run adds to the header: the isolation, the prepare jobs, moto's memory."""
+    if doc["cluster"].get("storage") != "s3":
+        return []
+    prep = ", ".join(f"{k} {v:.1f} s" for k, v in doc.get("prepare_seconds", {}).items())
+    return ["", "No shared disk: each worker in its own mount namespace (private /tmp and /dev/shm), the drivers "
+            "working under a /tmp no worker sees, the store moto's S3 server on 127.0.0.1 (s3a://). The raw files "
+            f"were copied into the bucket and ingested and split by spark-submit jobs on the cluster ({prep}); "
+            f"moto's peak RSS {doc.get('moto_peak_rss_mib', float('nan')):.0f} MiB. Load (1 min) at each job's "
+            "start and end: " + "; ".join(f"{n} {a:.1f} -> {b:.1f}" for n, r in doc["jobs"].items()
+                                           for a, b in [r.get("load_1min_start_end", (float("nan"),) * 2)])]
+
+
+def disk_summary(path: str) -> dict[str, Any]:
+    """What disk_comparison needs of a disk run's JSON: its loads, date, commit and ratios (s/epoch ratios
+    derived from its jobs where an older run did not record them)."""
+    disk = json.loads(Path(path).read_text())
+    ratios = {m: dict(r) for m, r in disk.get("ratios", {}).items()}
+    jobs = disk.get("jobs", {})
+    for m, r in ratios.items():
+        if "s_per_epoch_vs_mllib" not in r and "seconds_per_epoch" in jobs.get(m, {}) and "mllib" in jobs:
+            r["s_per_epoch_vs_mllib"] = jobs[m]["seconds_per_epoch"] / jobs["mllib"]["seconds_per_epoch"]
+    return {"path": path, "commit_tested": disk.get("commit_tested"), "load_after": disk["load_after"],
+            "ratios": ratios, "load_before": disk["machine"]["load_before"], "date": disk["machine"]["date"]}
+
+
+def disk_comparison(doc: dict[str, Any], disk: dict[str, Any]) -> list[str]:
+    """Each gramian job's ratios to MLlib in this run beside the shared-disk run's (`doc["disk"]`, both loads
+    quoted): ratios measured within one run compare across runs, absolute seconds at different loads do not."""
+    def load(before: list[float], after: list[float]) -> str:
+        return f"{tuple(round(x, 2) for x in before)} -> {tuple(round(x, 2) for x in after)}"
+
+    out = ["", f"Beside the shared-disk run {disk['path']} ({disk.get('commit_tested') or 'commit not recorded'}, "
+           f"{disk['date']}; load {load(disk['load_before'], disk['load_after'])}; this run: load "
+           f"{load(doc['machine']['load_before'], doc['load_after'])})", "",
+           "| gramian job | s/epoch / MLlib: S3 | disk | fit / MLlib: S3 | disk | whole job / MLlib: S3 | disk |",
+           "|---|---|---|---|---|---|---|"]
+    for job, r in doc["ratios"].items():
+        d = disk.get("ratios", {}).get(job, {})
+        cells = [x for k in ("s_per_epoch_vs_mllib", "fit_vs_mllib", "job_vs_mllib")
+                 for x in (r.get(k), d.get(k))]
+        out.append(f"| {job} | " + " | ".join("" if c is None else f"{c:.2f}x" for c in cells) + " |")
+    return out
 
 
 def phase_table(jobs: dict[str, dict[str, Any]]) -> list[str]:
@@ -446,6 +553,23 @@ def phase_table(jobs: dict[str, dict[str, Any]]) -> list[str]:
         out.append(f"| {k} | " + " | ".join("" if c is None else f"{c:.1f}" for c in cells) + " |")
     out.append("| **wall** | " + " | ".join(f"{jobs[n]['wall_seconds']:.1f}" for n in names) + " |")
     return out
+
+
+def open_store(args: argparse.Namespace, conf: Path, work: Path,
+               stack: contextlib.ExitStack) -> tuple[str, Any, PeakRSS | None]:
+    """storage.root, the S3 server (None on disk) and its memory gauge: --storage s3 starts moto (on `stack`) and
+    copies the raw files into it (ingest and split then run on the cluster, run_jobs); on disk ingest and split run
+    here, into a local folder every worker sees."""
+    if args.storage == "s3":
+        from tests.cluster.s3 import s3_session
+
+        _, s3 = stack.enter_context(s3_session(work / "moto"))
+        upload_inputs(conf, s3)
+        return s3.url("warehouse"), s3, stack.enter_context(PeakRSS(s3.proc.pid, interval=1.0))
+    root = args.root or str(work / "warehouse")
+    if not (args.reuse_tables and Path(root, "train").is_dir()):
+        prepare(conf, root)
+    return root, None, None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,27 +593,37 @@ def main(argv: list[str] | None = None) -> int:
                         "python -m benchmarks.spark_events <file>)")
     parser.add_argument("--before", default=None, help="an earlier run's phases (JSON: commit, load, jobs) to show "
                         "beside this run's in the phase table")
+    parser.add_argument("--storage", choices=("disk", "s3"), default="disk", help="disk: workers share this host's "
+                        "disk, tables in a local folder; s3: no shared disk, store on moto's S3 on 127.0.0.1")
+    parser.add_argument("--disk", default=None, help="with --storage s3: a shared-disk run's JSON (e.g. "
+                        "benchmarks/results/cluster.json) whose ratios to show beside this run's")
     args = parser.parse_args(argv)
+    if args.storage == "s3" and (args.root or args.reuse_tables):
+        parser.error("--root and --reuse-tables are for --storage disk (the S3 server starts empty every run)")
     args.load_before = os.getloadavg()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its cluster
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    with tempfile.TemporaryDirectory(prefix="gramian-cluster-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gramian-cluster-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        root = args.root or str(work / "warehouse")
         conf = bench_conf(args.dataset, work)
-        if not (args.reuse_tables and Path(root, "train").is_dir()):
-            prepare(conf, root)
-        jobs = run_jobs(args, conf, root, work)
+        root, s3, moto_rss = open_store(args, conf, work, stack)
+        jobs = run_jobs(args, conf, root, work, s3)
         if args.log_dir:
             Path(args.log_dir).mkdir(parents=True, exist_ok=True)
-            for log_file in work.glob("*.log"):
+            for log_file in [*work.glob("*.log"), *work.glob("cluster/*.log")]:
                 shutil.copy(log_file, Path(args.log_dir) / log_file.name)
+            (Path(args.log_dir) / "jobs.json").write_text(json.dumps(jobs, indent=2, default=float))  # pre-summary
         doc = summarise(args, root, jobs)
         doc["commit_tested"] = args.label
+        if moto_rss is not None:
+            doc["moto_peak_rss_mib"] = moto_rss.peak / 2**20
     if args.before:
         doc["before"] = before_of(json.loads(Path(args.before).read_text()))
-    out = Path(args.out or RESULTS / ("cluster-10m" if args.dataset == "synthetic10m" else "cluster"))
+    if args.disk:
+        doc["disk"] = disk_summary(args.disk)
+    name = "cluster-10m" if args.dataset == "synthetic10m" else "cluster"
+    out = Path(args.out or RESULTS / (f"{name}-s3" if args.storage == "s3" else name))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=float))
     write_md(doc, out.with_suffix(".md"))

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import RESULTS, _header, machine_info
-from gramian.config import SparkConfig, StorageConfig
-from gramian.spark import get_session, hadoop_aws_package
+from gramian.config import StorageConfig
 from gramian.tables import read
-from tests.cluster.s3 import AWS_ENV, MotoS3
-from tests.cluster.standalone import ROOT, StandaloneCluster, build_zip, free_port, s3a_jars, submit_command
+from tests.cluster.s3 import AWS_ENV, MotoS3, s3_session
+from tests.cluster.standalone import ROOT, StandaloneCluster, build_zip, submit_command
 
 SMALL = ["generate.n_users=400", "generate.n_items=200", "generate.n_interactions=8000", "model.dim=8",
          "model.epochs=6", "train.num_user_blocks=4", "train.num_item_blocks=4", "evaluate.k=[10,20]",
@@ -52,7 +51,7 @@ def pipeline(master: str, root: str, sets: list[str], s3: MotoS3, cluster: Stand
             *[x for s in [*sets, f"storage.root={root}"] for x in ("--set", s)], "--run-id", name]
     walls = {}
     for job, extra in (("jobs/run.py", []), ("jobs/gate.py", ["--metric", "ndcg", "--k", "10"])):
-        kw = {"py_files": zip_path, "conf": s3.s3a_conf, "class_path": s3a_jars()}
+        kw = {"py_files": zip_path, **s3.submit_settings()}
         cmd = (cluster.submit_command(job, [*args, *extra], **kw) if master == cluster.url
                else submit_command(master, job, [*args, *extra], **kw))
         walls[Path(job).stem] = run(cmd, cluster.env, cluster.driver_cwd, cluster.workdir / f"{name}-{job[5:]}.log")
@@ -80,13 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sets = SMALL if args.small else []
     machine = machine_info()
-    os.environ.update(AWS_ENV)
-    spark = get_session(SparkConfig(conf={"spark.jars.packages": hadoop_aws_package()}))  # S3A jars into Ivy
     work = Path(tempfile.mkdtemp(prefix="gramian-cluster-bench-"))
     doc: dict[str, Any] = {"machine": machine, "config": ["conf/synthetic.yaml", *sets], "runs": {}}
-    with MotoS3(work / "moto", free_port()) as s3, \
+    with s3_session(work / "moto") as (spark, s3), \
             StandaloneCluster(work / "cluster", workers=2, cores=1, env=AWS_ENV) as cluster:
-        s3.configure(spark)
         zip_path = build_zip(work / "gramian.zip")
         for name, master in (("local2", "local[2]"), ("cluster", cluster.url)):
             root = s3.url(name)

@@ -7,13 +7,17 @@ process and stop() ends it for sure. Nothing here contacts another address: the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from tests.cluster.standalone import free_port, s3a_jars
 
 LOOPBACK = "127.0.0.1"
 REGION = "us-east-1"
@@ -86,6 +90,11 @@ class MotoS3:
         }
         return {f"spark.hadoop.{k}": v for k, v in conf.items()}
 
+    def submit_settings(self) -> dict[str, Any]:
+        """The keywords of a spark-submit (StandaloneCluster.submit_command, submit_command) whose store is this
+        server: its S3A settings, and the connector's jars on every class path (as a cloud node image has them)."""
+        return {"conf": self.s3a_conf, "class_path": s3a_jars()}
+
     def configure(self, spark: Any) -> None:
         """Point a running session at this server: Hadoop keys for its data sources, spark.hadoop.* for gramian."""
         for key, value in self.s3a_conf.items():
@@ -106,3 +115,18 @@ class MotoS3:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def s3_session(workdir: Path) -> Iterator[tuple[Any, MotoS3]]:
+    """moto on a free loopback port, and this process's Spark session pointed at it (for benchmarks; the tests
+    have conftest.py's fixtures). The session resolves the S3A connector into the Ivy cache, where s3a_jars()
+    finds it for spark-submit; AWS_ENV goes into os.environ for pyarrow's S3 in this process."""
+    from gramian.config import SparkConfig
+    from gramian.spark import get_session, hadoop_aws_package
+
+    os.environ.update(AWS_ENV)
+    spark = get_session(SparkConfig(conf={"spark.jars.packages": hadoop_aws_package()}))
+    with MotoS3(workdir, free_port()) as server:
+        server.configure(spark)
+        yield spark, server
