@@ -218,14 +218,15 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dic
                 job_args = ["--conf", str(conf), *[x for s in [*sets, *GRAMIAN_SETS[method]] for x in ("--set", s)],
                             "--run-id", f"bench-{method.split('-', 1)[1]}", "--json", "--verbose"]
                 cmd = cluster.submit_command("jobs/train.py", job_args, py_files=zip_path,
-                                             executor_memory=args.executor_memory, driver_memory=args.driver_memory)
+                                             executor_memory=args.executor_memory, driver_memory=args.driver_memory,
+                                             conf=event_log_conf(args.log_dir))
             else:
                 params = mllib_params(args.dataset, args.dim, args.epochs)
                 cmd = cluster.submit_command("benchmarks/cluster_mllib.py",
                                              ["--root", root, "--params", json.dumps(params),
                                               "--out", f"{root}/_bench/mllib"],
                                              py_files=zip_path, executor_memory=args.executor_memory,
-                                             driver_memory=args.driver_memory)
+                                             driver_memory=args.driver_memory, conf=event_log_conf(args.log_dir))
             print(f"[cluster_bench] {method}: submitting", flush=True)
             started = time.monotonic()
             try:
@@ -248,6 +249,16 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path) -> dic
             print(f"[cluster_bench] {method}: wall {res['wall_seconds']:.1f} s, fit "
                   f"{res['result'].get('fit_seconds', float('nan')):.1f} s", flush=True)
     return out
+
+
+def event_log_conf(log_dir: str | None) -> dict[str, str] | None:
+    """Spark event logs under <log_dir>/events when the run keeps its logs (benchmarks.event_log reads them)."""
+    if not log_dir:
+        return None
+    folder = Path(log_dir, "events").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"spark.eventLog.enabled": "true", "spark.eventLog.dir": folder.as_uri(),
+            "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false"}
 
 
 OOM_LINE = re.compile(r"OutOfMemoryError[^\n]*|exit code 52|Lost executor[^\n]*|CHECKPOINT_RDD_BLOCK_ID_NOT_FOUND")
@@ -453,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-tables", action="store_true", help="keep --root's train/test tables when they exist "
                         "(a second run on the same prepared data)")
     parser.add_argument("--label", default=None, help="what code ran, for the results (e.g. 'main c9ab3fa')")
-    parser.add_argument("--log-dir", default=None, help="keep every job's spark-submit log here (profiling)")
+    parser.add_argument("--log-dir", default=None, help="keep every job's spark-submit log and "
+                        "Spark event log here (profiling: python -m benchmarks.event_log)")
     parser.add_argument("--before", default=None, help="an earlier run's phases (JSON: commit, load, jobs) to show "
                         "beside this run's in the phase table")
     args = parser.parse_args(argv)

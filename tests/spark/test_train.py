@@ -386,8 +386,8 @@ def test_routed_run_resumes_from_its_parquet_checkpoint(train_df, tmp_path):
 
 @pytest.mark.parametrize("estimator", ["ials", "pairwise"])
 def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(train_df, tmp_path, estimator):
-    """With a store, every routed step's factor blocks are Parquet there (a lost executor loses no step; old steps
-    are deleted), and the fit's factors and losses are those of the local-checkpoint path."""
+    """With a store, routed steps are written there every few steps and the fit's final factors always (old steps
+    are deleted, cached ones released), and the fit's factors and losses are those of the local-checkpoint path."""
     from gramian.storage import open_store
     from gramian.train import RankALS
     from gramian.train.exchange import RoutedRows
@@ -414,11 +414,46 @@ def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(tra
     steps = made[-1].steps
     written = steps.store.listdir()
     assert 2 <= len([n for n in written if n.startswith("step")]) <= steps.keep  # old steps deleted
+    for side in ("user", "item"):  # the final factors outlive the released cache: they are read from the store
+        files = stored._factors[side].inputFiles()
+        assert files and all(steps.store.uri.rstrip("/").split("://")[-1] in f for f in files), files
     np.testing.assert_allclose(stored.user_array, local.user_array, atol=1e-6)
     np.testing.assert_allclose(stored.item_array, local.item_array, atol=1e-6)
     np.testing.assert_allclose([h.loss for h in stored.history], [h.loss for h in local.history], rtol=1e-9)
     steps.close()
     assert not steps.store.exists()
+
+
+@pytest.mark.parametrize("with_store", [True, False])
+def test_routed_steps_are_cached_and_every_few_written_each_one_computed_once(spark, tmp_path, with_store):
+    """StepStore: every `every`-th output is written (read back from the store, or local-checkpointed), the others
+    cached, only the last `keep` cached ones stay cached; settle writes a cached step's view and passes a written
+    one through; release drops the cache. Every output holds its input's rows."""
+    from pyspark.sql import functions as F
+    from pyspark.storagelevel import StorageLevel
+
+    from gramian.storage import open_store
+    from gramian.train.routed import StepStore
+
+    steps = StepStore(open_store(str(tmp_path / "steps")) if with_store else None, keep=2, every=3)
+    outs = []
+    for k in range(7):
+        df = spark.range(0, 5, 1, 2).select(F.col("id").cast("int").alias("block"), (F.col("id") * k).alias("v"))
+        full, view = steps.persist(df, ("block",) if k == 5 else None)
+        assert sorted(r.v for r in full.collect()) == [k * i for i in range(5)]
+        outs.append((full, view))
+    uncached = [k for k, (full, _) in enumerate(outs) if full.storageLevel == StorageLevel.NONE]
+    assert uncached == [0, 1, 2, 3, 5]  # written (2, 5), or cached and dropped: the last two cached ones stay
+    if with_store:
+        assert sorted(steps.store.listdir()) == ["step00001", "step00002"]
+        assert all(steps.store.uri.split("://")[-1] in f for k in (2, 5) for f in outs[k][0].inputFiles())
+        settled = steps.settle(outs[6][1])
+        assert settled is not outs[6][1] and sorted(r.v for r in settled.collect()) == [6 * i for i in range(5)]
+        assert sorted(steps.store.listdir()) == ["step00002", "step00003"]  # keep=2 written
+        assert steps.settle(outs[5][1]) is outs[5][1]  # already written
+    steps.release()
+    assert all(full.storageLevel == StorageLevel.NONE for full, _ in outs)
+    steps.close()
 
 
 def test_a_routed_half_step_moves_only_factor_rows_and_solves_block_b_in_partition_b(spark, train_df):

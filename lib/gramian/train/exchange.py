@@ -10,7 +10,7 @@ One interface, `FactorExchange`, chosen once per trainer (`choose`) from train.r
   Closure      anywhere else: the factors ride in the task closure over cached CSR block DataFrames
   RoutedRows   factors too big for one executor: factor-block DataFrames, each block task receiving only the rows
                its CSR references (gramian.train.routed), blocks sized so a task's rows fit its share of executor
-               memory; every new side is persisted (store, else local checkpoint)
+               memory; every new side is cached, every few written to the store (routed.StepStore)
 
 A half-step is `step(side, task, current, other, shared, schema)`: `task(block, other rows, own current rows,
 shared)` runs once per block (indices of the block index the other rows it is given) and returns one record with
@@ -120,6 +120,11 @@ class FactorExchange(ABC):
     @abstractmethod
     def move(self, factors: Any, delta: Any, t: float) -> Any:
         """The rows factors + t·delta (RankALS's exact line step), in this exchange's representation."""
+
+    def settle(self, factors: Any) -> Any:
+        """Factors the caller keeps after the fit, independent of anything the exchange caches and releases
+        (routed: written to the store unless they already are; arrays: as they are)."""
+        return factors
 
     def release(self) -> None:  # noqa: B027  (most exchanges plan nothing ahead)
         """Forget planned jobs (scratch files and cached blocks are the trainer's to release)."""
@@ -343,7 +348,7 @@ class Closure(WholeFactors):
 
 class RoutedRows(FactorExchange):
     """Factor-block DataFrames; each block task gets the other side's rows its CSR references; every new side is
-    persisted by `steps`.
+    cached, and every few written to the store, by `steps` (a half-step is one Spark job).
 
     Co-partitioned so a half-step is two shuffles and one solving stage: the CSR blocks are cached hash-partitioned
     on their block's partition key (block b in partition b, `spark_partition_keys`) and the routes on their source
@@ -358,31 +363,17 @@ class RoutedRows(FactorExchange):
     def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, blocks: dict[str, Any],
                  routes: dict[str, Any], steps: routed.StepStore) -> None:
         super().__init__(spark, layouts, spec)
-        self.blocks, self.routes, self.steps = blocks, routes, steps
+        self.blocks, self.routes, self.steps = blocks, routes, steps  # blocks and routes cached keyed (routed.keyed)
         self.keys = {side: spark_partition_keys(layout.num_blocks) for side, layout in layouts.items()}
-        for side, other in (("user", "item"), ("item", "user")):  # re-keyed once; the trainer releases them
-            self._recache(blocks, side, "block", side)
-            self._recache(routes, side, "src_block", other)
-
-    def _recache(self, frames: dict[str, Any], name: str, column: str, keyed_by: str) -> None:
-        """frames[name] cached again hash-partitioned on `column`'s partition key among `keyed_by`'s blocks."""
-        old = frames[name]
-        new = old.withColumn("pkey", self.key_of(keyed_by, column)).repartition(
-            self.layouts[keyed_by].num_blocks, "pkey").cache()
-        frames[name] = new  # registered before it is materialised, so the trainer's release finds it
-        new.count()
-        old.unpersist()
 
     def key_of(self, side: str, column: str) -> Any:
         """The partition key of block `column` of `side` (a Spark Column): block b hashes to partition b."""
-        from pyspark.sql import functions as F
-
-        return F.element_at(F.array(*[F.lit(k) for k in self.keys[side]]), F.col(column) + 1)
+        return routed.partition_key(self.keys[side], column)
 
     def initial(self, side: str) -> Any:
+        # generated again by every job that reads it (deterministic, cheap): nothing to cache or write
         s = self.spec
-        return self.steps.persist(routed.init_blocks(self.spark, self.layouts[side], s.dim, s.init_scale, s.seed,
-                                                     SIDE_IDS[side]))
+        return routed.init_blocks(self.spark, self.layouts[side], s.dim, s.init_scale, s.seed, SIDE_IDS[side])
 
     def adopt(self, side: str, factors: Any) -> Any:
         if not isinstance(factors, np.ndarray):
@@ -396,18 +387,26 @@ class RoutedRows(FactorExchange):
         return routed.block_partials(factors, self.spec.dim, fn)
 
     def move(self, factors: Any, delta: Any, t: float) -> Any:
-        return self.steps.persist(routed.move_blocks(factors, delta, t, self.spec.dim))
+        # written, not cached: nothing would materialise a cached move before the next step's job reads it, and
+        # building a cache inside another cache's build stalls Spark's adaptive execution
+        return self.steps.write(routed.move_blocks(factors, delta, t, self.spec.dim))
+
+    def settle(self, factors: Any) -> Any:
+        return self.steps.settle(factors)
 
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
         return self.note_timing(side, _by_row(self.blocks[side], fn, schema).toArrow())
 
     def step(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
              schema: str, new_rows: bool = True) -> StepResult:
-        result = self.job(side, task, current, other, shared, schema)
-        if new_rows:
-            result = self.steps.persist(result)
+        result, factors = self.job(side, task, current, other, shared, schema), None
+        if new_rows:  # cached (or written): the summary's collection below is the step's one job
+            result, factors = self.steps.persist(result, routed.FACTOR_COLUMNS)
         summary = self.note_timing(side, result.drop("factors").toArrow()).sort_by("block")  # sums in block order
-        return StepResult(result.select(*routed.FACTOR_COLUMNS) if new_rows else None, summary)
+        return StepResult(factors, summary)
+
+    def release(self) -> None:
+        self.steps.release()
 
     def job(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
             schema: str) -> Any:

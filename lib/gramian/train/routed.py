@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from gramian.kernels import gramian
 from gramian.kernels.pairwise import move_rows
-from gramian.train.blocks import Block, SideLayout, decode_blocks
+from gramian.train.blocks import Block, SideLayout, decode_blocks, spark_partition_keys
 from gramian.train.init import init_factors
 
 if TYPE_CHECKING:
@@ -146,8 +146,24 @@ def size_bytes(text: str) -> int:
     return int(float(t) * 2**20)
 
 
+def partition_key(keys: list[int], column: str) -> Any:
+    """The partition key of block `column` (a Spark Column): keys[b], which hashes to partition b
+    (blocks.spark_partition_keys)."""
+    from pyspark.sql import functions as F
+
+    return F.element_at(F.array(*[F.lit(k) for k in keys]), F.col(column) + 1)
+
+
+def keyed(df: Any, column: str, num_blocks: int) -> Any:
+    """`df` with `pkey`, the partition key of block `column` among `num_blocks`, hash-partitioned on it: row of
+    block b in partition b, and Spark knows it (a cogroup on pkey with it shuffles nothing)."""
+    return df.withColumn("pkey", partition_key(spark_partition_keys(num_blocks), column)).repartition(
+        num_blocks, "pkey")
+
+
 def build_routes(blocks_df: Any, other: SideLayout) -> Any:
-    """For every block, the sorted rows of the other side it references, split by the other side's blocks."""
+    """For every block, the sorted rows of the other side it references, split by the other side's blocks;
+    keyed by their source block (`keyed`), so a half-step's slicing cogroup shuffles only the factor rows."""
     bounds = np.asarray(other.bounds_array)
 
     def route(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -162,7 +178,7 @@ def build_routes(blocks_df: Any, other: SideLayout) -> Any:
                             "dst_block": pa.array([b.block], pa.int32()), "src_block": pa.array([src], pa.int32()),
                             "rows": pa.array([rows.astype(np.int32).tobytes()], pa.binary())})
 
-    return blocks_df.mapInArrow(route, ROUTE_SCHEMA)
+    return keyed(blocks_df.mapInArrow(route, ROUTE_SCHEMA), "src_block", other.num_blocks)
 
 
 def routed_rows(routes: Any) -> dict[int, int]:
@@ -337,30 +353,60 @@ def array_to_blocks(spark: Any, x: np.ndarray, layout: SideLayout) -> Any:
     return spark.createDataFrame(table).repartition(layout.num_blocks, "block")
 
 
-class StepStore:
-    """Routed steps' factor blocks written to the store as Parquet and read back, so the next step's lineage
-    starts there: a lost executor costs only its tasks' retry (a local checkpoint lives in executor memory and
-    dies with its executor), and old steps do not pile up in executor memory, slowing late epochs.
+STORE_EVERY = 8  # routed outputs between two written to the store (StepStore): the most a lost executor recomputes
 
-    Without a store (fitting outside the train stage), `persist` falls back to a local checkpoint. The last
-    `keep` outputs stay (both sides' current factors, the step being made and RankALS's direction); the
-    folder goes at interpreter exit, since a fitted model reads its final factor blocks from it lazily.
+
+class StepStore:
+    """Routed steps' outputs: cached in executor memory, and every `every`-th one (and the fit's final factors,
+    `settle`) written to the store as Parquet and read back, so lineage starts there again.
+
+    A cached step costs one Spark job (its summary's collection materialises the cache); a written one a write
+    job and a read job. A lost executor loses its cached partitions, which Spark recomputes from their lineage
+    (intact between written steps, unlike a local checkpoint's, which dies with its executor): at most `every`
+    steps back to the last written one. Only the last `keep` outputs stay cached (both sides' current factors,
+    the step being made and RankALS's direction) and the last `keep` written ones stay in the store, so old
+    steps do not pile up in executor memory. Without a store (fitting outside the train stage), writing is a
+    local checkpoint. The folder goes at interpreter exit: a fitted model reads its final factor blocks from it
+    lazily.
     """
 
-    def __init__(self, store: Store | None, keep: int = 6) -> None:
+    def __init__(self, store: Store | None, keep: int = 4, every: int = STORE_EVERY) -> None:
         self.store = None if store is None else store.child(f"routed-{uuid.uuid4().hex[:12]}")
-        self.keep = keep
-        self._count = 0
+        self.keep, self.every = keep, every
+        self._count = self._writes = 0
         self._written: list[str] = []
+        self._cached: list[Any] = []  # cached outputs, oldest first
+        self._transient: list[Any] = []  # views of cached outputs handed out (settle writes them)
         if self.store is not None:
             atexit.register(self.close)
 
-    def persist(self, df: Any) -> Any:
-        """`df` computed once, written, and read back as a DataFrame whose lineage begins in the store."""
+    def persist(self, df: Any, columns: tuple[str, ...] | None = None) -> tuple[Any, Any]:
+        """`df` computed once: (df cached or written and read back, its `columns` (default all) as the factors
+        the caller keeps)."""
+        self._count += 1
+        if self._count % self.every == 0:
+            out = self.write(df)
+            return out, out if columns is None else out.select(*columns)
+        out = df.cache()
+        self._cached.append(out)
+        for old in self._cached[:-self.keep]:
+            old.unpersist()
+        self._cached = self._cached[-self.keep:]
+        view = out if columns is None else out.select(*columns)
+        self._transient = [*self._transient[-2 * self.keep:], view]
+        return out, view
+
+    def settle(self, factors: Any) -> Any:
+        """Factors that outlive the fit's cached steps (written unless they already come from the store)."""
+        return self.write(factors) if any(factors is v for v in self._transient) else factors
+
+    def write(self, df: Any) -> Any:
+        """`df` written to the store and read back as a DataFrame whose lineage begins there (without a store: a
+        local checkpoint)."""
         if self.store is None:
             return df.localCheckpoint()
-        self._count += 1
-        name = f"step{self._count:05d}"
+        self._writes += 1
+        name = f"step{self._writes:05d}"
         uri = self.store.uri_of(name)
         df.write.mode("overwrite").parquet(uri)
         self._written.append(name)
@@ -368,6 +414,12 @@ class StepStore:
             self.store.delete(old)
         self._written = self._written[-self.keep:]
         return df.sparkSession.read.parquet(uri)
+
+    def release(self) -> None:
+        """Drop every cached step (the written ones stay until `close`)."""
+        for df in self._cached:
+            df.unpersist()
+        self._cached, self._transient = [], []
 
     def close(self) -> None:
         """Delete every step written (and the exit hook)."""
