@@ -386,8 +386,8 @@ def test_routed_run_resumes_from_its_parquet_checkpoint(train_df, tmp_path):
 
 @pytest.mark.parametrize("estimator", ["ials", "pairwise"])
 def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(train_df, tmp_path, estimator):
-    """With a store, routed steps are written there every few steps and the fit's final factors always (old steps
-    are deleted, cached ones released), and the fit's factors and losses are those of the local-checkpoint path."""
+    """With a store, every routed step's factor blocks are Parquet there (a lost executor loses no step; old steps
+    are deleted), and the fit's factors and losses are those of the local-checkpoint path."""
     from gramian.storage import open_store
     from gramian.train import RankALS
     from gramian.train.exchange import RoutedRows
@@ -414,7 +414,7 @@ def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(tra
     steps = made[-1].steps
     written = steps.store.listdir()
     assert 2 <= len([n for n in written if n.startswith("step")]) <= steps.keep  # old steps deleted
-    for side in ("user", "item"):  # the final factors outlive the released cache: they are read from the store
+    for side in ("user", "item"):  # the final factors are read from the store
         files = stored._factors[side].inputFiles()
         assert files and all(steps.store.uri.rstrip("/").split("://")[-1] in f for f in files), files
     np.testing.assert_allclose(stored.user_array, local.user_array, atol=1e-6)
@@ -425,35 +425,29 @@ def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(tra
 
 
 @pytest.mark.parametrize("with_store", [True, False])
-def test_routed_steps_are_cached_and_every_few_written_each_one_computed_once(spark, tmp_path, with_store):
-    """StepStore: every `every`-th output is written (read back from the store, or local-checkpointed), the others
-    cached, only the last `keep` cached ones stay cached; settle writes a cached step's view and passes a written
-    one through; release drops the cache. Every output holds its input's rows."""
+def test_a_persisted_routed_step_reads_back_its_rows_and_summary(spark, tmp_path, with_store):
+    """StepStore.persist: the step read back (from the store, or a local checkpoint) holds its input's rows; the
+    summary (every column but `factors`) is the same whether the driver reads it from the written files or Spark
+    collects it; only the last `keep` steps stay in the store."""
     from pyspark.sql import functions as F
-    from pyspark.storagelevel import StorageLevel
 
     from gramian.storage import open_store
     from gramian.train.routed import StepStore
 
-    steps = StepStore(open_store(str(tmp_path / "steps")) if with_store else None, keep=2, every=3)
-    outs = []
-    for k in range(7):
-        df = spark.range(0, 5, 1, 2).select(F.col("id").cast("int").alias("block"), (F.col("id") * k).alias("v"))
-        full, view = steps.persist(df, ("block",) if k == 5 else None)
-        assert sorted(r.v for r in full.collect()) == [k * i for i in range(5)]
-        outs.append((full, view))
-    uncached = [k for k, (full, _) in enumerate(outs) if full.storageLevel == StorageLevel.NONE]
-    assert uncached == [0, 1, 2, 3, 5]  # written (2, 5), or cached and dropped: the last two cached ones stay
+    steps = StepStore(open_store(str(tmp_path / "steps")) if with_store else None, keep=2)
+    for k in range(3):
+        df = spark.range(0, 5, 1, 2).select(F.col("id").cast("int").alias("block"),
+                                            F.lit(bytearray(b"xy")).alias("factors"), (F.col("id") * k).alias("v"))
+        view, summary = steps.persist(df, ("block", "factors"), summary=True)
+        assert view.columns == ["block", "factors"]
+        assert sorted(r.block for r in view.collect()) == list(range(5))
+        assert summary.column_names == ["block", "v"]
+        assert sorted(zip(summary.column("block").to_pylist(), summary.column("v").to_pylist())) == [
+            (i, i * k) for i in range(5)]
     if with_store:
-        assert sorted(steps.store.listdir()) == ["step00001", "step00002"]
-        assert all(steps.store.uri.split("://")[-1] in f for k in (2, 5) for f in outs[k][0].inputFiles())
-        settled = steps.settle(outs[6][1])
-        assert settled is not outs[6][1] and sorted(r.v for r in settled.collect()) == [6 * i for i in range(5)]
-        assert sorted(steps.store.listdir()) == ["step00002", "step00003"]  # keep=2 written
-        assert steps.settle(outs[5][1]) is outs[5][1]  # already written
-    steps.release()
-    assert all(full.storageLevel == StorageLevel.NONE for full, _ in outs)
-    steps.close()
+        assert sorted(steps.store.listdir()) == ["step00002", "step00003"]
+        steps.close()
+        assert not steps.store.exists()
 
 
 def test_a_routed_half_step_moves_only_factor_rows_and_solves_block_b_in_partition_b(spark, train_df):

@@ -399,8 +399,6 @@ class BlockTrainer:
         gram_term = gramian_term(self.model.alpha0, gram_w, gram_h)
         stats = EpochStats(e, observed + gram_term + reg_w + reg_h, observed, gram_term, reg_w + reg_h,
                            t1 - t0, t2 - t1, **self.take_timing())
-        if e == self.model.epochs:  # the fit's factors outlive whatever the exchange caches
-            w, h = self.exchange.settle(w), self.exchange.settle(h)
         state.user_factors, state.item_factors, state.epoch = w, h, e
         state.grams = {"user": gram_w, "item": gram_h}
         state.history.append(stats)

@@ -10,7 +10,7 @@ One interface, `FactorExchange`, chosen once per trainer (`choose`) from train.r
   Closure      anywhere else: the factors ride in the task closure over cached CSR block DataFrames
   RoutedRows   factors too big for one executor: factor-block DataFrames, each block task receiving only the rows
                its CSR references (gramian.train.routed), blocks sized so a task's rows fit its share of executor
-               memory; every new side is cached, every few written to the store (routed.StepStore)
+               memory; every new side is written to the store (routed.StepStore)
 
 A half-step is `step(side, task, current, other, shared, schema)`: `task(block, other rows, own current rows,
 shared)` runs once per block (indices of the block index the other rows it is given) and returns one record with
@@ -120,11 +120,6 @@ class FactorExchange(ABC):
     @abstractmethod
     def move(self, factors: Any, delta: Any, t: float) -> Any:
         """The rows factors + t·delta (RankALS's exact line step), in this exchange's representation."""
-
-    def settle(self, factors: Any) -> Any:
-        """Factors the caller keeps after the fit, independent of anything the exchange caches and releases
-        (routed: written to the store unless they already are; arrays: as they are)."""
-        return factors
 
     def release(self) -> None:  # noqa: B027  (most exchanges plan nothing ahead)
         """Forget planned jobs (scratch files and cached blocks are the trainer's to release)."""
@@ -348,7 +343,7 @@ class Closure(WholeFactors):
 
 class RoutedRows(FactorExchange):
     """Factor-block DataFrames; each block task gets the other side's rows its CSR references; every new side is
-    cached, and every few written to the store, by `steps` (a half-step is one Spark job).
+    written to the store by `steps` (a half-step is one Spark job).
 
     Co-partitioned so a half-step is two shuffles and one solving stage: the CSR blocks are cached hash-partitioned
     on their block's partition key (block b in partition b, `spark_partition_keys`) and the routes on their source
@@ -387,26 +382,20 @@ class RoutedRows(FactorExchange):
         return routed.block_partials(factors, self.spec.dim, fn)
 
     def move(self, factors: Any, delta: Any, t: float) -> Any:
-        # written, not cached: nothing would materialise a cached move before the next step's job reads it, and
-        # building a cache inside another cache's build stalls Spark's adaptive execution
-        return self.steps.write(routed.move_blocks(factors, delta, t, self.spec.dim))
-
-    def settle(self, factors: Any) -> Any:
-        return self.steps.settle(factors)
+        return self.steps.persist(routed.move_blocks(factors, delta, t, self.spec.dim))[0]
 
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
         return self.note_timing(side, _by_row(self.blocks[side], fn, schema).toArrow())
 
     def step(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
              schema: str, new_rows: bool = True) -> StepResult:
-        result, factors = self.job(side, task, current, other, shared, schema), None
-        if new_rows:  # cached (or written): the summary's collection below is the step's one job
-            result, factors = self.steps.persist(result, routed.FACTOR_COLUMNS)
-        summary = self.note_timing(side, result.drop("factors").toArrow()).sort_by("block")  # sums in block order
+        result, factors, table = self.job(side, task, current, other, shared, schema), None, None
+        if new_rows:  # written to the store: the step's one job; its summary read from the files
+            factors, table = self.steps.persist(result, routed.FACTOR_COLUMNS, summary=True)
+        if table is None:
+            table = result.drop("factors").toArrow()
+        summary = self.note_timing(side, table).sort_by("block")  # sums in block order
         return StepResult(factors, summary)
-
-    def release(self) -> None:
-        self.steps.release()
 
     def job(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
             schema: str) -> Any:

@@ -240,8 +240,6 @@ class PairwiseTrainer(BlockTrainer):
         terms = pairwise_terms(observed_from_partials(square, v, um, im), um, im, reg_w + reg_h)
         stats_e = EpochStats(e, terms.total, terms.observed, terms.gramian, terms.regularization, t1 - t0, t2 - t1,
                              **self.take_timing())
-        if e == self.model.epochs:  # the fit's factors outlive whatever the exchange caches
-            w, h = self.exchange.settle(w), self.exchange.settle(h)
         state.user_factors, state.item_factors, state.epoch = w, h, e
         state.grams = {"item_total": np.array([im.total]), "item_z": im.z, "item_gram": im.gram}
         state.history.append(stats_e)

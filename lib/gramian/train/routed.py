@@ -353,73 +353,57 @@ def array_to_blocks(spark: Any, x: np.ndarray, layout: SideLayout) -> Any:
     return spark.createDataFrame(table).repartition(layout.num_blocks, "block")
 
 
-STORE_EVERY = 8  # routed outputs between two written to the store (StepStore): the most a lost executor recomputes
-
-
 class StepStore:
-    """Routed steps' outputs: cached in executor memory, and every `every`-th one (and the fit's final factors,
-    `settle`) written to the store as Parquet and read back, so lineage starts there again.
+    """Routed steps' outputs written to the store as Parquet and read back, so the next step's lineage starts there:
+    a lost executor costs only its tasks' retry (a local checkpoint lives in executor memory and dies with its
+    executor), old steps do not pile up in executor memory, and plans stay shallow (a chain of cached steps would
+    make every step's planning slower than the last).
 
-    A cached step costs one Spark job (its summary's collection materialises the cache); a written one a write
-    job and a read job. A lost executor loses its cached partitions, which Spark recomputes from their lineage
-    (intact between written steps, unlike a local checkpoint's, which dies with its executor): at most `every`
-    steps back to the last written one. Only the last `keep` outputs stay cached (both sides' current factors,
-    the step being made and RankALS's direction) and the last `keep` written ones stay in the store, so old
-    steps do not pile up in executor memory. Without a store (fitting outside the train stage), writing is a
-    local checkpoint. The folder goes at interpreter exit: a fitted model reads its final factor blocks from it
-    lazily.
+    A written step is one Spark job: it is read back with the schema it was written with (no inference job) and its
+    summary columns are read by the driver from the written files (no summary job). Without a store (fitting
+    outside the train stage), `persist` falls back to a local checkpoint. The last `keep` outputs stay (both sides'
+    current factors, the step being made and RankALS's direction); the folder goes at interpreter exit, since a
+    fitted model reads its final factor blocks from it lazily.
     """
 
-    def __init__(self, store: Store | None, keep: int = 4, every: int = STORE_EVERY) -> None:
+    def __init__(self, store: Store | None, keep: int = 6) -> None:
         self.store = None if store is None else store.child(f"routed-{uuid.uuid4().hex[:12]}")
-        self.keep, self.every = keep, every
-        self._count = self._writes = 0
+        self.keep = keep
+        self._count = 0
         self._written: list[str] = []
-        self._cached: list[Any] = []  # cached outputs, oldest first
-        self._transient: list[Any] = []  # views of cached outputs handed out (settle writes them)
         if self.store is not None:
             atexit.register(self.close)
 
-    def persist(self, df: Any, columns: tuple[str, ...] | None = None) -> tuple[Any, Any]:
-        """`df` computed once: (df cached or written and read back, its `columns` (default all) as the factors
-        the caller keeps)."""
-        self._count += 1
-        if self._count % self.every == 0:
-            out = self.write(df)
-            return out, out if columns is None else out.select(*columns)
-        out = df.cache()
-        self._cached.append(out)
-        for old in self._cached[:-self.keep]:
-            old.unpersist()
-        self._cached = self._cached[-self.keep:]
-        view = out if columns is None else out.select(*columns)
-        self._transient = [*self._transient[-2 * self.keep:], view]
-        return out, view
-
-    def settle(self, factors: Any) -> Any:
-        """Factors that outlive the fit's cached steps (written unless they already come from the store)."""
-        return self.write(factors) if any(factors is v for v in self._transient) else factors
-
-    def write(self, df: Any) -> Any:
-        """`df` written to the store and read back as a DataFrame whose lineage begins there (without a store: a
-        local checkpoint)."""
+    def persist(self, df: Any, columns: tuple[str, ...] | None = None,
+                summary: bool = False) -> tuple[Any, pa.Table | None]:
+        """`df` computed once, written, and read back as a DataFrame whose lineage begins in the store: its `columns`
+        (default all) and, with `summary`, its other columns but `factors` as an Arrow table (read from the written
+        files by the driver; collected by a Spark job without a store)."""
         if self.store is None:
-            return df.localCheckpoint()
-        self._writes += 1
-        name = f"step{self._writes:05d}"
+            out = df.localCheckpoint()
+            table = out.drop("factors").toArrow() if summary else None
+            return out if columns is None else out.select(*columns), table
+        self._count += 1
+        name = f"step{self._count:05d}"
         uri = self.store.uri_of(name)
         df.write.mode("overwrite").parquet(uri)
         self._written.append(name)
         for old in self._written[:-self.keep]:
             self.store.delete(old)
         self._written = self._written[-self.keep:]
-        return df.sparkSession.read.parquet(uri)
+        out = df.sparkSession.read.schema(df.schema).parquet(uri)
+        return out if columns is None else out.select(*columns), self._summary(name, df.schema) if summary else None
 
-    def release(self) -> None:
-        """Drop every cached step (the written ones stay until `close`)."""
-        for df in self._cached:
-            df.unpersist()
-        self._cached, self._transient = [], []
+    def _summary(self, name: str, schema: Any) -> pa.Table:
+        """Every column of step `name`'s files but `factors`, read by the driver through the store."""
+        import pyarrow.parquet as pq
+
+        wanted = [f.name for f in schema.fields if f.name != "factors"]
+        parts = []
+        for file in sorted(f for f in self.store.listdir(name) if f.endswith(".parquet")):
+            with self.store.open_input(name, file) as f:
+                parts.append(pq.read_table(f, columns=wanted))
+        return pa.concat_tables(parts) if parts else pa.table({c: [] for c in wanted})
 
     def close(self) -> None:
         """Delete every step written (and the exit hook)."""
