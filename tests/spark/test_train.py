@@ -442,8 +442,8 @@ def test_a_persisted_routed_step_reads_back_its_rows_and_summary(spark, tmp_path
         assert view.columns == ["block", "factors"]
         assert sorted(r.block for r in view.collect()) == list(range(5))
         assert summary.column_names == ["block", "v"]
-        assert sorted(zip(summary.column("block").to_pylist(), summary.column("v").to_pylist())) == [
-            (i, i * k) for i in range(5)]
+        pairs_read = zip(summary.column("block").to_pylist(), summary.column("v").to_pylist(), strict=True)
+        assert sorted(pairs_read) == [(i, i * k) for i in range(5)]
     if with_store:
         assert sorted(steps.store.listdir()) == ["step00002", "step00003"]
         steps.close()
