@@ -29,8 +29,6 @@ NNZ_PER_BLOCK = 4_000_000  # default_num_blocks in lib/gramian/train/als.py: blo
 CSR_BYTES_PER_NNZ = 20  # indices int32 + alpha float64 + target float64 (lib/gramian/train/blocks.py)
 CSR_BYTES_PER_ROW = 8  # indptr int64
 TASK_MEMORY_SHARE = 1 / 8  # lib/gramian/train/routed.py: a routed task's estimated bytes per executor memory per core
-STORE_EVERY = 8  # lib/gramian/train/routed.py: routed steps are cached, every 8th written to the store
-CACHED_STEPS = 4  # routed.StepStore's keep: factor outputs cached at once (spillable to disk)
 MAX_BLOCKS = 65_536  # lib/gramian/train/routed.py: the most blocks sized_layouts gives a side
 
 
@@ -323,14 +321,13 @@ def sized_blocks(sc: Scenario, cl: Cluster, d: int) -> dict[str, int]:
 
 def routed_bytes(shapes: dict[str, SideShape], side: str, other_rows: int, d: int) -> dict[str, float]:
     """Bytes one routed half-step moves (exchange.RoutedRows.job): the CSR and routes stay cached and
-    co-partitioned, so only factor rows move, in two shuffles; the new side is cached, every STORE_EVERY-th one
-    written to the store (amortised here)."""
+    co-partitioned, so only factor rows move, in two shuffles, and the new side is written to the store."""
     s = shapes[side]
     return {
         "fixed side's factor blocks to their routes (shuffle 1)": other_rows * d * 4,
         "routed rows to their block (shuffle 2)": s.routed_total * (4 * d + 4),
         "own current rows to their block (shuffle 2)": s.rows * d * 4,
-        "new rows written to the store (Parquet, every 8th step)": s.rows * d * 4 / STORE_EVERY,
+        "new rows written to the store (Parquet)": s.rows * d * 4,
     }
 
 
@@ -350,7 +347,8 @@ def routed_task_memory(nnz: float, rows: float, routed: float, sliced: float, d:
     return dst if sum(dst.values()) >= sum(src.values()) else src
 
 
-ROUTED_STAGES = 4  # one job: two factor reads (map side), slice (cogroup), solve (cogroup, cached, summary collected)
+ROUTED_STAGES = 4  # two factor reads (map side), slice (cogroup), solve (cogroup) + Parquet write; the driver reads
+# the block summaries from the written files (no summary stage)
 
 
 def half_step(sc: Scenario, cl: Cluster, k: dict[str, Any], a: float, rest_s: float, d: int, side_name: str,
@@ -376,8 +374,7 @@ def half_step(sc: Scenario, cl: Cluster, k: dict[str, Any], a: float, rest_s: fl
 def executor_memory(sc: Scenario, cl: Cluster, d: int, shapes: dict[str, SideShape], side: str,
                     base: dict[str, float]) -> dict[str, float]:
     """Bytes one executor holds in a routed half-step of `side`: `cores` tasks of one block each, plus its share
-    of both sides' cached CSR and routes; beside it (not in the sums: Spark spills it to disk) its share of the
-    cached factor outputs."""
+    of both sides' cached CSR and routes (factor versions live in the store, not in executors)."""
     s, o = shapes[side], shapes[OTHER[side]]
     rows = s.rows / s.blocks
     typical = routed_task_memory(s.nnz_per_block, rows, s.routed_per_block,
@@ -390,8 +387,7 @@ def executor_memory(sc: Scenario, cl: Cluster, d: int, shapes: dict[str, SideSha
     return {"typical_executor": cl.cores * task + shared,
             "busiest_executor": (cl.cores - 1) * task + max(task, hot) + shared,
             "top_row_task": hot, "typical_task": task, "typical_task_python": base["python"] + typical["python"],
-            "cached_share": cached, "routed_rows_heaviest": s.routed_heaviest,
-            "cached_factor_outputs_spillable": CACHED_STEPS / 2 * (sc.users + sc.items) * d * 4 / cl.executors}
+            "cached_share": cached, "routed_rows_heaviest": s.routed_heaviest}
 
 
 def python_base(m: dict[str, Any]) -> float:

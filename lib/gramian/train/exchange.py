@@ -343,7 +343,7 @@ class Closure(WholeFactors):
 
 class RoutedRows(FactorExchange):
     """Factor-block DataFrames; each block task gets the other side's rows its CSR references; every new side is
-    written to the store by `steps` (a half-step is one Spark job).
+    written to the store by `steps` (a half-step is one Spark action: its write).
 
     Co-partitioned so a half-step is two shuffles and one solving stage: the CSR blocks are cached hash-partitioned
     on their block's partition key (block b in partition b, `spark_partition_keys`) and the routes on their source

@@ -359,8 +359,9 @@ class StepStore:
     executor), old steps do not pile up in executor memory, and plans stay shallow (a chain of cached steps would
     make every step's planning slower than the last).
 
-    A written step is one Spark job: it is read back with the schema it was written with (no inference job) and its
-    summary columns are read by the driver from the written files (no summary job). Without a store (fitting
+    A written step is one Spark action (its write): it is read back with the schema it was written with (no
+    inference job) and its summary columns are read by the driver from the written files (no summary job). Without
+    a store (fitting
     outside the train stage), `persist` falls back to a local checkpoint. The last `keep` outputs stay (both sides'
     current factors, the step being made and RankALS's direction); the folder goes at interpreter exit, since a
     fitted model reads its final factor blocks from it lazily.
