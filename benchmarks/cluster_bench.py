@@ -260,7 +260,7 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path,
     out: dict[str, dict[str, Any]] = {}
     sets = [f"storage.root={root}", f"model.dim={args.dim}", f"model.epochs={args.epochs}",
             "train.checkpoint_every=0"]
-    events = {} if not args.event_log else {"spark.eventLog.enabled": "true", "spark.eventLog.dir": args.event_log}
+    events = event_log_conf(args.log_dir)
     with StandaloneCluster(work / "cluster", workers=2, cores=1, memory=args.worker_memory,
                            isolated=s3 is not None, env=AWS_ENV if s3 is not None else None) as cluster:
         zip_path = build_zip(work / "gramian.zip")
@@ -307,6 +307,16 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path,
             print(f"[cluster_bench] {method}: wall {res['wall_seconds']:.1f} s, fit "
                   f"{res['result'].get('fit_seconds', float('nan')):.1f} s", flush=True)
     return out
+
+
+def event_log_conf(log_dir: str | None) -> dict[str, str]:
+    """Spark event logs under <log_dir>/events when the run keeps its logs (benchmarks.spark_events reads them)."""
+    if not log_dir:
+        return {}
+    folder = Path(log_dir, "events").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"spark.eventLog.enabled": "true", "spark.eventLog.dir": folder.as_uri(),
+            "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false"}
 
 
 OOM_LINE = re.compile(r"OutOfMemoryError[^\n]*|exit code 52|Lost executor[^\n]*|CHECKPOINT_RDD_BLOCK_ID_NOT_FOUND")
@@ -588,9 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-tables", action="store_true", help="keep --root's train/test tables when they exist "
                         "(a second run on the same prepared data)")
     parser.add_argument("--label", default=None, help="what code ran, for the results (e.g. 'main c9ab3fa')")
-    parser.add_argument("--log-dir", default=None, help="keep every job's spark-submit log here (profiling)")
-    parser.add_argument("--event-log", default=None, help="write every job's Spark event log here (timeline: "
-                        "python -m benchmarks.spark_events <file>)")
+    parser.add_argument("--log-dir", default=None, help="keep every job's spark-submit log and "
+                        "Spark event log here (profiling: python -m benchmarks.spark_events <log-dir>/events/<file>)")
     parser.add_argument("--before", default=None, help="an earlier run's phases (JSON: commit, load, jobs) to show "
                         "beside this run's in the phase table")
     parser.add_argument("--storage", choices=("disk", "s3"), default="disk", help="disk: workers share this host's "

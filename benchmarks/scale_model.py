@@ -347,7 +347,8 @@ def routed_task_memory(nnz: float, rows: float, routed: float, sliced: float, d:
     return dst if sum(dst.values()) >= sum(src.values()) else src
 
 
-ROUTED_STAGES = 5  # two factor reads (map side), slice (cogroup), solve (cogroup) + Parquet write, summary read
+ROUTED_STAGES = 4  # two factor reads (map side), slice (cogroup), solve (cogroup) + Parquet write; the driver reads
+# the block summaries from the written files (no summary stage)
 
 
 def half_step(sc: Scenario, cl: Cluster, k: dict[str, Any], a: float, rest_s: float, d: int, side_name: str,

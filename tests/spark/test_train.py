@@ -414,11 +414,40 @@ def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(tra
     steps = made[-1].steps
     written = steps.store.listdir()
     assert 2 <= len([n for n in written if n.startswith("step")]) <= steps.keep  # old steps deleted
+    for side in ("user", "item"):  # the final factors are read from the store
+        files = stored._factors[side].inputFiles()
+        assert files and all(steps.store.uri.rstrip("/").split("://")[-1] in f for f in files), files
     np.testing.assert_allclose(stored.user_array, local.user_array, atol=1e-6)
     np.testing.assert_allclose(stored.item_array, local.item_array, atol=1e-6)
     np.testing.assert_allclose([h.loss for h in stored.history], [h.loss for h in local.history], rtol=1e-9)
     steps.close()
     assert not steps.store.exists()
+
+
+@pytest.mark.parametrize("with_store", [True, False])
+def test_a_persisted_routed_step_reads_back_its_rows_and_summary(spark, tmp_path, with_store):
+    """StepStore.persist: the step read back (from the store, or a local checkpoint) holds its input's rows; the
+    summary (every column but `factors`) is the same whether the driver reads it from the written files or Spark
+    collects it; only the last `keep` steps stay in the store."""
+    from pyspark.sql import functions as F
+
+    from gramian.storage import open_store
+    from gramian.train.routed import StepStore
+
+    steps = StepStore(open_store(str(tmp_path / "steps")) if with_store else None, keep=2)
+    for k in range(3):
+        df = spark.range(0, 5, 1, 2).select(F.col("id").cast("int").alias("block"),
+                                            F.lit(bytearray(b"xy")).alias("factors"), (F.col("id") * k).alias("v"))
+        view, summary = steps.persist(df, ("block", "factors"), summary=True)
+        assert view.columns == ["block", "factors"]
+        assert sorted(r.block for r in view.collect()) == list(range(5))
+        assert summary.column_names == ["block", "v"]
+        pairs_read = zip(summary.column("block").to_pylist(), summary.column("v").to_pylist(), strict=True)
+        assert sorted(pairs_read) == [(i, i * k) for i in range(5)]
+    if with_store:
+        assert sorted(steps.store.listdir()) == ["step00002", "step00003"]
+        steps.close()
+        assert not steps.store.exists()
 
 
 def test_a_routed_half_step_moves_only_factor_rows_and_solves_block_b_in_partition_b(spark, train_df):

@@ -10,7 +10,7 @@ One interface, `FactorExchange`, chosen once per trainer (`choose`) from train.r
   Closure      anywhere else: the factors ride in the task closure over cached CSR block DataFrames
   RoutedRows   factors too big for one executor: factor-block DataFrames, each block task receiving only the rows
                its CSR references (gramian.train.routed), blocks sized so a task's rows fit its share of executor
-               memory; every new side is persisted (store, else local checkpoint)
+               memory; every new side is written to the store (routed.StepStore)
 
 A half-step is `step(side, task, current, other, shared, schema)`: `task(block, other rows, own current rows,
 shared)` runs once per block (indices of the block index the other rows it is given) and returns one record with
@@ -343,7 +343,7 @@ class Closure(WholeFactors):
 
 class RoutedRows(FactorExchange):
     """Factor-block DataFrames; each block task gets the other side's rows its CSR references; every new side is
-    persisted by `steps`.
+    written to the store by `steps` (a half-step is one Spark action: its write).
 
     Co-partitioned so a half-step is two shuffles and one solving stage: the CSR blocks are cached hash-partitioned
     on their block's partition key (block b in partition b, `spark_partition_keys`) and the routes on their source
@@ -358,31 +358,17 @@ class RoutedRows(FactorExchange):
     def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, blocks: dict[str, Any],
                  routes: dict[str, Any], steps: routed.StepStore) -> None:
         super().__init__(spark, layouts, spec)
-        self.blocks, self.routes, self.steps = blocks, routes, steps
+        self.blocks, self.routes, self.steps = blocks, routes, steps  # blocks and routes cached keyed (routed.keyed)
         self.keys = {side: spark_partition_keys(layout.num_blocks) for side, layout in layouts.items()}
-        for side, other in (("user", "item"), ("item", "user")):  # re-keyed once; the trainer releases them
-            self._recache(blocks, side, "block", side)
-            self._recache(routes, side, "src_block", other)
-
-    def _recache(self, frames: dict[str, Any], name: str, column: str, keyed_by: str) -> None:
-        """frames[name] cached again hash-partitioned on `column`'s partition key among `keyed_by`'s blocks."""
-        old = frames[name]
-        new = old.withColumn("pkey", self.key_of(keyed_by, column)).repartition(
-            self.layouts[keyed_by].num_blocks, "pkey").cache()
-        frames[name] = new  # registered before it is materialised, so the trainer's release finds it
-        new.count()
-        old.unpersist()
 
     def key_of(self, side: str, column: str) -> Any:
         """The partition key of block `column` of `side` (a Spark Column): block b hashes to partition b."""
-        from pyspark.sql import functions as F
-
-        return F.element_at(F.array(*[F.lit(k) for k in self.keys[side]]), F.col(column) + 1)
+        return routed.partition_key(self.keys[side], column)
 
     def initial(self, side: str) -> Any:
+        # generated again by every job that reads it (deterministic, cheap): nothing to cache or write
         s = self.spec
-        return self.steps.persist(routed.init_blocks(self.spark, self.layouts[side], s.dim, s.init_scale, s.seed,
-                                                     SIDE_IDS[side]))
+        return routed.init_blocks(self.spark, self.layouts[side], s.dim, s.init_scale, s.seed, SIDE_IDS[side])
 
     def adopt(self, side: str, factors: Any) -> Any:
         if not isinstance(factors, np.ndarray):
@@ -396,18 +382,20 @@ class RoutedRows(FactorExchange):
         return routed.block_partials(factors, self.spec.dim, fn)
 
     def move(self, factors: Any, delta: Any, t: float) -> Any:
-        return self.steps.persist(routed.move_blocks(factors, delta, t, self.spec.dim))
+        return self.steps.persist(routed.move_blocks(factors, delta, t, self.spec.dim))[0]
 
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
         return self.note_timing(side, _by_row(self.blocks[side], fn, schema).toArrow())
 
     def step(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
              schema: str, new_rows: bool = True) -> StepResult:
-        result = self.job(side, task, current, other, shared, schema)
-        if new_rows:
-            result = self.steps.persist(result)
-        summary = self.note_timing(side, result.drop("factors").toArrow()).sort_by("block")  # sums in block order
-        return StepResult(result.select(*routed.FACTOR_COLUMNS) if new_rows else None, summary)
+        result, factors, table = self.job(side, task, current, other, shared, schema), None, None
+        if new_rows:  # written to the store: the step's one job; its summary read from the files
+            factors, table = self.steps.persist(result, routed.FACTOR_COLUMNS, summary=True)
+        if table is None:
+            table = result.drop("factors").toArrow()
+        summary = self.note_timing(side, table).sort_by("block")  # sums in block order
+        return StepResult(factors, summary)
 
     def job(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
             schema: str) -> Any:

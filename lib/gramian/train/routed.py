@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from gramian.kernels import gramian
 from gramian.kernels.pairwise import move_rows
-from gramian.train.blocks import Block, SideLayout, decode_blocks
+from gramian.train.blocks import Block, SideLayout, decode_blocks, spark_partition_keys
 from gramian.train.init import init_factors
 
 if TYPE_CHECKING:
@@ -146,8 +146,24 @@ def size_bytes(text: str) -> int:
     return int(float(t) * 2**20)
 
 
+def partition_key(keys: list[int], column: str) -> Any:
+    """The partition key of block `column` (a Spark Column): keys[b], which hashes to partition b
+    (blocks.spark_partition_keys)."""
+    from pyspark.sql import functions as F
+
+    return F.element_at(F.array(*[F.lit(k) for k in keys]), F.col(column) + 1)
+
+
+def keyed(df: Any, column: str, num_blocks: int) -> Any:
+    """`df` with `pkey`, the partition key of block `column` among `num_blocks`, hash-partitioned on it: row of
+    block b in partition b, and Spark knows it (a cogroup on pkey with it shuffles nothing)."""
+    return df.withColumn("pkey", partition_key(spark_partition_keys(num_blocks), column)).repartition(
+        num_blocks, "pkey")
+
+
 def build_routes(blocks_df: Any, other: SideLayout) -> Any:
-    """For every block, the sorted rows of the other side it references, split by the other side's blocks."""
+    """For every block, the sorted rows of the other side it references, split by the other side's blocks;
+    keyed by their source block (`keyed`), so a half-step's slicing cogroup shuffles only the factor rows."""
     bounds = np.asarray(other.bounds_array)
 
     def route(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -162,7 +178,7 @@ def build_routes(blocks_df: Any, other: SideLayout) -> Any:
                             "dst_block": pa.array([b.block], pa.int32()), "src_block": pa.array([src], pa.int32()),
                             "rows": pa.array([rows.astype(np.int32).tobytes()], pa.binary())})
 
-    return blocks_df.mapInArrow(route, ROUTE_SCHEMA)
+    return keyed(blocks_df.mapInArrow(route, ROUTE_SCHEMA), "src_block", other.num_blocks)
 
 
 def routed_rows(routes: Any) -> dict[int, int]:
@@ -338,13 +354,17 @@ def array_to_blocks(spark: Any, x: np.ndarray, layout: SideLayout) -> Any:
 
 
 class StepStore:
-    """Routed steps' factor blocks written to the store as Parquet and read back, so the next step's lineage
-    starts there: a lost executor costs only its tasks' retry (a local checkpoint lives in executor memory and
-    dies with its executor), and old steps do not pile up in executor memory, slowing late epochs.
+    """Routed steps' outputs written to the store as Parquet and read back, so the next step's lineage starts there:
+    a lost executor costs only its tasks' retry (a local checkpoint lives in executor memory and dies with its
+    executor), old steps do not pile up in executor memory, and plans stay shallow (a chain of cached steps would
+    make every step's planning slower than the last).
 
-    Without a store (fitting outside the train stage), `persist` falls back to a local checkpoint. The last
-    `keep` outputs stay (both sides' current factors, the step being made and RankALS's direction); the
-    folder goes at interpreter exit, since a fitted model reads its final factor blocks from it lazily.
+    A written step is one Spark action (its write): it is read back with the schema it was written with (no
+    inference job) and its summary columns are read by the driver from the written files (no summary job). Without
+    a store (fitting
+    outside the train stage), `persist` falls back to a local checkpoint. The last `keep` outputs stay (both sides'
+    current factors, the step being made and RankALS's direction); the folder goes at interpreter exit, since a
+    fitted model reads its final factor blocks from it lazily.
     """
 
     def __init__(self, store: Store | None, keep: int = 6) -> None:
@@ -355,10 +375,15 @@ class StepStore:
         if self.store is not None:
             atexit.register(self.close)
 
-    def persist(self, df: Any) -> Any:
-        """`df` computed once, written, and read back as a DataFrame whose lineage begins in the store."""
+    def persist(self, df: Any, columns: tuple[str, ...] | None = None,
+                summary: bool = False) -> tuple[Any, pa.Table | None]:
+        """`df` computed once, written, and read back as a DataFrame whose lineage begins in the store: its `columns`
+        (default all) and, with `summary`, its other columns but `factors` as an Arrow table (read from the written
+        files by the driver; collected by a Spark job without a store)."""
         if self.store is None:
-            return df.localCheckpoint()
+            out = df.localCheckpoint()
+            table = out.drop("factors").toArrow() if summary else None
+            return out if columns is None else out.select(*columns), table
         self._count += 1
         name = f"step{self._count:05d}"
         uri = self.store.uri_of(name)
@@ -367,7 +392,19 @@ class StepStore:
         for old in self._written[:-self.keep]:
             self.store.delete(old)
         self._written = self._written[-self.keep:]
-        return df.sparkSession.read.parquet(uri)
+        out = df.sparkSession.read.schema(df.schema).parquet(uri)
+        return out if columns is None else out.select(*columns), self._summary(name, df.schema) if summary else None
+
+    def _summary(self, name: str, schema: Any) -> pa.Table:
+        """Every column of step `name`'s files but `factors`, read by the driver through the store."""
+        import pyarrow.parquet as pq
+
+        wanted = [f.name for f in schema.fields if f.name != "factors"]
+        parts = []
+        for file in sorted(f for f in self.store.listdir(name) if f.endswith(".parquet")):
+            with self.store.open_input(name, file) as f:
+                parts.append(pq.read_table(f, columns=wanted))
+        return pa.concat_tables(parts) if parts else pa.table({c: [] for c in wanted})
 
     def close(self) -> None:
         """Delete every step written (and the exit hook)."""
