@@ -87,6 +87,53 @@ def run_point(val: Any, params: dict[str, Any]) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def run_points_at(val: Any, params: dict[str, Any], eval_at: list[int]) -> list[dict[str, Any]]:
+    """One fit to max(eval_at) epochs, scored after each epoch of `eval_at`: a point per scored epoch, as a fit
+    of that many epochs would give (same seed, same trajectory), its timing and CPU up to that epoch (the
+    scoring's own time left out). Each point is saved as soon as it is scored."""
+    from benchmarks import peers as P
+    from benchmarks.evaluation import evaluate
+
+    load = os.getloadavg()
+    t0, c0 = time.perf_counter(), time.process_time()
+    spent = {"wall": 0.0, "cpu": 0.0}  # scoring time so far, left out of the fit's
+    out: list[dict[str, Any]] = []
+    last = max(eval_at)
+
+    def score(epoch: int, w: Any, h: Any, times: dict[str, list[float]]) -> None:
+        if epoch not in eval_at:
+            return
+        t1, c1 = time.perf_counter(), time.process_time()
+        m = evaluate(val, w, h, ks=(20,))
+        us, its = times["user_seconds"], times["item_seconds"]
+        cpu = c1 - c0 - spent["cpu"]
+        rec = {"params": {**params, "epochs": epoch}, "val_metrics": {k: float(v) for k, v in m.items()},
+               "fit_seconds": t1 - t0 - spent["wall"], "seconds_per_epoch": (sum(us) + sum(its)) / epoch,
+               "cpu_seconds": cpu, "cpu_seconds_per_epoch": cpu / epoch,
+               "user_half_step_s": sum(us) / epoch, "item_half_step_s": sum(its) / epoch,
+               "peak_rss_mib": peak_rss_so_far_mib(),
+               "wall_seconds": t1 - t0 - spent["wall"], "load_before": load, "load_after": os.getloadavg(),
+               "scored_during": f"one fit of {last} epochs, scored after epochs {sorted(eval_at)}",
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        spent["wall"] += time.perf_counter() - t1
+        spent["cpu"] += time.process_time() - c1
+        save_points([rec])
+        out.append(rec)
+        log.info("%s -> val %s=%.4f, %.2f s/epoch, %.2f CPU s/epoch", rec["params"], METRIC,
+                 rec["val_metrics"][METRIC], rec["seconds_per_epoch"], rec["cpu_seconds_per_epoch"])
+
+    P.fit_gramian_numpy(val, {**params, "epochs": last}, track_loss=False, on_epoch=score)
+    return out
+
+
+def peak_rss_so_far_mib() -> float:
+    """This process's peak resident memory so far (VmHWM; the fit runs in this one process), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every combination of the comma-separated axes, as ModelConfig keyword arguments."""
     def vals(s: str, cast: Any) -> list[Any]:
@@ -163,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--solver", default="cg", choices=("cg", "cholesky", "subspace"))
     ap.add_argument("--cg-steps", type=int, default=3)
     ap.add_argument("--block-size", default="", help="subspace: solver_block_size values (default d)")
+    ap.add_argument("--eval-at", default="", help="comma-separated epochs: one fit to the largest, scored after "
+                    "each (replaces --epochs)")
     ap.add_argument("--report", action="store_true", help="only rewrite gowalla_d.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -170,7 +219,11 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks import datasets as D
 
         val = D.validation_split(D.load("gowalla"))
+        eval_at = sorted({int(x) for x in args.eval_at.split(",") if x})
         for p in grid(args):
+            if eval_at:
+                run_points_at(val, p, eval_at)
+                continue
             rec = run_point(val, p)
             save_points([rec])
             log.info("%s -> val %s=%.4f, %.2f s/epoch, peak %.0f MiB", p, METRIC, rec["val_metrics"][METRIC],
