@@ -37,7 +37,14 @@ HEADER = ("Validation: 10% of each user's train pairs (seed 0) carved from Gowal
           "quoted); CPU s/epoch is the fit's process CPU time over its epochs (one thread: what an idle core "
           "would take); peak RSS is the fitting process's. Test Recall@20 (denominator |test|, LightGCN's "
           "protocol; LightGCN published 0.1830) only for the profile shipped in conf/gowalla.yaml, from the "
-          "product's Spark run (train.json, \"gramian (conf)\").")
+          "product's Spark run (train.json, \"gramian (conf)\"). Points of one setting at several epochs may come "
+          "from one fit scored after each of them (--eval-at: same seed, the same trajectory as separate fits; "
+          "times and CPU up to that epoch, scoring left out; peak RSS the process's so far, scoring included; load: "
+          "before the fit, and in brackets the 5-minute load when the point was scored).")
+# Product runs of earlier conf/gowalla.yaml profiles (train.json keeps only the current one's)
+EARLIER = ["Earlier profile d=1024, 3 epochs (product run 2026-12-05 17:06 UTC, load 23.5): test Recall@20 0.1847, "
+           "a tie with the tuned RP3beta's 0.1847 (paired per-user difference -0.0000, 95% CI -0.0016..+0.0016 over "
+           "29858 users); hence 6 epochs."]
 
 
 def key(p: dict[str, Any]) -> str:
@@ -173,6 +180,13 @@ def _f(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
+def _load(p: dict[str, Any]) -> str:
+    """The 1-minute load before the fit; for a point scored during a longer fit (--eval-at) also the 5-minute
+    load when it was scored (the fit may have started on a quiet machine that filled up)."""
+    before = f"{p['load_before'][0]:.2f}"
+    return f"{before} ({p['load_after'][1]:.1f})" if p.get("scored_during") else before
+
+
 def write_md(points: list[dict[str, Any]]) -> Path:
     """gowalla_d.md: one row per point, d ascending; the conf profile's test figure beside its point."""
     conf = conf_test_row()
@@ -183,19 +197,20 @@ def write_md(points: list[dict[str, Any]]) -> Path:
 
     lines = ["# Gowalla: Recall@20 against d (issue 17)", "", HEADER, "",
              "| d | settings | val Recall@20 | test Recall@20 | s/epoch | CPU s/epoch | user / item half-step s | "
-             "fit s | peak RSS MiB | load before |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "fit s | peak RSS MiB | load before (at score) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         q = p["params"]
         test = f"{conf['metrics']['recall@20']:.4f}" if conf and is_conf(q) else "—"
         lines.append(f"| {q['dim']} | {settings(q)} | {p['val_metrics'][METRIC]:.4f} | {test} | "
                      f"{p['seconds_per_epoch']:.2f} | {_f(p.get('cpu_seconds_per_epoch'))} | "
                      f"{p['user_half_step_s']:.2f} / {p['item_half_step_s']:.2f} | "
-                     f"{p['fit_seconds']:.0f} | {p['peak_rss_mib']:.0f} | {p['load_before'][0]:.2f} |")
+                     f"{p['fit_seconds']:.0f} | {p['peak_rss_mib']:.0f} | {_load(p)} |")
     if conf:
         lines += ["", f"Product run of conf/gowalla.yaml (Spark local[2], train.json): Recall@20 "
                   f"{conf['metrics']['recall@20']:.4f}, NDCG@20 {conf['metrics'].get('ndcg@20', float('nan')):.4f}, "
                   f"fit {conf['fit_seconds']:.0f} s, {conf['seconds_per_epoch']:.2f} s/epoch, peak RSS "
                   f"{conf['peak_rss_mib']:.0f} MiB (load before {conf.get('load_before', [float('nan')])[0]:.2f})."]
+    lines += [""] + [f"- {n}" for n in EARLIER]
     OUT_MD.write_text("\n".join(lines) + "\n")
     return OUT_MD
 
