@@ -44,7 +44,11 @@ HEADER = ("Validation: 10% of each user's train pairs (seed 0) carved from Gowal
 # Product runs of earlier conf/gowalla.yaml profiles (train.json keeps only the current one's)
 EARLIER = ["Earlier profile d=1024, 3 epochs (product run 2026-12-05 17:06 UTC, load 23.5): test Recall@20 0.1847, "
            "a tie with the tuned RP3beta's 0.1847 (paired per-user difference -0.0000, 95% CI -0.0016..+0.0016 over "
-           "29858 users); hence 6 epochs."]
+           "29858 users); hence 6 epochs.",
+           "d=1024, reg 0.003, 10 epochs (scored during the fit that gave the 6-epoch point): its wall-clock s/epoch, "
+           "item half-step and fit s include ~16 min (20:10-20:26 UTC) the process was paused (SIGSTOP) in epoch 7 "
+           "to leave the CPU to the product run, so ~96 s of its 305 s/epoch; CPU s/epoch is unaffected. The "
+           "6-epoch point shared the CPU with a d=2048 fit for its first ~16 min (that fit was stopped unfinished)."]
 
 
 def key(p: dict[str, Any]) -> str:
@@ -198,7 +202,11 @@ def write_md(points: list[dict[str, Any]]) -> Path:
     lines = ["# Gowalla: Recall@20 against d (issue 17)", "", HEADER, "",
              "| d | settings | val Recall@20 | test Recall@20 | s/epoch | CPU s/epoch | user / item half-step s | "
              "fit s | peak RSS MiB | load before (at score) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for p in points:
+    def order(p: dict[str, Any]) -> tuple[Any, ...]:  # d, then the setting, then epochs ascending
+        q = p["params"]
+        return q["dim"], json.dumps({k: v for k, v in q.items() if k != "epochs"}, sort_keys=True), q["epochs"]
+
+    for p in sorted(points, key=order):
         q = p["params"]
         test = f"{conf['metrics']['recall@20']:.4f}" if conf and is_conf(q) else "—"
         lines.append(f"| {q['dim']} | {settings(q)} | {p['val_metrics'][METRIC]:.4f} | {test} | "
