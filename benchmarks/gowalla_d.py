@@ -37,7 +37,18 @@ HEADER = ("Validation: 10% of each user's train pairs (seed 0) carved from Gowal
           "quoted); CPU s/epoch is the fit's process CPU time over its epochs (one thread: what an idle core "
           "would take); peak RSS is the fitting process's. Test Recall@20 (denominator |test|, LightGCN's "
           "protocol; LightGCN published 0.1830) only for the profile shipped in conf/gowalla.yaml, from the "
-          "product's Spark run (train.json, \"gramian (conf)\").")
+          "product's Spark run (train.json, \"gramian (conf)\"). Points of one setting at several epochs may come "
+          "from one fit scored after each of them (--eval-at: same seed, the same trajectory as separate fits; "
+          "times and CPU up to that epoch, scoring left out; peak RSS the process's so far, scoring included; load: "
+          "before the fit, and in brackets the 5-minute load when the point was scored).")
+# Product runs of earlier conf/gowalla.yaml profiles (train.json keeps only the current one's)
+EARLIER = ["Earlier profile d=1024, 3 epochs (product run 2026-12-05 17:06 UTC, load 23.5): test Recall@20 0.1847, "
+           "a tie with the tuned RP3beta's 0.1847 (paired per-user difference -0.0000, 95% CI -0.0016..+0.0016 over "
+           "29858 users); hence 6 epochs.",
+           "d=1024, reg 0.003, 10 epochs (scored during the fit that gave the 6-epoch point): its wall-clock s/epoch, "
+           "item half-step and fit s include ~16 min (20:10-20:26 UTC) the process was paused (SIGSTOP) in epoch 7 "
+           "to leave the CPU to the product run, so ~96 s of its 305 s/epoch; CPU s/epoch is unaffected. The "
+           "6-epoch point shared the CPU with a d=2048 fit for its first ~16 min (that fit was stopped unfinished)."]
 
 
 def key(p: dict[str, Any]) -> str:
@@ -87,6 +98,53 @@ def run_point(val: Any, params: dict[str, Any]) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def run_points_at(val: Any, params: dict[str, Any], eval_at: list[int]) -> list[dict[str, Any]]:
+    """One fit to max(eval_at) epochs, scored after each epoch of `eval_at`: a point per scored epoch, as a fit
+    of that many epochs would give (same seed, same trajectory), its timing and CPU up to that epoch (the
+    scoring's own time left out). Each point is saved as soon as it is scored."""
+    from benchmarks import peers as P
+    from benchmarks.evaluation import evaluate
+
+    load = os.getloadavg()
+    t0, c0 = time.perf_counter(), time.process_time()
+    spent = {"wall": 0.0, "cpu": 0.0}  # scoring time so far, left out of the fit's
+    out: list[dict[str, Any]] = []
+    last = max(eval_at)
+
+    def score(epoch: int, w: Any, h: Any, times: dict[str, list[float]]) -> None:
+        if epoch not in eval_at:
+            return
+        t1, c1 = time.perf_counter(), time.process_time()
+        m = evaluate(val, w, h, ks=(20,))
+        us, its = times["user_seconds"], times["item_seconds"]
+        cpu = c1 - c0 - spent["cpu"]
+        rec = {"params": {**params, "epochs": epoch}, "val_metrics": {k: float(v) for k, v in m.items()},
+               "fit_seconds": t1 - t0 - spent["wall"], "seconds_per_epoch": (sum(us) + sum(its)) / epoch,
+               "cpu_seconds": cpu, "cpu_seconds_per_epoch": cpu / epoch,
+               "user_half_step_s": sum(us) / epoch, "item_half_step_s": sum(its) / epoch,
+               "peak_rss_mib": peak_rss_so_far_mib(),
+               "wall_seconds": t1 - t0 - spent["wall"], "load_before": load, "load_after": os.getloadavg(),
+               "scored_during": f"one fit of {last} epochs, scored after epochs {sorted(eval_at)}",
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        spent["wall"] += time.perf_counter() - t1
+        spent["cpu"] += time.process_time() - c1
+        save_points([rec])
+        out.append(rec)
+        log.info("%s -> val %s=%.4f, %.2f s/epoch, %.2f CPU s/epoch", rec["params"], METRIC,
+                 rec["val_metrics"][METRIC], rec["seconds_per_epoch"], rec["cpu_seconds_per_epoch"])
+
+    P.fit_gramian_numpy(val, {**params, "epochs": last}, track_loss=False, on_epoch=score)
+    return out
+
+
+def peak_rss_so_far_mib() -> float:
+    """This process's peak resident memory so far (VmHWM; the fit runs in this one process), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every combination of the comma-separated axes, as ModelConfig keyword arguments."""
     def vals(s: str, cast: Any) -> list[Any]:
@@ -126,6 +184,13 @@ def _f(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
+def _load(p: dict[str, Any]) -> str:
+    """The 1-minute load before the fit; for a point scored during a longer fit (--eval-at) also the 5-minute
+    load when it was scored (the fit may have started on a quiet machine that filled up)."""
+    before = f"{p['load_before'][0]:.2f}"
+    return f"{before} ({p['load_after'][1]:.1f})" if p.get("scored_during") else before
+
+
 def write_md(points: list[dict[str, Any]]) -> Path:
     """gowalla_d.md: one row per point, d ascending; the conf profile's test figure beside its point."""
     conf = conf_test_row()
@@ -136,19 +201,24 @@ def write_md(points: list[dict[str, Any]]) -> Path:
 
     lines = ["# Gowalla: Recall@20 against d (issue 17)", "", HEADER, "",
              "| d | settings | val Recall@20 | test Recall@20 | s/epoch | CPU s/epoch | user / item half-step s | "
-             "fit s | peak RSS MiB | load before |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for p in points:
+             "fit s | peak RSS MiB | load before (at score) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    def order(p: dict[str, Any]) -> tuple[Any, ...]:  # d, then the setting, then epochs ascending
+        q = p["params"]
+        return q["dim"], json.dumps({k: v for k, v in q.items() if k != "epochs"}, sort_keys=True), q["epochs"]
+
+    for p in sorted(points, key=order):
         q = p["params"]
         test = f"{conf['metrics']['recall@20']:.4f}" if conf and is_conf(q) else "—"
         lines.append(f"| {q['dim']} | {settings(q)} | {p['val_metrics'][METRIC]:.4f} | {test} | "
                      f"{p['seconds_per_epoch']:.2f} | {_f(p.get('cpu_seconds_per_epoch'))} | "
                      f"{p['user_half_step_s']:.2f} / {p['item_half_step_s']:.2f} | "
-                     f"{p['fit_seconds']:.0f} | {p['peak_rss_mib']:.0f} | {p['load_before'][0]:.2f} |")
+                     f"{p['fit_seconds']:.0f} | {p['peak_rss_mib']:.0f} | {_load(p)} |")
     if conf:
         lines += ["", f"Product run of conf/gowalla.yaml (Spark local[2], train.json): Recall@20 "
                   f"{conf['metrics']['recall@20']:.4f}, NDCG@20 {conf['metrics'].get('ndcg@20', float('nan')):.4f}, "
                   f"fit {conf['fit_seconds']:.0f} s, {conf['seconds_per_epoch']:.2f} s/epoch, peak RSS "
                   f"{conf['peak_rss_mib']:.0f} MiB (load before {conf.get('load_before', [float('nan')])[0]:.2f})."]
+    lines += [""] + [f"- {n}" for n in EARLIER]
     OUT_MD.write_text("\n".join(lines) + "\n")
     return OUT_MD
 
@@ -163,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--solver", default="cg", choices=("cg", "cholesky", "subspace"))
     ap.add_argument("--cg-steps", type=int, default=3)
     ap.add_argument("--block-size", default="", help="subspace: solver_block_size values (default d)")
+    ap.add_argument("--eval-at", default="", help="comma-separated epochs: one fit to the largest, scored after "
+                    "each (replaces --epochs)")
     ap.add_argument("--report", action="store_true", help="only rewrite gowalla_d.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -170,7 +242,11 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks import datasets as D
 
         val = D.validation_split(D.load("gowalla"))
+        eval_at = sorted({int(x) for x in args.eval_at.split(",") if x})
         for p in grid(args):
+            if eval_at:
+                run_points_at(val, p, eval_at)
+                continue
             rec = run_point(val, p)
             save_points([rec])
             log.info("%s -> val %s=%.4f, %.2f s/epoch, peak %.0f MiB", p, METRIC, rec["val_metrics"][METRIC],

@@ -269,11 +269,15 @@ def side_csrs(split: Split, alpha0: float, confidence: dict[str, Any]) -> tuple[
     return out[0], out[1]
 
 
-def fit_gramian_numpy(split: Split, params: dict[str, Any], track_loss: bool = True) -> FitResult:
+def fit_gramian_numpy(split: Split, params: dict[str, Any], track_loss: bool = True,
+                      on_epoch: Callable[[int, np.ndarray, np.ndarray, dict[str, list[float]]], None] | None = None
+                      ) -> FitResult:
     """gramian's kernels looped in one process: the Spark trainer's math without Spark.
 
     Same steps as `gramian.train.als.BlockTrainer.epoch`: solve users against (H, G(H)), cast to
-    float32, solve items against (W, G(W)); loss of eq. 26 after the item step.
+    float32, solve items against (W, G(W)); loss of eq. 26 after the item step. `on_epoch(epoch, W, H, times)`
+    (e.g. a validation score at chosen epochs; times: the half-step seconds so far) runs after each epoch;
+    its wall time is left out of fit_seconds.
     """
     from gramian.kernels import gramian, ials_loss, regularization_weights, solve_side
     from gramian.train.als import init_factors
@@ -293,7 +297,8 @@ def fit_gramian_numpy(split: Split, params: dict[str, Any], track_loss: bool = T
         h = init_factors(split.n_items, m["dim"], m["init_scale"], m["seed"], 1)
         kw = {"solver": m["solver"], "cg_steps": m["cg_steps"], "solver_block_size": m["solver_block_size"]}
         user_s, item_s, loss = [], [], []
-        for _ in range(m["epochs"]):
+        hook_s = 0.0
+        for e in range(1, m["epochs"] + 1):
             t1 = time.perf_counter()
             w = solve_side(us.indptr, us.indices, us.alpha, us.target, h, gramian(h), m["alpha0"], lam_u, w,
                            **kw).astype(np.float32)
@@ -306,7 +311,11 @@ def fit_gramian_numpy(split: Split, params: dict[str, Any], track_loss: bool = T
             if track_loss:
                 loss.append(ials_loss(us.indptr, us.indices, us.alpha, us.target, w, h, m["alpha0"], lam_u,
                                       lam_i).total)
-        fit_s = time.perf_counter() - t0
+            if on_epoch is not None:
+                t4 = time.perf_counter()
+                on_epoch(e, w, h, {"user_seconds": user_s, "item_seconds": item_s})
+                hook_s += time.perf_counter() - t4
+        fit_s = time.perf_counter() - t0 - hook_s
     epochs = [a + b for a, b in zip(user_s, item_s, strict=True)]
     return _attach(FitResult("gramian_np", m, w, h, fit_s, m["epochs"], epochs,
                      mem.start, mem.peak, {"loss": loss, "user_seconds": user_s, "item_seconds": item_s,

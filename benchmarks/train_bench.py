@@ -3,6 +3,7 @@
     python -m benchmarks.train_bench                                  # every dataset, every method
     python -m benchmarks.train_bench --datasets gowalla,ml-100k --quick
     python -m benchmarks.train_bench --skip-synthetic
+    python -m benchmarks.train_bench --datasets gowalla --methods gramian --labels "gramian (conf)"  # one row
 
 Each (dataset, method) fit runs in a fresh subprocess (its own Spark session where it needs one), so
 the peak RSS of its process tree (driver + JVM + Python workers, sampled every 0.2 s) belongs to that
@@ -441,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="do not merge into an existing train.json")
     ap.add_argument("--no-gramian-tuned", dest="gramian_tuned", action="store_false",
                     help="skip gramian at each dataset's own validation optimum (run by default)")
+    ap.add_argument("--labels", default="",
+                    help="only the runs with these labels, comma-separated (e.g. 'gramian (conf)'); others kept")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -468,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gramian-bench-") as tmp:
         for ds in datasets:
             specs = plan(ds, methods, args.gramian_tuned)
+            if args.labels:
+                specs = [sp for sp in specs if sp["label"] in args.labels.split(",")]
             for spec in specs:  # a failed re-run must not leave the earlier run's per-user file behind
                 per_user_path(ds, spec["label"]).unlink(missing_ok=True)
             for spec in specs:

@@ -306,10 +306,12 @@ class TuneSpaceConfig:
 
     iALS searches alpha0_total, reg, nu, reg_counts, dim, epochs and the confidence keys; RankALS
     (model.name pairwise) reg, support_power, dim, epochs (TUNED_KEYS). confidence_* are off by default.
+    reg_typical (iALS, off by default) searches lambda at a typical row in place of reg (tune.space module).
     """
 
     alpha0_total: SearchRange | None = _range(30.0, 3000.0, log=True)
     reg: SearchRange | None = _range(1e-4, 10.0, log=True)
+    reg_typical: SearchRange | None = None  # e.g. {low: 0.01, high: 100, log: true}, with reg: null
     nu: SearchRange | None = _range(0.0, 1.25)
     reg_counts: SearchRange | None = _choices("observed", "all")
     dim: SearchRange | None = _choices(64, 128, 256)  # larger d wins once regularised (Rendle et al. 2022)
@@ -321,7 +323,8 @@ class TuneSpaceConfig:
 
 # model.name -> the tune.space keys searched for it (the others do not apply to that model)
 TUNED_KEYS: dict[str, tuple[str, ...]] = {
-    "ials": ("alpha0_total", "reg", "nu", "reg_counts", "dim", "epochs", "confidence_form", "confidence_scale"),
+    "ials": ("alpha0_total", "reg", "reg_typical", "nu", "reg_counts", "dim", "epochs", "confidence_form",
+             "confidence_scale"),
     "pairwise": ("reg", "support_power", "dim", "epochs", "confidence_scale"),
 }
 
@@ -693,6 +696,10 @@ _CHOICE_KEYS = ("reg_counts", "confidence_form", "confidence_scale")
 def _check_tune(cfg: Config) -> None:
     """Every searched key of tune.space gives a usable range or choices, each a valid value of its model key."""
     space = cfg.tune.space
+    if "reg_typical" in TUNED_KEYS[cfg.model.name] and space.reg is not None and space.reg_typical is not None:
+        raise ConfigError(f"tune.space.reg and tune.space.reg_typical must not both be searched (reg_typical "
+                          f"sets reg from each trial's nu), got reg {_range_text(space.reg)} and reg_typical "
+                          f"{_range_text(space.reg_typical)}. Set tune.space.reg: null to search reg_typical.")
     for key in TUNED_KEYS[cfg.model.name]:
         r = getattr(space, key)
         if r is None:
@@ -721,9 +728,10 @@ def _check_tune(cfg: Config) -> None:
                 raise ConfigError(f"{name} must have whole-number low/high/step (model.{key} is an integer), got "
                                   f"{_range_text(r)}.")
             values = [r.low, r.high]
+        model_key = "reg" if key == "reg_typical" else key  # lambda at a typical row: a reg value's rule
         for v in values:
-            _check_model_value(key, int(v) if key in _INT_KEYS and isinstance(v, float) and v.is_integer() else v,
-                               name)
+            _check_model_value(model_key,
+                               int(v) if key in _INT_KEYS and isinstance(v, float) and v.is_integer() else v, name)
 
 
 def _range_text(r: SearchRange) -> str:

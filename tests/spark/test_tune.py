@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -260,3 +261,37 @@ def test_a_tune_whose_every_trial_fails_is_an_error_quoting_the_first(spark, wh,
     with pytest.raises(GramianError, match="must not all fail, got 2 failed of 2.*SolverError: boom"):
         tune.run(spark, wh["cfg"], "allfail", trials=2)
     assert [r["state"] for r in _rows(spark, wh["cfg"], "allfail")] == ["failed", "failed"]
+
+
+def test_reg_typical_trials_fit_the_reg_it_gives_and_the_profile_holds_that_reg(spark, wh, monkeypatch):
+    from gramian.kernels import regularization_weights
+    from gramian.train.model import IALS
+
+    fitted, real_fit = [], IALS.fit
+
+    def fit(self, *args, **kwargs):
+        fitted.append((self.config, kwargs.get("counts"), args[1], args[2]))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(IALS, "fit", fit)
+    cfg = load_config(wh["conf"] / "base.yaml", [f"storage.root={wh['root']}", "tune.space.reg=null",
+                                                  "tune.space.reg_typical={low: 0.1, high: 10, log: true}"])
+    profile = wh["root"] / "typical.tuned.yaml"
+    summary = tune.run(spark, cfg, "typical", trials=2, write_profile=str(profile))
+    rows = _rows(spark, cfg, "typical")
+    assert len(rows) == len(fitted) == 2
+    for row, (model, (users, items), n_users, n_items) in zip(rows, fitted, strict=True):
+        params = json.loads(row["params"])
+        assert set(params) == {"alpha0_total", "reg_typical", "reg", "nu", "reg_counts", "dim", "epochs"}
+        assert model.reg == pytest.approx(params["reg"]) and model.nu == pytest.approx(params["nu"])
+        m = model.resolved(n_items, n_users)
+        median = []  # brute force: every row's lambda by the kernels, the median row's on each side
+        for counts, n_other in ((users, n_items), (items, n_users)):
+            lam = regularization_weights(m.reg, m.nu, counts, m.alpha0, n_other, reg_counts=m.reg_counts)
+            lam = np.sort(lam[np.asarray(counts) > 0])
+            median.append(lam[(len(lam) - 1) // 2])
+        assert np.sqrt(median[0] * median[1]) == pytest.approx(params["reg_typical"], rel=1e-9)
+    best = rows[summary["best_trial"]]
+    trained = load_config(profile, [f"storage.root={wh['root']}"]).model
+    assert trained.reg == pytest.approx(json.loads(best["params"])["reg"])
+    assert summary["best_params"]["reg"] == pytest.approx(trained.reg)

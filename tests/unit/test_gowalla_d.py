@@ -69,3 +69,20 @@ def test_report_puts_the_test_figure_on_the_shipped_profile_only(tmp_path, monke
     rows = [ln for ln in G.write_md(G.load_points()).read_text().splitlines() if ln.startswith("| 8 ")
             or ln.startswith("| 16 ")]
     assert "0.1875" not in rows[0] and "| 0.2200 | 0.1875 |" in rows[1]
+
+
+def test_points_scored_during_one_fit_match_separate_fits_of_those_epochs(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(G, "RESULTS", tmp_path)
+    monkeypatch.setattr(G, "OUT_JSON", tmp_path / "gowalla_d.json")
+    monkeypatch.setattr(G, "OUT_MD", tmp_path / "gowalla_d.md")
+    val = validation_split(_planted(), fraction=0.2, seed=0)
+    p = G.grid(_args(dims="8", reg="0.003", epochs=4))[0]
+    during = G.run_points_at(val, p, [2, 4])
+    assert [r["params"]["epochs"] for r in during] == [2, 4]
+    for rec in during:  # same seed, same trajectory: what a fit of that many epochs scores
+        alone = G.run_point(val, {**p, "epochs": rec["params"]["epochs"]})
+        assert rec["val_metrics"]["recall@20"] == alone["val_metrics"]["recall@20"]
+        assert rec["cpu_seconds_per_epoch"] > 0 and rec["fit_seconds"] > 0 and rec["peak_rss_mib"] > 0
+    assert {json.dumps(r["params"], sort_keys=True) for r in G.load_points()} == \
+        {json.dumps(r["params"], sort_keys=True) for r in during}  # saved as scored
+    assert "(" in [ln for ln in G.write_md(G.load_points()).read_text().splitlines() if ln.startswith("| 8 ")][0]

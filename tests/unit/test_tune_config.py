@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
 from gramian.config import load_config
 from gramian.errors import ConfigError
+from gramian.kernels import regularization_weights
 from gramian.tune import space as S
 from gramian.tune.job import budgets
 from gramian.tune.profile import profile_dict
@@ -117,3 +119,81 @@ def test_the_baseline_trial_is_the_conf_setting_where_the_space_can_draw_it():
     assert S.apply(cfg.model, p).reg == 0.3
     on_grid = load_config(None, ["model.epochs=15", "model.dim=64"])
     assert {"epochs": 15, "dim": 64}.items() <= S.baseline(on_grid.model, on_grid.tune.space).items()
+
+
+def _rows(seed: int = 0) -> S.Rows:
+    """Interaction counts with empty rows and a long tail, as a validation carve leaves them."""
+    rng = np.random.default_rng(seed)
+    users = rng.geometric(0.05, 301) * (rng.random(301) > 0.1)
+    items = rng.geometric(0.3, 500) * (rng.random(500) > 0.2)
+    return S.Rows(users, items, 301, 500)
+
+
+def _typical_lambda_brute_force(m, rows: S.Rows) -> float:
+    """lambda_c of every row by the trainer's own weights (kernels), the median row's on each side, their
+    geometric mean: what reg_typical promises, computed without tune.space."""
+    m = m.resolved(rows.n_items, rows.n_users)
+    medians = []
+    for counts, n_other in ((rows.users, rows.n_items), (rows.items, rows.n_users)):
+        lam = regularization_weights(m.reg, m.nu, counts, m.alpha0, n_other, reg_counts=m.reg_counts)
+        lam = np.sort(lam[counts > 0])
+        medians.append(lam[(len(lam) - 1) // 2])
+    return float(np.sqrt(medians[0] * medians[1]))
+
+
+@pytest.mark.parametrize("reg_counts", ["observed", "all"])
+@pytest.mark.parametrize("nu", [0.0, 0.5, 0.77, 1.0, 1.25])
+def test_reg_typical_gives_the_reg_whose_lambda_at_the_typical_row_it_names(reg_counts, nu):
+    cfg = load_config(None, [])
+    rows = _rows()
+    params = {"reg_typical": 0.7, "nu": nu, "reg_counts": reg_counts, "alpha0_total": 120.0, "dim": 8}
+    model_keys = S.model_params(cfg.model, params, rows)
+    assert "reg_typical" not in model_keys and model_keys["nu"] == nu and model_keys["dim"] == 8
+    m = S.apply(cfg.model, model_keys)
+    assert _typical_lambda_brute_force(m, rows) == pytest.approx(0.7, rel=1e-12)
+    if nu > 0:  # reg moves with nu (the coupling reg_typical takes off the search)
+        assert m.reg != pytest.approx(0.7)
+
+
+def test_reg_typical_holds_lambda_while_nu_moves_and_reg_alone_does_not():
+    cfg = load_config(None, ["model.reg_counts=observed"])
+    rows = _rows(1)
+    typical = [_typical_lambda_brute_force(S.apply(cfg.model, S.model_params(cfg.model, {"reg_typical": 2.0,
+                                                                                          "nu": nu}, rows)), rows)
+               for nu in (0.25, 1.0)]
+    assert typical == pytest.approx([2.0, 2.0])
+    plain = [_typical_lambda_brute_force(S.apply(cfg.model, {"reg": 2.0, "nu": nu}), rows) for nu in (0.25, 1.0)]
+    assert plain[1] / plain[0] > 2  # the same reg at another nu: lambda at the typical row moves with base^dnu
+
+
+def test_reg_typical_is_searched_in_place_of_reg_and_its_baseline_is_the_conf_reg():
+    with pytest.raises(ConfigError, match="tune.space.reg and tune.space.reg_typical must not both be searched.*"
+                                          "Set tune.space.reg: null"):
+        load_config(None, ["tune.space.reg_typical={low: 0.01, high: 100, log: true}"])
+    with pytest.raises(ConfigError, match="tune.space.reg_typical must hold valid values of model.reg, got -1"):
+        load_config(None, ["tune.space.reg=null", "tune.space.reg_typical.choices=[-1]"])
+    cfg = load_config(None, ["tune.space.reg=null", "tune.space.reg_typical={low: 0.01, high: 100, log: true}",
+                             "model.reg=0.3", "model.nu=1.0", "tune.space.nu.step=0.25"])
+    assert "reg_typical" in S.searched(cfg.tune.space, "ials") and "reg" not in S.searched(cfg.tune.space, "ials")
+    assert "reg_typical" not in S.searched(cfg.tune.space, "pairwise")
+    rows = _rows()
+    base = S.baseline(cfg.model, cfg.tune.space, rows)
+    assert S.apply(cfg.model, S.model_params(cfg.model, base, rows)).reg == pytest.approx(0.3, rel=1e-12)
+    assert "reg_typical" not in S.baseline(cfg.model, cfg.tune.space)  # no counts: left to the sampler
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask()
+        p = S.suggest(trial, cfg.tune.space, "ials")
+        assert 0.01 <= p["reg_typical"] <= 100 and "reg" not in p
+        m = S.apply(cfg.model, S.model_params(cfg.model, p, rows))
+        assert _typical_lambda_brute_force(m, rows) == pytest.approx(p["reg_typical"], rel=1e-12)
+        study.tell(trial, 0.0)
+
+
+def test_reg_typical_without_rows_that_have_interactions_is_refused():
+    from gramian.errors import InputDataError
+
+    cfg = load_config(None, [])
+    empty = S.Rows(np.zeros(3), np.array([1.0, 2.0]), 3, 2)
+    with pytest.raises(InputDataError, match="reg_typical needs user rows with interactions, got none of 3"):
+        S.model_params(cfg.model, {"reg_typical": 1.0}, empty)

@@ -64,6 +64,7 @@ class Outcome:
     epochs: int = 0
     seconds: float = 0.0
     note: str | None = None
+    model_params: dict[str, Any] = field(default_factory=dict)  # the draw as model keys (S.model_params)
 
 
 class Monitor:
@@ -104,6 +105,7 @@ def run(spark: Any, cfg: Config, run_id: str, trials: int | None = None, budget_
     started = time.perf_counter()
     n_trials, _ = budgets(cfg, trials, budget_minutes, 0.0)  # checked before any Spark work
     val = carve(spark, cfg)
+    rows = S.Rows(val.counts[0], val.counts[1], val.n_users, val.n_items)  # tune.space.reg_typical's base
     _, deadline = budgets(cfg, trials, budget_minutes, clock())  # the budget is the trials' time
     store = storage.artifact_store(cfg.storage, spark).child("tune", run_id)
     settings = {"model": cfg.model.name, "metric": cfg.tune.metric, "k": cfg.tune.k,
@@ -112,9 +114,9 @@ def run(spark: Any, cfg: Config, run_id: str, trials: int | None = None, budget_
     try:
         with opened(store, run_id, cfg.tune, n_trials, settings) as (study, snapshot):
             if cfg.tune.baseline and not study.get_trials(deepcopy=False):  # a new study: the conf's setting first
-                study.enqueue_trial(S.baseline(cfg.model, cfg.tune.space), user_attrs={BASELINE: True})
-            ran, stopped = search(spark, cfg, run_id, val, study, snapshot, n_trials, deadline)
-            summary = summarise(study, cfg, run_id, ran, stopped, val)
+                study.enqueue_trial(S.baseline(cfg.model, cfg.tune.space, rows), user_attrs={BASELINE: True})
+            ran, stopped = search(spark, cfg, run_id, val, study, snapshot, n_trials, deadline, rows)
+            summary = summarise(study, cfg, run_id, ran, stopped, val, rows)
     finally:
         val.release()
     best = summary.get("best_params")
@@ -128,7 +130,8 @@ def run(spark: Any, cfg: Config, run_id: str, trials: int | None = None, budget_
         facts = {"run_id": run_id, "trials": summary["trials"], "best_trial": summary["best_trial"],
                  "metric": summary["metric"], "best_value": summary["best_value"],
                  "validation": describe_validation(val)}
-        summary["profile"] = str(write(write_profile, cfg, S.apply(cfg.model, best), facts))
+        model = S.apply(cfg.model, S.model_params(cfg.model, best, rows))
+        summary["profile"] = str(write(write_profile, cfg, model, facts))
     summary["study"] = store.uri_of(STUDY_FILE)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
@@ -146,7 +149,7 @@ def budgets(cfg: Config, trials: int | None, budget_minutes: float | None, t0: f
 
 
 def search(spark: Any, cfg: Config, run_id: str, val: Validation, study: Any, snapshot: Any, n_trials: int,
-           deadline: float | None) -> tuple[int, str]:
+           deadline: float | None, rows: S.Rows) -> tuple[int, str]:
     """Run trials until the study holds n_trials finished ones or the deadline passes: (trials run, why stopped)."""
     from optuna.trial import TrialState
 
@@ -163,14 +166,16 @@ def search(spark: Any, cfg: Config, run_id: str, val: Validation, study: Any, sn
         params = S.suggest(trial, cfg.tune.space, cfg.model.name)
         started = datetime.now(UTC)
         child = _child_tracker(trial.number, params)
-        out = run_trial(spark, cfg, val, trial, params, deadline, child, exchange)
+        out = run_trial(spark, cfg, val, trial, params, deadline, child, exchange, rows)
+        derived = {k: v for k, v in out.model_params.items() if k not in params}  # reg_typical's: the reg it gave
+        params = {**params, **derived}
         state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}[out.state]
         key = f"{cfg.tune.metric}@{cfg.tune.k}"
         if out.note:
             trial.set_user_attr("note", out.note)
         study.tell(trial, out.metrics[key] if out.state == "complete" else None, state=state)
         write_row(spark, cfg, run_id, trial.number, params, out, started, key)
-        _close_child(child, out)
+        _close_child(child, out, derived)
         snapshot()
         ran += 1
         value = out.metrics.get(key)
@@ -181,7 +186,7 @@ def search(spark: Any, cfg: Config, run_id: str, val: Validation, study: Any, sn
 
 
 def run_trial(spark: Any, cfg: Config, val: Validation, trial: Any, params: dict[str, Any],
-              deadline: float | None, tracker: Any, exchange: Any = None) -> Outcome:
+              deadline: float | None, tracker: Any, exchange: Any = None, rows: S.Rows | None = None) -> Outcome:
     """Fit one setting on validation-train with the train stage's estimator, scoring as it goes."""
     from gramian.train.job import ESTIMATORS
 
@@ -189,7 +194,8 @@ def run_trial(spark: Any, cfg: Config, val: Validation, trial: Any, params: dict
     out = Outcome()
     monitor: Monitor | None = None
     try:
-        model_cfg = S.apply(cfg.model, params)
+        out.model_params = S.model_params(cfg.model, params, rows)
+        model_cfg = S.apply(cfg.model, out.model_params)
         monitor = Monitor(spark, cfg, val, trial, model_cfg.epochs, deadline, tracker)
         estimator = ESTIMATORS[model_cfg.name].from_config(model_cfg, cfg.train)
         estimator.fit(val.train, val.n_users, val.n_items, on_epoch=lambda stats: None, exchange=exchange,
@@ -234,12 +240,15 @@ def _child_tracker(number: int, params: dict[str, Any]) -> Any:
         return tracking.NullTracker()
 
 
-def _close_child(child: Any, out: Outcome) -> None:
+def _close_child(child: Any, out: Outcome, derived: dict[str, Any]) -> None:
+    if derived:  # model keys the draw did not name (reg_typical's reg); the draw was logged at the start
+        tracking.safe(child.log_params, {f"model.{k}": v for k, v in derived.items()})
     tracking.safe(child.set_tags, {"gramian.tune.state": out.state, "gramian.tune.note": out.note or ""})
     tracking.safe(child.log_metrics, {"trial_seconds": out.seconds, "epochs_trained": out.epochs})
 
 
-def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str, val: Validation) -> dict[str, Any]:
+def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str, val: Validation,
+              rows: S.Rows) -> dict[str, Any]:
     """The stage summary: counts by state, the best complete trial, why the search stopped."""
     from optuna.trial import TrialState
 
@@ -258,7 +267,8 @@ def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str, val:
         out.update(baseline_trial=base.number, baseline_value=_last_value(base))
     if count["complete"]:
         best = study.best_trial
-        out.update(best_trial=best.number, best_value=best.value, best_params=best.params)
+        best_params = {**best.params, **S.model_params(cfg.model, best.params, rows)}  # and reg_typical's reg
+        out.update(best_trial=best.number, best_value=best.value, best_params=best_params)
         tracking.safe(tracking.active().log_metrics, {f"tune.best_{_mlflow_name(out['metric'])}": best.value})
     return out
 

@@ -2,17 +2,40 @@
 
 Keys are model keys (`confidence_form` is model.confidence.form); each model searches its own keys
 (config.TUNED_KEYS). Ranges were checked when the config was loaded (config._check_tune).
+
+One key is not a model key: `reg_typical`, the regularisation lambda_c = reg * base_c^nu at a typical row
+(base_c = |I_c|, or |I_c| + alpha0 |I| with reg_counts all). Searching reg and nu side by side couples them:
+a change of nu rescales lambda at every row (by base^dnu, ~10-100x over the usual range), so TPE spends its
+trials on the ridge where reg * base^nu stays put. Searching reg_typical instead holds lambda at the typical
+row while nu tilts it across rows; `model_params` turns the draw into the ordinary model key
+reg = reg_typical / base_typ^nu for the trial's nu, reg_counts and alpha0, so a trial is still a plain
+model config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from gramian.config import TUNED_KEYS, ModelConfig, SearchRange, TuneSpaceConfig
-from gramian.errors import ConfigError
+from gramian.errors import ConfigError, InputDataError
 
 INT_KEYS = ("dim", "epochs")
+REG_TYPICAL = "reg_typical"  # searched in place of reg (both: refused by config._check_tune)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What trials fit, as reg_typical needs it: interactions per user row and per item, and the sizes."""
+
+    users: np.ndarray
+    items: np.ndarray
+    n_users: int
+    n_items: int
 
 
 def searched(space: TuneSpaceConfig, model_name: str) -> dict[str, SearchRange]:
@@ -60,16 +83,54 @@ def holds(r: SearchRange, value: Any) -> bool:
     return abs(k - round(k)) < 1e-9
 
 
-def baseline(model: ModelConfig, space: TuneSpaceConfig) -> dict[str, Any]:
+def baseline(model: ModelConfig, space: TuneSpaceConfig, rows: Rows | None = None) -> dict[str, Any]:
     """The conf's own setting as a trial's params: every searched key whose model value the space can draw.
 
     Tried first (tune.baseline), so the search starts from the setting it is asked to improve on and the
-    profile never scores below it on validation; keys outside the space are left to the sampler."""
+    profile never scores below it on validation; keys outside the space are left to the sampler. reg_typical
+    is model.reg's lambda at the typical row of `rows` (without rows: left to the sampler)."""
     out: dict[str, Any] = {}
     for key, r in searched(space, model.name).items():
-        value = model_value(model, key)
+        if key == REG_TYPICAL:
+            if rows is None:
+                continue
+            value = model.reg * typical_base(model, rows) ** model.nu
+        else:
+            value = model_value(model, key)
         if holds(r, value):
             out[key] = int(value) if key in INT_KEYS else value
+    return out
+
+
+def typical_base(model: ModelConfig, rows: Rows) -> float:
+    """base_typ: the geometric mean of the median user row's and the median item row's regularisation base.
+
+    base_c is |I_c| (reg_counts observed) or |I_c| + alpha0 * n_other (all; alpha0 resolved on these sizes, as
+    the trainer does), over rows with interactions; the median is the lower one, an actual row's count, so
+    lambda at it is the median row's lambda on each side. Geometric, so a matrix and its transpose agree."""
+    m = model.resolved(rows.n_items, rows.n_users)
+    bases = []
+    for side, counts, n_other in (("user", rows.users, rows.n_items), ("item", rows.items, rows.n_users)):
+        c = np.asarray(counts, dtype=np.float64)
+        c = c[c > 0]
+        if not len(c):
+            raise InputDataError(f"tune.space.reg_typical needs {side} rows with interactions, got none of "
+                                 f"{len(counts)}. Tune on data with interactions, or search tune.space.reg.")
+        median = float(np.partition(c, (len(c) - 1) // 2)[(len(c) - 1) // 2])
+        bases.append(median + float(m.alpha0) * n_other if m.reg_counts == "all" else median)
+    return math.sqrt(bases[0] * bases[1])
+
+
+def model_params(model: ModelConfig, params: dict[str, Any], rows: Rows | None) -> dict[str, Any]:
+    """A trial's draw as model keys: reg_typical becomes reg = reg_typical / base_typ^nu at the trial's nu,
+    reg_counts and alpha0 (the other keys pass through), so lambda at the typical row is reg_typical."""
+    if REG_TYPICAL not in params:
+        return dict(params)
+    if rows is None:
+        raise ValueError("rows must be given to turn tune.space.reg_typical into model.reg, got None")
+    out = {k: v for k, v in params.items() if k != REG_TYPICAL}
+    m = apply(model, out)
+    out["reg"] = float(params[REG_TYPICAL]) / typical_base(m, rows) ** m.nu
     return out
 
 
