@@ -25,9 +25,9 @@ def power_law_pairs(n_users: int, n_items: int, nnz: int, seed: int = 0) -> tupl
 
 
 def exact_task_bytes(rows: np.ndarray, cols: np.ndarray, layout: SideLayout, other: SideLayout) -> float:
-    """The largest task of `rows`' side as the trainer builds it from these pairs: as a destination (CSR, own and
-    new rows, the distinct other rows its block references) and as a source (its rows and the slices cut for every
-    block of the other side), counted from the pairs themselves."""
+    """The largest task of `rows`' side as the trainer builds it from these pairs: its solving task, a destination
+    (CSR, own and new rows, the distinct other rows its block references) that also cuts its new rows for every
+    block of the other side, counted from the pairs themselves."""
     block = layout.block_of(rows)
     other_block = other.block_of(cols)
     row_bytes = 4 * D + 4
@@ -37,7 +37,7 @@ def exact_task_bytes(rows: np.ndarray, cols: np.ndarray, layout: SideLayout, oth
         n, mine = stop - start, block == b
         dst = mine.sum() * 20 + n * 8 + 2 * n * 4 * D + len(np.unique(cols[mine])) * row_bytes
         sliced = len(np.unique(rows[mine].astype(np.int64) * other.num_blocks + other_block[mine]))
-        worst = max(worst, dst, n * 4 * D + sliced * row_bytes)
+        worst = max(worst, dst + sliced * row_bytes)
     return float(worst)
 
 
