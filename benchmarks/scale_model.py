@@ -76,7 +76,7 @@ def measured(train: dict[str, Any], cluster: dict[str, Any], previous: dict[str,
             raise
         out = {k: previous["inputs"][k] for k in ("numpy_1proc", "local", "train_date")}
         out["train_source"] = "kept from the previous scale.json (train.json no longer has these runs)"
-    return {**out, **cluster_inputs(cluster)}
+    return {**out, **cluster_inputs(cluster, previous)}
 
 
 def kernel_inputs(train: dict[str, Any]) -> dict[str, Any]:
@@ -103,10 +103,16 @@ def kernel_inputs(train: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cluster_inputs(cluster: dict[str, Any]) -> dict[str, Any]:
-    """The cluster run's per half-step rest, kernel and fetch seconds and Python/JVM peaks (cluster.json)."""
-    out: dict[str, Any] = {"cluster": {}}
+def cluster_inputs(cluster: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The cluster run's per half-step rest, kernel and fetch seconds and Python/JVM peaks (cluster.json); a job the
+    run did not have (cluster_bench no longer runs gramian-closure by default) is kept from the previous
+    scale.json, and `cluster_kept` names it."""
+    out: dict[str, Any] = {"cluster": {}, "cluster_kept": []}
     for job in ("gramian-auto", "gramian-closure", "gramian-routed"):
+        if job not in cluster["jobs"] and previous and job in previous["inputs"].get("cluster", {}):
+            out["cluster"][job] = previous["inputs"]["cluster"][job]
+            out["cluster_kept"].append(job)
+            continue
         eps = cluster["jobs"][job]["epochs"]
         row = {}
         for side in ("user", "item"):
