@@ -118,15 +118,39 @@ class MotoS3:
 
 
 @contextlib.contextmanager
+def aws_env() -> Iterator[None]:
+    """AWS_ENV in os.environ (pyarrow's S3 in this process: these keys and region, no metadata lookup), the
+    environment as it was restored afterwards."""
+    saved = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def s3_server(spark: Any, workdir: Path) -> Iterator[MotoS3]:
+    """moto on a free loopback port with `spark` pointed at it and AWS_ENV set, for as long as the block runs:
+    the tests' `s3` fixture and the benchmarks' `s3_session` alike."""
+    with aws_env(), MotoS3(workdir, free_port()) as server:
+        server.configure(spark)
+        yield server
+
+
+@contextlib.contextmanager
 def s3_session(workdir: Path) -> Iterator[tuple[Any, MotoS3]]:
-    """moto on a free loopback port, and this process's Spark session pointed at it (for benchmarks; the tests
-    have conftest.py's fixtures). The session resolves the S3A connector into the Ivy cache, where s3a_jars()
-    finds it for spark-submit; AWS_ENV goes into os.environ for pyarrow's S3 in this process."""
+    """This process's Spark session with the S3A connector, pointed at a fresh moto (`s3_server`; for benchmarks,
+    the tests have conftest.py's fixtures). The session resolves the connector into the Ivy cache, where
+    s3a_jars() finds it for spark-submit."""
     from gramian.config import SparkConfig
     from gramian.spark import get_session, hadoop_aws_package
 
-    os.environ.update(AWS_ENV)
-    spark = get_session(SparkConfig(conf={"spark.jars.packages": hadoop_aws_package()}))
-    with MotoS3(workdir, free_port()) as server:
-        server.configure(spark)
+    with aws_env():  # the session's JVM starts with it too
+        spark = get_session(SparkConfig(conf={"spark.jars.packages": hadoop_aws_package()}))
+    with s3_server(spark, workdir) as server:
         yield spark, server

@@ -141,7 +141,10 @@ def test_validation_split_is_carved_from_train_only(spark, wh):
 
 
 def test_a_killed_tune_resumes_its_study_from_the_store(spark, wh, monkeypatch):
-    cfg = wh["cfg"]
+    """A killed tune resumes from the store's study; the best trial's model keys (reg_typical's reg) are read back
+    from the trial's record, never recomputed, whichever run fit it."""
+    cfg = load_config(wh["conf"] / "base.yaml", [f"storage.root={wh['root']}", "tune.space.reg=null",
+                                                  "tune.space.reg_typical={low: 0.1, high: 10, log: true}"])
     real = tune.run_trial
 
     def killed_at_second(spark_, cfg_, val, trial, *args):
@@ -155,11 +158,25 @@ def test_a_killed_tune_resumes_its_study_from_the_store(spark, wh, monkeypatch):
     assert [t.number for t in _study(cfg, "resume").trials] == [0]
     first = _rows(spark, cfg, "resume")[0]
     monkeypatch.setattr(tune, "run_trial", real)
-    summary = tune.run(spark, cfg, "resume", trials=2)
+    converted, real_model_params = [], space.model_params
+
+    def model_params(*args):
+        converted.append(args[1])
+        return real_model_params(*args)
+
+    monkeypatch.setattr(space, "model_params", model_params)
+    profile = wh["root"] / "resume.tuned.yaml"
+    summary = tune.run(spark, cfg, "resume", trials=2, write_profile=str(profile))
     assert summary["trials"] == 2 and summary["trials_this_run"] == 1
     rows = _rows(spark, cfg, "resume")
     assert [r["trial"] for r in rows] == [0, 1]
     assert rows[0]["params"] == first["params"] and rows[0]["started"] == first["started"]  # trial 0 kept
+    assert len(converted) == 1  # trial 1's draw, once, to fit it; the summary and the profile read the record
+    best = _study(cfg, "resume").best_trial
+    fit = json.loads(rows[best.number]["params"])  # the row logs the draw and the reg it gave
+    assert best.user_attrs[tune.MODEL_PARAMS] == {k: v for k, v in fit.items() if k != "reg_typical"}
+    assert summary["best_params"] == fit
+    assert load_config(profile, [f"storage.root={wh['root']}"]).model.reg == pytest.approx(fit["reg"])
 
 
 def test_a_clearly_bad_trial_is_pruned_after_a_reasonable_one(spark, wh, monkeypatch):

@@ -11,6 +11,7 @@ from gramian.kernels import (
     ials_loss,
     observed_loss,
     observed_weights,
+    regularization_base,
     regularization_weights,
     solve_side,
 )
@@ -126,6 +127,16 @@ def test_regularization_weights_counting_observed_pairs_only_are_als_wr():
     np.testing.assert_allclose(regularization_weights(0.5, 1.0, counts, 0.7, 9000, **obs), [0.0, 1.5, 5.0])
     np.testing.assert_allclose(regularization_weights(0.5, 0.0, counts, 0.1, 20, **obs), [0.5, 0.5, 0.5])
 
+
+def test_regularization_base_is_what_the_weights_raise_to_nu():
+    """One formula for base_c (the trainer's, fold-in's and tune's reg_typical): |I_c| + alpha0 * n_other or |I_c|."""
+    counts = np.array([0, 3, 10])
+    np.testing.assert_allclose(regularization_base(counts, 0.1, 20, reg_counts="all"), [2.0, 5.0, 12.0])
+    np.testing.assert_allclose(regularization_base(counts, 0.1, 20, reg_counts="observed"), [0.0, 3.0, 10.0])
+    for reg_counts in ("all", "observed"):
+        base = regularization_base(counts, 0.1, 20, reg_counts=reg_counts)
+        np.testing.assert_allclose(regularization_weights(0.5, 0.77, counts, 0.1, 20, reg_counts=reg_counts),
+                                   0.5 * base**0.77)
 
 # ----------------------------------------------------------------------------------------- cholesky
 

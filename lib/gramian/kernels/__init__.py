@@ -14,6 +14,7 @@ from gramian.kernels.loss import (  # noqa: E402
     gramian_term,
     ials_loss,
     observed_loss,
+    regularization_base,
     regularization_term,
     regularization_weights,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "ials_loss",
     "observed_loss",
     "observed_weights",
+    "regularization_base",
     "regularization_term",
     "regularization_weights",
     "solve_side",

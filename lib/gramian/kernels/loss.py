@@ -12,16 +12,12 @@ from gramian.kernels._checks import as_csr, as_matrix, nonneg_scalar, per_row
 REG_COUNTS = ("observed", "all")
 
 
-def regularization_weights(reg: float, nu: float, counts: np.ndarray, alpha0: float, n_other: int, *,
-                           reg_counts: str) -> np.ndarray:
-    """Per-row lambda_c = reg * base^nu: base |I_c| + alpha0 * n_other (reg_counts='all', Rendle et al. 2022,
+def regularization_base(counts: np.ndarray, alpha0: float, n_other: int, *, reg_counts: str) -> np.ndarray:
+    """Per-row base_c of lambda_c = reg * base_c^nu: |I_c| + alpha0 * n_other (reg_counts='all', Rendle et al. 2022,
     'Revisiting iALS' §3) or |I_c| (reg_counts='observed', Zhou et al. 2008's ALS-WR, as Spark MLlib)."""
     if reg_counts not in REG_COUNTS:
         raise ValueError(f"reg_counts must be one of {REG_COUNTS}, got reg_counts={reg_counts!r}: pick one of those")
-    reg = nonneg_scalar(reg, "reg")
     alpha0 = nonneg_scalar(alpha0, "alpha0")
-    if not np.isfinite(nu):
-        raise ValueError(f"nu must be finite, got nu={float(nu)!r}: use nu=0 (plain reg) or nu=1 (frequency-scaled)")
     if not isinstance(n_other, int | np.integer) or n_other < 0:
         raise ValueError(f"n_other must be a non-negative integer, got n_other={n_other!r}: pass the other side's size")
     c = np.asarray(counts, dtype=np.float64)
@@ -30,13 +26,22 @@ def regularization_weights(reg: float, nu: float, counts: np.ndarray, alpha0: fl
     if (c < 0).any():
         k = int(np.argmax(c < 0))
         raise ValueError(f"counts must be >= 0, got counts[{k}]={float(c[k])!r}: pass |I_c| per row")
-    base = c + alpha0 * float(n_other) if reg_counts == "all" else c
+    return c + alpha0 * float(n_other) if reg_counts == "all" else c
+
+
+def regularization_weights(reg: float, nu: float, counts: np.ndarray, alpha0: float, n_other: int, *,
+                           reg_counts: str) -> np.ndarray:
+    """Per-row lambda_c = reg * base_c^nu, base_c as `regularization_base` (the trainer's, fold-in's and tune's)."""
+    reg = nonneg_scalar(reg, "reg")
+    if not np.isfinite(nu):
+        raise ValueError(f"nu must be finite, got nu={float(nu)!r}: use nu=0 (plain reg) or nu=1 (frequency-scaled)")
+    base = regularization_base(counts, alpha0, n_other, reg_counts=reg_counts)
     if nu < 0 and (base == 0).any():
         k = int(np.argmax(base == 0))
         raise ValueError(f"nu={float(nu)!r} < 0 needs a positive base, but row {k} has none "
                          f"(reg_counts={reg_counts!r}): use nu >= 0, or reg_counts='all' with alpha0 > 0")
     if nu == 0:
-        return np.full(c.shape, reg)
+        return np.full(base.shape, reg)
     return reg * np.power(base, nu)
 
 

@@ -42,6 +42,7 @@ progress = logging.getLogger("gramian.progress")  # one line per trial, visible 
 
 clock = time.monotonic  # the budget's clock (tests move it)
 BASELINE = "baseline"  # user attribute of the trial that ran the conf's own setting (tune.baseline)
+MODEL_PARAMS = "model_params"  # user attribute: the model keys the trial fit (S.model_params), read back for the best
 TUNING_TABLE = "tuning"
 TUNING_SCHEMA = ("run_id string, trial int, params string, value double, metrics string, state string, "
                  "epochs int, seconds double, started timestamp, note string")
@@ -116,10 +117,10 @@ def run(spark: Any, cfg: Config, run_id: str, trials: int | None = None, budget_
             if cfg.tune.baseline and not study.get_trials(deepcopy=False):  # a new study: the conf's setting first
                 study.enqueue_trial(S.baseline(cfg.model, cfg.tune.space, rows), user_attrs={BASELINE: True})
             ran, stopped = search(spark, cfg, run_id, val, study, snapshot, n_trials, deadline, rows)
-            summary = summarise(study, cfg, run_id, ran, stopped, val, rows)
+            summary = summarise(study, cfg, run_id, ran, stopped, val)
+            best = recorded_model_params(study.best_trial) if "best_trial" in summary else None
     finally:
         val.release()
-    best = summary.get("best_params")
     if write_profile is not None:
         if best is None:
             raise GramianError(f"tune must complete a trial to write a profile, got none of {summary['trials']} "
@@ -130,7 +131,7 @@ def run(spark: Any, cfg: Config, run_id: str, trials: int | None = None, budget_
         facts = {"run_id": run_id, "trials": summary["trials"], "best_trial": summary["best_trial"],
                  "metric": summary["metric"], "best_value": summary["best_value"],
                  "validation": describe_validation(val)}
-        model = S.apply(cfg.model, S.model_params(cfg.model, best, rows))
+        model = S.apply(cfg.model, best)
         summary["profile"] = str(write(write_profile, cfg, model, facts))
     summary["study"] = store.uri_of(STUDY_FILE)
     summary["seconds"] = round(time.perf_counter() - started, 2)
@@ -173,6 +174,8 @@ def search(spark: Any, cfg: Config, run_id: str, val: Validation, study: Any, sn
         key = f"{cfg.tune.metric}@{cfg.tune.k}"
         if out.note:
             trial.set_user_attr("note", out.note)
+        if out.model_params:  # the reg it fit, kept with the trial (a resumed study's best may be an earlier run's)
+            trial.set_user_attr(MODEL_PARAMS, out.model_params)
         study.tell(trial, out.metrics[key] if out.state == "complete" else None, state=state)
         write_row(spark, cfg, run_id, trial.number, params, out, started, key)
         _close_child(child, out, derived)
@@ -247,8 +250,7 @@ def _close_child(child: Any, out: Outcome, derived: dict[str, Any]) -> None:
     tracking.safe(child.log_metrics, {"trial_seconds": out.seconds, "epochs_trained": out.epochs})
 
 
-def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str, val: Validation,
-              rows: S.Rows) -> dict[str, Any]:
+def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str, val: Validation) -> dict[str, Any]:
     """The stage summary: counts by state, the best complete trial, why the search stopped."""
     from optuna.trial import TrialState
 
@@ -267,10 +269,21 @@ def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str, val:
         out.update(baseline_trial=base.number, baseline_value=_last_value(base))
     if count["complete"]:
         best = study.best_trial
-        best_params = {**best.params, **S.model_params(cfg.model, best.params, rows)}  # and reg_typical's reg
+        best_params = {**best.params, **recorded_model_params(best)}  # and reg_typical's reg
         out.update(best_trial=best.number, best_value=best.value, best_params=best_params)
         tracking.safe(tracking.active().log_metrics, {f"tune.best_{_mlflow_name(out['metric'])}": best.value})
     return out
+
+
+def recorded_model_params(trial: Any) -> dict[str, Any]:
+    """The model keys a finished trial fit, as `search` recorded them with it (never recomputed: the record is
+    what the fit used, whichever run of a resumed study ran it)."""
+    recorded = trial.user_attrs.get(MODEL_PARAMS)
+    if recorded is None:
+        raise GramianError(f"tune trial {trial.number} must record the model keys it fit (user attribute "
+                           f"{MODEL_PARAMS!r}), got none: its study was written by an older gramian. Tune under a "
+                           f"new --run-id.")
+    return dict(recorded)
 
 
 def _last_value(trial: Any) -> float | None:

@@ -4,12 +4,12 @@ Keys are model keys (`confidence_form` is model.confidence.form); each model sea
 (config.TUNED_KEYS). Ranges were checked when the config was loaded (config._check_tune).
 
 One key is not a model key: `reg_typical`, the regularisation lambda_c = reg * base_c^nu at a typical row
-(base_c = |I_c|, or |I_c| + alpha0 |I| with reg_counts all). Searching reg and nu side by side couples them:
-a change of nu rescales lambda at every row (by base^dnu, ~10-100x over the usual range), so TPE spends its
-trials on the ridge where reg * base^nu stays put. Searching reg_typical instead holds lambda at the typical
-row while nu tilts it across rows; `model_params` turns the draw into the ordinary model key
-reg = reg_typical / base_typ^nu for the trial's nu, reg_counts and alpha0, so a trial is still a plain
-model config.
+(base_c as the trainer weighs it, kernels.regularization_base: |I_c|, or |I_c| + alpha0 |I| with reg_counts
+all). Searching reg and nu side by side couples them: a change of nu rescales lambda at every row (by
+base^dnu, ~10-100x over the usual range), so TPE spends its trials on the ridge where reg * base^nu stays
+put. Searching reg_typical instead holds lambda at the typical row while nu tilts it across rows;
+`model_params` turns the draw into the ordinary model key reg = reg_typical / base_typ^nu for the trial's
+nu, reg_counts and alpha0, so a trial is still a plain model config.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 
 from gramian.config import TUNED_KEYS, ModelConfig, SearchRange, TuneSpaceConfig
 from gramian.errors import ConfigError, InputDataError
+from gramian.kernels import regularization_base
 
 INT_KEYS = ("dim", "epochs")
 REG_TYPICAL = "reg_typical"  # searched in place of reg (both: refused by config._check_tune)
@@ -105,9 +106,9 @@ def baseline(model: ModelConfig, space: TuneSpaceConfig, rows: Rows | None = Non
 def typical_base(model: ModelConfig, rows: Rows) -> float:
     """base_typ: the geometric mean of the median user row's and the median item row's regularisation base.
 
-    base_c is |I_c| (reg_counts observed) or |I_c| + alpha0 * n_other (all; alpha0 resolved on these sizes, as
-    the trainer does), over rows with interactions; the median is the lower one, an actual row's count, so
-    lambda at it is the median row's lambda on each side. Geometric, so a matrix and its transpose agree."""
+    base_c is the trainer's (kernels.regularization_base: |I_c|, or |I_c| + alpha0 * n_other with alpha0 resolved
+    on these sizes), over rows with interactions; the median is the lower one, an actual row's base, so lambda at
+    it is the median row's lambda on each side. Geometric, so a matrix and its transpose agree."""
     m = model.resolved(rows.n_items, rows.n_users)
     bases = []
     for side, counts, n_other in (("user", rows.users, rows.n_items), ("item", rows.items, rows.n_users)):
@@ -116,8 +117,8 @@ def typical_base(model: ModelConfig, rows: Rows) -> float:
         if not len(c):
             raise InputDataError(f"tune.space.reg_typical needs {side} rows with interactions, got none of "
                                  f"{len(counts)}. Tune on data with interactions, or search tune.space.reg.")
-        median = float(np.partition(c, (len(c) - 1) // 2)[(len(c) - 1) // 2])
-        bases.append(median + float(m.alpha0) * n_other if m.reg_counts == "all" else median)
+        base = regularization_base(c, float(m.alpha0), int(n_other), reg_counts=m.reg_counts)
+        bases.append(float(np.partition(base, (len(base) - 1) // 2)[(len(base) - 1) // 2]))
     return math.sqrt(bases[0] * bases[1])
 
 
