@@ -529,6 +529,14 @@ def test_a_routed_step_cuts_its_new_rows_for_the_next_step_which_then_shuffles_o
         np.testing.assert_array_equal(*[routed.blocks_to_array(g.factors, 4) for g in got])
         assert got[0].summary.equals(got[1].summary)  # record columns only: cut rows and timing left out
         assert "cut_dst" not in got[0].summary.column_names and got[0].summary.num_rows == 2
+        # RankALS's line step moves rows and cuts them too: the next user step reads them cut
+        h0 = routed.blocks_to_array(state.item_factors, 4)
+        moved = ex.move("item", state.item_factors, state.item_factors, 0.5)
+        np.testing.assert_allclose(routed.blocks_to_array(moved, 4), 1.5 * h0, rtol=1e-6)
+        cut_moved = ex.slices_of(moved)
+        assert cut_moved is not None
+        assert sum(len(r.rows) // 4 for r in cut_moved.collect()) == sum(routed.routed_rows(trainer.routes["user"])
+                                                                         .values())
     finally:
         trainer.release()
 

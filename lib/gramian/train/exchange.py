@@ -119,8 +119,8 @@ class FactorExchange(ABC):
         """fn(first row, rows) over `factors`: once over all rows for arrays, once per block for routed blocks."""
 
     @abstractmethod
-    def move(self, factors: Any, delta: Any, t: float) -> Any:
-        """The rows factors + t·delta (RankALS's exact line step), in this exchange's representation."""
+    def move(self, side: str, factors: Any, delta: Any, t: float) -> Any:
+        """The rows factors + t·delta of `side` (RankALS's exact line step), in this exchange's representation."""
 
     def release(self) -> None:  # noqa: B027  (most exchanges plan nothing ahead)
         """Forget planned jobs (scratch files and cached blocks are the trainer's to release)."""
@@ -191,7 +191,7 @@ class WholeFactors(FactorExchange):
     def partials(self, factors: np.ndarray, fn: PartialFn) -> list[np.ndarray]:
         return [fn(0, factors)]
 
-    def move(self, factors: np.ndarray, delta: np.ndarray, t: float) -> np.ndarray:
+    def move(self, side: str, factors: np.ndarray, delta: np.ndarray, t: float) -> np.ndarray:
         return move_rows(factors, delta, t)
 
     def step(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
@@ -386,8 +386,12 @@ class RoutedRows(FactorExchange):
     def partials(self, factors: Any, fn: PartialFn) -> list[np.ndarray]:
         return routed.block_partials(factors, self.spec.dim, fn)
 
-    def move(self, factors: Any, delta: Any, t: float) -> Any:
-        return self.steps.persist(routed.move_blocks(factors, delta, t, self.spec.dim))[0]
+    def move(self, side: str, factors: Any, delta: Any, t: float) -> Any:
+        # cut for the other side's next step as the moved rows are made, like a step's (the moved rows feed it)
+        other_side = "item" if side == "user" else "user"
+        moved = routed.move_blocks(factors, delta, t, self.layouts[side], self.spec.dim, self.keys[side],
+                                   self.routes[other_side], self.keys[other_side])
+        return self._remember(*routed.split_step(self.steps.persist(moved)[0]))
 
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
         return self.note_timing(side, _by_row(self.blocks[side], fn, schema).toArrow())
@@ -403,10 +407,15 @@ class RoutedRows(FactorExchange):
         out, table = self.steps.persist(result, summary=True, payload=("factors", "cut_rows", "cut_vecs"))
         factors, slices = routed.split_step(out)
         if cut:
-            self._precut[id(factors)] = (factors, slices)
-            while len(self._precut) > 4:
-                self._precut.popitem(last=False)
+            self._remember(factors, slices)
         return StepResult(factors, self.note_timing(side, routed.records(table)).sort_by("block"))
+
+    def _remember(self, factors: Any, slices: Any) -> Any:
+        """Note that `slices` are `factors` cut for the step that reads them (slices_of); `factors`."""
+        self._precut[id(factors)] = (factors, slices)
+        while len(self._precut) > 4:
+            self._precut.popitem(last=False)
+        return factors
 
     def slices_of(self, factors: Any) -> Any | None:
         """The slices a routed step cut from `factors` for the step that reads them (None: not made by one)."""

@@ -283,10 +283,10 @@ class PairwiseTrainer(BlockTrainer):
         def descent_fn(b: Block, users: np.ndarray, h: np.ndarray) -> pa.RecordBatch:
             return _descent_block(b, users, h, support, p, um, im, v0)
 
-        delta, stats, reg_h0 = self._step("item", descent_fn, w, items, e, feeds_next=False)  # moved first
+        delta, stats, reg_h0 = self._step("item", descent_fn, w, items, e, feeds_next=False)  # moved first (cut then)
         part = functools.reduce(Descent.__add__, (Descent.from_array(s, d) for s in stats))
         t = part.step(um, im, v0)
-        h = self.exchange.move(items, delta, t)
+        h = self.exchange.move("item", items, delta, t)
         square, v, reg_h = part.partials_at(t, square0, v0, reg_h0)
         log.debug("epoch %d item step: t=%.4f along the descent direction", e, t)
         return h, part.moved(im, t), square, v, reg_h

@@ -46,7 +46,7 @@ FACTOR_COLUMNS = ("block", "row_start", "n_rows", "factors")
 # A solving task's payload rows, by `kind`: SLICE, rows of the other side its CSR references; OWN, the block's
 # current rows; ROUTE, rows of this side (`rows`) that block `dst_block` of the other side needs in its next step
 # (the task cuts them from the rows it makes, so that step needs no slicing pass).
-SLICE, OWN, ROUTE = 0, 1, 2
+SLICE, OWN, ROUTE, DELTA = 0, 1, 2, 3  # DELTA: a direction's rows (move_blocks)
 PAYLOAD_SCHEMA = "pkey int, dst_block int, kind int, rows binary, vecs binary"
 # Columns a routed step appends to its task's record: the new rows cut for the other side's next step, one slice
 # per row (cut_pkey, cut_dst: its destination block and partition key), null in the record's own row.
@@ -246,22 +246,37 @@ def block_partials(factors_df: Any, dim: int, fn: Callable[[int, np.ndarray], np
     return [np.frombuffer(out.column("part")[k].as_buffer(), np.float64) for k in range(out.num_rows)]
 
 
-def move_blocks(factors_df: Any, delta_df: Any, t: float, dim: int) -> Any:
-    """Factor blocks moved by t times a direction of the same layout: rows h + t Delta (RankALS's line step)."""
+def move_blocks(factors_df: Any, delta_df: Any, t: float, layout: SideLayout, dim: int, keys: list[int],
+                routes: Any = None, dst_keys: list[int] | None = None) -> Any:
+    """Factor blocks moved by t times a direction of the same layout: rows h + t Delta (RankALS's line step), one
+    task per block (grouped on its partition key among `keys`); with `routes` (the next step's routes, keyed by
+    their source block among these blocks) each task also cuts its moved rows for that step (with_cuts)."""
+    from pyspark.sql import functions as F
 
-    def move(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for k in range(batch.num_rows):
-                x = move_rows(np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32),
-                              np.frombuffer(batch.column("delta")[k].as_buffer(), np.float32), t)
-                yield pa.RecordBatch.from_pydict({
-                    "block": pa.array([batch.column("block")[k].as_py()], pa.int32()),
-                    "row_start": pa.array([batch.column("row_start")[k].as_py()], pa.int32()),
-                    "n_rows": pa.array([batch.column("n_rows")[k].as_py()], pa.int32()),
-                    "factors": pa.array([x.tobytes()], pa.binary())})
+    def rows_of(df: Any, kind: int) -> Any:
+        return df.select(partition_key(keys, "block").alias("pkey"), F.col("block").alias("dst_block"),
+                         F.lit(kind).alias("kind"), F.lit(bytearray()).alias("rows"), F.col("factors").alias("vecs"))
 
-    joined = factors_df.join(delta_df.select("block", delta_df.factors.alias("delta")), "block")
-    return joined.mapInArrow(move, "block int, row_start int, n_rows int, factors binary")
+    payload = rows_of(factors_df, OWN).unionByName(rows_of(delta_df, DELTA))
+    if routes is not None:
+        payload = payload.unionByName(routes.select("pkey", "dst_block", F.lit(ROUTE).alias("kind"), "rows",
+                                                    F.lit(bytearray()).alias("vecs")))
+    cut_keys = dst_keys or []
+
+    def move(rows_in: pa.Table) -> pa.Table:
+        kinds = rows_in.column("kind").to_pylist()
+        k_own, k_delta = kinds.index(OWN), kinds.index(DELTA)
+        block = rows_in.column("dst_block")[k_own].as_py()
+        start, stop = layout.bounds(block)
+        x = move_rows(np.frombuffer(rows_in.column("vecs")[k_own].as_buffer(), np.float32),
+                      np.frombuffer(rows_in.column("vecs")[k_delta].as_buffer(), np.float32), t)
+        rec = pa.RecordBatch.from_pydict({
+            "block": pa.array([block], pa.int32()), "row_start": pa.array([start], pa.int32()),
+            "n_rows": pa.array([stop - start], pa.int32()), "factors": pa.array([x.tobytes()], pa.binary())})
+        return with_cuts(rec, rows_in, [k for k, c in enumerate(kinds) if c == ROUTE], dim, cut_keys)
+
+    return payload.groupBy("pkey").applyInArrow(move, "block int, row_start int, n_rows int, factors binary"
+                                                + CUT_SCHEMA)
 
 
 SLICE_BYTES = 32 * 2**20  # the most factor bytes one routed slice row carries: JVM rows and Arrow cells stay small
