@@ -114,7 +114,7 @@ def tune_stage_profile(dataset: str, path: Path | None = None) -> tuple[dict[str
 
 def candidate_runs(dataset: str, profiles: tuple[str, ...]) -> list[dict[str, Any]]:
     """Rows for candidate profiles conf/<dataset>.tuned-<tag>.yaml (benchmarks.tune_stage --tag), labelled
-    'gramian (tune stage, <tag>)' so they sit beside the shipped profile's row instead of replacing it."""
+    'gramian (tune stage: <tag>)' so they sit beside the shipped profile's row instead of replacing it."""
     runs = []
     for name in profiles:
         path = Path(name)
@@ -126,7 +126,7 @@ def candidate_runs(dataset: str, profiles: tuple[str, ...]) -> list[dict[str, An
             raise SystemExit(f"--profile must name an existing file, got {name!r}")
         params, source = found
         tag = path.name[len(prefix):-len(".yaml")]
-        runs.append({"label": f"gramian (tune stage, {tag})", "method": "gramian", "params": params,
+        runs.append({"label": f"gramian (tune stage: {tag})", "method": "gramian", "params": params,
                      "source": source})
     return runs
 
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", default="",
                     help="only the runs with these labels, comma-separated (e.g. 'gramian (conf)'); others kept")
     ap.add_argument("--profile", dest="profiles", action="append", default=[],
-                    help="a candidate profile conf/<dataset>.tuned-<tag>.yaml to train as 'gramian (tune stage, "
+                    help="a candidate profile conf/<dataset>.tuned-<tag>.yaml to train as 'gramian (tune stage: "
                          "<tag>)' (repeatable)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)

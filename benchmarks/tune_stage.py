@@ -8,7 +8,8 @@ whose export the peers are tuned on), writes conf/<name>.tuned.yaml, and this re
 the searched space and every trial (from the study's SQLite copy in the artifact store) into
 benchmarks/results/tune_stage.json; tuning.md shows it beside the peers, train_bench trains the profile.
 A `--tag`ged run is a candidate beside the shipped profile: it writes conf/<name>.tuned-<tag>.yaml and is
-recorded under "<name>#<tag>" (the dataset's earlier run is kept); train_bench --profile trains it.
+recorded under "<name>#<tag>" (the dataset's earlier run is kept); train_bench --profile trains it as
+"gramian (tune stage: <tag>)".
 """
 
 from __future__ import annotations
