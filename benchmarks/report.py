@@ -376,7 +376,7 @@ def stage_section(trials: list[dict[str, Any]]) -> list[str]:
     import json
 
     stage = json.loads(STAGE_JSON.read_text()) if STAGE_JSON.is_file() else {}
-    datasets = list(dict.fromkeys([t["dataset"] for t in trials] + list(stage)))
+    datasets = list(dict.fromkeys([t["dataset"] for t in trials] + [k.split("#")[0] for k in stage]))
     if not datasets:
         return []
     lines = ["## On `gramian tune`'s validation split (issue 17)", "",
@@ -394,6 +394,9 @@ def stage_section(trials: list[dict[str, Any]]) -> list[str]:
             lines += [f"Validation: {val}.", ""]
         if st:
             lines += stage_lines(st)
+        for key in (k for k in stage if k.startswith(f"{ds}#")):  # later candidate runs (tune_stage --tag)
+            lines += [f"Candidate run `{key.split('#', 1)[1]}` (a later study of the same validation, beside the "
+                      f"run above):", ""] + stage_lines(stage[key])
         lines += ["Peers on the same validation (grid; best setting):", "",
                   "| method | Recall@20 | settings | settings tried |", "|---|---|---|---|"]
         for m in STAGE_PEERS:
@@ -459,6 +462,7 @@ def stage_lines(st: dict[str, Any]) -> list[str]:
               f"Recall@20 {_f(s['baseline_value'])}.", ""] if s.get("baseline_trial") is not None else []),
            f"Best: trial {s['best_trial']}, validation Recall@20 **{s['best_value']:.4f}**: "
            f"{_params(s['best_params'])} -> {st['profile']}.", "",
+           *([f"Outcome: {st['outcome']}", ""] if st.get("outcome") else []),
            "| trial | state | Recall@20 | epochs | s | settings |", "|---|---|---|---|---|---|"]
     for t in sorted(st["trials"], key=lambda t: -(t["value"] if t["value"] is not None else -1))[:10]:
         out.append(f"| {t['trial']} | {t['state']} | {_f(t['value'])} | {t['epochs']} | {t['seconds']:.0f} | "

@@ -96,19 +96,39 @@ def tuned(dataset: str, method: str) -> tuple[dict[str, Any] | None, float | Non
 TUNE_STAGE = "gramian (tune stage)"
 
 
-def tune_stage_profile(dataset: str) -> tuple[dict[str, Any], str] | None:
-    """The model section of conf/<dataset>.tuned.yaml (written by `gramian tune --write-profile`) as IALS
-    keyword arguments, and its header line naming the study's best validation value; None without one."""
+def tune_stage_profile(dataset: str, path: Path | None = None) -> tuple[dict[str, Any], str] | None:
+    """The model section of conf/<dataset>.tuned.yaml (or of the candidate profile `path`, written by
+    `gramian tune --write-profile`) as IALS keyword arguments, and its header line naming the study's best
+    validation value; None without one."""
     from gramian.config import CONF_DIR, load_config
 
-    path = CONF_DIR / f"{dataset}.tuned.yaml"
+    path = path or CONF_DIR / f"{dataset}.tuned.yaml"
     if not path.exists():
         return None
     out = dataclasses.asdict(load_config(path).model)
     for key in ("name", "support_power"):
         out.pop(key)
     best = next((ln[2:].strip() for ln in path.read_text().splitlines() if ln.startswith("# best of")), "")
-    return out, f"conf/{dataset}.tuned.yaml from `gramian tune`: {best}"
+    return out, f"conf/{path.name} from `gramian tune`: {best}"
+
+
+def candidate_runs(dataset: str, profiles: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows for candidate profiles conf/<dataset>.tuned-<tag>.yaml (benchmarks.tune_stage --tag), labelled
+    'gramian (tune stage: <tag>)' so they sit beside the shipped profile's row instead of replacing it."""
+    runs = []
+    for name in profiles:
+        path = Path(name)
+        prefix = f"{dataset}.tuned-"
+        if not (path.name.startswith(prefix) and path.name.endswith(".yaml")):
+            continue
+        found = tune_stage_profile(dataset, path)
+        if found is None:
+            raise SystemExit(f"--profile must name an existing file, got {name!r}")
+        params, source = found
+        tag = path.name[len(prefix):-len(".yaml")]
+        runs.append({"label": f"gramian (tune stage: {tag})", "method": "gramian", "params": params,
+                     "source": source})
+    return runs
 
 
 def ease_fits(dataset: str) -> bool:
@@ -133,8 +153,10 @@ def rankals_params(dataset: str) -> tuple[dict[str, Any], str]:
     return p, "untuned (no rankals.json entry)"
 
 
-def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict[str, Any]]:
-    """The runs of one dataset: label, method, params and where the params came from."""
+def plan(dataset: str, methods: list[str], with_tuned: bool = True,
+         profiles: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The runs of one dataset: label, method, params and where the params came from (`profiles`: candidate
+    tuned profiles of any dataset; this dataset's get a row each)."""
     runs: list[dict[str, Any]] = []
     synthetic = dataset == "synthetic10m"
     defaults = gramian_defaults()
@@ -152,6 +174,8 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True) -> list[dict
             stage = tune_stage_profile(dataset) if with_tuned and not synthetic else None
             if stage is not None:
                 runs.append({"label": TUNE_STAGE, "method": "gramian", "params": stage[0], "source": stage[1]})
+            if not synthetic:
+                runs += candidate_runs(dataset, profiles)
             t, score = tuned(dataset, "gramian")
             if with_tuned and t is not None and not synthetic:
                 runs.append({"label": "gramian (tuned)", "method": "gramian", "params": {**defaults, **t},
@@ -444,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip gramian at each dataset's own validation optimum (run by default)")
     ap.add_argument("--labels", default="",
                     help="only the runs with these labels, comma-separated (e.g. 'gramian (conf)'); others kept")
+    ap.add_argument("--profile", dest="profiles", action="append", default=[],
+                    help="a candidate profile conf/<dataset>.tuned-<tag>.yaml to train as 'gramian (tune stage: "
+                         "<tag>)' (repeatable)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -470,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gramian-bench-") as tmp:
         for ds in datasets:
-            specs = plan(ds, methods, args.gramian_tuned)
+            specs = plan(ds, methods, args.gramian_tuned, tuple(args.profiles))
             if args.labels:
                 specs = [sp for sp in specs if sp["label"] in args.labels.split(",")]
             for spec in specs:  # a failed re-run must not leave the earlier run's per-user file behind
