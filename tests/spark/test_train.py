@@ -530,53 +530,6 @@ def test_counts_without_sizes_stop_at_the_largest_index_and_are_checked_against_
         sized(np.ones(4, np.int64), 3, "item_idx")
 
 
-def _pid_and_kernels(batches):
-    import os
-    import sys
-
-    import pyarrow as pa
-
-    for _ in batches:
-        yield pa.RecordBatch.from_pydict({"pid": [os.getpid()], "kernels": ["gramian.kernels" in sys.modules]})
-
-
-def test_counts_from_python_partial_counts_equal_sparks_own_count_per_index(spark, train_df):
-    from pyspark.sql import functions as F
-
-    from gramian.train.als import row_counts
-
-    users, items = row_counts(train_df.repartition(3), N_USERS, N_ITEMS)  # partial counts of 3 partitions summed
-    for counts, column in ((users, "user_idx"), (items, "item_idx")):
-        spark_counts = {r[column]: r["count"] for r in train_df.groupBy(column).count().collect()}
-        assert {i: int(c) for i, c in enumerate(counts) if c} == spark_counts
-    with_null = train_df.select(F.lit(None).cast("int").alias("user_idx"), "item_idx").limit(1).union(
-        train_df.select("user_idx", "item_idx"))
-    with pytest.raises(InputDataError, match="user_idx must not be null"):
-        row_counts(with_null, N_USERS, N_ITEMS)
-
-
-def test_the_count_starts_the_python_workers_the_next_tasks_run_in_with_the_kernels_imported(spark, train_df):
-    """The train stage's count is its first Python task: the workers it starts (kernels imported) stay up and run
-    the block build's and half-steps' tasks, so those do not start workers after the count."""
-    from gramian.train.als import partial_counts
-
-    def counted_in(batches):
-        import os
-
-        import pyarrow as pa
-
-        yield from partial_counts(batches)
-        yield pa.RecordBatch.from_pydict({"side": pa.array([2], pa.int32()), "idx": pa.array([os.getpid()]),
-                                          "n": pa.array([1], pa.int64())})
-
-    pids = {r.idx for r in train_df.select(train_df.user_idx.cast("long").alias("u"),
-                                           train_df.item_idx.cast("long").alias("i"))
-            .mapInArrow(counted_in, "side int, idx long, n long").filter("side = 2").collect()}
-    later = spark.range(0, 4, 1, 4).mapInArrow(_pid_and_kernels, "pid long, kernels boolean").collect()
-    assert {r.pid for r in later} & pids  # a worker the count started (not a fresh one) runs the next job's tasks
-    assert all(r.kernels for r in later)
-
-
 class _Injected(RuntimeError):
     """The failure the setup-leak test injects."""
 

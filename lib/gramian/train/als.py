@@ -15,7 +15,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -185,18 +185,16 @@ def collect_pairs(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray
 
 
 def row_counts(train_df: Any, n_users: int | None, n_items: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Interactions per user and per item in one pass (they drive the balanced block layouts): each scan task
-    counts its partition's indices in its Python worker (partial_counts) and one small JVM aggregation sums the
-    partial counts per (side, index), its rows collected through Arrow. The count is the train stage's first
-    Python task: the executors' Python workers start and import the kernels here, beside the scan, and the block
-    build and half-steps that follow reuse them (spark.python.worker.reuse) instead of starting them after it.
+    """Interactions per user and per item in one pass (they drive the balanced block layouts): one scan and one
+    small aggregation in the JVM (no Python worker starts), its (side, index, count) rows collected through Arrow.
     A size None counts up to the largest index seen: for a caller that learns the size at the same time (and
     checks it)."""
     from pyspark.sql import functions as F
 
-    pairs = train_df.select(F.col("user_idx").cast("long").alias("u"), F.col("item_idx").cast("long").alias("i"))
-    t = (pairs.mapInArrow(partial_counts, "side int, idx long, n long").groupBy("side", "idx")
-         .agg(F.sum("n").alias("n")).toArrow())
+    sides = F.explode(F.array(*(F.struct(F.lit(k).alias("side"), F.col(c).cast("long").alias("idx"))
+                                for k, c in enumerate(("user_idx", "item_idx")))))
+    t = (train_df.select(sides.alias("p")).select("p.side", "p.idx").groupBy("side", "idx")
+         .agg(F.count(F.lit(1)).alias("n")).toArrow())
     side = t.column("side").to_numpy()
     out = []
     for k, (name, n) in enumerate((("user_idx", n_users), ("item_idx", n_items))):
@@ -210,25 +208,6 @@ def row_counts(train_df: Any, n_users: int | None, n_items: int | None) -> tuple
         counts = t.column("n").filter(pa.array(mine)).to_numpy()
         out.append(np.bincount(idx, weights=counts, minlength=n or 0).astype(np.int64))
     return out[0], out[1]
-
-
-def partial_counts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """(side, index, count) rows of one partition's (u, i) pairs, side 0 the users and 1 the items; null indices
-    are counted under a null index (row_counts refuses them on the driver)."""
-    parts = [b for b in batches if b.num_rows]
-    if not parts:
-        return
-    t = pa.Table.from_batches(parts)
-    for side, name in enumerate(("u", "i")):
-        column = t.column(name)
-        values, counts = np.unique(column.drop_null().to_numpy(), return_counts=True)
-        idx = pa.array(values, pa.int64())
-        n = counts.astype(np.int64)
-        if column.null_count:
-            idx = pa.concat_arrays([idx, pa.nulls(1, pa.int64())])
-            n = np.append(n, column.null_count)
-        yield pa.RecordBatch.from_pydict({"side": pa.array(np.full(len(n), side, np.int32)), "idx": idx,
-                                          "n": pa.array(n, pa.int64())})
 
 
 def add_counts(total: np.ndarray, more: np.ndarray) -> np.ndarray:

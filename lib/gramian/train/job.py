@@ -121,8 +121,7 @@ def read_inputs(spark: Any, cfg: Config, count: bool = True) -> tuple[dict[str, 
     """(input versions, users, items, n_users, n_items, train counts): the versions are pinned (the run trains
     on, and later stages read, these; listed from the tables' logs), the id maps' sizes are max idx + 1 (from
     their logs' file statistics), and the pinned train table's interactions per user and item index (row_counts,
-    one Spark pass whose tasks start the executors' Python workers for the block build) are counted while the
-    maps are looked up (run_together; `count` False: counts None).
+    one JVM-only Spark job) are counted while the maps are looked up (run_together; `count` False: counts None).
     InputDataError when train or an id map was never written."""
     st = cfg.storage
     inputs = current_inputs(spark, st)
