@@ -286,16 +286,16 @@ def exchange_mode(n_users: int, n_items: int, d: int) -> str:
 
 
 def task_estimate(shapes: dict[str, SideShape], side: str, d: int) -> dict[str, float]:
-    """routed.block_task_bytes restated for a typical block and the top row's block: its solving task holds, as a
-    destination, its CSR, own and new rows and routed rows and, as a source, the slices it cuts from its new rows
-    (on average, the other side's routed rows over this side's blocks)."""
+    """routed.block_task_bytes restated for a typical block and the top row's block: as a destination its CSR,
+    own and new rows and routed rows; as a source its rows and the slices cut from them (on average, the other
+    side's routed rows over this side's blocks)."""
     s, o = shapes[side], shapes[OTHER[side]]
     rows = s.rows / s.blocks
     dst = s.nnz_per_block * CSR_BYTES_PER_NNZ + rows * CSR_BYTES_PER_ROW + 2 * rows * 4 * d \
         + s.routed_per_block * (4 * d + 4)
-    src = o.routed_total / s.blocks * (4 * d + 4)
+    src = rows * 4 * d + o.routed_total / s.blocks * (4 * d + 4)
     top = s.heaviest_block_nnz * CSR_BYTES_PER_NNZ + CSR_BYTES_PER_ROW + 8 * d + s.routed_heaviest * (4 * d + 4)
-    return {"typical": dst + src, "typical_dst": dst, "typical_src": src, "top_row": top}
+    return {"typical": max(dst, src), "typical_dst": dst, "typical_src": src, "top_row": top}
 
 
 def grow(blocks: int, step: int, rows: int) -> int:
@@ -326,36 +326,35 @@ def sized_blocks(sc: Scenario, cl: Cluster, d: int) -> dict[str, int]:
 
 
 def routed_bytes(shapes: dict[str, SideShape], side: str, other_rows: int, d: int) -> dict[str, float]:
-    """Bytes one steady-state routed half-step moves (exchange.RoutedRows.job): the CSR and routes stay cached and
-    co-partitioned, so only factor rows move, in one shuffle (the rows were cut by the step that made them), and
-    the new side with its cut for the next step is written to the store. `other_rows` is kept for the first step's
-    extra slicing shuffle (the fixed side's blocks to their routes), which the model leaves out."""
-    s, o = shapes[side], shapes[OTHER[side]]
+    """Bytes one routed half-step moves (exchange.RoutedRows.job): the CSR and routes stay cached and
+    co-partitioned, so only factor rows move, in two shuffles, and the new side is written to the store."""
+    s = shapes[side]
     return {
-        "routed rows, cut last step, to their block (the shuffle)": s.routed_total * (4 * d + 4),
-        "own current rows to their block (the shuffle)": s.rows * d * 4,
+        "fixed side's factor blocks to their routes (shuffle 1)": other_rows * d * 4,
+        "routed rows to their block (shuffle 2)": s.routed_total * (4 * d + 4),
+        "own current rows to their block (shuffle 2)": s.rows * d * 4,
         "new rows written to the store (Parquet)": s.rows * d * 4,
-        "new rows cut for the next step, written with them": o.routed_total * (4 * d + 4),
     }
 
 
 def routed_task_memory(nnz: float, rows: float, routed: float, sliced: float, d: int) -> dict[str, float]:
-    """Bytes a routed solving task holds (RoutedRows.job's solve, gather, localise, _solve_block, with_cuts): it
-    plays both roles at once.
+    """Bytes a routed task holds (slice_sources, RoutedRows.job's solve, gather, localise, _solve_block), in the
+    larger of its two roles.
 
     Destination: Python holds the cogrouped Arrow table of routed rows and gather's one concatenated copy
     (2 x routed rows), the CSR and its re-pointed indices, x0 (in the Arrow table), the float64 solution and its
-    float32 copy; the JVM the group's sort buffer and Arrow batch (2 x routed rows). Source: the slices it cuts
-    from its new rows for the next step, in Python (the slices and the output table) and once in the JVM.
+    float32 copy; the JVM the group's sort buffer and Arrow batch (2 x routed rows). Source: its factor rows and
+    the slices it cuts, in Python and once in the JVM.
     """
     payload, cut = routed * (4 * d + 4), sliced * (4 * d + 4)
     csr = nnz * CSR_BYTES_PER_NNZ + rows * CSR_BYTES_PER_ROW
     dst = {"python": 2 * payload + csr + nnz * 4 + rows * d * (4 + 8 + 4), "jvm": 2 * payload + rows * d * 4}
-    return {"python": dst["python"] + 2 * cut, "jvm": dst["jvm"] + cut}
+    src = {"python": rows * d * 4 + 2 * cut, "jvm": rows * d * 4 + cut}
+    return dst if sum(dst.values()) >= sum(src.values()) else src
 
 
-ROUTED_STAGES = 2  # the written step's cut slices and own rows read (map side), solve (cogroup) + cut + Parquet
-# write; the driver reads the block summaries from the written files (no summary stage)
+ROUTED_STAGES = 4  # two factor reads (map side), slice (cogroup), solve (cogroup) + Parquet write; the driver reads
+# the block summaries from the written files (no summary stage)
 
 
 def half_step(sc: Scenario, cl: Cluster, k: dict[str, Any], a: float, rest_s: float, d: int, side_name: str,

@@ -487,60 +487,6 @@ def test_a_routed_half_step_moves_only_factor_rows_and_solves_block_b_in_partiti
         trainer.release()
 
 
-def test_a_routed_step_cuts_its_new_rows_for_the_next_step_which_then_shuffles_once(spark, train_df, tmp_path):
-    """A routed step's solving tasks also cut their new rows for the other side's next step: that step reads them
-    from the written step (one shuffle: slices and own rows to their block) and gives exactly the factors and
-    summary of the slicing path (two shuffles), which a copy of the same rows without the cut takes."""
-    from gramian.storage import open_store
-    from gramian.train import routed
-    from gramian.train.als import STEP_SCHEMA, BlockTrainer, SolveParams, SolveTask
-
-    model = IALS(dim=4).config.resolved(N_ITEMS, N_USERS)
-    trainer = BlockTrainer(spark, train_df, N_USERS, N_ITEMS, model,
-                           TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed"),
-                           exchange=open_store(str(tmp_path / "exchange")))
-    try:
-        ex = trainer.exchange
-        state = trainer.initial_state()
-        assert ex.slices_of(state.item_factors) is None  # initial rows: cut by slice_sources
-        gram_h = trainer.gram_of("item", state.item_factors)
-        w = ex.step("user", SolveTask(SolveParams.of(model, N_ITEMS), False), state.user_factors,
-                    state.item_factors, {"gram": gram_h}, STEP_SCHEMA)
-        assert ex.slices_of(w.factors) is not None
-        plain = w.factors.select("*")  # the same rows, not known to be cut
-        assert ex.slices_of(plain) is None
-        cut_rows = sum(len(r.rows) // 4 for r in ex.slices_of(w.factors).collect())
-        assert cut_rows == sum(routed.routed_rows(trainer.routes["item"]).values())  # every routed row, once
-        item_task = SolveTask(SolveParams.of(model, N_USERS), True)
-        broadcast = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
-        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
-        try:
-            jobs = [ex.job("item", item_task, state.item_factors, x, {"gram": np.eye(4)}, STEP_SCHEMA, cut_next=True)
-                    for x in (w.factors, plain)]
-            plans = [job._jdf.queryExecution().executedPlan().toString() for job in jobs]
-        finally:
-            spark.conf.set("spark.sql.autoBroadcastJoinThreshold", broadcast)
-        shuffles = [[line for line in plan.splitlines() if "ENSURE_REQUIREMENTS" in line] for plan in plans]
-        assert [len(x) for x in shuffles] == [1, 2], plans[0]
-        assert shuffles[0][0].split(", ENSURE")[0].endswith(", 2)"), shuffles[0]  # to the 2 item blocks
-        gram_w = trainer.gram_of("user", w.factors)
-        got = [ex.step("item", item_task, state.item_factors, other, {"gram": gram_w}, STEP_SCHEMA)
-               for other in (w.factors, plain)]
-        np.testing.assert_array_equal(*[routed.blocks_to_array(g.factors, 4) for g in got])
-        assert got[0].summary.equals(got[1].summary)  # record columns only: cut rows and timing left out
-        assert "cut_dst" not in got[0].summary.column_names and got[0].summary.num_rows == 2
-        # RankALS's line step moves rows and cuts them too: the next user step reads them cut
-        h0 = routed.blocks_to_array(state.item_factors, 4)
-        moved = ex.move("item", state.item_factors, state.item_factors, 0.5)
-        np.testing.assert_allclose(routed.blocks_to_array(moved, 4), 1.5 * h0, rtol=1e-6)
-        cut_moved = ex.slices_of(moved)
-        assert cut_moved is not None
-        assert sum(len(r.rows) // 4 for r in cut_moved.collect()) == sum(routed.routed_rows(trainer.routes["user"])
-                                                                         .values())
-    finally:
-        trainer.release()
-
-
 def test_block_keys_put_block_b_in_spark_partition_b(spark):
     from pyspark.sql import functions as F
 

@@ -25,9 +25,9 @@ def power_law_pairs(n_users: int, n_items: int, nnz: int, seed: int = 0) -> tupl
 
 
 def exact_task_bytes(rows: np.ndarray, cols: np.ndarray, layout: SideLayout, other: SideLayout) -> float:
-    """The largest task of `rows`' side as the trainer builds it from these pairs: its solving task, a destination
-    (CSR, own and new rows, the distinct other rows its block references) that also cuts its new rows for every
-    block of the other side, counted from the pairs themselves."""
+    """The largest task of `rows`' side as the trainer builds it from these pairs: as a destination (CSR, own and
+    new rows, the distinct other rows its block references) and as a source (its rows and the slices cut for every
+    block of the other side), counted from the pairs themselves."""
     block = layout.block_of(rows)
     other_block = other.block_of(cols)
     row_bytes = 4 * D + 4
@@ -37,7 +37,7 @@ def exact_task_bytes(rows: np.ndarray, cols: np.ndarray, layout: SideLayout, oth
         n, mine = stop - start, block == b
         dst = mine.sum() * 20 + n * 8 + 2 * n * 4 * D + len(np.unique(cols[mine])) * row_bytes
         sliced = len(np.unique(rows[mine].astype(np.int64) * other.num_blocks + other_block[mine]))
-        worst = max(worst, dst + sliced * row_bytes)
+        worst = max(worst, dst, n * 4 * D + sliced * row_bytes)
     return float(worst)
 
 
@@ -134,31 +134,3 @@ def test_gather_orders_slices_of_disjoint_runs_and_falls_back_to_a_sort_otherwis
     got_rows, got_vecs = routed.gather(slice_table(interleaved), 4)
     np.testing.assert_array_equal(got_rows, rows)
     np.testing.assert_array_equal(got_vecs, vecs)
-
-
-def test_a_solving_task_cuts_its_new_rows_for_every_next_destination_in_slices_of_bounded_size(monkeypatch):
-    """with_cuts: the record row first (cut columns null), then for every ROUTE row of the payload the new rows it
-    names, in slices of at most slice_rows_per_row rows keyed by their destination's partition key; records()
-    gives back the record alone."""
-    monkeypatch.setattr(routed, "SLICE_BYTES", 4 * D * 3)  # three rows per slice
-    rng = np.random.default_rng(1)
-    start, n = 100, 10
-    x = rng.standard_normal((n, D)).astype(np.float32)
-    rec = pa.RecordBatch.from_pydict({"block": pa.array([4], pa.int32()), "row_start": pa.array([start], pa.int32()),
-                                      "n_rows": pa.array([n], pa.int32()), "factors": pa.array([x.tobytes()])})
-    wanted = {0: np.array([100, 101, 103, 104, 109], np.int32), 2: np.array([105], np.int32)}
-    payload = pa.table({"dst_block": pa.array([7, 0, 2], pa.int32()), "kind": pa.array([0, 2, 2], pa.int32()),
-                        "rows": pa.array([b"", wanted[0].tobytes(), wanted[2].tobytes()], pa.binary())})
-    keys = [11, 22, 33]
-    out = routed.with_cuts(rec, payload, [1, 2], D, keys)
-    assert out.column("cut_dst").to_pylist() == [None, 0, 0, 2]
-    assert out.column("cut_pkey").to_pylist() == [None, 11, 11, 33]
-    assert out.column("block").to_pylist() == [4, None, None, None]
-    for dst in (0, 2):
-        picks = [k for k, v in enumerate(out.column("cut_dst").to_pylist()) if v == dst]
-        got = pa.table({"rows": out.column("cut_rows").take(picks), "vecs": out.column("cut_vecs").take(picks)})
-        rows, vecs = routed.gather(got, D)
-        np.testing.assert_array_equal(rows, wanted[dst])
-        np.testing.assert_array_equal(vecs, x[wanted[dst] - start])
-    assert routed.records(out).equals(pa.Table.from_batches([rec]))
-    assert routed.with_cuts(rec, payload, [], D, keys).num_rows == 1

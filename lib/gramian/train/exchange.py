@@ -94,9 +94,8 @@ class FactorExchange(ABC):
 
     @abstractmethod
     def step(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
-             schema: str, new_rows: bool = True, feeds_next: bool = True) -> StepResult:
-        """Run `task` on every block of `side` in one Spark job; `new_rows` False: the task makes no rows;
-        `feeds_next` False: they will not be the other side of the next step (a routed exchange cuts them for it)."""
+             schema: str, new_rows: bool = True) -> StepResult:
+        """Run `task` on every block of `side` in one Spark job; `new_rows` False: the task makes no rows."""
 
     @abstractmethod
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
@@ -119,8 +118,8 @@ class FactorExchange(ABC):
         """fn(first row, rows) over `factors`: once over all rows for arrays, once per block for routed blocks."""
 
     @abstractmethod
-    def move(self, side: str, factors: Any, delta: Any, t: float) -> Any:
-        """The rows factors + t·delta of `side` (RankALS's exact line step), in this exchange's representation."""
+    def move(self, factors: Any, delta: Any, t: float) -> Any:
+        """The rows factors + t·delta (RankALS's exact line step), in this exchange's representation."""
 
     def release(self) -> None:  # noqa: B027  (most exchanges plan nothing ahead)
         """Forget planned jobs (scratch files and cached blocks are the trainer's to release)."""
@@ -191,12 +190,11 @@ class WholeFactors(FactorExchange):
     def partials(self, factors: np.ndarray, fn: PartialFn) -> list[np.ndarray]:
         return [fn(0, factors)]
 
-    def move(self, side: str, factors: np.ndarray, delta: np.ndarray, t: float) -> np.ndarray:
+    def move(self, factors: np.ndarray, delta: np.ndarray, t: float) -> np.ndarray:
         return move_rows(factors, delta, t)
 
     def step(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
-             shared: Mapping[str, np.ndarray], schema: str, new_rows: bool = True,
-             feeds_next: bool = True) -> StepResult:
+             shared: Mapping[str, np.ndarray], schema: str, new_rows: bool = True) -> StepResult:
         table, x = self._run(side, task, current, other, shared, schema, new_rows)
         if x is None and new_rows:
             x = _rows_of(table, current.shape[0], current.shape[1])
@@ -347,14 +345,12 @@ class RoutedRows(FactorExchange):
     """Factor-block DataFrames; each block task gets the other side's rows its CSR references; every new side is
     written to the store by `steps` (a half-step is one Spark action: its write).
 
-    Co-partitioned so a half-step is one shuffle and one solving stage: the CSR blocks are cached hash-partitioned
+    Co-partitioned so a half-step is two shuffles and one solving stage: the CSR blocks are cached hash-partitioned
     on their block's partition key (block b in partition b, `spark_partition_keys`) and the routes on their source
-    block's key. Each solving task also cuts the rows it makes for the other side's next step (the routes of that
-    step whose source is its block ride in its payload), so that step moves only factor rows, once: the slices and
-    each block's own current rows to the block's partition, cogrouped with its cached CSR. Rows not made by such a
-    step (initial, adopted, moved) are cut first by a slicing stage (a second shuffle: the other side's blocks to
-    the routes that slice them, cogrouped: one task per source block holds it once). Every task holds one block's
-    data (routed.task_bytes; the trainer sizes the blocks to fit executor memory, routed.sized_layouts).
+    block's key, so only factor rows move: the other side's blocks to the routes that slice them (cogrouped: one
+    task per source block holds it once), then the sliced rows together with each block's own current rows to the
+    block's partition, cogrouped with its cached CSR. Every task holds one block's data (routed.task_bytes; the
+    trainer sizes the blocks to fit executor memory, routed.sized_layouts).
     """
 
     routed = True
@@ -363,7 +359,6 @@ class RoutedRows(FactorExchange):
                  routes: dict[str, Any], steps: routed.StepStore) -> None:
         super().__init__(spark, layouts, spec)
         self.blocks, self.routes, self.steps = blocks, routes, steps  # blocks and routes cached keyed (routed.keyed)
-        self._precut: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # id(factor blocks) -> (them, their slices)
         self.keys = {side: spark_partition_keys(layout.num_blocks) for side, layout in layouts.items()}
 
     def key_of(self, side: str, column: str) -> Any:
@@ -386,82 +381,50 @@ class RoutedRows(FactorExchange):
     def partials(self, factors: Any, fn: PartialFn) -> list[np.ndarray]:
         return routed.block_partials(factors, self.spec.dim, fn)
 
-    def move(self, side: str, factors: Any, delta: Any, t: float) -> Any:
-        # cut for the other side's next step as the moved rows are made, like a step's (the moved rows feed it)
-        other_side = "item" if side == "user" else "user"
-        moved = routed.move_blocks(factors, delta, t, self.layouts[side], self.spec.dim, self.keys[side],
-                                   self.routes[other_side], self.keys[other_side])
-        return self._remember(*routed.split_step(self.steps.persist(moved)[0]))
+    def move(self, factors: Any, delta: Any, t: float) -> Any:
+        return self.steps.persist(routed.move_blocks(factors, delta, t, self.spec.dim))[0]
 
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
         return self.note_timing(side, _by_row(self.blocks[side], fn, schema).toArrow())
 
     def step(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
-             schema: str, new_rows: bool = True, feeds_next: bool = True) -> StepResult:
-        cut = new_rows and feeds_next
-        result = self.job(side, task, current, other, shared, schema, cut_next=cut)
-        if not new_rows:
-            return StepResult(None, self.note_timing(side, routed.records(result.drop("factors").toArrow()))
-                              .sort_by("block"))
-        # written to the store: the step's one job; its summary read from the files (sums in block order)
-        out, table = self.steps.persist(result, summary=True, payload=("factors", "cut_rows", "cut_vecs"))
-        factors, slices = routed.split_step(out)
-        if cut:
-            self._remember(factors, slices)
-        return StepResult(factors, self.note_timing(side, routed.records(table)).sort_by("block"))
-
-    def _remember(self, factors: Any, slices: Any) -> Any:
-        """Note that `slices` are `factors` cut for the step that reads them (slices_of); `factors`."""
-        self._precut[id(factors)] = (factors, slices)
-        while len(self._precut) > 4:
-            self._precut.popitem(last=False)
-        return factors
-
-    def slices_of(self, factors: Any) -> Any | None:
-        """The slices a routed step cut from `factors` for the step that reads them (None: not made by one)."""
-        hit = self._precut.get(id(factors))
-        return hit[1] if hit is not None and hit[0] is factors else None
+             schema: str, new_rows: bool = True) -> StepResult:
+        result, factors, table = self.job(side, task, current, other, shared, schema), None, None
+        if new_rows:  # written to the store: the step's one job; its summary read from the files
+            factors, table = self.steps.persist(result, routed.FACTOR_COLUMNS, summary=True)
+        if table is None:
+            table = result.drop("factors").toArrow()
+        summary = self.note_timing(side, table).sort_by("block")  # sums in block order
+        return StepResult(factors, summary)
 
     def job(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
-            schema: str, cut_next: bool = False) -> Any:
-        """The half-step's DataFrame: per block of `side` (block b in partition b), the task's record and, with
-        `cut_next`, its new rows cut for the other side's next step (routed.with_cuts).
-
-        The other side's rows come cut already when a routed step made them with its cut (slices_of): then the step
-        is one shuffle (slices and own rows to their block) and one solving stage; otherwise they are cut first
-        (slice_sources: a second shuffle and a slicing stage)."""
+            schema: str) -> Any:
+        """The half-step's DataFrame: one row per block of `side` (the task's record), block b in partition b."""
         from pyspark.sql import functions as F
 
         d, layout, arrays = self.spec.dim, self.layouts[side], dict(shared)
         other_side = "item" if side == "user" else "user"
-        sliced = self.slices_of(other)
-        if sliced is None:
-            src = other.select(self.key_of(other_side, "block").alias("pkey"), "row_start", "factors")
-            sliced = routed.slice_sources(self.routes[side], src, self.keys[side], d)
+        src = other.select(self.key_of(other_side, "block").alias("pkey"), "row_start", "factors")
+        sliced = routed.slice_sources(self.routes[side], src, self.keys[side], d)
         own = current.select(self.key_of(side, "block").alias("pkey"), F.col("block").alias("dst_block"),
-                             F.lit(routed.OWN).alias("kind"), F.lit(bytearray()).alias("rows"),
-                             F.col("factors").alias("vecs"))
+                             F.lit(True).alias("own"), F.lit(bytearray()).alias("rows"), F.col("factors").alias("vecs"))
         payload = sliced.unionByName(own)
-        if cut_next:  # routes of the other side's step, keyed by their source block: one of this side's
-            payload = payload.unionByName(self.routes[other_side].select(
-                "pkey", "dst_block", F.lit(routed.ROUTE).alias("kind"), "rows", F.lit(bytearray()).alias("vecs")))
-        next_keys = self.keys[other_side]
 
         def solve(csr: pa.Table, rows_in: pa.Table) -> pa.Table:
             t0 = time.perf_counter()
-            kinds = rows_in.column("kind").to_pylist()  # rows are read in place: no filtered copy of the payload
-            k_own = kinds.index(routed.OWN)
+            mine = rows_in.column("own").to_pylist()  # rows are read in place: no filtered copy of the payload
+            k_own = mine.index(True)
             block = rows_in.column("dst_block")[k_own].as_py()
             start, stop = layout.bounds(block)
             x_init = np.frombuffer(rows_in.column("vecs")[k_own].as_buffer(), np.float32).reshape(stop - start, d)
             b = next(decode_blocks(csr.combine_chunks().to_batches()[0])) if csr.num_rows else empty_block(layout,
                                                                                                           block)
-            rows, vecs = routed.gather(rows_in, d, [k for k, c in enumerate(kinds) if c == routed.SLICE])
-            rec = timed(lambda: task(routed.localise(b, rows), vecs, x_init, arrays), time.perf_counter() - t0)
-            return routed.with_cuts(rec, rows_in, [k for k, c in enumerate(kinds) if c == routed.ROUTE], d, next_keys)
+            rows, vecs = routed.gather(rows_in, d, [k for k, m in enumerate(mine) if not m])
+            return pa.Table.from_batches([timed(lambda: task(routed.localise(b, rows), vecs, x_init, arrays),
+                                                time.perf_counter() - t0)])
 
         return (self.blocks[side].groupBy("pkey").cogroup(payload.groupBy("pkey"))
-                .applyInArrow(solve, schema + TIMING_SCHEMA + routed.CUT_SCHEMA))
+                .applyInArrow(solve, schema + TIMING_SCHEMA))
 
 
 def choose(spark: Any, routed_rows: bool, handoff: Handoff, layouts: dict[str, SideLayout], spec: FactorSpec,

@@ -190,14 +190,14 @@ class PairwiseTrainer(BlockTrainer):
         self.params = PairParams(model.reg, model.nu, model.solver, model.cg_steps, model.solver_block_size,
                                  float(self.support.sum()), float(sums.sum()))
 
-    def _step(self, side: str, fn: BlockFn, other: Any, current: Any, epoch: int, new_rows: bool = True,
-              feeds_next: bool = True) -> tuple[Any, list[np.ndarray], float]:
+    def _step(self, side: str, fn: BlockFn, other: Any, current: Any, epoch: int,
+              new_rows: bool = True) -> tuple[Any, list[np.ndarray], float]:
         """Run fn(block, other rows, own current rows) on every block of `side` in one Spark job (the exchange's).
 
         Returns (new rows in the exchange's representation, or None when `new_rows` is False; per-block stats;
         summed reg).
         """
-        result = self.exchange.step(side, _PairTask(fn), current, other, {}, PAIR_SCHEMA, new_rows, feeds_next)
+        result = self.exchange.step(side, _PairTask(fn), current, other, {}, PAIR_SCHEMA, new_rows)
         out = result.summary
         for blk, bad in zip(out.column("block").to_pylist(), out.column("bad_row").to_pylist(), strict=True):
             check_rows_finite(side, epoch, blk, bad)
@@ -283,10 +283,10 @@ class PairwiseTrainer(BlockTrainer):
         def descent_fn(b: Block, users: np.ndarray, h: np.ndarray) -> pa.RecordBatch:
             return _descent_block(b, users, h, support, p, um, im, v0)
 
-        delta, stats, reg_h0 = self._step("item", descent_fn, w, items, e, feeds_next=False)  # moved first (cut then)
+        delta, stats, reg_h0 = self._step("item", descent_fn, w, items, e)
         part = functools.reduce(Descent.__add__, (Descent.from_array(s, d) for s in stats))
         t = part.step(um, im, v0)
-        h = self.exchange.move("item", items, delta, t)
+        h = self.exchange.move(items, delta, t)
         square, v, reg_h = part.partials_at(t, square0, v0, reg_h0)
         log.debug("epoch %d item step: t=%.4f along the descent direction", e, t)
         return h, part.moved(im, t), square, v, reg_h

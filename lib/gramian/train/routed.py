@@ -5,8 +5,6 @@ its routes are (dst 0, src 0, rows [3]), (dst 0, src 1, rows [7]), (dst 0, src 2
 half-step cogroups the routes with the item factor blocks on src (one task per item block), slices out
 those rows, sends the slices to their dst and cogroups them with user block 0's CSR and current factors;
 the task re-indexes the CSR into the gathered rows and solves. Routes are built once; only factor rows move.
-The solving task also cuts the rows it makes for the next half-step's blocks (with_cuts), so from the second
-half-step on a step is one shuffle of rows already cut.
 Factor blocks are DataFrames of (block, row_start, n_rows, factors binary float32 row-major).
 
 Memory: every task holds one block's data, never a whole side (task_bytes); the trainer picks block counts
@@ -43,15 +41,7 @@ TASK_MEMORY_SHARE = 1 / 8
 MAX_BLOCKS = 65_536  # sized_layouts stops growing a side here (a block per row comes first on small sides)
 CSR_BYTES_PER_NNZ = 4 + 8 + 8  # indices int32, alpha and target float64 (blocks.BLOCK_ARRAYS)
 FACTOR_COLUMNS = ("block", "row_start", "n_rows", "factors")
-# A solving task's payload rows, by `kind`: SLICE, rows of the other side its CSR references; OWN, the block's
-# current rows; ROUTE, rows of this side (`rows`) that block `dst_block` of the other side needs in its next step
-# (the task cuts them from the rows it makes, so that step needs no slicing pass).
-SLICE, OWN, ROUTE, DELTA = 0, 1, 2, 3  # DELTA: a direction's rows (move_blocks)
-PAYLOAD_SCHEMA = "pkey int, dst_block int, kind int, rows binary, vecs binary"
-# Columns a routed step appends to its task's record: the new rows cut for the other side's next step, one slice
-# per row (cut_pkey, cut_dst: its destination block and partition key), null in the record's own row.
-CUT_SCHEMA = ", cut_pkey int, cut_dst int, cut_rows binary, cut_vecs binary"
-CUT_COLUMNS = ("cut_pkey", "cut_dst", "cut_rows", "cut_vecs")
+PAYLOAD_SCHEMA = "pkey int, dst_block int, own boolean, rows binary, vecs binary"
 
 
 def task_bytes(counts: np.ndarray, other_counts: np.ndarray, layout: SideLayout, other_blocks: int,
@@ -62,14 +52,13 @@ def task_bytes(counts: np.ndarray, other_counts: np.ndarray, layout: SideLayout,
 
 def block_task_bytes(counts: np.ndarray, other_counts: np.ndarray, layout: SideLayout, other_blocks: int,
                      dim: int) -> np.ndarray:
-    """Estimated bytes of each block's largest routed task: its solving task, which plays both roles at once.
+    """Estimated bytes of each block's largest routed task, over both roles a block plays.
 
-    As a destination: its CSR, its current and new rows, and the other side's rows its interactions reference;
-    m interactions, drawn in proportion to the other side's counts c, reference about sum(1 - exp(-m c / nnz))
-    distinct rows (at most m, at most the rows with interactions). As a source: the slices it cuts from its new
-    rows for the other side's next step (with_cuts; slice_sources holds less: its rows and the same slices), a row
-    of c interactions going to about B (1 - (1 - 1/B)^c) of the other side's B blocks. Every term grows with the
-    block, none with the data.
+    As a destination (its solve task): its CSR, its current and new rows, and the other side's rows its
+    interactions reference; m interactions, drawn in proportion to the other side's counts c, reference about
+    sum(1 - exp(-m c / nnz)) distinct rows (at most m, at most the rows with interactions). As a source
+    (slice_sources): its factor rows and the slices cut from them, a row of c interactions going to about
+    B (1 - (1 - 1/B)^c) of the other side's B blocks. Every term grows with the block, none with the data.
     """
     bounds = np.asarray(layout.bounds_array)
     cum = np.concatenate([[0.0], np.cumsum(counts, dtype=np.float64)])
@@ -83,7 +72,8 @@ def block_task_bytes(counts: np.ndarray, other_counts: np.ndarray, layout: SideL
     routed_out = cum_reach[bounds[1:]] - cum_reach[bounds[:-1]]
     row_bytes = 4 * dim + 4  # a float32 row and its int32 id
     dst = nnz * CSR_BYTES_PER_NNZ + rows * 8 + 2 * rows * 4 * dim + routed_in * row_bytes
-    return dst + routed_out * row_bytes
+    src = rows * 4 * dim + routed_out * row_bytes
+    return np.maximum(dst, src)
 
 
 def sized_layouts(counts: dict[str, np.ndarray], dim: int, budget: float, blocks: dict[str, int],
@@ -246,37 +236,22 @@ def block_partials(factors_df: Any, dim: int, fn: Callable[[int, np.ndarray], np
     return [np.frombuffer(out.column("part")[k].as_buffer(), np.float64) for k in range(out.num_rows)]
 
 
-def move_blocks(factors_df: Any, delta_df: Any, t: float, layout: SideLayout, dim: int, keys: list[int],
-                routes: Any = None, dst_keys: list[int] | None = None) -> Any:
-    """Factor blocks moved by t times a direction of the same layout: rows h + t Delta (RankALS's line step), one
-    task per block (grouped on its partition key among `keys`); with `routes` (the next step's routes, keyed by
-    their source block among these blocks) each task also cuts its moved rows for that step (with_cuts)."""
-    from pyspark.sql import functions as F
+def move_blocks(factors_df: Any, delta_df: Any, t: float, dim: int) -> Any:
+    """Factor blocks moved by t times a direction of the same layout: rows h + t Delta (RankALS's line step)."""
 
-    def rows_of(df: Any, kind: int) -> Any:
-        return df.select(partition_key(keys, "block").alias("pkey"), F.col("block").alias("dst_block"),
-                         F.lit(kind).alias("kind"), F.lit(bytearray()).alias("rows"), F.col("factors").alias("vecs"))
+    def move(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for k in range(batch.num_rows):
+                x = move_rows(np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32),
+                              np.frombuffer(batch.column("delta")[k].as_buffer(), np.float32), t)
+                yield pa.RecordBatch.from_pydict({
+                    "block": pa.array([batch.column("block")[k].as_py()], pa.int32()),
+                    "row_start": pa.array([batch.column("row_start")[k].as_py()], pa.int32()),
+                    "n_rows": pa.array([batch.column("n_rows")[k].as_py()], pa.int32()),
+                    "factors": pa.array([x.tobytes()], pa.binary())})
 
-    payload = rows_of(factors_df, OWN).unionByName(rows_of(delta_df, DELTA))
-    if routes is not None:
-        payload = payload.unionByName(routes.select("pkey", "dst_block", F.lit(ROUTE).alias("kind"), "rows",
-                                                    F.lit(bytearray()).alias("vecs")))
-    cut_keys = dst_keys or []
-
-    def move(rows_in: pa.Table) -> pa.Table:
-        kinds = rows_in.column("kind").to_pylist()
-        k_own, k_delta = kinds.index(OWN), kinds.index(DELTA)
-        block = rows_in.column("dst_block")[k_own].as_py()
-        start, stop = layout.bounds(block)
-        x = move_rows(np.frombuffer(rows_in.column("vecs")[k_own].as_buffer(), np.float32),
-                      np.frombuffer(rows_in.column("vecs")[k_delta].as_buffer(), np.float32), t)
-        rec = pa.RecordBatch.from_pydict({
-            "block": pa.array([block], pa.int32()), "row_start": pa.array([start], pa.int32()),
-            "n_rows": pa.array([stop - start], pa.int32()), "factors": pa.array([x.tobytes()], pa.binary())})
-        return with_cuts(rec, rows_in, [k for k, c in enumerate(kinds) if c == ROUTE], dim, cut_keys)
-
-    return payload.groupBy("pkey").applyInArrow(move, "block int, row_start int, n_rows int, factors binary"
-                                                + CUT_SCHEMA)
+    joined = factors_df.join(delta_df.select("block", delta_df.factors.alias("delta")), "block")
+    return joined.mapInArrow(move, "block int, row_start int, n_rows int, factors binary")
 
 
 SLICE_BYTES = 32 * 2**20  # the most factor bytes one routed slice row carries: JVM rows and Arrow cells stay small
@@ -287,42 +262,16 @@ def slice_rows_per_row(dim: int) -> int:
     return max(1, SLICE_BYTES // (4 * dim))
 
 
-def cut_slices(x: np.ndarray, start: int, dsts: list[int], row_lists: list[np.ndarray], dst_keys: list[int],
-               dim: int) -> tuple[list[int], list[int], list[bytes], list[bytes]]:
-    """Slices of factor rows `x` (global rows from `start`) for destination blocks `dsts`, each wanting the sorted
-    global rows in `row_lists`: (partition keys, destination blocks, row ids, factor rows) per slice, at most
-    `slice_rows_per_row(dim)` rows each. The one cutting rule of both slice_sources and a step's cut for the next."""
-    step = slice_rows_per_row(dim)
-    keys: list[int] = []
-    out_dsts: list[int] = []
-    rows_out: list[bytes] = []
-    vecs_out: list[bytes] = []
-    for dst, rows in zip(dsts, row_lists, strict=True):
-        for a in range(0, len(rows), step):
-            part = rows[a:a + step]
-            keys.append(dst_keys[dst])
-            out_dsts.append(dst)
-            rows_out.append(part.tobytes())
-            vecs_out.append(np.ascontiguousarray(x[part - start]).tobytes())
-    return keys, out_dsts, rows_out, vecs_out
-
-
-def route_rows(payload: pa.Table, picks: list[int]) -> tuple[list[int], list[np.ndarray]]:
-    """(destination block, sorted row ids) of payload rows `picks` (routes), read in place."""
-    return ([payload.column("dst_block")[k].as_py() for k in picks],
-            [np.frombuffer(payload.column("rows")[k].as_buffer(), np.int32) for k in picks])
-
-
 def slice_sources(routes: Any, factors: Any, dst_keys: list[int], dim: int) -> Any:
     """The other side's factor rows each destination block needs, cut from their source blocks.
 
     `routes` and `factors` both carry `pkey`, the source block's partition key; they are cogrouped on it, so one
     task per source block holds that block's factor rows once (not once per destination, as a join would copy
     them) and emits slices of at most `slice_rows_per_row(dim)` rows, keyed by their destination block's
-    partition key (`dst_keys`) and marked SLICE. A task holds its block and the slices it cuts from it (at most its
-    block's interactions' rows): bounded by the block, not by the data. A step whose other side was made by a
-    routed step with its cut (with_cuts) needs none of this: the slices were cut when those rows were made.
+    partition key (`dst_keys`) and marked as not the block's own rows. A task holds its block and the slices it
+    cuts from it (at most its block's interactions' rows): bounded by the block, not by the data.
     """
+    step = slice_rows_per_row(dim)
     schema = payload_arrow_schema()
 
     def cut(routes_t: pa.Table, factors_t: pa.Table) -> pa.Table:
@@ -330,63 +279,26 @@ def slice_sources(routes: Any, factors: Any, dst_keys: list[int], dim: int) -> A
             return schema.empty_table()
         start = factors_t.column("row_start")[0].as_py()
         x = np.frombuffer(factors_t.column("factors")[0].as_buffer(), np.float32).reshape(-1, dim)
-        keys, dsts, rows, vecs = cut_slices(x, start, *route_rows(routes_t, list(range(routes_t.num_rows))),
-                                            dst_keys, dim)
-        return pa.table({"pkey": pa.array(keys, pa.int32()), "dst_block": pa.array(dsts, pa.int32()),
-                         "kind": pa.array([SLICE] * len(keys), pa.int32()), "rows": pa.array(rows, pa.binary()),
-                         "vecs": pa.array(vecs, pa.binary())}, schema=schema)
+        dsts = routes_t.column("dst_block").to_pylist()
+        out = []
+        for k, dst in enumerate(dsts):
+            rows = np.frombuffer(routes_t.column("rows")[k].as_buffer(), np.int32)
+            for a in range(0, len(rows), step):
+                part = rows[a:a + step]
+                out.append(pa.RecordBatch.from_pydict({
+                    "pkey": pa.array([dst_keys[dst]], pa.int32()), "dst_block": pa.array([dst], pa.int32()),
+                    "own": pa.array([False]), "rows": pa.array([part.tobytes()], pa.binary()),
+                    "vecs": pa.array([np.ascontiguousarray(x[part - start]).tobytes()], pa.binary())}, schema=schema))
+        return pa.Table.from_batches(out, schema=schema)
 
     return (routes.select("pkey", "dst_block", "rows").groupBy("pkey")
             .cogroup(factors.select("pkey", "row_start", "factors").groupBy("pkey"))
             .applyInArrow(cut, PAYLOAD_SCHEMA))
 
 
-def with_cuts(rec: pa.RecordBatch, payload: pa.Table, picks: list[int], dim: int, dst_keys: list[int]) -> pa.Table:
-    """A solving task's one-row record followed by its new rows cut for the other side's next step, one row per
-    slice (CUT_SCHEMA; null where a row is not of that kind), from the ROUTE rows `picks` of its payload."""
-    base = rec.schema
-    cut_fields = [pa.field("cut_pkey", pa.int32()), pa.field("cut_dst", pa.int32()),
-                  pa.field("cut_rows", pa.binary()), pa.field("cut_vecs", pa.binary())]
-    schema = pa.schema([*base, *cut_fields])
-    head = pa.Table.from_batches([rec]).cast(base)
-    head = pa.table([*head.columns, *[pa.nulls(head.num_rows, f.type) for f in cut_fields]], schema=schema)
-    if not picks:
-        return head
-    x = np.frombuffer(rec.column("factors")[0].as_buffer(), np.float32).reshape(-1, dim)
-    keys, dsts, rows, vecs = cut_slices(x, rec.column("row_start")[0].as_py(), *route_rows(payload, picks),
-                                        dst_keys, dim)
-    n = len(keys)
-    tail = pa.table([*[pa.nulls(n, f.type) for f in base], pa.array(keys, pa.int32()), pa.array(dsts, pa.int32()),
-                     pa.array(rows, pa.binary()), pa.array(vecs, pa.binary())], schema=schema)
-    return pa.concat_tables([head, tail])
-
-
-def split_step(step_df: Any) -> tuple[Any, Any]:
-    """A written routed step as (its factor blocks, FACTOR_COLUMNS; the slices it cut for the next step, as
-    payload rows of kind SLICE)."""
-    from pyspark.sql import functions as F
-
-    record = F.col("cut_dst").isNull()
-    factors = step_df.where(record).select(*FACTOR_COLUMNS)
-    slices = step_df.where(~record).select(F.col("cut_pkey").alias("pkey"), F.col("cut_dst").alias("dst_block"),
-                                           F.lit(SLICE).alias("kind"), F.col("cut_rows").alias("rows"),
-                                           F.col("cut_vecs").alias("vecs"))
-    return factors, slices
-
-
-def records(table: pa.Table) -> pa.Table:
-    """The task records of a routed step's rows (its cut slices and the cut columns left out)."""
-    import pyarrow.compute as pc
-
-    if "cut_dst" not in table.column_names:
-        return table
-    keep = table.filter(pc.is_null(table.column("cut_dst")))
-    return keep.drop_columns([c for c in CUT_COLUMNS if c in keep.column_names])
-
-
 def payload_arrow_schema() -> pa.Schema:
     """PAYLOAD_SCHEMA as an Arrow schema."""
-    return pa.schema([("pkey", pa.int32()), ("dst_block", pa.int32()), ("kind", pa.int32()), ("rows", pa.binary()),
+    return pa.schema([("pkey", pa.int32()), ("dst_block", pa.int32()), ("own", pa.bool_()), ("rows", pa.binary()),
                       ("vecs", pa.binary())])
 
 
@@ -463,14 +375,14 @@ class StepStore:
         if self.store is not None:
             atexit.register(self.close)
 
-    def persist(self, df: Any, columns: tuple[str, ...] | None = None, summary: bool = False,
-                payload: tuple[str, ...] = ("factors",)) -> tuple[Any, pa.Table | None]:
+    def persist(self, df: Any, columns: tuple[str, ...] | None = None,
+                summary: bool = False) -> tuple[Any, pa.Table | None]:
         """`df` computed once, written, and read back as a DataFrame whose lineage begins in the store: its `columns`
-        (default all) and, with `summary`, its columns but the `payload` ones as an Arrow table (read from the
-        written files by the driver; collected by a Spark job without a store)."""
+        (default all) and, with `summary`, its other columns but `factors` as an Arrow table (read from the written
+        files by the driver; collected by a Spark job without a store)."""
         if self.store is None:
             out = df.localCheckpoint()
-            table = out.drop(*payload).toArrow() if summary else None
+            table = out.drop("factors").toArrow() if summary else None
             return out if columns is None else out.select(*columns), table
         self._count += 1
         name = f"step{self._count:05d}"
@@ -481,15 +393,16 @@ class StepStore:
             self.store.delete(old)
         self._written = self._written[-self.keep:]
         out = df.sparkSession.read.schema(df.schema).parquet(uri)
-        table = self._summary(name, [f.name for f in df.schema.fields if f.name not in payload]) if summary else None
-        return out if columns is None else out.select(*columns), table
+        return out if columns is None else out.select(*columns), self._summary(name, df.schema) if summary else None
 
-    def _summary(self, name: str, wanted: list[str]) -> pa.Table:
-        """Columns `wanted` of step `name`'s files, read by the driver through the store (a file per task: read
-        concurrently, since on an object store each is a round trip)."""
+    def _summary(self, name: str, schema: Any) -> pa.Table:
+        """Every column of step `name`'s files but `factors`, read by the driver through the store (a file per
+        task: read concurrently, since on an object store each is a round trip)."""
         from concurrent.futures import ThreadPoolExecutor
 
         import pyarrow.parquet as pq
+
+        wanted = [f.name for f in schema.fields if f.name != "factors"]
 
         def read(file: str) -> pa.Table:
             with self.store.open_input(name, file) as f:
