@@ -41,14 +41,13 @@ class StageSpec:
     sections: tuple[str, ...]       # config sections that change its output
     shared: tuple[str, ...] = ()    # tables the stage overwrites whole (not keyed by run_id)
     per_run: tuple[str, ...] = ()   # tables holding rows keyed by run_id
-    late_tracking: bool = False     # the stage starts its MLflow run's opening itself (tracking.release_opening)
 
 
 SPECS: dict[str, StageSpec] = {
     "generate": StageSpec(("data", "generate")),
     "ingest": StageSpec(("data", "generate"), shared=("interactions", "users", "items"), per_run=("ingest_runs",)),
     "split": StageSpec(("split",), shared=("train", "test")),
-    "train": StageSpec(("model", "train"), per_run=("user_factors", "item_factors", "runs"), late_tracking=True),
+    "train": StageSpec(("model", "train"), per_run=("user_factors", "item_factors", "runs")),
     "evaluate": StageSpec(("evaluate",), per_run=("metrics",)),
     "publish": StageSpec(("publish",), per_run=("topn",)),
     "tune": StageSpec(("model", "tune"), per_run=("tuning",)),  # not in ORDER: `gramian tune` runs on its own
@@ -132,7 +131,7 @@ def execute(spark: Any, cfg: Config, run_id: str, stage: str, func: Callable[...
     phases = Phases(f"{stage} {run_id}")
     try:
         describe_jobs(spark, f"{stage} {run_id}")
-        with tracking.tracked(cfg, run_id, stage, held=SPECS.get(stage, StageSpec(())).late_tracking) as tracker:
+        with tracking.tracked(cfg, run_id, stage) as tracker:
             phases.mark("open tracking")
             summary = func(spark, cfg, run_id, **kwargs)
             phases.mark("stage")

@@ -274,21 +274,13 @@ class DeferredTracker:
     on a busy driver) overlap the stage's own first Spark jobs instead of preceding them. Every attribute
     waits for the opening, then comes from the opened Tracker, or from a NullTracker when opening failed."""
 
-    def __init__(self, cfg: Config, run_id: str, stage: str, uri: str, held: bool = False) -> None:
+    def __init__(self, cfg: Config, run_id: str, stage: str, uri: str) -> None:
         self._tracker: NullTracker = NullTracker()
-        self._go = threading.Event()  # held: the opening waits for release() (or the first use)
-        if not held:
-            self._go.set()
         self._thread = threading.Thread(target=self._open, args=(cfg, run_id, stage, uri), daemon=True,
                                         name=f"gramian-tracking-{stage}")
         self._thread.start()
 
-    def release(self) -> None:
-        """Start opening the run now (a held tracker's stage calls this once its driver waits on executors)."""
-        self._go.set()
-
     def _open(self, cfg: Config, run_id: str, stage: str, uri: str) -> None:
-        self._go.wait()
         try:
             tracker = open_run(cfg, run_id, uri)
             tracker.log_params(flat_params(cfg.to_dict()))
@@ -299,8 +291,7 @@ class DeferredTracker:
             log.warning("MLflow tracking is off for stage %s: %s: %s", stage, type(e).__name__, e)
 
     def resolve(self) -> NullTracker:
-        """The opened tracker (starts a held opening, then waits for it to finish)."""
-        self._go.set()
+        """The opened tracker (waits for the opening to finish)."""
         self._thread.join()
         return self._tracker
 
@@ -309,12 +300,10 @@ class DeferredTracker:
 
 
 @contextmanager
-def tracked(cfg: Config, run_id: str, stage: str, held: bool = False) -> Iterator[NullTracker]:
+def tracked(cfg: Config, run_id: str, stage: str) -> Iterator[NullTracker]:
     """Make the run's MLflow run active for one stage; mark it FINISHED, or FAILED when the stage raises.
 
-    The MLflow run is opened in the background (DeferredTracker) while the stage starts; `held`, once the stage
-    calls `release_opening` (or first logs): seconds of Python (MLflow's store setup) that would otherwise compete
-    with the stage's own driver work for the interpreter and the driver's cores. Tracking problems
+    The MLflow run is opened in the background (DeferredTracker) while the stage starts. Tracking problems
     (a server down) are logged and the stage runs untracked, and so does a run whose storage.root is not
     local when no tracking URI is given (a warning names the remedy).
     """
@@ -327,7 +316,7 @@ def tracked(cfg: Config, run_id: str, stage: str, held: bool = False) -> Iterato
                         "'databricks'), or tracking.enabled=false to silence this.", stage, cfg.storage.root)
         yield NullTracker()
         return
-    opening = DeferredTracker(cfg, run_id, stage, uri, held=held)
+    opening = DeferredTracker(cfg, run_id, stage, uri)
     _ACTIVE = opening  # type: ignore[assignment]  # a NullTracker in all but name: attributes delegate
     try:
         yield opening  # type: ignore[misc]
@@ -337,12 +326,6 @@ def tracked(cfg: Config, run_id: str, stage: str, held: bool = False) -> Iterato
     finally:
         _ACTIVE = NullTracker()
     _finish(opening.resolve(), "FINISHED")
-
-
-def release_opening() -> None:
-    """Let the active stage's held MLflow opening start (tracked(held=True)); nothing when tracking is off."""
-    if isinstance(_ACTIVE, DeferredTracker):
-        _ACTIVE.release()
 
 
 def _finish(tracker: NullTracker, status: str) -> None:

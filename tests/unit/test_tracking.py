@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -67,32 +66,6 @@ def test_a_tracked_stage_logs_into_its_mlflow_run_opened_in_the_background(tmp_p
     run = MlflowClient(uri).get_run(t.run_id)
     assert run.info.status == "FINISHED" and run.data.tags[tracking.RUN_TAG] == "r2"
     assert run.data.metrics["loss"] == 2.5 and run.data.params["model.dim"] == str(cfg.model.dim)
-
-
-def test_a_held_opening_waits_for_the_stage_to_release_it_then_logs_into_the_run(tmp_path):
-    """The train stage holds MLflow's opening through its own driver work (pipeline SPECS late_tracking) and
-    releases it once executors build its blocks: nothing touches the tracking store before the release."""
-    from mlflow import MlflowClient
-
-    from gramian.pipeline import SPECS
-
-    assert SPECS["train"].late_tracking and not SPECS["evaluate"].late_tracking
-    cfg = load_config("conf/synthetic.yaml", [f"storage.root={tmp_path}/wh"])
-    uri = tracking.tracking_uri(cfg)
-    store = Path(uri[len("sqlite:///"):])
-    with tracking.tracked(cfg, "r3", "train", held=True) as t:
-        time.sleep(3)
-        assert not store.exists()  # held: MLflow's store was not opened
-        tracking.release_opening()
-        tracking.active().log_metrics({"loss": 3.5}, step=1)
-    run = MlflowClient(uri).get_run(t.run_id)
-    assert run.info.status == "FINISHED" and run.data.metrics["loss"] == 3.5
-
-
-def test_a_held_opening_is_started_by_the_first_use_so_it_never_waits_forever(tmp_path):
-    cfg = load_config("conf/synthetic.yaml", [f"storage.root={tmp_path}/wh"])
-    with tracking.tracked(cfg, "r4", "train", held=True) as t:
-        assert isinstance(t.resolve(), tracking.Tracker)  # no release_opening: resolving opens it
 
 
 def test_tracking_section_rejects_unknown_keys():

@@ -62,8 +62,6 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     initial, warmed = (None, None) if source is None else warm.warm_state(spark, cfg, source, n_trained, n_items,
                                                                           user_rows)
     phases.mark("checkpoint and warm start")
-    # the driver's own work (log reads, the count's planning) is done: MLflow's run opens while executors build
-    tracking.release_opening()
     model, seconds = fit(spark, cfg, run_id, train_df, counts, ckpt, resume, initial, phases)
     logging_model = None
     if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
