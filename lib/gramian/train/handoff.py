@@ -93,6 +93,7 @@ class FetchClock:
 FETCH = FetchClock()
 FACTORS = WorkerCache(4)  # the fixed side and the current rows of a half-step, plus the previous pair
 BLOCKS = WorkerCache(int(os.environ.get("GRAMIAN_BLOCK_CACHE_SIZE", "64")))  # CSR blocks, both sides
+ROUTES = WorkerCache(int(os.environ.get("GRAMIAN_ROUTE_CACHE_SIZE", "64")))  # routed: a source block's routes
 
 
 def load_npy(store: Store, *parts: str) -> np.ndarray:
@@ -127,7 +128,7 @@ def is_local_master(spark: Any) -> bool:
         return False
 
 
-def _scratch_root() -> str | None:
+def scratch_root() -> str | None:
     """Memory-backed /dev/shm when it is there and writable (tmpfs: no disk I/O), else the temp dir."""
     return str(SHM) if SHM.is_dir() and os.access(SHM, os.W_OK) else None
 
@@ -137,7 +138,7 @@ class Handoff:
     artifact store (`store`), removed by `close`."""
 
     def __init__(self, spark: Any, enabled: bool = True, store: Store | None = None) -> None:
-        self.folder = (Path(tempfile.mkdtemp(prefix="gramian-handoff-", dir=_scratch_root()))
+        self.folder = (Path(tempfile.mkdtemp(prefix="gramian-handoff-", dir=scratch_root()))
                        if enabled and is_local_master(spark) else None)
         self.store = store.child(f"exchange-{uuid.uuid4().hex[:12]}") if store is not None and not self.folder \
             else None

@@ -103,6 +103,9 @@ class IALS:
                     checkpointer.save(state)
                 if on_model is not None:
                     on_model(IALSModel(m, state.user_factors, state.item_factors, state.history, spark))
+        except BaseException:  # a stopped fit leaves no routed steps behind (a finished one's model reads them)
+            trainer.close_steps()
+            raise
         finally:
             trainer.release()
         return IALSModel(m, state.user_factors, state.item_factors, state.history, spark)
@@ -124,6 +127,7 @@ def _start_state(trainer: Any, spark: Any, checkpointer: Checkpointer | None, re
         return trainer.adopt(state) if state.routed != trainer.routed else state
     except BaseException:
         trainer.release()
+        trainer.close_steps()
         raise
 
 

@@ -180,6 +180,7 @@ class PairwiseTrainer(BlockTrainer):
             totals = self.map_blocks("item", _totals_block, TOTALS_SCHEMA)
         except BaseException:
             self.release()
+            self.close_steps()
             raise
         counts, sums = np.zeros(n_items), np.zeros(n_items)
         for k in range(totals.num_rows):
