@@ -381,7 +381,7 @@ def half_step(sc: Scenario, cl: Cluster, k: dict[str, Any], a: float, rest_s: fl
 def executor_memory(sc: Scenario, cl: Cluster, d: int, shapes: dict[str, SideShape], side: str,
                     base: dict[str, float]) -> dict[str, float]:
     """Bytes one executor holds in a routed half-step of `side`: `cores` tasks of one block each, plus its share
-    of both sides' cached CSR and routes (factor versions live in the store, not in executors)."""
+    of both sides' cached CSR and of the routes its Python workers keep (factor versions live in the store)."""
     s, o = shapes[side], shapes[OTHER[side]]
     rows = s.rows / s.blocks
     typical = routed_task_memory(s.nnz_per_block, rows, s.routed_per_block,

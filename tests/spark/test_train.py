@@ -389,8 +389,9 @@ def test_routed_run_resumes_from_its_parquet_checkpoint(train_df, tmp_path):
 def test_routed_steps_are_block_files_in_the_store_and_give_the_scratch_folders_factors(train_df, tmp_path,
                                                                                        estimator):
     """With a store, every routed step is a folder of block files there, written by the block tasks (a lost
-    executor loses no step; old steps are deleted), the routes are a file per source block beside them, the final
-    factors are read from the store, and the fit is the one a local master makes in its scratch folder."""
+    executor loses no step), the routes are a file per source block beside them; once the fit is done only the
+    two steps its factors are read from stay, and the fit is the one a local master makes in a scratch folder.
+    model.close() deletes the rest."""
     from gramian.storage import open_store
     from gramian.train import RankALS
     from gramian.train.exchange import RoutedRows
@@ -398,39 +399,70 @@ def test_routed_steps_are_block_files_in_the_store_and_give_the_scratch_folders_
 
     cls = IALS if estimator == "ials" else RankALS
     cfg = TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed")
-    made = []
+    made, seen = [], []
 
     class Recording(cls.trainer_class):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
 
+    def watch(model):  # after each epoch, mid-fit: the routes and the kept steps
+        steps = made[-1].steps
+        seen.append((steps.store.listdir("routes", "user"), steps.store.listdir("routes", "item"),
+                     len([n for n in steps.store.listdir() if n.startswith("step")])))
+
     def fit(store=None):
         est = cls(dim=8, epochs=4, train=cfg)
         est.trainer_class = Recording
-        return est.fit(train_df, N_USERS + 4, N_ITEMS, exchange=store)
+        return est.fit(train_df, N_USERS + 4, N_ITEMS, exchange=store, on_model=watch)
 
     local = fit()
     assert isinstance(made[-1].exchange, RoutedRows)
-    assert not made[-1].steps.store.uri.startswith(str(tmp_path))  # a scratch folder of this machine
+    scratch = made[-1].steps.store
+    assert scratch.is_local and not scratch.uri.startswith(str(tmp_path))  # a scratch folder of this machine
     store = open_store(str(tmp_path / "exchange"))
+    seen.clear()
     stored = fit(store)
     trainer = made[-1]
     steps = trainer.steps
     assert steps.store.uri.startswith(str(tmp_path / "exchange"))
-    written = steps.store.listdir()
-    assert 2 <= len([n for n in written if n.startswith("step")]) <= steps.keep  # old steps deleted
-    assert steps.store.listdir("routes", "user") == ["src-00000.arrow", "src-00001.arrow"]  # 2 item blocks
-    assert steps.store.listdir("routes", "item") == [f"src-{b:05d}.arrow" for b in range(3)]
-    for side, n_blocks in (("user", 3), ("item", 2)):  # the final factors are block files in the store
-        files = trainer.exchange.source(side, stored._factors[side])
-        assert isinstance(files, StepFiles) and steps.live(files)
-        assert files.store.listdir() == [f"block-{b:05d}.f32" for b in range(n_blocks)]
+    for user_routes, item_routes, kept in seen:
+        assert user_routes == ["src-00000.arrow", "src-00001.arrow"]  # one file per item block
+        assert item_routes == [f"src-{b:05d}.arrow" for b in range(3)]
+        assert 2 <= kept <= steps.keep  # old steps deleted as the fit goes
+    final = {side: trainer.exchange.known(stored._factors[side]) for side in ("user", "item")}
+    for side, n_blocks in (("user", 3), ("item", 2)):  # the final factors are the exchange's block files
+        assert isinstance(final[side], StepFiles)
+        assert final[side].store.listdir() == [f"block-{b:05d}.f32" for b in range(n_blocks)]
+    assert sorted(steps.store.listdir()) == sorted(f.store.uri.rsplit("/", 1)[-1] for f in final.values())
     np.testing.assert_allclose(stored.user_array, local.user_array, atol=1e-6)
     np.testing.assert_allclose(stored.item_array, local.item_array, atol=1e-6)
     np.testing.assert_allclose([h.loss for h in stored.history], [h.loss for h in local.history], rtol=1e-9)
-    steps.close()
-    assert not steps.store.exists()
+    stored.close()
+    local.close()
+    assert not steps.store.exists() and not scratch.exists()
+
+
+def test_a_routed_fit_stopped_between_epochs_leaves_no_steps(train_df, tmp_path):
+    """A fit stopped by its on_model callback (tune prunes this way) deletes its routed steps and routes."""
+    from gramian.storage import open_store
+
+    made = []
+
+    class Recording(IALS.trainer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    def stop(model):
+        assert made[-1].steps.store.exists()  # written so far
+        raise _Injected("pruned")
+
+    est = IALS(dim=4, epochs=3, train=TrainConfig(num_user_blocks=2, num_item_blocks=2, routing="routed"))
+    est.trainer_class = Recording
+    with pytest.raises(_Injected):
+        est.fit(train_df, N_USERS, N_ITEMS, exchange=open_store(str(tmp_path / "x")), on_model=stop)
+    assert not made[-1].steps.store.exists()
 
 
 def test_a_persisted_routed_step_holds_its_blocks_and_only_the_last_steps_stay(spark, tmp_path):
@@ -454,6 +486,9 @@ def test_a_persisted_routed_step_holds_its_blocks_and_only_the_last_steps_stay(s
         back = {r.block: (r.row_start, r.n_rows, bytes(r.factors)) for r in blocks_frame(spark, files).collect()}
         assert back == {r.block: (r.row_start, r.n_rows, bytes(r.factors)) for r in df.collect()}
     assert sorted(steps.store.listdir()) == ["step00002", "step00003"]
+    other = SideLayout((0, 4, 7))  # a checkpoint of other blocks: refused, naming the blocks and the remedy
+    with pytest.raises(ConfigError, match=r"must be the trainer's \[\(0, 0, 4\), \(1, 4, 7\)\].*--resume"):
+        steps.persist(df, other, 2)
     steps.close()
     assert not steps.store.exists()
 

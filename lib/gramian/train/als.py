@@ -35,7 +35,7 @@ from gramian.kernels import (
 from gramian.spark import run_together
 from gramian.train import routed
 from gramian.train.blocks import Block, SideLayout, build_side_blocks, write_local_blocks_from_pairs
-from gramian.train.exchange import FactorExchange, FactorSpec, choose
+from gramian.train.exchange import FactorExchange, FactorSpec, RoutedRows, choose
 from gramian.train.handoff import Handoff, is_local_master
 from gramian.train.init import init_factors  # noqa: F401  (re-exported: tests and benchmarks import it here)
 
@@ -240,7 +240,7 @@ def routed_steps(spark: Any, store: Store | None, routed_rows: bool) -> routed.S
     if store is None and not is_local_master(spark):
         raise ConfigError("routed factors (train.routing routed, or auto with factors over train.broadcast_max_mb) "
                           "need a store every executor reads, got none (fitting outside the train stage). Pass "
-                          "exchange=<Store> to fit (gramian.storage.open_store('s3a://...')), or run the train "
+                          "exchange=<Store> to fit (gramian.storage.open_store('s3a://...', spark)), or run the train "
                           "stage, which uses storage.artifacts.")
     return routed.StepStore(store)
 
@@ -418,6 +418,13 @@ class BlockTrainer:
         state.grams = {"user": gram_w, "item": gram_h}
         state.history.append(stats)
         return stats
+
+    def finish_steps(self, state: FitState) -> None:
+        """A fit is done: only the routed steps its final factors are read from stay (routes, older steps go)."""
+        if self.steps is None or not isinstance(self.exchange, RoutedRows):
+            return
+        final = [self.exchange.known(f) for f in (state.user_factors, state.item_factors)]
+        self.steps.finish([f for f in final if isinstance(f, routed.StepFiles)])
 
     def close_steps(self) -> None:
         """Delete the routed steps and routes (a fit that failed or stopped: no model will read them)."""

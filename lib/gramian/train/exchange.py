@@ -118,8 +118,8 @@ class FactorExchange(ABC):
         """fn(first row, rows) over `factors`: once over all rows for arrays, once per block for routed blocks."""
 
     @abstractmethod
-    def move(self, factors: Any, delta: Any, t: float) -> Any:
-        """The rows factors + t·delta (RankALS's exact line step), in this exchange's representation."""
+    def move(self, side: str, factors: Any, delta: Any, t: float) -> Any:
+        """The rows factors + t·delta of `side` (RankALS's exact line step), in this exchange's representation."""
 
     def release(self) -> None:  # noqa: B027  (most exchanges plan nothing ahead)
         """Forget planned jobs (scratch files and cached blocks are the trainer's to release)."""
@@ -190,7 +190,7 @@ class WholeFactors(FactorExchange):
     def partials(self, factors: np.ndarray, fn: PartialFn) -> list[np.ndarray]:
         return [fn(0, factors)]
 
-    def move(self, factors: np.ndarray, delta: np.ndarray, t: float) -> np.ndarray:
+    def move(self, side: str, factors: np.ndarray, delta: np.ndarray, t: float) -> np.ndarray:
         return move_rows(factors, delta, t)
 
     def step(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
@@ -374,11 +374,16 @@ class RoutedRows(FactorExchange):
         self._sources[id(frame)] = (frame, source)
         return frame
 
+    def known(self, factors: Any) -> routed.RowSource | None:
+        """Where the rows of a factor-block DataFrame this exchange handed out are (None: not one of those)."""
+        got = self._sources.get(id(factors))
+        return got[1] if got is not None and got[0] is factors else None
+
     def source(self, side: str, factors: Any) -> routed.RowSource:
         """Where the rows of `factors` (a factor-block DataFrame of `side`) are: remembered, else written now."""
-        got = self._sources.get(id(factors))
-        if got is not None and got[0] is factors:
-            return got[1]
+        got = self.known(factors)
+        if got is not None:
+            return got
         files = self.steps.persist(factors, self.layouts[side], self.spec.dim)
         self._sources[id(factors)] = (factors, files)
         return files
@@ -404,7 +409,7 @@ class RoutedRows(FactorExchange):
     def partials(self, factors: Any, fn: PartialFn) -> list[np.ndarray]:
         return routed.block_partials(factors, self.spec.dim, fn)
 
-    def move(self, factors: Any, delta: Any, t: float, side: str = "item") -> Any:
+    def move(self, side: str, factors: Any, delta: Any, t: float) -> Any:
         moved = self.steps.new(self.layouts[side], self.spec.dim)
         routed.move_files(self.spark, self.source(side, factors), self.source(side, delta), t, moved)
         return self._frame(moved)

@@ -108,7 +108,8 @@ class IALS:
             raise
         finally:
             trainer.release()
-        return IALSModel(m, state.user_factors, state.item_factors, state.history, spark)
+        trainer.finish_steps(state)
+        return IALSModel(m, state.user_factors, state.item_factors, state.history, spark, trainer.steps)
 
 
 def _start_state(trainer: Any, spark: Any, checkpointer: Checkpointer | None, resume: bool,
@@ -139,11 +140,19 @@ class IALSModel:
     """
 
     def __init__(self, config: ModelConfig, user_factors: Any, item_factors: Any,
-                 history: list[EpochStats], spark: Any = None) -> None:
+                 history: list[EpochStats], spark: Any = None, steps: Any = None) -> None:
         self.config = config
         self._factors = {"user": user_factors, "item": item_factors}
         self.history = history
         self.spark = spark
+        self._steps = steps  # routed: the store folder the factor blocks are read from (routed.StepStore)
+
+    def close(self) -> None:
+        """Delete the routed steps the factor blocks are read from, now rather than at exit (a model scored and
+        dropped, as a tuning trial's); its routed factors cannot be read after. Nothing for arrays."""
+        if self._steps is not None:
+            self._steps.close()
+            self._steps = None
 
     def _array(self, side: str) -> np.ndarray:
         f = self._factors[side]

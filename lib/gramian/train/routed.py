@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from gramian.errors import ConfigError
 from gramian.kernels import gramian
 from gramian.kernels.pairwise import move_rows
 from gramian.storage import Store
@@ -40,11 +41,10 @@ log = logging.getLogger(__name__)
 ROUTE_SCHEMA = "dst_block int, src_block int, rows binary"
 # A routed block task's estimated bytes (task_bytes) may be this share of its executor's memory per core: the
 # routed rows exist about four times at once (the JVM's sort buffer and Arrow batch, the Arrow table and its
-# gathered copy in Python) beside the executor's share of the cached CSR and routes.
+# gathered copy in Python) beside the executor's share of the cached CSR and the routes its Python workers keep.
 TASK_MEMORY_SHARE = 1 / 8
 MAX_BLOCKS = 65_536  # sized_layouts stops growing a side here (a block per row comes first on small sides)
 CSR_BYTES_PER_NNZ = 4 + 8 + 8  # indices int32, alpha and target float64 (blocks.BLOCK_ARRAYS)
-FACTOR_COLUMNS = ("block", "row_start", "n_rows", "factors")
 PAYLOAD_SCHEMA = "pkey int, dst_block int, own boolean, rows binary, vecs binary"
 
 
@@ -61,7 +61,7 @@ def block_task_bytes(counts: np.ndarray, other_counts: np.ndarray, layout: SideL
     As a destination (its solve task): its CSR, its current and new rows, and the other side's rows its
     interactions reference; m interactions, drawn in proportion to the other side's counts c, reference about
     sum(1 - exp(-m c / nnz)) distinct rows (at most m, at most the rows with interactions). As a source
-    (slice_sources): its factor rows and the slices cut from them, a row of c interactions going to about
+    (cut_slices): its factor rows and the slices cut from them, a row of c interactions going to about
     B (1 - (1 - 1/B)^c) of the other side's B blocks. Every term grows with the block, none with the data.
     """
     bounds = np.asarray(layout.bounds_array)
@@ -179,7 +179,9 @@ class StepFiles:
 
     The block tasks that make the rows write them (one PUT on an object store, a rename on a disk: no commit
     protocol, no driver in the path) and the next half-step's tasks read the blocks they need straight from the
-    store: a lost executor loses no step, and a step is one Spark action.
+    store: a lost executor loses no step, and a step is one Spark action. A retried or speculative attempt of a
+    task writes the same bytes (the kernels are deterministic, single-threaded per task), so whichever attempt's
+    file stays matches the summary Spark kept.
     """
 
     store: Store
@@ -500,18 +502,40 @@ class StepStore:
         return any(files.store.uri == self.store.uri_of(name) for name in self._written)
 
     def persist(self, factors_df: Any, layout: SideLayout, dim: int) -> StepFiles:
-        """Any factor-block DataFrame (a checkpoint read back, say) written as a step, one job."""
+        """Any factor-block DataFrame (a checkpoint read back, say) written as a step, one job; its blocks must be
+        `layout`'s."""
         out = self.new(layout, dim)
 
         def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             for batch in batches:
                 for k in range(batch.num_rows):
-                    block = batch.column("block")[k].as_py()
-                    out.write(block, batch.column("factors")[k].as_buffer())
-                    yield pa.RecordBatch.from_pydict({"block": pa.array([block], pa.int32())})
+                    block, start, n = (batch.column(c)[k].as_py() for c in ("block", "row_start", "n_rows"))
+                    if 0 <= block < len(layout.bounds_array) - 1 and layout.bounds(block) == (start, start + n):
+                        out.write(block, batch.column("factors")[k].as_buffer())
+                    yield pa.RecordBatch.from_pydict({"block": pa.array([block], pa.int32()),
+                                                      "row_start": pa.array([start], pa.int32()),
+                                                      "n_rows": pa.array([n], pa.int32())})
 
-        factors_df.select("block", "factors").mapInArrow(write, "block int").toArrow()
+        got = factors_df.select("block", "row_start", "n_rows", "factors").mapInArrow(
+            write, "block int, row_start int, n_rows int").toArrow()
+        cols = (got.column(c).to_pylist() for c in ("block", "row_start", "n_rows"))
+        have = sorted((b, a, a + n) for b, a, n in zip(*cols, strict=True))
+        want = [(b, *layout.bounds(b)) for b in range(layout.num_blocks)]
+        if have != want:
+            raise ConfigError(f"routed factor blocks (block, first row, end row) must be the trainer's {want[:4]}"
+                              f"{'...' if len(want) > 4 else ''} ({len(want)} blocks), got {have[:4]}"
+                              f"{'...' if len(have) > 4 else ''} ({len(have)}): a checkpoint written with other "
+                              f"block counts. Resume with the same train.num_user_blocks/num_item_blocks and "
+                              f"executor memory, or start without --resume.")
         return out
+
+    def finish(self, final: list[StepFiles]) -> None:
+        """A fit is done: delete the routes and every step but the `final` ones (what its model reads)."""
+        keep = {f.store.uri for f in final}
+        for name in self.store.listdir():
+            if self.store.uri_of(name) not in keep:
+                self.store.delete(name)
+        self._written = [n for n in self._written if self.store.uri_of(n) in keep]
 
     def close(self) -> None:
         """Delete every step written, the routes (and the exit hook)."""

@@ -200,8 +200,9 @@ def run_trial(spark: Any, cfg: Config, val: Validation, trial: Any, params: dict
         model_cfg = S.apply(cfg.model, out.model_params)
         monitor = Monitor(spark, cfg, val, trial, model_cfg.epochs, deadline, tracker)
         estimator = ESTIMATORS[model_cfg.name].from_config(model_cfg, cfg.train)
-        estimator.fit(val.train, val.n_users, val.n_items, on_epoch=lambda stats: None, exchange=exchange,
-                      on_model=monitor, counts=val.counts)
+        model = estimator.fit(val.train, val.n_users, val.n_items, on_epoch=lambda stats: None, exchange=exchange,
+                              on_model=monitor, counts=val.counts)
+        model.close()  # scored epoch by epoch: routed steps are not kept to the end of the study
         out.state = "complete"
     except Stop as s:
         out.state, out.note = "pruned", s.reason
