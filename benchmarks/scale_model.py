@@ -326,35 +326,36 @@ def sized_blocks(sc: Scenario, cl: Cluster, d: int) -> dict[str, int]:
 
 
 def routed_bytes(shapes: dict[str, SideShape], side: str, other_rows: int, d: int) -> dict[str, float]:
-    """Bytes one routed half-step moves (exchange.RoutedRows.job): the CSR and routes stay cached and
-    co-partitioned, so only factor rows move, in two shuffles, and the new side is written to the store."""
+    """Bytes one routed half-step moves (exchange.RoutedRows.job): the CSR stays cached co-partitioned and the
+    routes in the store, so only factor rows move: read from the store where they are cut, routed in the one
+    shuffle, the block's own rows read and its new rows written by the solving task."""
     s = shapes[side]
     return {
-        "fixed side's factor blocks to their routes (shuffle 1)": other_rows * d * 4,
-        "routed rows to their block (shuffle 2)": s.routed_total * (4 * d + 4),
-        "own current rows to their block (shuffle 2)": s.rows * d * 4,
-        "new rows written to the store (Parquet)": s.rows * d * 4,
+        "fixed side's block files read by the cutting tasks (store)": other_rows * d * 4,
+        "routed rows to their block (the one shuffle)": s.routed_total * (4 * d + 4),
+        "own current rows read by the solving tasks (store)": s.rows * d * 4,
+        "new rows written to the store by the solving tasks": s.rows * d * 4,
     }
 
 
 def routed_task_memory(nnz: float, rows: float, routed: float, sliced: float, d: int) -> dict[str, float]:
-    """Bytes a routed task holds (slice_sources, RoutedRows.job's solve, gather, localise, _solve_block), in the
+    """Bytes a routed task holds (cut_slices, RoutedRows.job's solve, gather, localise, _solve_block), in the
     larger of its two roles.
 
     Destination: Python holds the cogrouped Arrow table of routed rows and gather's one concatenated copy
-    (2 x routed rows), the CSR and its re-pointed indices, x0 (in the Arrow table), the float64 solution and its
-    float32 copy; the JVM the group's sort buffer and Arrow batch (2 x routed rows). Source: its factor rows and
-    the slices it cuts, in Python and once in the JVM.
+    (2 x routed rows), the CSR and its re-pointed indices, x0 (read from the store), the float64 solution and its
+    float32 copy; the JVM the group's sort buffer and Arrow batch (2 x routed rows). Source: its factor rows (read
+    from the store) and the slices it cuts, in Python and once in the JVM.
     """
     payload, cut = routed * (4 * d + 4), sliced * (4 * d + 4)
     csr = nnz * CSR_BYTES_PER_NNZ + rows * CSR_BYTES_PER_ROW
-    dst = {"python": 2 * payload + csr + nnz * 4 + rows * d * (4 + 8 + 4), "jvm": 2 * payload + rows * d * 4}
-    src = {"python": rows * d * 4 + 2 * cut, "jvm": rows * d * 4 + cut}
+    dst = {"python": 2 * payload + csr + nnz * 4 + rows * d * (4 + 8 + 4), "jvm": 2 * payload}
+    src = {"python": rows * d * 4 + 2 * cut, "jvm": cut}
     return dst if sum(dst.values()) >= sum(src.values()) else src
 
 
-ROUTED_STAGES = 4  # two factor reads (map side), slice (cogroup), solve (cogroup) + Parquet write; the driver reads
-# the block summaries from the written files (no summary stage)
+ROUTED_STAGES = 2  # read-and-cut (a task per source block), solve (cogroup, writes its block file); the summaries
+# come back with the solve stage's collect
 
 
 def half_step(sc: Scenario, cl: Cluster, k: dict[str, Any], a: float, rest_s: float, d: int, side_name: str,
@@ -380,7 +381,7 @@ def half_step(sc: Scenario, cl: Cluster, k: dict[str, Any], a: float, rest_s: fl
 def executor_memory(sc: Scenario, cl: Cluster, d: int, shapes: dict[str, SideShape], side: str,
                     base: dict[str, float]) -> dict[str, float]:
     """Bytes one executor holds in a routed half-step of `side`: `cores` tasks of one block each, plus its share
-    of both sides' cached CSR and routes (factor versions live in the store, not in executors)."""
+    of both sides' cached CSR and of the routes its Python workers keep (factor versions live in the store)."""
     s, o = shapes[side], shapes[OTHER[side]]
     rows = s.rows / s.blocks
     typical = routed_task_memory(s.nnz_per_block, rows, s.routed_per_block,

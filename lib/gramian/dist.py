@@ -14,6 +14,7 @@ module compiled from the zip has.
 
 from __future__ import annotations
 
+import ast
 import py_compile
 import sys
 import tempfile
@@ -33,9 +34,19 @@ def build_zip(target: str | Path = "dist/gramian.zip") -> Path:
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                 name = path.relative_to(PACKAGE.parent)
                 z.write(path, name)
-                if path.suffix == ".py" and "njit" not in path.read_text():
+                if path.suffix == ".py" and not imports_numba(path.read_text()):
                     z.write(byte_code(path, str(name), Path(tmp) / "module.pyc"), name.with_suffix(".pyc"))
     return target
+
+
+def imports_numba(source: str) -> bool:
+    """Whether a module imports numba (at any depth): its functions may be numba-compiled, so it ships as source."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "numba" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "numba":
+            return True
+    return False
 
 
 def byte_code(source: Path, shown_as: str, out: Path) -> Path:

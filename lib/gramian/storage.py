@@ -285,7 +285,8 @@ class Store:
         """A writable stream to `parts`, published when the block exits without error."""
         fs, _ = self._fs()
         target = self.path(*parts)
-        self._call("write", lambda: fs.create_dir(parent(target), recursive=True))
+        if _target(self.uri)[0] not in OBJECT_STORES:  # no folders there: making them costs requests per file
+            self._call("write", lambda: fs.create_dir(parent(target), recursive=True))
         tmp = join(parent(target), f".{target.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp") if self.is_local else target
         try:
             with self._call("write", lambda: fs.open_output_stream(tmp)) as stream:
@@ -387,6 +388,7 @@ class Store:
                                f"(spark.hadoop.fs.s3a.* or AWS_*).") from e
 
 
+OBJECT_STORES = ("s3", "gcs", "azure")  # _target kinds whose files need no parent folder
 _FS_CACHE: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
 _FETCHED: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
 _FS_LOCK = threading.Lock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -385,75 +386,117 @@ def test_routed_run_resumes_from_its_parquet_checkpoint(train_df, tmp_path):
 
 
 @pytest.mark.parametrize("estimator", ["ials", "pairwise"])
-def test_routed_steps_written_to_the_store_give_the_local_checkpoint_factors(train_df, tmp_path, estimator):
-    """With a store, every routed step's factor blocks are Parquet there (a lost executor loses no step; old steps
-    are deleted), and the fit's factors and losses are those of the local-checkpoint path."""
+def test_routed_steps_are_block_files_in_the_store_and_give_the_scratch_folders_factors(train_df, tmp_path,
+                                                                                       estimator):
+    """With a store, every routed step is a folder of block files there, written by the block tasks (a lost
+    executor loses no step), the routes are a file per source block beside them; once the fit is done only the
+    two steps its factors are read from stay, and the fit is the one a local master makes in a scratch folder.
+    model.close() deletes the rest."""
     from gramian.storage import open_store
     from gramian.train import RankALS
     from gramian.train.exchange import RoutedRows
+    from gramian.train.routed import StepFiles
 
     cls = IALS if estimator == "ials" else RankALS
     cfg = TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed")
-    made = []
+    made, seen = [], []
 
     class Recording(cls.trainer_class):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
 
+    def watch(model):  # after each epoch, mid-fit: the routes and the kept steps
+        steps = made[-1].steps
+        seen.append((steps.store.listdir("routes", "user"), steps.store.listdir("routes", "item"),
+                     len([n for n in steps.store.listdir() if n.startswith("step")])))
+
     def fit(store=None):
         est = cls(dim=8, epochs=4, train=cfg)
         est.trainer_class = Recording
-        return est.fit(train_df, N_USERS + 4, N_ITEMS, exchange=store)
+        return est.fit(train_df, N_USERS + 4, N_ITEMS, exchange=store, on_model=watch)
 
     local = fit()
     assert isinstance(made[-1].exchange, RoutedRows)
-    assert made[-1].steps.store is None
+    scratch = made[-1].steps.store
+    assert scratch.is_local and not scratch.uri.startswith(str(tmp_path))  # a scratch folder of this machine
     store = open_store(str(tmp_path / "exchange"))
+    seen.clear()
     stored = fit(store)
-    steps = made[-1].steps
-    written = steps.store.listdir()
-    assert 2 <= len([n for n in written if n.startswith("step")]) <= steps.keep  # old steps deleted
-    for side in ("user", "item"):  # the final factors are read from the store
-        files = stored._factors[side].inputFiles()
-        assert files and all(steps.store.uri.rstrip("/").split("://")[-1] in f for f in files), files
+    trainer = made[-1]
+    steps = trainer.steps
+    assert steps.store.uri.startswith(str(tmp_path / "exchange"))
+    for user_routes, item_routes, kept in seen:
+        assert user_routes == ["src-00000.arrow", "src-00001.arrow"]  # one file per item block
+        assert item_routes == [f"src-{b:05d}.arrow" for b in range(3)]
+        assert 2 <= kept <= steps.keep  # old steps deleted as the fit goes
+    final = {side: trainer.exchange.known(stored._factors[side]) for side in ("user", "item")}
+    for side, n_blocks in (("user", 3), ("item", 2)):  # the final factors are the exchange's block files
+        assert isinstance(final[side], StepFiles)
+        assert final[side].store.listdir() == [f"block-{b:05d}.f32" for b in range(n_blocks)]
+    assert sorted(steps.store.listdir()) == sorted(f.store.uri.rsplit("/", 1)[-1] for f in final.values())
     np.testing.assert_allclose(stored.user_array, local.user_array, atol=1e-6)
     np.testing.assert_allclose(stored.item_array, local.item_array, atol=1e-6)
     np.testing.assert_allclose([h.loss for h in stored.history], [h.loss for h in local.history], rtol=1e-9)
+    stored.close()
+    local.close()
+    assert not steps.store.exists() and not scratch.exists()
+
+
+def test_a_routed_fit_stopped_between_epochs_leaves_no_steps(train_df, tmp_path):
+    """A fit stopped by its on_model callback (tune prunes this way) deletes its routed steps and routes."""
+    from gramian.storage import open_store
+
+    made = []
+
+    class Recording(IALS.trainer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    def stop(model):
+        assert made[-1].steps.store.exists()  # written so far
+        raise _Injected("pruned")
+
+    est = IALS(dim=4, epochs=3, train=TrainConfig(num_user_blocks=2, num_item_blocks=2, routing="routed"))
+    est.trainer_class = Recording
+    with pytest.raises(_Injected):
+        est.fit(train_df, N_USERS, N_ITEMS, exchange=open_store(str(tmp_path / "x")), on_model=stop)
+    assert not made[-1].steps.store.exists()
+
+
+def test_a_persisted_routed_step_holds_its_blocks_and_only_the_last_steps_stay(spark, tmp_path):
+    """StepStore.persist writes any factor-block DataFrame as block files whose rows read back as written, and a
+    frame of them gives the same blocks; only the last `keep` steps stay in the store."""
+    from gramian.storage import open_store
+    from gramian.train.blocks import SideLayout
+    from gramian.train.routed import StepStore, blocks_frame
+
+    layout = SideLayout((0, 3, 3, 7))  # block 1 has no rows
+    x = np.arange(7 * 2, dtype=np.float32).reshape(7, 2)
+    steps = StepStore(open_store(str(tmp_path / "steps")), keep=2)
+    for k in range(3):
+        y = x * (k + 1)
+        df = spark.createDataFrame([(b, layout.bounds(b)[0], layout.bounds(b)[1] - layout.bounds(b)[0],
+                                     bytearray(y[slice(*layout.bounds(b))].tobytes())) for b in range(3)],
+                                   "block int, row_start int, n_rows int, factors binary")
+        files = steps.persist(df, layout, 2)
+        for b in range(3):
+            np.testing.assert_array_equal(files.rows(b), y[slice(*layout.bounds(b))])
+        back = {r.block: (r.row_start, r.n_rows, bytes(r.factors)) for r in blocks_frame(spark, files).collect()}
+        assert back == {r.block: (r.row_start, r.n_rows, bytes(r.factors)) for r in df.collect()}
+    assert sorted(steps.store.listdir()) == ["step00002", "step00003"]
+    other = SideLayout((0, 4, 7))  # a checkpoint of other blocks: refused, naming the blocks and the remedy
+    with pytest.raises(ConfigError, match=r"must be the trainer's \[\(0, 0, 4\), \(1, 4, 7\)\].*--resume"):
+        steps.persist(df, other, 2)
     steps.close()
     assert not steps.store.exists()
 
 
-@pytest.mark.parametrize("with_store", [True, False])
-def test_a_persisted_routed_step_reads_back_its_rows_and_summary(spark, tmp_path, with_store):
-    """StepStore.persist: the step read back (from the store, or a local checkpoint) holds its input's rows; the
-    summary (every column but `factors`) is the same whether the driver reads it from the written files or Spark
-    collects it; only the last `keep` steps stay in the store."""
-    from pyspark.sql import functions as F
-
-    from gramian.storage import open_store
-    from gramian.train.routed import StepStore
-
-    steps = StepStore(open_store(str(tmp_path / "steps")) if with_store else None, keep=2)
-    for k in range(3):
-        df = spark.range(0, 5, 1, 2).select(F.col("id").cast("int").alias("block"),
-                                            F.lit(bytearray(b"xy")).alias("factors"), (F.col("id") * k).alias("v"))
-        view, summary = steps.persist(df, ("block", "factors"), summary=True)
-        assert view.columns == ["block", "factors"]
-        assert sorted(r.block for r in view.collect()) == list(range(5))
-        assert summary.column_names == ["block", "v"]
-        pairs_read = zip(summary.column("block").to_pylist(), summary.column("v").to_pylist(), strict=True)
-        assert sorted(pairs_read) == [(i, i * k) for i in range(5)]
-    if with_store:
-        assert sorted(steps.store.listdir()) == ["step00002", "step00003"]
-        steps.close()
-        assert not steps.store.exists()
-
-
-def test_a_routed_half_step_moves_only_factor_rows_and_solves_block_b_in_partition_b(spark, train_df):
-    """The CSR blocks and routes stay in a cache partitioned by block (so a routed half-step shuffles only factor
-    rows: the other side's blocks to the routes that slice them, sliced and own rows to their block) and each block
-    is solved once, block b in partition b (one task per block, not spark.sql.shuffle.partitions)."""
+def test_a_routed_half_step_moves_factor_rows_once_and_solves_block_b_in_partition_b(spark, train_df):
+    """The CSR blocks stay in a cache partitioned by block and the routes in the store, so a routed half-step
+    shuffles once, only factor rows (cut where they are read, sent to their block), and each block is solved
+    once, block b in partition b (one task per block, not spark.sql.shuffle.partitions)."""
     from pyspark.sql import functions as F
 
     from gramian.train.als import STEP_SCHEMA, BlockTrainer, SolveParams, SolveTask
@@ -468,23 +511,17 @@ def test_a_routed_half_step_moves_only_factor_rows_and_solves_block_b_in_partiti
         state = trainer.initial_state()
         task = SolveTask(SolveParams.of(model, N_ITEMS), False)
         job = ex.job("user", task, state.user_factors, state.item_factors, {"gram": np.eye(4)}, STEP_SCHEMA)
-        for side, frames, n in (("user", ex.blocks, 3), ("item", ex.blocks, 2), ("user", ex.routes, 2)):
-            cached = frames[side]._jdf.queryExecution().sparkPlan().outputPartitioning().toString()
+        for side, n in (("user", 3), ("item", 2)):
+            cached = ex.blocks[side]._jdf.queryExecution().sparkPlan().outputPartitioning().toString()
             assert cached.startswith("hashpartitioning(pkey") and cached.endswith(f", {n})"), cached
-        broadcast = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
-        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # the factor blocks are shuffled, as when large
-        try:
-            plan = ex.job("user", task, state.user_factors, state.item_factors, {"gram": np.eye(4)},
-                          STEP_SCHEMA)._jdf.queryExecution().executedPlan().toString()
-        finally:
-            spark.conf.set("spark.sql.autoBroadcastJoinThreshold", broadcast)
+        plan = job._jdf.queryExecution().executedPlan().toString()
         shuffles = [line for line in plan.splitlines() if "ENSURE_REQUIREMENTS" in line]
-        assert len(shuffles) == 2, plan  # item blocks to the user routes (2 partitions), rows to user blocks (3)
-        assert sorted(line.split(", ENSURE")[0][-2] for line in shuffles) == ["2", "3"], shuffles
+        assert len(shuffles) == 1 and shuffles[0].split(", ENSURE")[0].endswith(", 3)"), plan  # rows to 3 blocks
         placed = job.select("block", F.spark_partition_id().alias("p")).collect()
         assert sorted((r.block, r.p) for r in placed) == [(0, 0), (1, 1), (2, 2)]
     finally:
         trainer.release()
+        trainer.close_steps()
 
 
 def test_block_keys_put_block_b_in_spark_partition_b(spark):
@@ -581,5 +618,6 @@ def test_a_failure_during_trainer_setup_leaves_no_scratch_file_or_cached_block(t
         assert not trainer.handoff.folder.exists()
     else:
         assert trainer.blocks  # blocks were cached: now none is
-        assert all(df.storageLevel == StorageLevel.NONE for df in (*trainer.blocks.values(),
-                                                                  *trainer.routes.values()))
+        assert all(df.storageLevel == StorageLevel.NONE for df in trainer.blocks.values())
+    if train.routing == "routed":  # the routed steps' folder (routes, steps) is gone too
+        assert trainer.steps.store.is_local and not os.path.exists(trainer.steps.store.path())

@@ -78,3 +78,14 @@ def test_byte_code_of_another_python_is_ignored_for_the_source(tmp_path):
             data = src.read(info)
             dst.writestr(info, b"\x00\x00" + data[2:] if info.filename.endswith(".pyc") else data)
     assert compiled_from(other)["job"] == f"{other}/gramian/train/job.py"
+
+
+def test_a_module_ships_as_source_when_it_imports_numba_not_when_it_names_it():
+    """Byte code is left out for modules that import numba (any form), not for ones that only mention it."""
+    from gramian.dist import imports_numba
+
+    assert imports_numba("import numba as nb\n\n@nb.jit\ndef f(x):\n    return x\n")
+    assert imports_numba("def f():\n    from numba.core import caching\n    return caching\n")
+    assert imports_numba("from numba import prange, njit\n")
+    assert not imports_numba("# njit would compile this, numba is not used\nx = 'from numba import njit'\n")
+    assert not imports_numba("from .numba import helper\n")  # a relative module of the same name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -134,3 +136,31 @@ def test_gather_orders_slices_of_disjoint_runs_and_falls_back_to_a_sort_otherwis
     got_rows, got_vecs = routed.gather(slice_table(interleaved), 4)
     np.testing.assert_array_equal(got_rows, rows)
     np.testing.assert_array_equal(got_vecs, vecs)
+
+
+def test_routed_factors_off_a_local_master_without_a_store_are_refused_with_the_remedy():
+    """Routed steps live in a store every executor reads; off a local master, fitting without one is refused
+    (no executor-memory checkpoint that dies with its executor), naming how to pass a store."""
+    from gramian.errors import ConfigError
+    from gramian.train.als import routed_steps
+
+    class Conf:
+        def __init__(self, master):
+            self.master = master
+
+        def get(self, key, default=None):
+            return self.master if key == "spark.master" else default
+
+    class Session:
+        def __init__(self, master):
+            self.conf = Conf(master)
+
+    assert routed_steps(Session("spark://127.0.0.1:7077"), None, False) is None  # whole factors need none
+    with pytest.raises(ConfigError, match=r"need a store every executor reads.*exchange=<Store>"):
+        routed_steps(Session("spark://127.0.0.1:7077"), None, True)
+    steps = routed_steps(Session("local[2]"), None, True)  # a local master: a scratch folder of this machine
+    try:
+        assert steps.store.is_local and os.path.isdir(steps.store.path())
+    finally:
+        steps.close()
+    assert not os.path.exists(steps.store.path())

@@ -35,7 +35,7 @@ from gramian.kernels import (
 from gramian.spark import run_together
 from gramian.train import routed
 from gramian.train.blocks import Block, SideLayout, build_side_blocks, write_local_blocks_from_pairs
-from gramian.train.exchange import FactorExchange, FactorSpec, choose
+from gramian.train.exchange import FactorExchange, FactorSpec, RoutedRows, choose
 from gramian.train.handoff import Handoff, is_local_master
 from gramian.train.init import init_factors  # noqa: F401  (re-exported: tests and benchmarks import it here)
 
@@ -232,6 +232,19 @@ def exchange_store(train: TrainConfig, store: Store | None, local: bool, routed:
     return store
 
 
+def routed_steps(spark: Any, store: Store | None, routed_rows: bool) -> routed.StepStore | None:
+    """Where routed factor rows and routes live: a folder of the store every executor reads (the train stage gives
+    one), or a scratch folder on a local master; None for whole factors."""
+    if not routed_rows:
+        return None
+    if store is None and not is_local_master(spark):
+        raise ConfigError("routed factors (train.routing routed, or auto with factors over train.broadcast_max_mb) "
+                          "need a store every executor reads, got none (fitting outside the train stage). Pass "
+                          "exchange=<Store> to fit (gramian.storage.open_store('s3a://...', spark)), or run the train "
+                          "stage, which uses storage.artifacts.")
+    return routed.StepStore(store)
+
+
 class BlockTrainer:
     """Runs alternating half-steps over cached user and item blocks of one training set."""
 
@@ -271,16 +284,17 @@ class BlockTrainer:
         self.layouts = self._layouts(user_counts, item_counts)
         self.blocks: dict[str, Any] = {}  # cached block DataFrames (closure or routed exchange)
         self.nonempty: dict[str, frozenset[int]] = {}  # blocks with interactions (store exchange)
-        self.routes: dict[str, Any] = {}
+        self.routes: dict[str, routed.RouteFiles] = {}
         store = exchange_store(train, exchange, local, self.routed)
-        self.steps = routed.StepStore(exchange if self.routed else None)  # routed outputs: reliable in the store
+        self.steps = routed_steps(spark, exchange, self.routed)
         self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed, store=store)
         if self.handoff.store is not None:
             log.info("factors and block CSR go through the store %s, read once per Python worker", store)
-        try:  # scratch files and cached blocks must not outlive a failed setup
+        try:  # scratch files, cached blocks and routes must not outlive a failed setup
             self._build_blocks(train_df, pairs)
         except BaseException:
             self.release()
+            self.close_steps()
             raise
         self.exchange: FactorExchange = choose(  # the one way factors reach this trainer's tasks
             spark, self.routed, self.handoff, self.layouts, FactorSpec(model.dim, model.init_scale, model.seed),
@@ -337,8 +351,9 @@ class BlockTrainer:
             run_together(self.spark, {side: functools.partial(build, side, *cols) for side, cols in sides.items()})
         if self.routed:
             def route(side: str, other: str) -> None:
-                self.routes[side] = routed.build_routes(self.blocks[side], self.layouts[other]).cache()
-                per_block = routed.routed_rows(self.routes[side])  # materialises the cache
+                assert self.steps is not None
+                self.routes[side], per_block = routed.write_routes(self.blocks[side], self.layouts[other],
+                                                                   self.steps.store.child("routes", side))
                 log.info("%s side: routes built, %d rows routed per half-step, at most %d to one block", side,
                          sum(per_block.values()), max(per_block.values(), default=0))
             run_together(self.spark, {side: functools.partial(route, side, other)
@@ -404,10 +419,22 @@ class BlockTrainer:
         state.history.append(stats)
         return stats
 
+    def finish_steps(self, state: FitState) -> None:
+        """A fit is done: only the routed steps its final factors are read from stay (routes, older steps go)."""
+        if self.steps is None or not isinstance(self.exchange, RoutedRows):
+            return
+        final = [self.exchange.known(f) for f in (state.user_factors, state.item_factors)]
+        self.steps.finish([f for f in final if isinstance(f, routed.StepFiles)])
+
+    def close_steps(self) -> None:
+        """Delete the routed steps and routes (a fit that failed or stopped: no model will read them)."""
+        if self.steps is not None:
+            self.steps.close()
+
     def release(self) -> None:
-        """Drop the cached blocks, routes, planned jobs and scratch files."""
+        """Drop the cached blocks, planned jobs and scratch files (routed steps stay: the model reads them)."""
         if hasattr(self, "exchange"):
             self.exchange.release()
-        for df in (*self.blocks.values(), *self.routes.values()):
+        for df in self.blocks.values():
             df.unpersist()
         self.handoff.close()

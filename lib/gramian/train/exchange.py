@@ -8,9 +8,9 @@ One interface, `FactorExchange`, chosen once per trainer (`choose`) from train.r
   StoreFiles   off a local master with an artifact store: each half-step writes the fixed side and the current
                rows to the store once, every Python worker reads them once; block CSR comes from the store
   Closure      anywhere else: the factors ride in the task closure over cached CSR block DataFrames
-  RoutedRows   factors too big for one executor: factor-block DataFrames, each block task receiving only the rows
+  RoutedRows   factors too big for one executor: block files in the store, each block task receiving only the rows
                its CSR references (gramian.train.routed), blocks sized so a task's rows fit its share of executor
-               memory; every new side is written to the store (routed.StepStore)
+               memory; tasks write their new rows to the store themselves (routed.StepFiles)
 
 A half-step is `step(side, task, current, other, shared, schema)`: `task(block, other rows, own current rows,
 shared)` runs once per block (indices of the block index the other rows it is given) and returns one record with
@@ -118,8 +118,8 @@ class FactorExchange(ABC):
         """fn(first row, rows) over `factors`: once over all rows for arrays, once per block for routed blocks."""
 
     @abstractmethod
-    def move(self, factors: Any, delta: Any, t: float) -> Any:
-        """The rows factors + t·delta (RankALS's exact line step), in this exchange's representation."""
+    def move(self, side: str, factors: Any, delta: Any, t: float) -> Any:
+        """The rows factors + t·delta of `side` (RankALS's exact line step), in this exchange's representation."""
 
     def release(self) -> None:  # noqa: B027  (most exchanges plan nothing ahead)
         """Forget planned jobs (scratch files and cached blocks are the trainer's to release)."""
@@ -190,7 +190,7 @@ class WholeFactors(FactorExchange):
     def partials(self, factors: np.ndarray, fn: PartialFn) -> list[np.ndarray]:
         return [fn(0, factors)]
 
-    def move(self, factors: np.ndarray, delta: np.ndarray, t: float) -> np.ndarray:
+    def move(self, side: str, factors: np.ndarray, delta: np.ndarray, t: float) -> np.ndarray:
         return move_rows(factors, delta, t)
 
     def step(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
@@ -342,38 +342,66 @@ class Closure(WholeFactors):
 
 
 class RoutedRows(FactorExchange):
-    """Factor-block DataFrames; each block task gets the other side's rows its CSR references; every new side is
-    written to the store by `steps` (a half-step is one Spark action: its write).
+    """Factor rows as block files in the store (routed.StepFiles); each block task gets the other side's rows its
+    CSR references, and writes its new rows itself (a half-step is one Spark action: the summary's collect).
 
-    Co-partitioned so a half-step is two shuffles and one solving stage: the CSR blocks are cached hash-partitioned
-    on their block's partition key (block b in partition b, `spark_partition_keys`) and the routes on their source
-    block's key, so only factor rows move: the other side's blocks to the routes that slice them (cogrouped: one
-    task per source block holds it once), then the sliced rows together with each block's own current rows to the
-    block's partition, cogrouped with its cached CSR. Every task holds one block's data (routed.task_bytes; the
-    trainer sizes the blocks to fit executor memory, routed.sized_layouts).
+    A half-step is one shuffle between two stages: one task per block of the other side reads its rows and routes
+    from the store and cuts the slices each destination needs (routed.cut_slices); the slices go to their block's
+    partition, where they are cogrouped with the CSR, cached hash-partitioned on the block's partition key (block b
+    in partition b, `spark_partition_keys`: no CSR moves); the solving task reads its block's current rows from the
+    store. Every task holds one block's data (routed.task_bytes; the trainer sizes the blocks to fit executor
+    memory, routed.sized_layouts).
+
+    Outside, factors are factor-block DataFrames (routed.blocks_frame); the ones this exchange hands out are
+    remembered with their rows' source, so a step reads them without another pass; any other (a checkpoint read
+    back, say) is written to the store once when first used.
     """
 
     routed = True
 
     def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, blocks: dict[str, Any],
-                 routes: dict[str, Any], steps: routed.StepStore) -> None:
+                 routes: dict[str, routed.RouteFiles], steps: routed.StepStore) -> None:
         super().__init__(spark, layouts, spec)
-        self.blocks, self.routes, self.steps = blocks, routes, steps  # blocks and routes cached keyed (routed.keyed)
+        self.blocks, self.routes, self.steps = blocks, routes, steps  # blocks cached keyed (routed.keyed)
         self.keys = {side: spark_partition_keys(layout.num_blocks) for side, layout in layouts.items()}
+        self._sources: dict[int, tuple[Any, routed.RowSource]] = {}  # id(frame) -> (frame, where its rows are)
 
-    def key_of(self, side: str, column: str) -> Any:
-        """The partition key of block `column` of `side` (a Spark Column): block b hashes to partition b."""
-        return routed.partition_key(self.keys[side], column)
+    def _frame(self, source: routed.RowSource) -> Any:
+        """The factor-block DataFrame of `source`, remembered (steps no longer kept are forgotten)."""
+        self._sources = {k: v for k, v in self._sources.items()
+                         if not isinstance(v[1], routed.StepFiles) or self.steps.live(v[1])}
+        frame = routed.blocks_frame(self.spark, source)
+        self._sources[id(frame)] = (frame, source)
+        return frame
+
+    def known(self, factors: Any) -> routed.RowSource | None:
+        """Where the rows of a factor-block DataFrame this exchange handed out are (None: not one of those)."""
+        got = self._sources.get(id(factors))
+        return got[1] if got is not None and got[0] is factors else None
+
+    def source(self, side: str, factors: Any) -> routed.RowSource:
+        """Where the rows of `factors` (a factor-block DataFrame of `side`) are: remembered, else written now."""
+        got = self.known(factors)
+        if got is not None:
+            return got
+        files = self.steps.persist(factors, self.layouts[side], self.spec.dim)
+        self._sources[id(factors)] = (factors, files)
+        return files
 
     def initial(self, side: str) -> Any:
-        # generated again by every job that reads it (deterministic, cheap): nothing to cache or write
-        s = self.spec
-        return routed.init_blocks(self.spark, self.layouts[side], s.dim, s.init_scale, s.seed, SIDE_IDS[side])
+        # drawn again by every task that reads it (deterministic, cheap): nothing to write
+        s, layout = self.spec, self.layouts[side]
+        return self._frame(routed.InitRows(layout.n_rows, s.dim, s.init_scale, s.seed, SIDE_IDS[side],
+                                           layout.bounds_array))
 
     def adopt(self, side: str, factors: Any) -> Any:
         if not isinstance(factors, np.ndarray):
             return factors
-        return routed.array_to_blocks(self.spark, factors, self.layouts[side])
+        out = self.steps.new(self.layouts[side], self.spec.dim)  # the driver writes each block once
+        for block in range(self.layouts[side].num_blocks):
+            start, stop = self.layouts[side].bounds(block)
+            out.write(block, factors[start:stop])
+        return self._frame(out)
 
     def gramian(self, factors: Any) -> np.ndarray:
         return routed.factor_gramian(factors, self.spec.dim)
@@ -381,57 +409,56 @@ class RoutedRows(FactorExchange):
     def partials(self, factors: Any, fn: PartialFn) -> list[np.ndarray]:
         return routed.block_partials(factors, self.spec.dim, fn)
 
-    def move(self, factors: Any, delta: Any, t: float) -> Any:
-        return self.steps.persist(routed.move_blocks(factors, delta, t, self.spec.dim))[0]
+    def move(self, side: str, factors: Any, delta: Any, t: float) -> Any:
+        moved = self.steps.new(self.layouts[side], self.spec.dim)
+        routed.move_files(self.spark, self.source(side, factors), self.source(side, delta), t, moved)
+        return self._frame(moved)
 
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
         return self.note_timing(side, _by_row(self.blocks[side], fn, schema).toArrow())
 
     def step(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
              schema: str, new_rows: bool = True) -> StepResult:
-        result, factors, table = self.job(side, task, current, other, shared, schema), None, None
-        if new_rows:  # written to the store: the step's one job; its summary read from the files
-            factors, table = self.steps.persist(result, routed.FACTOR_COLUMNS, summary=True)
-        if table is None:
-            table = result.drop("factors").toArrow()
+        out = self.steps.new(self.layouts[side], self.spec.dim) if new_rows else None
+        table = self.job(side, task, current, other, shared, schema, out).drop("factors").toArrow()
         summary = self.note_timing(side, table).sort_by("block")  # sums in block order
-        return StepResult(factors, summary)
+        return StepResult(None if out is None else self._frame(out), summary)
 
     def job(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
-            schema: str) -> Any:
-        """The half-step's DataFrame: one row per block of `side` (the task's record), block b in partition b."""
-        from pyspark.sql import functions as F
-
+            schema: str, out: routed.StepFiles | None = None) -> Any:
+        """The half-step's DataFrame: one row per block of `side` (the task's record; its rows written to `out`,
+        not carried), block b in partition b."""
         d, layout, arrays = self.spec.dim, self.layouts[side], dict(shared)
         other_side = "item" if side == "user" else "user"
-        src = other.select(self.key_of(other_side, "block").alias("pkey"), "row_start", "factors")
-        sliced = routed.slice_sources(self.routes[side], src, self.keys[side], d)
-        own = current.select(self.key_of(side, "block").alias("pkey"), F.col("block").alias("dst_block"),
-                             F.lit(True).alias("own"), F.lit(bytearray()).alias("rows"), F.col("factors").alias("vecs"))
-        payload = sliced.unionByName(own)
+        own = self.source(side, current)
+        sliced = routed.cut_slices(self.spark, self.source(other_side, other), self.routes[side], self.keys[side], d)
+        payload = sliced.unionByName(routed.block_markers(self.spark, self.keys[side]))
 
         def solve(csr: pa.Table, rows_in: pa.Table) -> pa.Table:
             t0 = time.perf_counter()
             mine = rows_in.column("own").to_pylist()  # rows are read in place: no filtered copy of the payload
-            k_own = mine.index(True)
-            block = rows_in.column("dst_block")[k_own].as_py()
-            start, stop = layout.bounds(block)
-            x_init = np.frombuffer(rows_in.column("vecs")[k_own].as_buffer(), np.float32).reshape(stop - start, d)
+            block = rows_in.column("dst_block")[mine.index(True)].as_py()
+            x_init = own.rows(block)
             b = next(decode_blocks(csr.combine_chunks().to_batches()[0])) if csr.num_rows else empty_block(layout,
                                                                                                           block)
             rows, vecs = routed.gather(rows_in, d, [k for k, m in enumerate(mine) if not m])
-            return pa.Table.from_batches([timed(lambda: task(routed.localise(b, rows), vecs, x_init, arrays),
-                                                time.perf_counter() - t0)])
+            rec = timed(lambda: task(routed.localise(b, rows), vecs, x_init, arrays), time.perf_counter() - t0)
+            if out is not None:  # published by this task: the driver and Spark never carry the rows
+                k = rec.schema.get_field_index("factors")
+                out.write(block, rec.column(k)[0].as_buffer())
+                rec = rec.set_column(k, "factors", pa.array([b""], pa.binary()))
+            return pa.Table.from_batches([rec])
 
         return (self.blocks[side].groupBy("pkey").cogroup(payload.groupBy("pkey"))
                 .applyInArrow(solve, schema + TIMING_SCHEMA))
 
 
 def choose(spark: Any, routed_rows: bool, handoff: Handoff, layouts: dict[str, SideLayout], spec: FactorSpec,
-           blocks: dict[str, Any], nonempty: dict[str, frozenset[int]], routes: dict[str, Any],
-           steps: routed.StepStore) -> FactorExchange:
+           blocks: dict[str, Any], nonempty: dict[str, frozenset[int]], routes: dict[str, routed.RouteFiles],
+           steps: routed.StepStore | None) -> FactorExchange:
     """The one exchange a trainer uses, from where its setup put the CSR blocks (local files, store, cache)."""
     if routed_rows:
+        assert steps is not None, "routed rows need the trainer's step store"
         return RoutedRows(spark, layouts, spec, blocks, routes, steps)
     if handoff.folder is not None:
         return LocalFiles(spark, layouts, spec, handoff)

@@ -52,9 +52,10 @@ class WorkerCache:
     in one half-step serves every later task of this worker that needs it.
     """
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, max_bytes: float | None = None, weigh: Any = None) -> None:
+        self.size, self.max_bytes, self.weigh = size, max_bytes, weigh  # weigh(value) -> bytes, with max_bytes
         self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._bytes: dict[Any, float] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Any, load: Any) -> Any:
@@ -68,8 +69,12 @@ class WorkerCache:
         FETCH.add(time.perf_counter() - t0)
         with self._lock:
             self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            self._bytes[key] = self.weigh(value) if self.weigh is not None else 0.0
+            while len(self._items) > self.size or (
+                    self.max_bytes is not None and len(self._items) > 1
+                    and sum(self._bytes.values()) > self.max_bytes):
+                old, _ = self._items.popitem(last=False)
+                self._bytes.pop(old, None)
         return value
 
     def __len__(self) -> int:
@@ -93,6 +98,9 @@ class FetchClock:
 FETCH = FetchClock()
 FACTORS = WorkerCache(4)  # the fixed side and the current rows of a half-step, plus the previous pair
 BLOCKS = WorkerCache(int(os.environ.get("GRAMIAN_BLOCK_CACHE_SIZE", "64")))  # CSR blocks, both sides
+# routed: source blocks' routes (a Python worker's cutting tasks read each once), at most 256 MiB by default
+ROUTES = WorkerCache(1 << 16, float(os.environ.get("GRAMIAN_ROUTE_CACHE_MB", "256")) * 2**20,
+                     lambda routes: sum(rows.nbytes for _, rows in routes))
 
 
 def load_npy(store: Store, *parts: str) -> np.ndarray:
@@ -127,7 +135,7 @@ def is_local_master(spark: Any) -> bool:
         return False
 
 
-def _scratch_root() -> str | None:
+def scratch_root() -> str | None:
     """Memory-backed /dev/shm when it is there and writable (tmpfs: no disk I/O), else the temp dir."""
     return str(SHM) if SHM.is_dir() and os.access(SHM, os.W_OK) else None
 
@@ -137,7 +145,7 @@ class Handoff:
     artifact store (`store`), removed by `close`."""
 
     def __init__(self, spark: Any, enabled: bool = True, store: Store | None = None) -> None:
-        self.folder = (Path(tempfile.mkdtemp(prefix="gramian-handoff-", dir=_scratch_root()))
+        self.folder = (Path(tempfile.mkdtemp(prefix="gramian-handoff-", dir=scratch_root()))
                        if enabled and is_local_master(spark) else None)
         self.store = store.child(f"exchange-{uuid.uuid4().hex[:12]}") if store is not None and not self.folder \
             else None

@@ -103,9 +103,13 @@ class IALS:
                     checkpointer.save(state)
                 if on_model is not None:
                     on_model(IALSModel(m, state.user_factors, state.item_factors, state.history, spark))
+        except BaseException:  # a stopped fit leaves no routed steps behind (a finished one's model reads them)
+            trainer.close_steps()
+            raise
         finally:
             trainer.release()
-        return IALSModel(m, state.user_factors, state.item_factors, state.history, spark)
+        trainer.finish_steps(state)
+        return IALSModel(m, state.user_factors, state.item_factors, state.history, spark, trainer.steps)
 
 
 def _start_state(trainer: Any, spark: Any, checkpointer: Checkpointer | None, resume: bool,
@@ -124,6 +128,7 @@ def _start_state(trainer: Any, spark: Any, checkpointer: Checkpointer | None, re
         return trainer.adopt(state) if state.routed != trainer.routed else state
     except BaseException:
         trainer.release()
+        trainer.close_steps()
         raise
 
 
@@ -135,11 +140,19 @@ class IALSModel:
     """
 
     def __init__(self, config: ModelConfig, user_factors: Any, item_factors: Any,
-                 history: list[EpochStats], spark: Any = None) -> None:
+                 history: list[EpochStats], spark: Any = None, steps: Any = None) -> None:
         self.config = config
         self._factors = {"user": user_factors, "item": item_factors}
         self.history = history
         self.spark = spark
+        self._steps = steps  # routed: the store folder the factor blocks are read from (routed.StepStore)
+
+    def close(self) -> None:
+        """Delete the routed steps the factor blocks are read from, now rather than at exit (a model scored and
+        dropped, as a tuning trial's); its routed factors cannot be read after. Nothing for arrays."""
+        if self._steps is not None:
+            self._steps.close()
+            self._steps = None
 
     def _array(self, side: str) -> np.ndarray:
         f = self._factors[side]

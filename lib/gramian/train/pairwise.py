@@ -180,6 +180,7 @@ class PairwiseTrainer(BlockTrainer):
             totals = self.map_blocks("item", _totals_block, TOTALS_SCHEMA)
         except BaseException:
             self.release()
+            self.close_steps()
             raise
         counts, sums = np.zeros(n_items), np.zeros(n_items)
         for k in range(totals.num_rows):
@@ -286,7 +287,7 @@ class PairwiseTrainer(BlockTrainer):
         delta, stats, reg_h0 = self._step("item", descent_fn, w, items, e)
         part = functools.reduce(Descent.__add__, (Descent.from_array(s, d) for s in stats))
         t = part.step(um, im, v0)
-        h = self.exchange.move(items, delta, t)
+        h = self.exchange.move("item", items, delta, t)
         square, v, reg_h = part.partials_at(t, square0, v0, reg_h0)
         log.debug("epoch %d item step: t=%.4f along the descent direction", e, t)
         return h, part.moved(im, t), square, v, reg_h

@@ -1,11 +1,14 @@
 """Half-steps for factor tables too large to travel whole: each block receives only the rows it needs.
 
 Routing, in one example: user block 0 rates items {3, 7, 12}; with item blocks [0, 5) [5, 10) [10, 15)
-its routes are (dst 0, src 0, rows [3]), (dst 0, src 1, rows [7]), (dst 0, src 2, rows [12]). A
-half-step cogroups the routes with the item factor blocks on src (one task per item block), slices out
-those rows, sends the slices to their dst and cogroups them with user block 0's CSR and current factors;
-the task re-indexes the CSR into the gathered rows and solves. Routes are built once; only factor rows move.
-Factor blocks are DataFrames of (block, row_start, n_rows, factors binary float32 row-major).
+its routes are (dst 0, src 0, rows [3]), (dst 0, src 1, rows [7]), (dst 0, src 2, rows [12]). Routes are
+built once and written to the store, a file per source block. A half-step runs one task per item block that
+reads the block's factor rows and its routes straight from the store, cuts out the rows each user block needs
+and sends the slices to their dst (the one shuffle); there they are cogrouped with user block 0's cached CSR,
+the task reads the block's current rows from the store, re-indexes the CSR into the gathered rows, solves and
+writes its new rows to the store itself. Only factor rows move, once.
+Factor blocks are files of float32 rows (StepFiles), seen by the rest of the package as DataFrames of
+(block, row_start, n_rows, factors binary float32 row-major) read from them (blocks_frame).
 
 Memory: every task holds one block's data, never a whole side (task_bytes); the trainer picks block counts
 that keep the largest task within its share of executor memory (sized_layouts, task_budget).
@@ -16,31 +19,32 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from gramian.errors import ConfigError
 from gramian.kernels import gramian
 from gramian.kernels.pairwise import move_rows
+from gramian.storage import Store
 from gramian.train.blocks import Block, SideLayout, decode_blocks, spark_partition_keys
+from gramian.train.handoff import ROUTES, scratch_root
 from gramian.train.init import init_factors
-
-if TYPE_CHECKING:
-    from gramian.storage import Store
 
 log = logging.getLogger(__name__)
 
 ROUTE_SCHEMA = "dst_block int, src_block int, rows binary"
 # A routed block task's estimated bytes (task_bytes) may be this share of its executor's memory per core: the
 # routed rows exist about four times at once (the JVM's sort buffer and Arrow batch, the Arrow table and its
-# gathered copy in Python) beside the executor's share of the cached CSR and routes.
+# gathered copy in Python) beside the executor's share of the cached CSR and the routes its Python workers keep.
 TASK_MEMORY_SHARE = 1 / 8
 MAX_BLOCKS = 65_536  # sized_layouts stops growing a side here (a block per row comes first on small sides)
 CSR_BYTES_PER_NNZ = 4 + 8 + 8  # indices int32, alpha and target float64 (blocks.BLOCK_ARRAYS)
-FACTOR_COLUMNS = ("block", "row_start", "n_rows", "factors")
 PAYLOAD_SCHEMA = "pkey int, dst_block int, own boolean, rows binary, vecs binary"
 
 
@@ -57,7 +61,7 @@ def block_task_bytes(counts: np.ndarray, other_counts: np.ndarray, layout: SideL
     As a destination (its solve task): its CSR, its current and new rows, and the other side's rows its
     interactions reference; m interactions, drawn in proportion to the other side's counts c, reference about
     sum(1 - exp(-m c / nnz)) distinct rows (at most m, at most the rows with interactions). As a source
-    (slice_sources): its factor rows and the slices cut from them, a row of c interactions going to about
+    (cut_slices): its factor rows and the slices cut from them, a row of c interactions going to about
     B (1 - (1 - 1/B)^c) of the other side's B blocks. Every term grows with the block, none with the data.
     """
     bounds = np.asarray(layout.bounds_array)
@@ -161,9 +165,88 @@ def keyed(df: Any, column: str, num_blocks: int) -> Any:
         num_blocks, "pkey")
 
 
+# ---------------------------------------------------------------- factor rows where tasks read them
+
+
+def block_file(block: int) -> str:
+    """The file of one block's factor rows in a step folder."""
+    return f"block-{block:05d}.f32"
+
+
+@dataclass(frozen=True)
+class StepFiles:
+    """One side's factor rows as a file per block in the store (float32, row-major, no header).
+
+    The block tasks that make the rows write them (one PUT on an object store, a rename on a disk: no commit
+    protocol, no driver in the path) and the next half-step's tasks read the blocks they need straight from the
+    store: a lost executor loses no step, and a step is one Spark action. A retried or speculative attempt of a
+    task writes the same bytes (the kernels are deterministic, single-threaded per task), so whichever attempt's
+    file stays matches the summary Spark kept.
+    """
+
+    store: Store
+    bounds: tuple[int, ...]
+    dim: int
+
+    def rows(self, block: int) -> np.ndarray:
+        """Block `block`'s factor rows (read-only)."""
+        n = self.bounds[block + 1] - self.bounds[block]
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.frombuffer(self.store.read_bytes(block_file(block)), np.float32).reshape(n, self.dim)
+
+    def write(self, block: int, data: Any) -> None:
+        """Publish block `block`'s rows (a float32 array or its bytes); a retried task writes the same bytes."""
+        if isinstance(data, np.ndarray):
+            data = np.ascontiguousarray(data, np.float32).tobytes()
+        self.store.write_bytes(data, block_file(block))
+
+
+@dataclass(frozen=True)
+class InitRows:
+    """The initial factor rows of one side (init_factors), drawn inside the task that needs a block."""
+
+    n: int
+    dim: int
+    scale: float
+    seed: int
+    side: int
+    bounds: tuple[int, ...]
+
+    def rows(self, block: int) -> np.ndarray:
+        """Block `block`'s initial rows."""
+        return init_factors(self.n, self.dim, self.scale, self.seed, self.side, self.bounds[block],
+                            self.bounds[block + 1])
+
+
+RowSource = StepFiles | InitRows
+FACTOR_SCHEMA = "block int, row_start int, n_rows int, factors binary"
+
+
+def blocks_frame(spark: Any, source: RowSource) -> Any:
+    """The factor-block DataFrame of `source` (block, row_start, n_rows, factors): one task per block reads or
+    draws its rows, so the frame's lineage starts in the store (or the seed), never in executor memory."""
+    bounds = source.bounds
+
+    def make(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for block in batch.column(0).to_pylist():
+                x = source.rows(block)
+                yield pa.RecordBatch.from_pydict({
+                    "block": pa.array([block], pa.int32()), "row_start": pa.array([bounds[block]], pa.int32()),
+                    "n_rows": pa.array([len(x)], pa.int32()), "factors": pa.array([x.tobytes()], pa.binary())})
+
+    num_blocks = len(bounds) - 1
+    ids = spark.range(0, num_blocks, 1, num_blocks).selectExpr("cast(id as int) as block")
+    return ids.mapInArrow(make, FACTOR_SCHEMA)
+
+
+# ---------------------------------------------------------------- routes
+
+
 def build_routes(blocks_df: Any, other: SideLayout) -> Any:
     """For every block, the sorted rows of the other side it references, split by the other side's blocks;
-    keyed by their source block (`keyed`), so a half-step's slicing cogroup shuffles only the factor rows."""
+    keyed by their source block (`keyed`): partition s holds what source block s sends."""
     bounds = np.asarray(other.bounds_array)
 
     def route(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -181,29 +264,59 @@ def build_routes(blocks_df: Any, other: SideLayout) -> Any:
     return keyed(blocks_df.mapInArrow(route, ROUTE_SCHEMA), "src_block", other.num_blocks)
 
 
-def routed_rows(routes: Any) -> dict[int, int]:
-    """Rows each destination block receives per half-step, from a routes DataFrame (build_routes)."""
-    from pyspark.sql import functions as F
-
-    got = routes.groupBy("dst_block").agg((F.sum(F.length("rows")) / 4).cast("long").alias("n")).collect()
-    return {r["dst_block"]: r["n"] for r in got}
+def route_file(src: int) -> str:
+    """The file of the routes out of source block `src`."""
+    return f"src-{src:05d}.arrow"
 
 
-def init_blocks(spark: Any, layout: SideLayout, dim: int, scale: float, seed: int, side: int) -> Any:
-    """Initial factor blocks generated inside tasks (identical rows to the driver-side init)."""
-    n, bounds = layout.n_rows, layout.bounds_array
+@dataclass(frozen=True)
+class RouteFiles:
+    """One side's routes in the store, a file per source block of the other side: (dst_block, rows) for every
+    block of this side that needs rows of that source block. A cutting task reads its source block's file once
+    per Python worker (handoff.ROUTES)."""
 
-    def make(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for block in batch.column(0).to_pylist():
-                start, stop = bounds[block], bounds[block + 1]
-                x = init_factors(n, dim, scale, seed, side, start, stop)
-                yield pa.RecordBatch.from_pydict({
-                    "block": pa.array([block], pa.int32()), "row_start": pa.array([start], pa.int32()),
-                    "n_rows": pa.array([stop - start], pa.int32()), "factors": pa.array([x.tobytes()], pa.binary())})
+    store: Store
+    sources: frozenset[int]
 
-    ids = spark.range(0, layout.num_blocks, 1, layout.num_blocks).selectExpr("cast(id as int) as block")
-    return ids.mapInArrow(make, "block int, row_start int, n_rows int, factors binary")
+    def of(self, src: int) -> list[tuple[int, np.ndarray]]:
+        """(destination block, sorted rows) pairs of source block `src`, by destination."""
+        if src not in self.sources:
+            return []
+        return ROUTES.get((self.store.uri, src), lambda: self._read(src))
+
+    def _read(self, src: int) -> list[tuple[int, np.ndarray]]:
+        with self.store.open_input(route_file(src)) as f:
+            t = pa.ipc.open_file(f).read_all()
+        rows = t.column("rows")
+        return [(dst, np.frombuffer(rows[k].as_buffer(), np.int32))
+                for k, dst in enumerate(t.column("dst_block").to_pylist())]
+
+
+def write_routes(blocks_df: Any, other: SideLayout, store: Store) -> tuple[RouteFiles, dict[int, int]]:
+    """Every block's routes (build_routes) written to `store`, a file per source block, in one job; with the rows
+    each destination block receives per half-step."""
+    import pyarrow.compute as pc
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        parts = [b for b in batches if b.num_rows]
+        if not parts:
+            return
+        t = pa.Table.from_batches(parts)
+        for src in sorted(set(t.column("src_block").to_pylist())):
+            mine = t.filter(pc.equal(t["src_block"], src)).select(["dst_block", "rows"]).sort_by("dst_block")
+            with store.open_output(route_file(src)) as out, pa.ipc.new_file(out, mine.schema) as w:
+                w.write_table(mine)
+            yield pa.RecordBatch.from_pydict({
+                "src_block": pa.array([src] * mine.num_rows, pa.int32()),
+                "dst_block": mine.column("dst_block").combine_chunks(),
+                "n": pa.array([len(r) // 4 for r in mine.column("rows").to_pylist()], pa.int64())})
+
+    got = (build_routes(blocks_df, other).select("dst_block", "src_block", "rows")
+           .mapInArrow(write, "src_block int, dst_block int, n long").toArrow())
+    per_dst: dict[int, int] = {}
+    for dst, n in zip(got.column("dst_block").to_pylist(), got.column("n").to_pylist(), strict=True):
+        per_dst[dst] = per_dst.get(dst, 0) + n
+    return RouteFiles(store, frozenset(got.column("src_block").to_pylist())), per_dst
 
 
 def factor_gramian(factors_df: Any, dim: int) -> np.ndarray:
@@ -236,22 +349,17 @@ def block_partials(factors_df: Any, dim: int, fn: Callable[[int, np.ndarray], np
     return [np.frombuffer(out.column("part")[k].as_buffer(), np.float64) for k in range(out.num_rows)]
 
 
-def move_blocks(factors_df: Any, delta_df: Any, t: float, dim: int) -> Any:
-    """Factor blocks moved by t times a direction of the same layout: rows h + t Delta (RankALS's line step)."""
+def move_files(spark: Any, factors: RowSource, delta: RowSource, t: float, out: StepFiles) -> None:
+    """Rows h + t Delta of every block written to `out` (RankALS's line step), one task per block, no shuffle."""
 
     def move(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for k in range(batch.num_rows):
-                x = move_rows(np.frombuffer(batch.column("factors")[k].as_buffer(), np.float32),
-                              np.frombuffer(batch.column("delta")[k].as_buffer(), np.float32), t)
-                yield pa.RecordBatch.from_pydict({
-                    "block": pa.array([batch.column("block")[k].as_py()], pa.int32()),
-                    "row_start": pa.array([batch.column("row_start")[k].as_py()], pa.int32()),
-                    "n_rows": pa.array([batch.column("n_rows")[k].as_py()], pa.int32()),
-                    "factors": pa.array([x.tobytes()], pa.binary())})
+            for block in batch.column(0).to_pylist():
+                out.write(block, move_rows(factors.rows(block), delta.rows(block), t))
+                yield pa.RecordBatch.from_pydict({"block": pa.array([block], pa.int32())})
 
-    joined = factors_df.join(delta_df.select("block", delta_df.factors.alias("delta")), "block")
-    return joined.mapInArrow(move, "block int, row_start int, n_rows int, factors binary")
+    num_blocks = len(out.bounds) - 1
+    spark.range(0, num_blocks, 1, num_blocks).mapInArrow(move, "block int").toArrow()
 
 
 SLICE_BYTES = 32 * 2**20  # the most factor bytes one routed slice row carries: JVM rows and Arrow cells stay small
@@ -262,38 +370,59 @@ def slice_rows_per_row(dim: int) -> int:
     return max(1, SLICE_BYTES // (4 * dim))
 
 
-def slice_sources(routes: Any, factors: Any, dst_keys: list[int], dim: int) -> Any:
-    """The other side's factor rows each destination block needs, cut from their source blocks.
+def cut_slices(spark: Any, source: RowSource, routes: RouteFiles, dst_keys: list[int], dim: int) -> Any:
+    """The other side's factor rows each destination block needs, cut where they are read.
 
-    `routes` and `factors` both carry `pkey`, the source block's partition key; they are cogrouped on it, so one
-    task per source block holds that block's factor rows once (not once per destination, as a join would copy
-    them) and emits slices of at most `slice_rows_per_row(dim)` rows, keyed by their destination block's
-    partition key (`dst_keys`) and marked as not the block's own rows. A task holds its block and the slices it
-    cuts from it (at most its block's interactions' rows): bounded by the block, not by the data.
+    One task per source block reads (or draws) that block's rows once, with its routes from the store, and emits
+    slices of at most `slice_rows_per_row(dim)` rows keyed by their destination block's partition key (`dst_keys`),
+    marked as not the block's own rows: a narrow stage, then the half-step's one shuffle. A task holds its block and
+    the slices it cuts from it: bounded by the block, not by the data.
     """
-    step = slice_rows_per_row(dim)
-    schema = payload_arrow_schema()
+    step, bounds, schema = slice_rows_per_row(dim), source.bounds, payload_arrow_schema()
 
-    def cut(routes_t: pa.Table, factors_t: pa.Table) -> pa.Table:
-        if routes_t.num_rows == 0 or factors_t.num_rows == 0:
-            return schema.empty_table()
-        start = factors_t.column("row_start")[0].as_py()
-        x = np.frombuffer(factors_t.column("factors")[0].as_buffer(), np.float32).reshape(-1, dim)
-        dsts = routes_t.column("dst_block").to_pylist()
-        out = []
-        for k, dst in enumerate(dsts):
-            rows = np.frombuffer(routes_t.column("rows")[k].as_buffer(), np.int32)
-            for a in range(0, len(rows), step):
-                part = rows[a:a + step]
-                out.append(pa.RecordBatch.from_pydict({
-                    "pkey": pa.array([dst_keys[dst]], pa.int32()), "dst_block": pa.array([dst], pa.int32()),
-                    "own": pa.array([False]), "rows": pa.array([part.tobytes()], pa.binary()),
-                    "vecs": pa.array([np.ascontiguousarray(x[part - start]).tobytes()], pa.binary())}, schema=schema))
-        return pa.Table.from_batches(out, schema=schema)
+    def cut(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for src in batch.column(0).to_pylist():
+                wanted = routes.of(src)
+                if not wanted:
+                    continue
+                x, start = source.rows(src), bounds[src]
+                cols: dict[str, list[Any]] = {"pkey": [], "dst_block": [], "rows": [], "vecs": []}
+                held = 0
+                for dst, rows in wanted:
+                    for a in range(0, len(rows), step):
+                        part = rows[a:a + step]
+                        cols["pkey"].append(dst_keys[dst])
+                        cols["dst_block"].append(dst)
+                        cols["rows"].append(part.tobytes())
+                        cols["vecs"].append(np.ascontiguousarray(x[part - start]).tobytes())
+                        held += len(part) * (4 * dim + 4)
+                        if held >= SLICE_BYTES:
+                            yield _slices(cols, schema)
+                            cols, held = {k: [] for k in cols}, 0
+                if cols["pkey"]:
+                    yield _slices(cols, schema)
 
-    return (routes.select("pkey", "dst_block", "rows").groupBy("pkey")
-            .cogroup(factors.select("pkey", "row_start", "factors").groupBy("pkey"))
-            .applyInArrow(cut, PAYLOAD_SCHEMA))
+    num_blocks = len(bounds) - 1
+    return spark.range(0, num_blocks, 1, num_blocks).mapInArrow(cut, PAYLOAD_SCHEMA)
+
+
+def _slices(cols: dict[str, list[Any]], schema: pa.Schema) -> pa.RecordBatch:
+    n = len(cols["pkey"])
+    return pa.RecordBatch.from_pydict({
+        "pkey": pa.array(cols["pkey"], pa.int32()), "dst_block": pa.array(cols["dst_block"], pa.int32()),
+        "own": pa.array([False] * n), "rows": pa.array(cols["rows"], pa.binary()),
+        "vecs": pa.array(cols["vecs"], pa.binary())}, schema=schema)
+
+
+def block_markers(spark: Any, keys: list[int]) -> Any:
+    """One payload row per block of a side (`own`, no rows): every block gets its solving task, also a block
+    without interactions, which receives no slices."""
+    from pyspark.sql import functions as F
+
+    ids = spark.range(0, len(keys), 1, 1).select(F.col("id").cast("int").alias("dst_block"))
+    return ids.select(partition_key(keys, "dst_block").alias("pkey"), "dst_block", F.lit(True).alias("own"),
+                      F.lit(bytearray()).alias("rows"), F.lit(bytearray()).alias("vecs"))
 
 
 def payload_arrow_schema() -> pa.Schema:
@@ -340,84 +469,78 @@ def blocks_to_array(blocks_df: Any, dim: int) -> np.ndarray:
     return out
 
 
-def array_to_blocks(spark: Any, x: np.ndarray, layout: SideLayout) -> Any:
-    """Cut a driver-side factor array into a factor-block DataFrame of `layout`."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    bounds = layout.bounds_array
-    table = pa.table({
-        "block": pa.array(range(layout.num_blocks), pa.int32()),
-        "row_start": pa.array(bounds[:-1], pa.int32()),
-        "n_rows": pa.array(np.diff(bounds), pa.int32()),
-        "factors": pa.array([x[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:], strict=True)], pa.binary()),
-    })
-    return spark.createDataFrame(table).repartition(layout.num_blocks, "block")
-
-
 class StepStore:
-    """Routed steps' outputs written to the store as Parquet and read back, so the next step's lineage starts there:
-    a lost executor costs only its tasks' retry (a local checkpoint lives in executor memory and dies with its
-    executor), old steps do not pile up in executor memory, and plans stay shallow (a chain of cached steps would
-    make every step's planning slower than the last).
+    """Where a routed fit's steps live: a folder per step of block files (StepFiles) and the routes, under one
+    folder of the store (or, fitting on a local master without one, a scratch folder).
 
-    A written step is one Spark action (its write): it is read back with the schema it was written with (no
-    inference job) and its summary columns are read by the driver from the written files (no summary job). Without
-    a store (fitting
-    outside the train stage), `persist` falls back to a local checkpoint. The last `keep` outputs stay (both sides'
-    current factors, the step being made and RankALS's direction); the folder goes at interpreter exit, since a
-    fitted model reads its final factor blocks from it lazily.
+    The last `keep` steps stay (both sides' current factors, the step being made and RankALS's direction); the
+    folder goes at interpreter exit, since a fitted model reads its final factor blocks from it lazily.
     """
 
     def __init__(self, store: Store | None, keep: int = 6) -> None:
-        self.store = None if store is None else store.child(f"routed-{uuid.uuid4().hex[:12]}")
+        if store is None:  # local master only (the trainer checks): executors share this machine's disk
+            self.store = Store(tempfile.mkdtemp(prefix="gramian-routed-", dir=scratch_root()))
+        else:
+            self.store = store.child(f"routed-{uuid.uuid4().hex[:12]}")
         self.keep = keep
         self._count = 0
         self._written: list[str] = []
-        if self.store is not None:
-            atexit.register(self.close)
+        atexit.register(self.close)
 
-    def persist(self, df: Any, columns: tuple[str, ...] | None = None,
-                summary: bool = False) -> tuple[Any, pa.Table | None]:
-        """`df` computed once, written, and read back as a DataFrame whose lineage begins in the store: its `columns`
-        (default all) and, with `summary`, its other columns but `factors` as an Arrow table (read from the written
-        files by the driver; collected by a Spark job without a store)."""
-        if self.store is None:
-            out = df.localCheckpoint()
-            table = out.drop("factors").toArrow() if summary else None
-            return out if columns is None else out.select(*columns), table
+    def new(self, layout: SideLayout, dim: int) -> StepFiles:
+        """The folder of the next step's block files (old steps past `keep` deleted)."""
         self._count += 1
         name = f"step{self._count:05d}"
-        uri = self.store.uri_of(name)
-        df.write.mode("overwrite").option("compression", "none").parquet(uri)  # float rows: nothing to gain
         self._written.append(name)
         for old in self._written[:-self.keep]:
             self.store.delete(old)
         self._written = self._written[-self.keep:]
-        out = df.sparkSession.read.schema(df.schema).parquet(uri)
-        return out if columns is None else out.select(*columns), self._summary(name, df.schema) if summary else None
+        return StepFiles(self.store.child(name), layout.bounds_array, dim)
 
-    def _summary(self, name: str, schema: Any) -> pa.Table:
-        """Every column of step `name`'s files but `factors`, read by the driver through the store (a file per
-        task: read concurrently, since on an object store each is a round trip)."""
-        from concurrent.futures import ThreadPoolExecutor
+    def live(self, files: StepFiles) -> bool:
+        """Whether `files` is one of the steps still kept."""
+        return any(files.store.uri == self.store.uri_of(name) for name in self._written)
 
-        import pyarrow.parquet as pq
+    def persist(self, factors_df: Any, layout: SideLayout, dim: int) -> StepFiles:
+        """Any factor-block DataFrame (a checkpoint read back, say) written as a step, one job; its blocks must be
+        `layout`'s."""
+        out = self.new(layout, dim)
 
-        wanted = [f.name for f in schema.fields if f.name != "factors"]
+        def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                for k in range(batch.num_rows):
+                    block, start, n = (batch.column(c)[k].as_py() for c in ("block", "row_start", "n_rows"))
+                    if 0 <= block < len(layout.bounds_array) - 1 and layout.bounds(block) == (start, start + n):
+                        out.write(block, batch.column("factors")[k].as_buffer())
+                    yield pa.RecordBatch.from_pydict({"block": pa.array([block], pa.int32()),
+                                                      "row_start": pa.array([start], pa.int32()),
+                                                      "n_rows": pa.array([n], pa.int32())})
 
-        def read(file: str) -> pa.Table:
-            with self.store.open_input(name, file) as f:
-                return pq.read_table(f, columns=wanted)
+        got = factors_df.select("block", "row_start", "n_rows", "factors").mapInArrow(
+            write, "block int, row_start int, n_rows int").toArrow()
+        cols = (got.column(c).to_pylist() for c in ("block", "row_start", "n_rows"))
+        have = sorted((b, a, a + n) for b, a, n in zip(*cols, strict=True))
+        want = [(b, *layout.bounds(b)) for b in range(layout.num_blocks)]
+        if have != want:
+            raise ConfigError(f"routed factor blocks (block, first row, end row) must be the trainer's {want[:4]}"
+                              f"{'...' if len(want) > 4 else ''} ({len(want)} blocks), got {have[:4]}"
+                              f"{'...' if len(have) > 4 else ''} ({len(have)}): a checkpoint written with other "
+                              f"block counts. Resume with the same train.num_user_blocks/num_item_blocks and "
+                              f"executor memory, or start without --resume.")
+        return out
 
-        files = sorted(f for f in self.store.listdir(name) if f.endswith(".parquet"))
-        with ThreadPoolExecutor(max_workers=min(8, max(1, len(files)))) as pool:
-            parts = list(pool.map(read, files))
-        return pa.concat_tables(parts) if parts else pa.table({c: [] for c in wanted})
+    def finish(self, final: list[StepFiles]) -> None:
+        """A fit is done: delete the routes and every step but the `final` ones (what its model reads)."""
+        keep = {f.store.uri for f in final}
+        for name in self.store.listdir():
+            if self.store.uri_of(name) not in keep:
+                self.store.delete(name)
+        self._written = [n for n in self._written if self.store.uri_of(n) in keep]
 
     def close(self) -> None:
-        """Delete every step written (and the exit hook)."""
-        if self.store is not None:
-            try:
-                self.store.delete()
-            except Exception:  # scratch left in the store is only space
-                pass
-            atexit.unregister(self.close)
+        """Delete every step written, the routes (and the exit hook)."""
+        try:
+            self.store.delete()
+        except Exception:  # scratch left in the store is only space
+            pass
+        atexit.unregister(self.close)

@@ -117,8 +117,7 @@ def run(spark: Any, cfg: Config, run_id: str, trials: int | None = None, budget_
             if cfg.tune.baseline and not study.get_trials(deepcopy=False):  # a new study: the conf's setting first
                 study.enqueue_trial(S.baseline(cfg.model, cfg.tune.space, rows), user_attrs={BASELINE: True})
             ran, stopped = search(spark, cfg, run_id, val, study, snapshot, n_trials, deadline, rows)
-            summary = summarise(study, cfg, run_id, ran, stopped, val)
-            best = recorded_model_params(study.best_trial) if "best_trial" in summary else None
+            summary, best = summarise(study, cfg, run_id, ran, stopped, val)
     finally:
         val.release()
     if write_profile is not None:
@@ -201,8 +200,9 @@ def run_trial(spark: Any, cfg: Config, val: Validation, trial: Any, params: dict
         model_cfg = S.apply(cfg.model, out.model_params)
         monitor = Monitor(spark, cfg, val, trial, model_cfg.epochs, deadline, tracker)
         estimator = ESTIMATORS[model_cfg.name].from_config(model_cfg, cfg.train)
-        estimator.fit(val.train, val.n_users, val.n_items, on_epoch=lambda stats: None, exchange=exchange,
-                      on_model=monitor, counts=val.counts)
+        model = estimator.fit(val.train, val.n_users, val.n_items, on_epoch=lambda stats: None, exchange=exchange,
+                              on_model=monitor, counts=val.counts)
+        model.close()  # scored epoch by epoch: routed steps are not kept to the end of the study
         out.state = "complete"
     except Stop as s:
         out.state, out.note = "pruned", s.reason
@@ -250,8 +250,10 @@ def _close_child(child: Any, out: Outcome, derived: dict[str, Any]) -> None:
     tracking.safe(child.log_metrics, {"trial_seconds": out.seconds, "epochs_trained": out.epochs})
 
 
-def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str, val: Validation) -> dict[str, Any]:
-    """The stage summary: counts by state, the best complete trial, why the search stopped."""
+def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str,
+              val: Validation) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The stage summary (counts by state, the best complete trial, why the search stopped) and the model keys the
+    best trial fit (None without a complete trial)."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -267,12 +269,14 @@ def summarise(study: Any, cfg: Config, run_id: str, ran: int, stopped: str, val:
     base = next((t for t in trials if t.user_attrs.get(BASELINE)), None)
     if base is not None:
         out.update(baseline_trial=base.number, baseline_value=_last_value(base))
+    model_params = None
     if count["complete"]:
         best = study.best_trial
-        best_params = {**best.params, **recorded_model_params(best)}  # and reg_typical's reg
-        out.update(best_trial=best.number, best_value=best.value, best_params=best_params)
+        model_params = recorded_model_params(best)
+        out.update(best_trial=best.number, best_value=best.value,
+                   best_params={**best.params, **model_params})  # and reg_typical's reg
         tracking.safe(tracking.active().log_metrics, {f"tune.best_{_mlflow_name(out['metric'])}": best.value})
-    return out
+    return out, model_params
 
 
 def recorded_model_params(trial: Any) -> dict[str, Any]:
