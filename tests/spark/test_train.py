@@ -296,28 +296,32 @@ CONNECT_SCRIPT = textwrap.dedent("""
     assert is_connect(spark), type(spark)
     pairs = pd.read_parquet(sys.argv[1])
     estimator = getattr(train, sys.argv[5])  # IALS or RankALS
-    model = estimator(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2)).fit(
+    routing = sys.argv[6]  # auto (whole factors on a local master) or routed (block files)
+    model = estimator(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2, routing=routing)).fit(
         spark.createDataFrame(pairs), int(sys.argv[3]), int(sys.argv[4]))
     np.savez(sys.argv[2], user=model.user_array, item=model.item_array)
     spark.stop()  # and the local server
 """)
 
 
-def fit_on_connect(pairs, tmp_path, estimator: str) -> Path:
-    """Fit `estimator` (a gramian.train class name) on a Spark Connect local session in a subprocess."""
+def fit_on_connect(pairs, tmp_path, estimator: str, routing: str = "auto") -> Path:
+    """Fit `estimator` (a gramian.train class name) with `routing` on a Spark Connect local session in a
+    subprocess."""
     src = tmp_path / "pairs.parquet"
     pairs.to_parquet(src)
     script = tmp_path / "connect_fit.py"
     script.write_text(CONNECT_SCRIPT)
     out = tmp_path / "connect.npz"
-    proc = subprocess.run([sys.executable, str(script), str(src), str(out), str(N_USERS), str(N_ITEMS), estimator],
+    proc = subprocess.run([sys.executable, str(script), str(src), str(out), str(N_USERS), str(N_ITEMS), estimator,
+                           routing],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
-def test_spark_connect_session_trains_the_same_factors_as_classic(train_df, pairs, tmp_path):
-    out = fit_on_connect(pairs, tmp_path, "IALS")
+@pytest.mark.parametrize("routing", ["auto", "routed"])
+def test_spark_connect_session_trains_the_same_factors_as_classic(train_df, pairs, tmp_path, routing):
+    out = fit_on_connect(pairs, tmp_path, "IALS", routing)
     classic = IALS(dim=8, epochs=3, train=TrainConfig(num_user_blocks=3, num_item_blocks=2)).fit(
         train_df, N_USERS, N_ITEMS)
     with np.load(out) as z:
