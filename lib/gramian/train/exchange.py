@@ -142,13 +142,10 @@ class FactorExchange(ABC):
 def _by_id(spark: Any, layout: SideLayout, read: Callable[[int], Block], fn: BlockFn, schema: str) -> Any:
     """The job applying `fn` to every block of `layout`, block b read by `read(b)` in partition b."""
 
-    def by_id(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for block in batch.column("id").to_pylist():
-                yield timed(lambda block=block: fn(read(block)))
+    def by_id(block: int) -> Iterator[pa.RecordBatch]:
+        yield timed(lambda: fn(read(block)))
 
-    ids = spark.range(0, layout.num_blocks, 1, layout.num_blocks)
-    return ids.mapInArrow(by_id, schema + TIMING_SCHEMA)
+    return routed.over_blocks(spark, layout.num_blocks, by_id, schema + TIMING_SCHEMA)
 
 
 def _by_row(blocks_df: Any, fn: BlockFn, schema: str) -> Any:

@@ -223,22 +223,29 @@ RowSource = StepFiles | InitRows
 FACTOR_SCHEMA = "block int, row_start int, n_rows int, factors binary"
 
 
+def over_blocks(spark: Any, num_blocks: int, fn: Callable[[int], Iterator[pa.RecordBatch]], schema: str) -> Any:
+    """The DataFrame of fn(b)'s batches for every block id b, one task per block, block b in partition b."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for block in batch.column(0).to_pylist():
+                yield from fn(block)
+
+    return spark.range(0, num_blocks, 1, num_blocks).mapInArrow(run, schema)
+
+
 def blocks_frame(spark: Any, source: RowSource) -> Any:
     """The factor-block DataFrame of `source` (block, row_start, n_rows, factors): one task per block reads or
     draws its rows, so the frame's lineage starts in the store (or the seed), never in executor memory."""
     bounds = source.bounds
 
-    def make(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for block in batch.column(0).to_pylist():
-                x = source.rows(block)
-                yield pa.RecordBatch.from_pydict({
-                    "block": pa.array([block], pa.int32()), "row_start": pa.array([bounds[block]], pa.int32()),
-                    "n_rows": pa.array([len(x)], pa.int32()), "factors": pa.array([x.tobytes()], pa.binary())})
+    def make(block: int) -> Iterator[pa.RecordBatch]:
+        x = source.rows(block)
+        yield pa.RecordBatch.from_pydict({
+            "block": pa.array([block], pa.int32()), "row_start": pa.array([bounds[block]], pa.int32()),
+            "n_rows": pa.array([len(x)], pa.int32()), "factors": pa.array([x.tobytes()], pa.binary())})
 
-    num_blocks = len(bounds) - 1
-    ids = spark.range(0, num_blocks, 1, num_blocks).selectExpr("cast(id as int) as block")
-    return ids.mapInArrow(make, FACTOR_SCHEMA)
+    return over_blocks(spark, len(bounds) - 1, make, FACTOR_SCHEMA)
 
 
 # ---------------------------------------------------------------- routes
@@ -352,14 +359,11 @@ def block_partials(factors_df: Any, dim: int, fn: Callable[[int, np.ndarray], np
 def move_files(spark: Any, factors: RowSource, delta: RowSource, t: float, out: StepFiles) -> None:
     """Rows h + t Delta of every block written to `out` (RankALS's line step), one task per block, no shuffle."""
 
-    def move(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for block in batch.column(0).to_pylist():
-                out.write(block, move_rows(factors.rows(block), delta.rows(block), t))
-                yield pa.RecordBatch.from_pydict({"block": pa.array([block], pa.int32())})
+    def move(block: int) -> Iterator[pa.RecordBatch]:
+        out.write(block, move_rows(factors.rows(block), delta.rows(block), t))
+        yield pa.RecordBatch.from_pydict({"block": pa.array([block], pa.int32())})
 
-    num_blocks = len(out.bounds) - 1
-    spark.range(0, num_blocks, 1, num_blocks).mapInArrow(move, "block int").toArrow()
+    over_blocks(spark, len(out.bounds) - 1, move, "block int").toArrow()
 
 
 SLICE_BYTES = 32 * 2**20  # the most factor bytes one routed slice row carries: JVM rows and Arrow cells stay small
@@ -380,31 +384,28 @@ def cut_slices(spark: Any, source: RowSource, routes: RouteFiles, dst_keys: list
     """
     step, bounds, schema = slice_rows_per_row(dim), source.bounds, payload_arrow_schema()
 
-    def cut(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for src in batch.column(0).to_pylist():
-                wanted = routes.of(src)
-                if not wanted:
-                    continue
-                x, start = source.rows(src), bounds[src]
-                cols: dict[str, list[Any]] = {"pkey": [], "dst_block": [], "rows": [], "vecs": []}
-                held = 0
-                for dst, rows in wanted:
-                    for a in range(0, len(rows), step):
-                        part = rows[a:a + step]
-                        cols["pkey"].append(dst_keys[dst])
-                        cols["dst_block"].append(dst)
-                        cols["rows"].append(part.tobytes())
-                        cols["vecs"].append(np.ascontiguousarray(x[part - start]).tobytes())
-                        held += len(part) * (4 * dim + 4)
-                        if held >= SLICE_BYTES:
-                            yield _slices(cols, schema)
-                            cols, held = {k: [] for k in cols}, 0
-                if cols["pkey"]:
+    def cut(src: int) -> Iterator[pa.RecordBatch]:
+        wanted = routes.of(src)
+        if not wanted:
+            return
+        x, start = source.rows(src), bounds[src]
+        cols: dict[str, list[Any]] = {"pkey": [], "dst_block": [], "rows": [], "vecs": []}
+        held = 0
+        for dst, rows in wanted:
+            for a in range(0, len(rows), step):
+                part = rows[a:a + step]
+                cols["pkey"].append(dst_keys[dst])
+                cols["dst_block"].append(dst)
+                cols["rows"].append(part.tobytes())
+                cols["vecs"].append(np.ascontiguousarray(x[part - start]).tobytes())
+                held += len(part) * (4 * dim + 4)
+                if held >= SLICE_BYTES:
                     yield _slices(cols, schema)
+                    cols, held = {k: [] for k in cols}, 0
+        if cols["pkey"]:
+            yield _slices(cols, schema)
 
-    num_blocks = len(bounds) - 1
-    return spark.range(0, num_blocks, 1, num_blocks).mapInArrow(cut, PAYLOAD_SCHEMA)
+    return over_blocks(spark, len(bounds) - 1, cut, PAYLOAD_SCHEMA)
 
 
 def _slices(cols: dict[str, list[Any]], schema: pa.Schema) -> pa.RecordBatch:
