@@ -260,7 +260,7 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path,
     out: dict[str, dict[str, Any]] = {}
     sets = [f"storage.root={root}", f"model.dim={args.dim}", f"model.epochs={args.epochs}",
             "train.checkpoint_every=0"]
-    events = event_log_conf(args.log_dir)
+    events = {**event_log_conf(args.log_dir), **jfr_conf(args.jfr)}
     with StandaloneCluster(work / "cluster", workers=2, cores=1, memory=args.worker_memory,
                            isolated=s3 is not None, env=AWS_ENV if s3 is not None else None) as cluster:
         zip_path = build_zip(work / "gramian.zip")
@@ -317,6 +317,17 @@ def event_log_conf(log_dir: str | None) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     return {"spark.eventLog.enabled": "true", "spark.eventLog.dir": folder.as_uri(),
             "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false"}
+
+
+def jfr_conf(folder: str | None) -> dict[str, str]:
+    """Java Flight Recordings of every driver and executor JVM into `folder` (where a job's JVM CPU goes: `jfr
+    print --events jdk.ExecutionSample`, `jfr summary`); each JVM names its own file there."""
+    if not folder:
+        return {}
+    path = Path(folder).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    option = f"-XX:StartFlightRecording=settings=profile,filename={path}/"
+    return {"spark.driver.extraJavaOptions": option, "spark.executor.extraJavaOptions": option}
 
 
 OOM_LINE = re.compile(r"OutOfMemoryError[^\n]*|exit code 52|Lost executor[^\n]*|CHECKPOINT_RDD_BLOCK_ID_NOT_FOUND")
@@ -598,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-tables", action="store_true", help="keep --root's train/test tables when they exist "
                         "(a second run on the same prepared data)")
     parser.add_argument("--label", default=None, help="what code ran, for the results (e.g. 'main c9ab3fa')")
+    parser.add_argument("--jfr", default=None, help="keep a Java Flight Recording of every driver and executor "
+                        "JVM in this folder (where the JVMs' CPU goes)")
     parser.add_argument("--log-dir", default=None, help="keep every job's spark-submit log and "
                         "Spark event log here (profiling: python -m benchmarks.spark_events <log-dir>/events/<file>)")
     parser.add_argument("--before", default=None, help="an earlier run's phases (JSON: commit, load, jobs) to show "

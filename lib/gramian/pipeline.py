@@ -76,7 +76,7 @@ def record(spark: Any, cfg: Config, run_id: str, stage: str, status: str, starte
     row = (run_id, stage, status, started, datetime.now(UTC), fp, json.dumps(summary, default=str))
     df = spark.createDataFrame([row], STAGE_RUNS_SCHEMA)
     tables.write(df, cfg.storage, STAGE_RUNS, replace_where=run_where(run_id, stage=stage),
-                 rows_of={"run_id": run_id, "stage": stage})
+                 rows_of={"run_id": run_id, "stage": stage}, files=1)
 
 
 def stage_runs(spark: Any, cfg: Config, run_id: str | None = None) -> list[dict[str, Any]]:

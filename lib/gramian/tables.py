@@ -8,6 +8,7 @@ gs://, hdfs://, file:) or a POSIX path every node mounts, never a local folder l
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -19,6 +20,9 @@ from gramian.spark import is_connect
 TABLES = ("interactions", "given_test", "quarantine", "users", "items", "ingest_runs", "train", "test", "foldin",
           "user_factors", "item_factors", "runs", "metrics", "metrics_by_user", "topn", "publications",
           "stage_runs", "tuning")
+# A data file's target size when a writer sizes its output (`files_for`): large enough that a table is not
+# thousands of small files (each a request and a task on read), small enough to spread over tasks.
+FILE_BYTES = 128 * 2**20
 # Delta / Spark error conditions that mean "no table here yet" (anything else is a real failure)
 _ABSENT = ("PATH_NOT_FOUND", "TABLE_OR_VIEW_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_NOT_FOUND",
            "is not a Delta table", "Path does not exist", "doesn't exist")
@@ -239,9 +243,14 @@ def _file_may_hold(add: dict[str, Any], column: str, value: str) -> bool:
     return low <= value and value[:len(high) - 1] <= high[:-1]  # cut: only its prefix is the true maximum's
 
 
+def files_for(rows: int, row_bytes: int) -> int:
+    """How many data files `rows` rows of about `row_bytes` bytes each make at FILE_BYTES per file (at least 1)."""
+    return max(1, math.ceil(rows * row_bytes / FILE_BYTES))
+
+
 def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
           replace_where: str | None = None, merge_schema: bool = False,
-          rows_of: dict[str, str] | None = None) -> None:
+          rows_of: dict[str, str] | None = None, files: int | None = None) -> None:
     """Write `df` in one transaction; `replace_where` swaps only the matching rows (e.g. one run_id).
 
     `merge_schema` lets a write add columns to an existing table (older rows read them as null).
@@ -249,8 +258,13 @@ def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
     {"run_id": id}). When the table's log shows that no file may hold such a row (`may_hold`: a run writing its
     rows for the first time) the write is a blind append: Delta then neither rebuilds the table's state nor scans
     its files for rows to replace, and the result is the same.
+    `files`: at most this many data files, i.e. write tasks (coalesced, no shuffle). A few rows made on the driver
+    pass 1: otherwise each of the session's default partitions is a task and a file, most of them empty, and on a
+    cluster those tasks take every executor's slot while other writes wait.
     """
     spark = df.sparkSession
+    if files is not None:
+        df = df.coalesce(files)
     if replace_where is not None and rows_of is not None and not may_hold(spark, storage, name, rows_of):
         mode, replace_where = "append", None  # also creates a table never written
     elif replace_where is not None and not exists(spark, storage, name):

@@ -80,6 +80,18 @@ def test_train_records_the_versions_of_its_split_in_the_runs_row(spark, two_spli
     assert pins_b["train"] == tables.version(spark, cfg.storage, "train")
 
 
+def test_a_runs_rows_are_written_as_one_data_file_per_table(spark, two_splits):
+    """Run A's first writes (factors of 300 users and 150 items, its runs row and its metrics):
+    one data file each, not one per default partition (most of them empty) or per factor block."""
+    cfg = two_splits[0]
+    root = Path(cfg.storage.root)
+    for name in ("user_factors", "item_factors", "runs", "metrics"):
+        log = root / name / "_delta_log" / f"{0:020d}.json"
+        adds = [a for a in map(json.loads, log.read_text().splitlines()) if "add" in a]
+        assert len(adds) == 1, (name, [a["add"]["path"] for a in adds])
+        assert json.loads(adds[0]["add"]["stats"])["numRecords"] > 0, name
+
+
 def test_evaluate_after_a_resplit_scores_the_run_on_the_split_it_trained_on(spark, two_splits):
     cfg, cfg1, _, before = two_splits
     summary = evaluate(spark, cfg1, "A")  # the current tables are split 1 now

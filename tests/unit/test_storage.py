@@ -157,3 +157,12 @@ def test_hadoop_packages_are_named_with_pysparks_hadoop_version():
                                       "s3a://b/wh", "storage.root")
     assert err is not None and f"org.apache.hadoop:hadoop-aws:{version}" in str(err)
     assert storage.spark_storage_error(ValueError("unrelated"), "s3a://b/wh", "storage.root") is None
+
+
+def test_files_for_makes_one_file_per_target_size_and_never_none():
+    from gramian.tables import FILE_BYTES, files_for
+
+    assert files_for(0, 100) == 1
+    assert files_for(FILE_BYTES // 100, 100) == 1
+    assert files_for(FILE_BYTES // 100 + 1, 100) == 2
+    assert files_for(10_000_000, 4 * 128 + 64) == 43  # 10M item factors at d=128: 5.8 GB in 128 MiB files

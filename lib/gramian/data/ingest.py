@@ -201,7 +201,7 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
                        p.duplicates_merged, p.filtered, p.interactions, p.users, p.items, started, finished)
                       for p in parts]
         tables.write(spark.createDataFrame(accounting, INGEST_RUNS), storage, INGEST_RUNS_TABLE,
-                     replace_where=run_where(run_id))
+                     replace_where=run_where(run_id), files=1)
     finally:
         for p in parts:
             p.release()

@@ -231,7 +231,7 @@ def run(spark: Any, cfg: Config, run_id: str) -> dict[str, Any]:
                     float(r["value"]), int(r["users"]), now) for r in metric_rows]
         where = run_where(run_id)
         tables.write(spark.createDataFrame(records, METRICS_SCHEMA), st, "metrics",
-                     replace_where=f"{where} AND {OWNED_METHODS}")
+                     replace_where=f"{where} AND {OWNED_METHODS}", files=1)
         if ev.per_user and by_user:
             frame = by_user[0]
             for extra in by_user[1:]:

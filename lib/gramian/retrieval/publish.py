@@ -209,7 +209,7 @@ def write_metrics(spark: Any, cfg: Config, run_id: str, model_name: str, values:
              int(sample_size), now) for m in names]
     where = run_where(run_id, metric=names)
     tables.write(spark.createDataFrame(rows, METRICS_SCHEMA), cfg.storage, METRICS, mode="overwrite",
-                 replace_where=where)
+                 replace_where=where, files=1)
 
 
 def _mark_current(spark: Any, cfg: Config, row: dict[str, Any]) -> None:

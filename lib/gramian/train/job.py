@@ -69,7 +69,7 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
         logging_model = threading.Thread(target=tracking.safe, name="gramian-log-model",
                                          args=(log_model, tracking.active(), model, items, n_trained))
         logging_model.start()
-    write_outputs(spark, cfg, run_id, model, users, items, user_rows,
+    write_outputs(spark, cfg, run_id, model, users, items, user_rows, (n_trained, n_items),
                   functools.partial(write_run, spark, cfg, run_id, model, started, seconds, inputs, source))
     phases.mark("write factor tables and runs row")
     if logging_model is not None:
@@ -200,11 +200,12 @@ def log_model(tracker: tracking.NullTracker, model: IALSModel, items: Any, n_use
 
 
 def write_outputs(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any, user_rows: Any,
-                  write_row: Callable[..., None]) -> None:
+                  sizes: tuple[int, int], write_row: Callable[..., None]) -> None:
     """The factor tables and the `runs` row (`write_row`, write_run with its arguments bound), the three Delta
     writes at once (run_together: each write's jobs and commit overlap the others'). Should any fail, the runs
-    row is written again with status `failed`, so no row claims a finished run whose factors are missing."""
-    calls = factor_writes(cfg, run_id, model, users, items, user_rows)
+    row is written again with status `failed`, so no row claims a finished run whose factors are missing.
+    `sizes`: the model's (user rows, item rows)."""
+    calls = factor_writes(cfg, run_id, model, users, items, user_rows, sizes)
     calls["runs"] = write_row
     try:
         run_together(spark, calls)
@@ -217,21 +218,25 @@ def write_outputs(spark: Any, cfg: Config, run_id: str, model: IALSModel, users:
 
 
 def factor_writes(cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any,
-                  user_rows: Any = None) -> dict[str, Callable[[], None]]:
+                  user_rows: Any = None, sizes: tuple[int, int] | None = None) -> dict[str, Callable[[], None]]:
     """The user_factors / item_factors writes, rows (run_id, idx, id, factors) replacing this run's earlier rows.
 
-    `user_rows` (from `train_positions`) maps the trainer's user positions back to `users` indices."""
+    `user_rows` (from `train_positions`) maps the trainer's user positions back to `users` indices. `sizes`
+    (user rows, item rows): each table is written as files of about tables.FILE_BYTES (one file and one task for
+    tens of MiB of factors, not one per default partition or factor block); None: as the frames come."""
     from pyspark.sql import functions as F
 
     where = run_where(run_id)
     user_frame = model.user_factors if user_rows is None else to_indices(model.user_factors, user_rows)
     writes = {}
-    for name, frame, ids in (("user_factors", user_frame, users),
-                             ("item_factors", model.item_factors, items)):
+    row_bytes = 4 * model.config.dim + 64  # the factors, idx, and about 60 bytes of run_id and id
+    for k, (name, frame, ids) in enumerate((("user_factors", user_frame, users),
+                                            ("item_factors", model.item_factors, items))):
         out = (frame.join(ids.select("idx", "id"), "idx", "left")
                .select(F.lit(run_id).alias("run_id"), "idx", "id", "factors"))
+        files = None if sizes is None else tables.files_for(sizes[k], row_bytes)
         writes[name] = functools.partial(tables.write, out, cfg.storage, name, replace_where=where,
-                                         rows_of={"run_id": run_id})
+                                         rows_of={"run_id": run_id}, files=files)
     return writes
 
 
@@ -250,4 +255,4 @@ def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: d
               "status string, fit_seconds double, epochs string, inputs string, warm_start string")
     # merge_schema: `inputs`, `warm_start` joined later: older runs tables gain them, their rows read null
     tables.write(spark.createDataFrame([row], schema), cfg.storage, "runs", replace_where=run_where(run_id),
-                 merge_schema=True, rows_of={"run_id": run_id})
+                 merge_schema=True, rows_of={"run_id": run_id}, files=1)

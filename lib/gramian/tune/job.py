@@ -226,7 +226,7 @@ def write_row(spark: Any, cfg: Config, run_id: str, number: int, params: dict[st
            "state": out.state, "epochs": int(out.epochs), "seconds": round(out.seconds, 3), "started": started,
            "note": out.note}
     tables.write(spark.createDataFrame([row], TUNING_SCHEMA), cfg.storage, TUNING_TABLE,
-                 replace_where=f"{run_where(run_id)} AND trial = {int(number)}")
+                 replace_where=f"{run_where(run_id)} AND trial = {int(number)}", files=1)
 
 
 def _child_tracker(number: int, params: dict[str, Any]) -> Any:
