@@ -209,6 +209,9 @@ class TrainConfig:
     num_item_blocks: int = field(default=0, metadata=_check(">= 0 (0 = auto)", _non_negative))
     checkpoint_every: int = field(default=5, metadata=_check(">= 0 (0 = never)", _non_negative))
     broadcast_max_mb: float = field(default=256.0, metadata=_check(">= 0", _non_negative))
+    # train tables of at most this many interactions come to the driver (one scan) to be counted and cut into
+    # CSR blocks there, instead of a counting job and a shuffle per side on the executors; 0 = never
+    driver_pairs_max: int = field(default=5_000_000, metadata=_check(">= 0 (0 = never)", _non_negative))
     routing: Literal["auto", "broadcast", "routed"] = "auto"
     local_file_handoff: bool = True
     exchange: Literal["auto", "store", "closure"] = "auto"  # whole factors off a local master: see train.handoff

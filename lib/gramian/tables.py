@@ -162,6 +162,27 @@ def _snapshot(spark: Any, storage: StorageConfig, name: str, version: int,
     return {"files": list(live.values()), **state} if len(state) == 2 else None
 
 
+def log_rows(spark: Any, storage: StorageConfig, name: str, version: int) -> int | None:
+    """How many rows a path table's `version` holds, from the per-file statistics in its log (no Spark job);
+    None where the log does not say (a catalog table, a file without statistics or with a deletion vector)."""
+    import json
+
+    if storage.catalog:
+        return None
+    names = _log_names(spark, storage, name)
+    state = _snapshot(spark, storage, name, int(version), names) if _newest(names) is not None else None
+    if state is None:
+        return None
+    total = 0
+    for add in state["files"]:
+        rows = None if add.get("deletionVector") or not add.get("stats") else json.loads(add["stats"]).get(
+            "numRecords")
+        if rows is None:
+            return None
+        total += int(rows)
+    return total
+
+
 def _file_max(add: dict[str, Any], column: str) -> int | None | bool:
     """`column`'s max in one data file per its statistics: None for a file without rows or values in it, False
     when the statistics cannot say (none recorded, or a deletion vector hides some rows)."""
@@ -199,6 +220,31 @@ def read_version(spark: Any, storage: StorageConfig, name: str, version: int) ->
             return spark.read.schema(schema).parquet(*paths) if paths else spark.createDataFrame([], schema)
     reader = spark.read.format("delta").option("versionAsOf", int(version))
     return reader.table(ref) if storage.catalog else reader.load(ref)
+
+
+def read_arrow(spark: Any, storage: StorageConfig, name: str, version: int, columns: list[str]) -> Any | None:
+    """`columns` of a plain path table's `version` (`_plain`) read in this process with pyarrow, file by file
+    through the store, with no Spark job: for a table small enough to hold here (the train stage's
+    train.driver_pairs_max). None where Spark must read it: a catalog table, a version that is not plain or that
+    the log does not list, files outside the table's folder (a shallow clone's), no rows."""
+    if storage.catalog:
+        return None
+    names = _log_names(spark, storage, name)
+    state = _snapshot(spark, storage, name, int(version), names) if _newest(names) is not None else None
+    if state is None or not _plain(state) or not state["files"]:
+        return None
+    paths = [unquote(add["path"]) for add in state["files"]]
+    if any(":" in p or p.startswith("/") for p in paths):
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = store.open_store(table_ref(storage, name), spark)
+    parts = []
+    for path in paths:
+        with folder.open_input(path) as f:
+            parts.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(parts, promote_options="permissive")
 
 
 def _plain(state: dict[str, Any]) -> bool:

@@ -65,6 +65,36 @@ def _metrics(spark, cfg: Config) -> dict[tuple, float]:
     return {(r["model"], r["metric"], r["k"], r["method"]): r["value"] for r in rows}
 
 
+def test_train_counted_on_the_driver_equals_train_counted_by_spark(spark, strong):
+    """The stage read this small train table on the driver (train.driver_pairs_max: its files through the
+    store, no Spark job) and mapped its users to trainer positions there (held-out users have none); counted by
+    a Spark job instead (0) and with the trainer collecting its own pairs, the run's factor rows are the same."""
+    cfg = strong[0]
+    other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, driver_pairs_max=0))
+    sc = spark.sparkContext
+    jobs = {}
+    for name, c in (("driver", cfg), ("spark", other)):
+        sc.setJobGroup(f"read-inputs-{name}", "probe")
+        try:
+            jobs[name] = (train.read_inputs(spark, c)[-1], sc.statusTracker().getJobIdsForGroup(f"read-inputs-{name}"))
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)
+    (bring, driver_jobs), (counted, spark_jobs) = jobs["driver"], jobs["spark"]
+    assert driver_jobs == [] and len(spark_jobs) > 0  # nothing woke an executor for the small table
+    assert bring[2] is not None and counted[2] is None
+    assert len(bring[2][0]) == int(counted[1][0].sum()) == tables.log_rows(spark, cfg.storage, "train", 0)
+    for mine, theirs in zip(bring[1], counted[1], strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    train.run(spark, other, "s1-spark-counts")
+    for name in ("user_factors", "item_factors"):
+        rows = tables.read(spark, cfg.storage, name).filter("run_id = 's1-spark-counts'").select("idx", "factors")
+        theirs = {int(r["idx"]): np.asarray(r["factors"], np.float64) for r in rows.collect()}
+        mine = _factors(spark, cfg, name)
+        assert mine.keys() == theirs.keys() and len(mine) > 0
+        for idx, f in mine.items():
+            np.testing.assert_array_equal(f, theirs[idx])
+
+
 def test_users_without_train_rows_get_no_trained_factor_row(spark, strong):
     cfg, split_summary, _ = strong
     tu, _, _ = _pairs(spark, cfg, "train")

@@ -131,13 +131,14 @@ def test_factors_through_the_store_equal_the_closure_path_with_empty_blocks_solv
     closure path's factors and loss; 200 users without interactions make whole blocks with none, solved in tasks."""
     from gramian.storage import open_store
     from gramian.train import RankALS
+    from gramian.train.als import collect_pairs
     from gramian.train.exchange import Closure, StoreFiles
 
     cls = IALS if estimator == "ials" else RankALS
     df, n_users = spark.createDataFrame(pairs), N_USERS + 200
     made = []
 
-    def fit(exchange: str, store=None):
+    def fit(exchange: str, store=None, pairs=None):
         est = cls(dim=8, epochs=2, train=TrainConfig(num_user_blocks=4, num_item_blocks=2, local_file_handoff=False,
                                                      exchange=exchange))
 
@@ -147,12 +148,16 @@ def test_factors_through_the_store_equal_the_closure_path_with_empty_blocks_solv
                 made.append(self)
 
         est.trainer_class = Recording
-        return est.fit(df, n_users, N_ITEMS, exchange=store)
+        return est.fit(df, n_users, N_ITEMS, exchange=store, pairs=pairs)
 
     closure = fit("closure")
     store = open_store(str(tmp_path / "exchange"))
+    cut = fit("auto", store, pairs=collect_pairs(df, n_users, N_ITEMS))  # as the train stage brings a small table
     stored = fit("auto", store)
     trainer = made[-1]
+    assert made[-2].nonempty == trainer.nonempty  # the driver wrote the same blocks the Spark tasks did
+    np.testing.assert_array_equal(cut.user_array, stored.user_array)
+    np.testing.assert_array_equal(cut.item_array, stored.item_array)
     assert isinstance(trainer.exchange, StoreFiles) and isinstance(made[0].exchange, Closure)
     assert trainer.handoff.store is not None and not trainer.blocks  # nothing cached in Spark
     assert len(trainer.nonempty["user"]) < trainer.layouts["user"].num_blocks  # some blocks have no interactions

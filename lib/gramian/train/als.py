@@ -34,7 +34,13 @@ from gramian.kernels import (
 )
 from gramian.spark import run_together
 from gramian.train import routed
-from gramian.train.blocks import Block, SideLayout, build_side_blocks, write_local_blocks_from_pairs
+from gramian.train.blocks import (
+    Block,
+    SideLayout,
+    build_side_blocks,
+    write_local_blocks_from_pairs,
+    write_store_blocks_from_pairs,
+)
 from gramian.train.exchange import FactorExchange, FactorSpec, RoutedRows, choose
 from gramian.train.handoff import Handoff, is_local_master
 from gramian.train.init import init_factors  # noqa: F401  (re-exported: tests and benchmarks import it here)
@@ -170,17 +176,29 @@ def _check_range(name: str, idx: np.ndarray, n: int) -> None:
                              f"table and the id maps disagree: re-run `gramian split`.")
 
 
-def collect_pairs(train_df: Any, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user_idx, item_idx, weight) on the driver in one Arrow job (local master: the executors share its RAM)."""
+def collect_pairs(train_df: Any, n_users: int | None, n_items: int | None) -> tuple[np.ndarray, np.ndarray,
+                                                                                      np.ndarray]:
+    """(user_idx, item_idx, weight) on the driver in one Arrow job (a local master, whose executors share its
+    RAM, or a table small enough: train.driver_pairs_max). A size None checks only that indices are not negative
+    (for a caller that learns the size at the same time and checks it, as with row_counts)."""
     from pyspark.sql import functions as F
 
-    t = train_df.select(F.col("user_idx").cast("int"), F.col("item_idx").cast("int"),
-                        F.col("weight").cast("double")).toArrow()
+    return pairs_of(train_df.select(F.col("user_idx").cast("int"), F.col("item_idx").cast("int"),
+                                    F.col("weight").cast("double")).toArrow(), n_users, n_items)
+
+
+def pairs_of(t: pa.Table, n_users: int | None, n_items: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user_idx, item_idx, weight) arrays of an Arrow table of train rows, indices checked as collect_pairs does."""
+    for name in ("user_idx", "item_idx"):
+        if t.column(name).null_count:
+            raise InputDataError(f"{name} must not be null, got {t.column(name).null_count} train rows without one. "
+                                 f"The train table was not written by `gramian split`: re-run it.")
     u = t.column("user_idx").to_numpy().astype(np.int64)
     i = t.column("item_idx").to_numpy().astype(np.int64)
-    w = t.column("weight").to_numpy()
-    _check_range("user_idx", u, n_users)
-    _check_range("item_idx", i, n_items)
+    w = t.column("weight").to_numpy().astype(np.float64)
+    top = np.iinfo(np.int64).max
+    _check_range("user_idx", u, top if n_users is None else n_users)
+    _check_range("item_idx", i, top if n_items is None else n_items)
     return u, i, w
 
 
@@ -250,17 +268,20 @@ class BlockTrainer:
 
     def __init__(self, spark: Any, train_df: Any, n_users: int, n_items: int, model: ModelConfig,
                  train: TrainConfig, exchange: Store | None = None,
-                 counts: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 counts: tuple[np.ndarray, np.ndarray] | None = None,
+                 pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         if n_users <= 0 or n_items <= 0:
             raise InputDataError(f"train set must have users and items, got {n_users} users and "
                                  f"{n_items} items. Check the split stage's output.")
         self.spark, self.model, self.train_cfg = spark, model, train
         self.n_users, self.n_items = n_users, n_items
         # On a local master the pairs come to the driver once (one Arrow job) and the CSR blocks are cut there:
-        # no counting pass and no shuffle. Elsewhere counts come from one pass (or the caller's `counts`, per user
-        # and item, e.g. the train stage's) and blocks from one shuffle per side.
+        # no counting pass and no shuffle; so off it when the caller brought them (`pairs`: the train stage does
+        # for a small table, train.driver_pairs_max) and whole factors go through the store. Elsewhere counts
+        # come from one pass (or the caller's `counts`, e.g. the train stage's) and blocks from one shuffle per side.
         local = train.local_file_handoff and is_local_master(spark)
-        pairs = collect_pairs(train_df, n_users, n_items) if local and train.routing != "routed" else None
+        if pairs is None and local and train.routing != "routed":
+            pairs = collect_pairs(train_df, n_users, n_items)
         if pairs is not None:
             user_counts = np.bincount(pairs[0], minlength=n_users)
             item_counts = np.bincount(pairs[1], minlength=n_items)
@@ -324,10 +345,16 @@ class BlockTrainer:
         model = self.model
 
         def build(side: str, row_col: str, other_col: str) -> None:
+            rows, cols = (None, None) if pairs is None else (pairs[0], pairs[1]) if side == "user" else (pairs[1],
+                                                                                                      pairs[0])
             if self.handoff.enabled and pairs is not None:  # local master: memory-mapped block files
-                rows, cols = (pairs[0], pairs[1]) if side == "user" else (pairs[1], pairs[0])
                 sizes = write_local_blocks_from_pairs(rows, cols, pairs[2], self.layouts[side],
                                                       str(self.handoff.folder), side, model.alpha0, model.confidence)
+            elif self.handoff.store is not None and pairs is not None:  # cut on the driver, written to the store
+                written = write_store_blocks_from_pairs(rows, cols, pairs[2], self.layouts[side], self.handoff.store,
+                                                        side, model.alpha0, model.confidence)
+                self.nonempty[side] = frozenset(written)
+                sizes = list(written.values())
             elif self.handoff.store is not None:  # the CSR goes to the store; tasks keep what they read
                 built = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
                                           model.confidence, self.handoff.store, side).select("block", "nnz").collect()
@@ -344,7 +371,7 @@ class BlockTrainer:
             log.info("%s side: %d blocks, interactions per block min %d max %d", side,
                      self.layouts[side].num_blocks, min(sizes, default=0), max(sizes, default=0))
         sides = {"user": ("user_idx", "item_idx"), "item": ("item_idx", "user_idx")}
-        if self.handoff.enabled and pairs is not None:
+        if pairs is not None and (self.handoff.enabled or self.handoff.store is not None):  # driver work only
             for side, cols in sides.items():
                 build(side, *cols)
         else:

@@ -245,26 +245,42 @@ def block_path(folder: str, side: str, block: int, name: str) -> str:
     return f"{folder}/{side}-block{block}-{name}.npy"
 
 
-def write_local_blocks_from_pairs(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray, layout: SideLayout,
-                                  folder: str, side: str, alpha0: float, confidence: ConfidenceConfig) -> list[int]:
-    """Every block's CSR as .npy files in `folder`, cut from pairs on the driver (local master): one sort, no
-    Spark shuffle, and the JVM never carries the CSR; returns the interactions per written block.
-
-    Blocks without interactions get no files (read_local_block then gives an empty block).
-    """
+def blocks_from_pairs(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray, layout: SideLayout, alpha0: float,
+                      confidence: ConfidenceConfig) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(block, CSR arrays) of every block with interactions, cut from pairs on the driver: one sort, no Spark
+    shuffle, and the JVM never carries the CSR (the same arrays build_side_blocks makes in its tasks)."""
     order = row_major_order(rows, cols)
     rows, cols, weight = rows[order], cols[order], weight[order]
     cuts = np.searchsorted(rows, np.asarray(layout.bounds_array), side="left")
-    sizes = []
     for block in range(layout.num_blocks):
         lo, hi = int(cuts[block]), int(cuts[block + 1])
-        if hi == lo:
-            continue
-        arrays = _csr_arrays(layout, block, rows[lo:hi], cols[lo:hi], weight[lo:hi], alpha0, confidence,
-                             ordered=True)
+        if hi > lo:
+            yield block, _csr_arrays(layout, block, rows[lo:hi], cols[lo:hi], weight[lo:hi], alpha0, confidence,
+                                     ordered=True)
+
+
+def write_local_blocks_from_pairs(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray, layout: SideLayout,
+                                  folder: str, side: str, alpha0: float, confidence: ConfidenceConfig) -> list[int]:
+    """Every block's CSR as .npy files in `folder` (local master, blocks_from_pairs); returns the interactions
+    per written block. Blocks without interactions get no files (read_local_block then gives an empty block)."""
+    sizes = []
+    for block, arrays in blocks_from_pairs(rows, cols, weight, layout, alpha0, confidence):
         for name, _ in BLOCK_ARRAYS:
             np.save(block_path(folder, side, block, name), arrays[name])
-        sizes.append(hi - lo)
+        sizes.append(len(arrays["indices"]))
+    return sizes
+
+
+def write_store_blocks_from_pairs(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray, layout: SideLayout,
+                                  store: Store, side: str, alpha0: float,
+                                  confidence: ConfidenceConfig) -> dict[int, int]:
+    """Every block's CSR written to `store` from the driver (blocks_from_pairs), as build_side_blocks' tasks write
+    it (`store_block` reads either); {block: interactions} of the blocks written (the others have none)."""
+    sizes = {}
+    for block, arrays in blocks_from_pairs(rows, cols, weight, layout, alpha0, confidence):
+        with store.open_output(f"{side}-block{block}.npz") as out:
+            np.savez(out, **arrays)
+        sizes[block] = len(arrays["indices"])
     return sizes
 
 

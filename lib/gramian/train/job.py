@@ -22,7 +22,7 @@ from gramian.progress import EpochProgress, Phases
 from gramian.runs import check_run_id, current_inputs, describe_split, run_where, same_split
 from gramian.spark import run_together
 from gramian.train import warm
-from gramian.train.als import add_counts, row_counts
+from gramian.train.als import add_counts, collect_pairs, pairs_of, row_counts
 from gramian.train.checkpoint import Checkpointer
 from gramian.train.model import IALS, IALSModel
 from gramian.train.pairwise import RankALS
@@ -50,8 +50,8 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     """Train the configured model on `train` and publish its factors under `run_id`."""
     check_run_id(run_id)
     phases = Phases(f"train {run_id}")
-    inputs, users, items, n_users, n_items, (train, counts) = read_inputs(spark, cfg)
-    train_df, user_rows, counts = train_positions(train, n_users, counts)
+    inputs, users, items, n_users, n_items, (train, counts, pairs) = read_inputs(spark, cfg)
+    train_df, user_rows, counts, pairs = train_positions(train, n_users, counts, pairs)
     n_trained = n_users if user_rows is None else len(user_rows)
     phases.mark("read input versions, id maps and train counts")
     started = datetime.now(UTC)
@@ -62,7 +62,7 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     initial, warmed = (None, None) if source is None else warm.warm_state(spark, cfg, source, n_trained, n_items,
                                                                           user_rows)
     phases.mark("checkpoint and warm start")
-    model, seconds = fit(spark, cfg, run_id, train_df, counts, ckpt, resume, initial, phases)
+    model, seconds = fit(spark, cfg, run_id, train_df, counts, ckpt, resume, initial, phases, pairs)
     logging_model = None
     if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
         # MLflow's pyfunc save takes seconds of driver Python: it runs while Spark writes the tables
@@ -84,10 +84,11 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
 
 
 def fit(spark: Any, cfg: Config, run_id: str, train_df: Any, counts: tuple[np.ndarray, np.ndarray],
-        ckpt: Checkpointer, resume: bool, initial: Any, phases: Phases) -> tuple[IALSModel, float]:
-    """Fit the configured estimator on `train_df` (interactions per user and item `counts`, train_positions) with
-    progress and MLflow per epoch; the model and its fit seconds, split into phases: setup before the first
-    epoch (block building, init), the epochs, and the rest (checkpoints)."""
+        ckpt: Checkpointer, resume: bool, initial: Any, phases: Phases, pairs: Any = None) -> tuple[IALSModel, float]:
+    """Fit the configured estimator on `train_df` (interactions per user and item `counts`, and its rows as
+    arrays `pairs` when read_inputs brought them; train_positions) with progress and MLflow per epoch; the model
+    and its fit seconds, split into phases: setup before the first epoch (block building, init), the epochs, and
+    the rest (checkpoints)."""
     t0 = time.perf_counter()
     estimator = ESTIMATORS[cfg.model.name].from_config(cfg.model, cfg.train)
     progress = EpochProgress(spark, cfg.model.epochs, label=f"train {run_id}")
@@ -105,7 +106,7 @@ def fit(spark: Any, cfg: Config, run_id: str, train_df: Any, counts: tuple[np.nd
     try:
         model = estimator.fit(train_df, len(counts[0]), len(counts[1]), ckpt, resume=resume, on_epoch=on_epoch,
                               exchange=storage.artifact_store(cfg.storage, spark).child("exchange", run_id),
-                              initial=initial, counts=counts)
+                              initial=initial, counts=counts, pairs=pairs)
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
@@ -118,10 +119,15 @@ def fit(spark: Any, cfg: Config, run_id: str, train_df: Any, counts: tuple[np.nd
 
 
 def read_inputs(spark: Any, cfg: Config, count: bool = True) -> tuple[dict[str, int], Any, Any, int, int, Any]:
-    """(input versions, users, items, n_users, n_items, train counts): the versions are pinned (the run trains
-    on, and later stages read, these; listed from the tables' logs), the id maps' sizes are max idx + 1 (from
-    their logs' file statistics), and the pinned train table's interactions per user and item index (row_counts,
-    one JVM-only Spark job) are counted while the maps are looked up (run_together; `count` False: counts None).
+    """(input versions, users, items, n_users, n_items, (train, counts, pairs)): the versions are pinned (the run
+    trains on, and later stages read, these; listed from the tables' logs), the id maps' sizes are max idx + 1
+    (from their logs' file statistics), and the pinned train table's interactions per user and item index are
+    counted while the maps are looked up (run_together; `count` False: counts and pairs None).
+
+    A train table of at most train.driver_pairs_max rows (its log's statistics) is read whole on the driver
+    (`pairs`, driver_pairs: its Parquet files through the store, no Spark job) and counted there: the trainer
+    then cuts its blocks on the driver too, so a small run starts its first epoch without a counting job or a
+    shuffle on cold executors. A larger one is counted by row_counts (one JVM-only Spark job), `pairs` None.
     InputDataError when train or an id map was never written."""
     st = cfg.storage
     inputs = current_inputs(spark, st)
@@ -129,14 +135,30 @@ def read_inputs(spark: Any, cfg: Config, count: bool = True) -> tuple[dict[str, 
         raise InputDataError(missing_input(cfg, "train"))
     train = tables.read_version(spark, st, "train", inputs["train"])
     calls = {"users": lambda: id_map(spark, cfg, "users"), "items": lambda: id_map(spark, cfg, "items")}
+    rows = tables.log_rows(spark, st, "train", inputs["train"]) if count else None
+    bring = rows is not None and rows <= cfg.train.driver_pairs_max
     if count:
-        calls["counts"] = lambda: row_counts(train, None, None)
+        calls["counts"] = (lambda: driver_pairs(spark, cfg, train, inputs["train"])) if bring else (
+            lambda: row_counts(train, None, None))
     got = run_together(spark, calls)
     (users, n_users), (items, n_items) = got["users"], got["items"]
+    pairs = got["counts"] if bring else None
+    if pairs is not None:
+        log.info("train's %d interactions read and counted on the driver (train.driver_pairs_max %d)",
+                 len(pairs[0]), cfg.train.driver_pairs_max)
     counts = None if not count else tuple(
-        sized(c, n, name) for c, n, name in zip(got["counts"], (n_users, n_items), ("user_idx", "item_idx"),
-                                                strict=True))
-    return inputs, users, items, n_users, n_items, (train, counts)
+        sized(c, n, name) for c, n, name in zip(
+            (np.bincount(pairs[0]), np.bincount(pairs[1])) if pairs is not None else got["counts"],
+            (n_users, n_items), ("user_idx", "item_idx"), strict=True))
+    return inputs, users, items, n_users, n_items, (train, counts, pairs)
+
+
+def driver_pairs(spark: Any, cfg: Config, train: Any, version: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pinned train version's (user_idx, item_idx, weight) as arrays here: its Parquet files read with pyarrow
+    through the store (tables.read_arrow: no Spark job, so no executor is woken for it), else one Spark scan
+    (collect_pairs). Indices are checked against the id maps by the caller."""
+    t = tables.read_arrow(spark, cfg.storage, "train", version, ["user_idx", "item_idx", "weight"])
+    return collect_pairs(train, None, None) if t is None else pairs_of(t, None, None)
 
 
 def sized(counts: np.ndarray, n: int, column: str) -> np.ndarray:
@@ -174,18 +196,20 @@ def check_resume(ckpt: Checkpointer, inputs: dict[str, int], run_id: str) -> Non
             f"--run-id.")
 
 
-def train_positions(train_df: Any, n_users: int, counts: tuple[np.ndarray, np.ndarray]) -> tuple[
-        Any, Any, tuple[np.ndarray, np.ndarray]]:
-    """(train rows for the trainer, user rows or None, interactions per trainer user and per item) from the
-    counts per user and item index (row_counts): users without train rows get no factor row (train.rows), and
-    the counts spare the trainer its own pass (they drive its block layouts)."""
+def train_positions(train_df: Any, n_users: int, counts: tuple[np.ndarray, np.ndarray], pairs: Any = None) -> tuple[
+        Any, Any, tuple[np.ndarray, np.ndarray], Any]:
+    """(train rows for the trainer, user rows or None, interactions per trainer user and per item, `pairs` with
+    trainer users) from the counts per user and item index (row_counts): users without train rows get no factor
+    row (train.rows), and the counts spare the trainer its own pass (they drive its block layouts)."""
     users, items = counts
     rows = np.flatnonzero(users)
     if is_identity(rows, n_users):
-        return train_df, None, (users, items)
+        return train_df, None, (users, items), pairs
     log.info("%d of %d users have no train rows (strong split or given test): they get no factor row",
              n_users - len(rows), n_users)
-    return to_positions(train_df, rows), rows, (users[rows], items)
+    if pairs is not None:
+        pairs = (np.searchsorted(rows, pairs[0]), *pairs[1:])
+    return to_positions(train_df, rows), rows, (users[rows], items), pairs
 
 
 def log_model(tracker: tracking.NullTracker, model: IALSModel, items: Any, n_users: int) -> None:

@@ -68,7 +68,8 @@ class IALS:
             checkpointer: Checkpointer | None = None, resume: bool = False,
             on_epoch: Callable[[EpochStats], None] | None = None, exchange: Store | None = None,
             initial: FitState | None = None, on_model: Callable[[IALSModel], None] | None = None,
-            counts: tuple[np.ndarray, np.ndarray] | None = None) -> IALSModel:
+            counts: tuple[np.ndarray, np.ndarray] | None = None,
+            pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> IALSModel:
         """Train on a DataFrame of (user_idx, item_idx, weight); sizes default to max index + 1.
 
         `on_epoch` gets each epoch's stats (progress bar, MLflow); without it each epoch is an INFO line.
@@ -80,6 +81,9 @@ class IALS:
         stops the fit, scratch released (gramian.tune scores each epoch on validation and prunes this way).
         `counts`: interactions per user and per item when the caller already counted them (the train stage
         does, train.job.train_positions); the trainer then skips its own counting pass.
+        `pairs`: every (user_idx, item_idx, weight) of `train_df` as arrays on the driver, when the caller brought
+        them (the train stage does for a small table): counts and, with the store exchange, the CSR blocks are
+        made from them on the driver, with no Spark job.
         """
         spark = train_df.sparkSession
         if n_users is None or n_items is None:
@@ -89,7 +93,8 @@ class IALS:
             n_users = n_users if n_users is not None else int(row["u"] if row["u"] is not None else -1) + 1
             n_items = n_items if n_items is not None else int(row["i"] if row["i"] is not None else -1) + 1
         m = self.config.resolved(n_items, n_users)
-        trainer = self.trainer_class(spark, train_df, n_users, n_items, m, self.train_config, exchange, counts)
+        trainer = self.trainer_class(spark, train_df, n_users, n_items, m, self.train_config, exchange, counts,
+                                     pairs)
         state = _start_state(trainer, spark, checkpointer, resume, initial)
         try:
             while state.epoch < m.epochs:

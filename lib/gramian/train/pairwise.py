@@ -174,8 +174,9 @@ class PairwiseTrainer(BlockTrainer):
 
     def __init__(self, spark: Any, train_df: Any, n_users: int, n_items: int, model: ModelConfig,
                  train: TrainConfig, exchange: Store | None = None,
-                 counts: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        super().__init__(spark, train_df, n_users, n_items, model, train, exchange, counts)
+                 counts: tuple[np.ndarray, np.ndarray] | None = None,
+                 pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+        super().__init__(spark, train_df, n_users, n_items, model, train, exchange, counts, pairs)
         try:  # the blocks built above must not outlive a failed setup
             totals = self.map_blocks("item", _totals_block, TOTALS_SCHEMA)
         except BaseException:

@@ -61,7 +61,7 @@ def carve(spark: Any, cfg: Config) -> Validation:
 
     st = cfg.storage
     # checks that train, users and items exist
-    inputs, _, _, n_users, n_items, (train, _) = read_inputs(spark, cfg, count=False)
+    inputs, _, _, n_users, n_items, (train, _, _) = read_inputs(spark, cfg, count=False)
     version = inputs["train"]
     split = validation_split(cfg)
     keyed = train.select(F.col("user_idx").cast("string").alias("user_id"),
@@ -74,7 +74,8 @@ def carve(spark: Any, cfg: Config) -> Validation:
                              f"{split.method!r}, fraction {split.test_fraction}, {tables.table_ref(st, 'train')} "
                              f"version {version}). Lower split.min_interactions or raise tune.validation_fraction.")
     parts = {p: labelled.filter(F.col("part") == p).select(*VALIDATION_COLUMNS) for p in (TRAIN, TEST, FOLDIN)}
-    fit_rows, user_rows, counts = train_positions(parts[TRAIN], n_users, row_counts(parts[TRAIN], n_users, n_items))
+    fit_rows, user_rows, counts, _ = train_positions(parts[TRAIN], n_users,
+                                                     row_counts(parts[TRAIN], n_users, n_items))
     rows = heldout_rows(parts[TRAIN], parts[TEST], parts[FOLDIN] if split.method == "strong" else None).cache()
     n_test_users = rows.count()
     summary = {"method": split.method, "seed": split.seed, "fraction": split.test_fraction, "train_version": version,
