@@ -125,6 +125,19 @@ def _log_names(spark: Any, storage: StorageConfig, name: str) -> list[str]:
     return store.open_store(table_ref(storage, name), spark).listdir("_delta_log")
 
 
+_READ = object()  # a `state` argument not given: read the version's snapshot from the log
+
+
+def snapshot(spark: Any, storage: StorageConfig, name: str, version: int) -> dict[str, Any] | None:
+    """A path table's `version` as its log states it (`_snapshot`), read once for callers that ask the log several
+    questions (log_rows, read_version, read_arrow take it as `state`); None for a catalog table, a table never
+    written, or a version the log alone does not describe."""
+    if storage.catalog:
+        return None
+    names = _log_names(spark, storage, name)
+    return _snapshot(spark, storage, name, int(version), names) if _newest(names) is not None else None
+
+
 def _newest(names: list[str]) -> int | None:
     """The newest commit version among a `_delta_log`'s file names."""
     commits = [int(n[:-len(".json")]) for n in names if n.endswith(".json") and n[:-len(".json")].isdigit()]
@@ -162,15 +175,13 @@ def _snapshot(spark: Any, storage: StorageConfig, name: str, version: int,
     return {"files": list(live.values()), **state} if len(state) == 2 else None
 
 
-def log_rows(spark: Any, storage: StorageConfig, name: str, version: int) -> int | None:
+def log_rows(spark: Any, storage: StorageConfig, name: str, version: int, state: Any = _READ) -> int | None:
     """How many rows a path table's `version` holds, from the per-file statistics in its log (no Spark job);
-    None where the log does not say (a catalog table, a file without statistics or with a deletion vector)."""
+    None where the log does not say (a catalog table, a file without statistics or with a deletion vector).
+    `state`: the version's `snapshot` when the caller already read it."""
     import json
 
-    if storage.catalog:
-        return None
-    names = _log_names(spark, storage, name)
-    state = _snapshot(spark, storage, name, int(version), names) if _newest(names) is not None else None
+    state = snapshot(spark, storage, name, version) if state is _READ else state
     if state is None:
         return None
     total = 0
@@ -197,18 +208,18 @@ def _file_max(add: dict[str, Any], column: str) -> int | None | bool:
     return False if top is None else int(top)
 
 
-def read_version(spark: Any, storage: StorageConfig, name: str, version: int) -> Any:
+def read_version(spark: Any, storage: StorageConfig, name: str, version: int, state: Any = _READ) -> Any:
     """A table as it was at Delta `version` (time travel); Delta raises if that version is gone.
 
     A plain table under the root (reader version 1: no column mapping, deletion vectors or partitions) whose log
     lists the version's files (`_snapshot`) is read as those Parquet files with its schema: Delta's own time
     travel would first rebuild the table's state in Spark jobs (a log scan, a shuffle, a cached state), the
-    better part of a minute on a cluster's fresh executors, to find the same files.
+    better part of a minute on a cluster's fresh executors, to find the same files. `state`: the version's
+    `snapshot` when the caller already read it.
     """
     ref = table_ref(storage, name)
     if not storage.catalog:
-        names = _log_names(spark, storage, name)
-        state = _snapshot(spark, storage, name, int(version), names) if _newest(names) is not None else None
+        state = snapshot(spark, storage, name, version) if state is _READ else state
         if state is not None and _plain(state):
             import json
 
@@ -222,15 +233,14 @@ def read_version(spark: Any, storage: StorageConfig, name: str, version: int) ->
     return reader.table(ref) if storage.catalog else reader.load(ref)
 
 
-def read_arrow(spark: Any, storage: StorageConfig, name: str, version: int, columns: list[str]) -> Any | None:
+def read_arrow(spark: Any, storage: StorageConfig, name: str, version: int, columns: list[str],
+               state: Any = _READ) -> Any | None:
     """`columns` of a plain path table's `version` (`_plain`) read in this process with pyarrow, file by file
     through the store, with no Spark job: for a table small enough to hold here (the train stage's
     train.driver_pairs_max). None where Spark must read it: a catalog table, a version that is not plain or that
-    the log does not list, files outside the table's folder (a shallow clone's), no rows."""
-    if storage.catalog:
-        return None
-    names = _log_names(spark, storage, name)
-    state = _snapshot(spark, storage, name, int(version), names) if _newest(names) is not None else None
+    the log does not list, files outside the table's folder (a shallow clone's), no rows. `state`: the version's
+    `snapshot` when the caller already read it."""
+    state = snapshot(spark, storage, name, version) if state is _READ else state
     if state is None or not _plain(state) or not state["files"]:
         return None
     paths = [unquote(add["path"]) for add in state["files"]]

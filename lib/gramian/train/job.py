@@ -63,6 +63,7 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
                                                                           user_rows)
     phases.mark("checkpoint and warm start")
     model, seconds = fit(spark, cfg, run_id, train_df, counts, ckpt, resume, initial, phases, pairs)
+    del pairs  # the driver's copy of train (up to driver_pairs_max rows) is not needed for the writes
     logging_model = None
     if cfg.tracking.log_model and cfg.model.name == "ials":  # fold-in is the iALS user solve
         # MLflow's pyfunc save takes seconds of driver Python: it runs while Spark writes the tables
@@ -133,12 +134,13 @@ def read_inputs(spark: Any, cfg: Config, count: bool = True) -> tuple[dict[str, 
     inputs = current_inputs(spark, st)
     if "train" not in inputs:
         raise InputDataError(missing_input(cfg, "train"))
-    train = tables.read_version(spark, st, "train", inputs["train"])
+    state = tables.snapshot(spark, st, "train", inputs["train"])  # the log read once for the three questions
+    train = tables.read_version(spark, st, "train", inputs["train"], state=state)
     calls = {"users": lambda: id_map(spark, cfg, "users"), "items": lambda: id_map(spark, cfg, "items")}
-    rows = tables.log_rows(spark, st, "train", inputs["train"]) if count else None
+    rows = tables.log_rows(spark, st, "train", inputs["train"], state=state) if count else None
     bring = rows is not None and rows <= cfg.train.driver_pairs_max
     if count:
-        calls["counts"] = (lambda: driver_pairs(spark, cfg, train, inputs["train"])) if bring else (
+        calls["counts"] = (lambda: driver_pairs(spark, cfg, train, inputs["train"], state)) if bring else (
             lambda: row_counts(train, None, None))
     got = run_together(spark, calls)
     (users, n_users), (items, n_items) = got["users"], got["items"]
@@ -153,11 +155,13 @@ def read_inputs(spark: Any, cfg: Config, count: bool = True) -> tuple[dict[str, 
     return inputs, users, items, n_users, n_items, (train, counts, pairs)
 
 
-def driver_pairs(spark: Any, cfg: Config, train: Any, version: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def driver_pairs(spark: Any, cfg: Config, train: Any, version: int, state: Any) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray]:
     """The pinned train version's (user_idx, item_idx, weight) as arrays here: its Parquet files read with pyarrow
     through the store (tables.read_arrow: no Spark job, so no executor is woken for it), else one Spark scan
-    (collect_pairs). Indices are checked against the id maps by the caller."""
-    t = tables.read_arrow(spark, cfg.storage, "train", version, ["user_idx", "item_idx", "weight"])
+    (collect_pairs). `state`: the version's tables.snapshot. Indices are checked against the id maps by the
+    caller."""
+    t = tables.read_arrow(spark, cfg.storage, "train", version, ["user_idx", "item_idx", "weight"], state=state)
     return collect_pairs(train, None, None) if t is None else pairs_of(t, None, None)
 
 
