@@ -85,14 +85,17 @@ def test_train_counted_on_the_driver_equals_train_counted_by_spark(spark, strong
     assert len(bring[2][0]) == int(counted[1][0].sum()) == tables.log_rows(spark, cfg.storage, "train", 0)
     for mine, theirs in zip(bring[1], counted[1], strict=True):
         np.testing.assert_array_equal(mine, theirs)
-    train.run(spark, other, "s1-spark-counts")
+    train.run(spark, other, "s1-spark-counts")  # id maps above driver_pairs_max too: ids joined by Spark
     for name in ("user_factors", "item_factors"):
-        rows = tables.read(spark, cfg.storage, name).filter("run_id = 's1-spark-counts'").select("idx", "factors")
-        theirs = {int(r["idx"]): np.asarray(r["factors"], np.float64) for r in rows.collect()}
-        mine = _factors(spark, cfg, name)
+        table = tables.read(spark, cfg.storage, name)
+        rows = {run: {int(r["idx"]): (r["id"], np.asarray(r["factors"], np.float64))
+                      for r in table.filter(f"run_id = '{run}'").select("idx", "id", "factors").collect()}
+                for run in (RUN, "s1-spark-counts")}
+        mine, theirs = rows[RUN], rows["s1-spark-counts"]
         assert mine.keys() == theirs.keys() and len(mine) > 0
-        for idx, f in mine.items():
-            np.testing.assert_array_equal(f, theirs[idx])
+        for idx, (user_or_item, f) in mine.items():
+            assert user_or_item is not None and user_or_item == theirs[idx][0]  # ids attached on the driver
+            np.testing.assert_array_equal(f, theirs[idx][1])
 
 
 def test_users_without_train_rows_get_no_trained_factor_row(spark, strong):

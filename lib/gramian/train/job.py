@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 ESTIMATORS: dict[str, type[IALS]] = {"ials": IALS, "pairwise": RankALS}  # model.name -> estimator
 
 
+@dataclasses.dataclass(frozen=True)
+class IdMap:
+    """An id map (users or items) at its pinned version: the Spark `frame` (idx, id, ...) and, for a map of at
+    most train.driver_pairs_max rows, its (idx, id) columns read here (`rows`, a pyarrow Table; else None), so
+    the ids of whole factors are attached on the driver and the executors only write."""
+
+    frame: Any
+    rows: Any = None
+
+
 def fingerprint(cfg: Config, n_users: int, n_items: int) -> str:
     """What a checkpoint must match to be resumed: the model (epochs aside) and the data shape."""
     model = dataclasses.asdict(cfg.model)
@@ -173,15 +183,20 @@ def sized(counts: np.ndarray, n: int, column: str) -> np.ndarray:
     return add_counts(np.zeros(n, counts.dtype), counts)
 
 
-def id_map(spark: Any, cfg: Config, name: str) -> tuple[Any, int]:
+def id_map(spark: Any, cfg: Config, name: str) -> tuple[IdMap, int]:
     """(id map `name` at its current version, its size: max idx + 1), both from the version's Delta log (the
-    files' statistics, the files themselves: tables.column_max, tables.read_version), or InputDataError when the
-    table was never written."""
-    version = tables.version(spark, cfg.storage, name)
+    files' statistics, the files themselves: tables.column_max, tables.read_version, and for a map of at most
+    train.driver_pairs_max rows tables.read_arrow), or InputDataError when the table was never written."""
+    st = cfg.storage
+    version = tables.version(spark, st, name)
     if version is None:
         raise InputDataError(missing_input(cfg, name))
-    top = tables.column_max(spark, cfg.storage, name, "idx", version)
-    return tables.read_version(spark, cfg.storage, name, version), 0 if top is None else top + 1
+    state = tables.snapshot(spark, st, name, version)
+    top = tables.column_max(spark, st, name, "idx", version)
+    rows = tables.log_rows(spark, st, name, version, state=state)
+    small = rows is not None and rows <= cfg.train.driver_pairs_max
+    table = tables.read_arrow(spark, st, name, version, ["idx", "id"], state=state) if small and rows else None
+    return IdMap(tables.read_version(spark, st, name, version, state=state), table), 0 if top is None else top + 1
 
 
 def missing_input(cfg: Config, name: str) -> str:
@@ -216,10 +231,10 @@ def train_positions(train_df: Any, n_users: int, counts: tuple[np.ndarray, np.nd
     return to_positions(train_df, rows), rows, (users[rows], items), pairs
 
 
-def log_model(tracker: tracking.NullTracker, model: IALSModel, items: Any, n_users: int) -> None:
+def log_model(tracker: tracking.NullTracker, model: IALSModel, items: IdMap, n_users: int) -> None:
     """The trained item side as an MLflow pyfunc (gramian.pyfunc): item ids in `idx` order, the model config."""
     h = model.item_array
-    t = items.select("idx", "id").toArrow()
+    t = items.rows if items.rows is not None else items.frame.select("idx", "id").toArrow()
     ids: list[str | None] = [None] * len(h)
     for i, v in zip(t.column("idx").to_pylist(), t.column("id").to_pylist(), strict=True):
         if 0 <= i < len(ids):
@@ -227,13 +242,13 @@ def log_model(tracker: tracking.NullTracker, model: IALSModel, items: Any, n_use
     tracker.log_model(item_factors=h, item_ids=ids, model=dataclasses.asdict(model.config), n_users=n_users)
 
 
-def write_outputs(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any, user_rows: Any,
+def write_outputs(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: IdMap, items: IdMap, user_rows: Any,
                   sizes: tuple[int, int], write_row: Callable[..., None]) -> None:
     """The factor tables and the `runs` row (`write_row`, write_run with its arguments bound), the three Delta
     writes at once (run_together: each write's jobs and commit overlap the others'). Should any fail, the runs
     row is written again with status `failed`, so no row claims a finished run whose factors are missing.
     `sizes`: the model's (user rows, item rows)."""
-    calls = factor_writes(cfg, run_id, model, users, items, user_rows, sizes)
+    calls = factor_writes(spark, cfg, run_id, model, users, items, user_rows, sizes)
     calls["runs"] = write_row
     try:
         run_together(spark, calls)
@@ -245,27 +260,57 @@ def write_outputs(spark: Any, cfg: Config, run_id: str, model: IALSModel, users:
         raise
 
 
-def factor_writes(cfg: Config, run_id: str, model: IALSModel, users: Any, items: Any,
+def factor_writes(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: IdMap, items: IdMap,
                   user_rows: Any = None, sizes: tuple[int, int] | None = None) -> dict[str, Callable[[], None]]:
     """The user_factors / item_factors writes, rows (run_id, idx, id, factors) replacing this run's earlier rows.
 
-    `user_rows` (from `train_positions`) maps the trainer's user positions back to `users` indices. `sizes`
-    (user rows, item rows): each table is written as files of about tables.FILE_BYTES (one file and one task for
-    tens of MiB of factors, not one per default partition or factor block); None: as the frames come."""
+    `user_rows` (from `train_positions`) maps the trainer's user positions back to `users` indices. A side whose
+    factors are whole on the driver and whose id map was read here (IdMap.rows) gets its ids on the driver
+    (`with_ids`): the executors then only write, with no id-map scan and join on them; otherwise the factor
+    frame is joined with the map's frame (left join: an index the map lacks gets a null id). `sizes` (user
+    rows, item rows): each table is written as files of about tables.FILE_BYTES (one file and one task for tens
+    of MiB of factors, not one per default partition or factor block); None: as the frames come."""
     from pyspark.sql import functions as F
 
     where = run_where(run_id)
-    user_frame = model.user_factors if user_rows is None else to_indices(model.user_factors, user_rows)
     writes = {}
     row_bytes = 4 * model.config.dim + 64  # the factors, idx, and about 60 bytes of run_id and id
-    for k, (name, frame, ids) in enumerate((("user_factors", user_frame, users),
-                                            ("item_factors", model.item_factors, items))):
-        out = (frame.join(ids.select("idx", "id"), "idx", "left")
-               .select(F.lit(run_id).alias("run_id"), "idx", "id", "factors"))
+    for k, (side, ids, rows) in enumerate((("user", users, user_rows), ("item", items, None))):
+        whole = model.whole(side)
+        if whole is not None and ids.rows is not None:
+            out = spark.createDataFrame(with_ids(run_id, whole, rows, ids.rows), FACTOR_ROWS)
+        else:
+            frame = getattr(model, f"{side}_factors")
+            frame = frame if rows is None else to_indices(frame, rows)
+            out = (frame.join(ids.frame.select("idx", "id"), "idx", "left")
+                   .select(F.lit(run_id).alias("run_id"), "idx", "id", "factors"))
         files = None if sizes is None else tables.files_for(sizes[k], row_bytes)
-        writes[name] = functools.partial(tables.write, out, cfg.storage, name, replace_where=where,
-                                         rows_of={"run_id": run_id}, files=files)
+        writes[f"{side}_factors"] = functools.partial(tables.write, out, cfg.storage, f"{side}_factors",
+                                                      replace_where=where, rows_of={"run_id": run_id}, files=files)
     return writes
+
+
+FACTOR_ROWS = "run_id string, idx int, id string, factors array<float>"  # a factor table's row
+
+
+def with_ids(run_id: str, factors: np.ndarray, rows: np.ndarray | None, ids: Any) -> Any:
+    """A factor table's rows as a pyarrow Table (FACTOR_ROWS) built on the driver: row k of `factors` is index
+    `rows[k]` (None: k) of the id map whose (idx, id) columns are `ids`; an index the map lacks gets a null id,
+    as the left join does."""
+    import pyarrow as pa
+
+    n, d = factors.shape
+    idx = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    known = np.asarray(ids.column("idx").to_numpy(zero_copy_only=False), dtype=np.int64)
+    at = np.full(max(int(known.max(initial=-1)), int(idx.max(initial=-1))) + 1, -1, dtype=np.int64)
+    at[known] = np.arange(len(known))
+    pick = at[idx]
+    id_col = ids.column("id").take(pa.array(pick, mask=pick < 0)).combine_chunks()
+    flat = pa.array(np.ascontiguousarray(factors, dtype=np.float32).reshape(-1))
+    return pa.table({"run_id": pa.array([run_id] * n, pa.string()), "idx": pa.array(idx.astype(np.int32)),
+                     "id": id_col.cast(pa.string()),
+                     "factors": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)),
+                                                         flat)})
 
 
 def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: datetime, seconds: float,

@@ -165,6 +165,12 @@ class IALSModel:
             f = self._factors[side] = blocks_to_array(f, self.config.dim)
         return f
 
+    def whole(self, side: str) -> np.ndarray | None:
+        """`side`'s factors as the (rows, dim) float32 array the driver holds, or None when they were routed
+        (factor-block DataFrames: collecting them here is what routing avoids)."""
+        f = self._factors[side]
+        return f if isinstance(f, np.ndarray) else None
+
     @property
     def user_array(self) -> np.ndarray:
         """User factors as a (n_users, dim) float32 array."""
