@@ -10,7 +10,8 @@ A zip built by `gramian.dist.build_zip(jit_cache=True)` also carries the cache f
 call (under `gramian/_jitcache/zipped/<folder>/`). Before numba first reads a cache folder, the shipped files
 for it are copied there (`install_shipped`): a fresh cluster's first half-step then loads the kernels instead of
 compiling them. Shipped code is for the build machine's CPU: numba's index keys entries by CPU name and
-features, so on an executor with another CPU it misses, compiles as before and adds its own entry to the index.
+features, so on an executor with another CPU it misses, compiles as before and adds its own entry to the index
+(another numba version ignores the shipped files, another Python minor version looks for other file names).
 """
 
 from __future__ import annotations
