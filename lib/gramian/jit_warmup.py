@@ -65,6 +65,7 @@ def warm_rankals(users: Block, items: Block, item_support_counts: np.ndarray) ->
         p = PairParams(model.reg, model.nu, solver, model.cg_steps, model.solver_block_size, float(support.sum()),
                        float(items.alpha.sum()))
         _user_block(users, h, w, p, im)
+    # the item step's tasks read p's totals, reg and cg_steps, not its solver (the trainer picks the step)
     um = user_moments(users.indptr, users.alpha, w.astype(np.float64))
     basis = ItemBasis.of(um)
     coupling = _coupling_block(items, w, support, p, basis)
