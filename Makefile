@@ -32,6 +32,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check $(LINT)
 
 # lib/gramian as a zip for `spark-submit --py-files dist/gramian.zip` (spark-submit does not take wheels)
+# with numba's compiled kernels for this machine's CPU (gramian.dist: a fresh cluster does not compile them)
 dist-zip: $(STAMP)
 	$(PY) -m gramian.dist dist/gramian.zip
 
