@@ -70,3 +70,12 @@ def test_test_phase_entries_keep_per_user_recall_for_paired_intervals(results):
     p = B.paired(a, b)
     assert p is not None and p["users"] == int((np.diff(split.test_indptr) > 0).sum())
     assert p["mean"] == pytest.approx(a["metrics"]["recall@20"] - b["metrics"]["recall@20"], abs=1e-9)
+
+
+def test_the_defaults_stay_unless_a_candidate_beats_their_worst_ratio_by_more_than_the_margin():
+    other = {**B.BEFORE, "reg": 0.1}
+    ranked = [{"params": other, "worst": 0.999}, {"params": B.BEFORE, "worst": 0.996}]
+    assert B.chosen(ranked)["params"] == B.BEFORE  # +0.003: within the noise margin
+    ranked[0]["worst"] = 0.996 + B.MARGIN + 0.001
+    assert B.chosen(ranked)["params"] == other
+    assert B.chosen([{"params": other, "worst": 0.9}])["params"] == other  # the old defaults not fitted everywhere
