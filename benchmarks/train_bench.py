@@ -471,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", dest="profiles", action="append", default=[],
                     help="a candidate profile conf/<dataset>.tuned-<tag>.yaml to train as 'gramian (tune stage: "
                          "<tag>)' (repeatable)")
+    ap.add_argument("--np-params", default="", help="with gramian_np: one more numpy row at these settings "
+                    "(JSON over the defaults), labelled 'gramian numpy 1-proc (<--np-label>)'")
+    ap.add_argument("--np-label", default="np-params")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -498,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gramian-bench-") as tmp:
         for ds in datasets:
             specs = plan(ds, methods, args.gramian_tuned, tuple(args.profiles))
+            if args.np_params and "gramian_np" in methods:  # the numpy twin at other settings (e.g. large d)
+                extra = json.loads(args.np_params)
+                specs.append({"label": f"gramian numpy 1-proc ({args.np_label})", "method": "gramian_np",
+                              "params": {**gramian_defaults(), **extra},
+                              "source": "one process, no Spark, the Spark trainer's math; settings chosen on "
+                                        "validation (gowalla_d.md)"})
             if args.labels:
                 specs = [sp for sp in specs if sp["label"] in args.labels.split(",")]
             for spec in specs:  # a failed re-run must not leave the earlier run's per-user file behind
