@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from gramian.config import ConfidenceConfig, ModelConfig
-from gramian.kernels import SOLVERS
+from gramian.kernels import SOLVERS, gramian
 from gramian.kernels.pairwise import Coupling, ItemBasis, item_moments, support_weights, user_moments
 from gramian.kernels.ranking import topk_excluding
 from gramian.kernels.sampled import negative_weights
@@ -50,8 +50,7 @@ def warm_ials(users: Block, items: Block, alpha0: float) -> None:
         for b, other, x0 in ((users, h, w), (items, w, h)):
             p = SolveParams(model.alpha0, model.reg, model.nu, solver, model.cg_steps, model.solver_block_size,
                             other.shape[0], model.reg_counts)
-            gram = other.astype(np.float64).T @ other.astype(np.float64)
-            _solve_block(b, other, gram, x0, p, loss_after=True)
+            _solve_block(b, other, gramian(other), x0, p, loss_after=True)
 
 
 def warm_rankals(users: Block, items: Block, item_support_counts: np.ndarray) -> None:
@@ -79,7 +78,6 @@ def warm_evaluation(item_factors: np.ndarray, alpha0: float) -> None:
     """One evaluation rank batch (`evaluate.ranks.rank_batch`): a user with factors, one folded in, sampled
     negatives; and exact top-k (`kernels.ranking.topk_excluding`)."""
     from gramian.evaluate.ranks import Scorer, rank_batch
-    from gramian.kernels.loss import gramian
 
     n_items, d = item_factors.shape
     present = np.ones(n_items, bool)

@@ -24,7 +24,7 @@ from gramian.spark import run_together
 from gramian.train import warm
 from gramian.train.als import add_counts, collect_pairs, pairs_of, row_counts
 from gramian.train.checkpoint import Checkpointer
-from gramian.train.model import IALS, IALSModel
+from gramian.train.model import IALS, IALSModel, factor_lists
 from gramian.train.pairwise import RankALS
 from gramian.train.rows import is_identity, to_indices, to_positions
 
@@ -299,18 +299,15 @@ def with_ids(run_id: str, factors: np.ndarray, rows: np.ndarray | None, ids: Any
     as the left join does."""
     import pyarrow as pa
 
-    n, d = factors.shape
+    n = len(factors)
     idx = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     known = np.asarray(ids.column("idx").to_numpy(zero_copy_only=False), dtype=np.int64)
     at = np.full(max(int(known.max(initial=-1)), int(idx.max(initial=-1))) + 1, -1, dtype=np.int64)
     at[known] = np.arange(len(known))
     pick = at[idx]
     id_col = ids.column("id").take(pa.array(pick, mask=pick < 0)).combine_chunks()
-    flat = pa.array(np.ascontiguousarray(factors, dtype=np.float32).reshape(-1))
     return pa.table({"run_id": pa.array([run_id] * n, pa.string()), "idx": pa.array(idx.astype(np.int32)),
-                     "id": id_col.cast(pa.string()),
-                     "factors": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)),
-                                                         flat)})
+                     "id": id_col.cast(pa.string()), "factors": factor_lists(factors)})
 
 
 def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: datetime, seconds: float,

@@ -235,9 +235,15 @@ def factors_dataframe(spark: Any, factors: np.ndarray) -> Any:
     """A factor matrix as a DataFrame of (idx, factors array<float>), built through Arrow."""
     import pyarrow as pa
 
+    table = pa.table({"idx": pa.array(np.arange(len(factors), dtype=np.int32)), "factors": factor_lists(factors)})
+    return spark.createDataFrame(table)
+
+
+def factor_lists(factors: np.ndarray) -> Any:
+    """A (rows, d) factor matrix as an Arrow list<float> array, one row's factors per element (no copy of the
+    float32 values beyond the cast)."""
+    import pyarrow as pa
+
     n, d = factors.shape
     flat = pa.array(np.ascontiguousarray(factors, dtype=np.float32).reshape(-1))
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
-    table = pa.table({"idx": pa.array(np.arange(n, dtype=np.int32)),
-                      "factors": pa.ListArray.from_arrays(offsets, flat)})
-    return spark.createDataFrame(table)
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)), flat)
