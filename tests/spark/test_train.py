@@ -502,35 +502,82 @@ def test_a_persisted_routed_step_holds_its_blocks_and_only_the_last_steps_stay(s
     assert not steps.store.exists()
 
 
-def test_a_routed_half_step_moves_factor_rows_once_and_solves_block_b_in_partition_b(spark, train_df):
-    """The CSR blocks stay in a cache partitioned by block and the routes in the store, so a routed half-step
-    shuffles once, only factor rows (cut where they are read, sent to their block), and each block is solved
-    once, block b in partition b (one task per block, not spark.sql.shuffle.partitions)."""
+@pytest.mark.parametrize("cut", ["executors", "driver"])
+def test_a_routed_half_step_moves_factor_rows_once_and_solves_block_b_in_partition_b(spark, train_df, pairs, cut,
+                                                                                      monkeypatch):
+    """The CSR blocks and the routes are in the store (cut by the executors, or by the driver when it holds the
+    pairs: then setup runs no Spark job), nothing is cached in Spark, and a routed half-step shuffles once, only
+    factor rows (cut where they are read, sent to their block), and each block is solved once, block b in partition
+    b (one task per block, not spark.sql.shuffle.partitions)."""
     from pyspark.sql import functions as F
 
+    from gramian.train import als as als_module
     from gramian.train.als import STEP_SCHEMA, BlockTrainer, SolveParams, SolveTask
     from gramian.train.exchange import RoutedRows
 
+    arrays = None
+    if cut == "driver":
+        arrays = tuple(pairs[c].to_numpy() for c in ("user_idx", "item_idx", "weight"))
+
+        def no_job(*args, **kwargs):
+            raise AssertionError("a Spark job in a routed setup whose pairs are on the driver")
+
+        monkeypatch.setattr(als_module, "build_side_blocks", no_job)
+        monkeypatch.setattr(als_module, "row_counts", no_job)
+        monkeypatch.setattr(als_module.routed, "build_routes", no_job)
     model = IALS(dim=4).config.resolved(N_ITEMS, N_USERS)
     trainer = BlockTrainer(spark, train_df, N_USERS, N_ITEMS, model,
-                           TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed"))
+                           TrainConfig(num_user_blocks=3, num_item_blocks=2, routing="routed"), pairs=arrays)
     try:
         ex = trainer.exchange
-        assert isinstance(ex, RoutedRows)
+        assert isinstance(ex, RoutedRows) and not trainer.blocks  # nothing cached in Spark
+        assert ex.csr.listdir() == sorted(f"{side}-block{b}.npz" for side, n in (("user", 3), ("item", 2))
+                                          for b in range(n))
         state = trainer.initial_state()
         task = SolveTask(SolveParams.of(model, N_ITEMS), False)
         job = ex.job("user", task, state.user_factors, state.item_factors, {"gram": np.eye(4)}, STEP_SCHEMA)
-        for side, n in (("user", 3), ("item", 2)):
-            cached = ex.blocks[side]._jdf.queryExecution().sparkPlan().outputPartitioning().toString()
-            assert cached.startswith("hashpartitioning(pkey") and cached.endswith(f", {n})"), cached
         plan = job._jdf.queryExecution().executedPlan().toString()
-        shuffles = [line for line in plan.splitlines() if "ENSURE_REQUIREMENTS" in line]
-        assert len(shuffles) == 1 and shuffles[0].split(", ENSURE")[0].endswith(", 3)"), plan  # rows to 3 blocks
+        shuffles = [line for line in plan.splitlines() if "Exchange" in line]
+        assert len(shuffles) == 1 and "hashpartitioning(pkey" in shuffles[0] and ", 3)" in shuffles[0], plan
         placed = job.select("block", F.spark_partition_id().alias("p")).collect()
         assert sorted((r.block, r.p) for r in placed) == [(0, 0), (1, 1), (2, 2)]
     finally:
         trainer.release()
         trainer.close_steps()
+
+
+def test_routes_cut_on_the_driver_are_the_files_the_executors_write(spark, pairs, tmp_path):
+    """write_routes_from (the driver, from the CSR it cut) and write_routes (one Spark job reading the CSR from the
+    store) write the same route files and count the same rows per destination; every row a block's CSR references
+    is routed to it exactly once, from the block that holds it."""
+    from gramian.storage import open_store
+    from gramian.train import routed
+    from gramian.train.blocks import SideLayout, blocks_from_pairs, store_block, write_store_block
+
+    u, i, w = (pairs[c].to_numpy() for c in ("user_idx", "item_idx", "weight"))
+    users = SideLayout.balanced(np.bincount(u, minlength=N_USERS), 4, 4)
+    items = SideLayout.balanced(np.bincount(i, minlength=N_ITEMS), 3, 4)
+    csr = open_store(str(tmp_path / "csr"))
+    indices = {}
+    for block, arrays in blocks_from_pairs(u, i, w, users, 0.1, ConfidenceConfig()):
+        write_store_block(csr, "user", block, arrays)
+        indices[block] = arrays["indices"]
+    nonempty = frozenset(indices)
+    by_driver, n_driver = routed.write_routes_from(indices, items, open_store(str(tmp_path / "driver")))
+    by_jobs, n_jobs = routed.write_routes(spark, lambda b: store_block(csr, "user", users, b, nonempty), users,
+                                         items, open_store(str(tmp_path / "jobs")))
+    assert n_driver == n_jobs and by_driver.sources == by_jobs.sources == frozenset(range(3))
+    got: dict[int, list[int]] = {}
+    for src in range(3):
+        a, b = by_driver.of(src), by_jobs.of(src)
+        assert [d for d, _ in a] == [d for d, _ in b]
+        assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))
+        for dst, rows in a:
+            assert (items.block_of(rows) == src).all()
+            got.setdefault(dst, []).extend(rows.tolist())
+    for dst, ind in indices.items():
+        assert sorted(got[dst]) == sorted(set(ind.tolist()))
+        assert n_driver[dst] == len(set(ind.tolist()))
 
 
 def test_block_keys_put_block_b_in_spark_partition_b(spark):
@@ -625,7 +672,7 @@ def test_a_failure_during_trainer_setup_leaves_no_scratch_file_or_cached_block(t
     if train.local_file_handoff and train.routing != "routed":
         assert trainer.handoff.folder is not None  # the files existed: now they are gone
         assert not trainer.handoff.folder.exists()
-    else:
+    elif train.routing != "routed":  # routed blocks live in the step store, checked below
         assert trainer.blocks  # blocks were cached: now none is
         assert all(df.storageLevel == StorageLevel.NONE for df in trainer.blocks.values())
     if train.routing == "routed":  # the routed steps' folder (routes, steps) is gone too

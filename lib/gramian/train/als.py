@@ -37,8 +37,11 @@ from gramian.train import routed
 from gramian.train.blocks import (
     Block,
     SideLayout,
+    blocks_from_pairs,
     build_side_blocks,
+    store_block,
     write_local_blocks_from_pairs,
+    write_store_block,
     write_store_blocks_from_pairs,
 )
 from gramian.train.exchange import FactorExchange, FactorSpec, RoutedRows, choose
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SIDE_COLUMNS = {"user": ("user_idx", "item_idx"), "item": ("item_idx", "user_idx")}  # (row, other) columns
 STEP_SCHEMA = ("block int, row_start int, n_rows int, factors binary, gram binary, observed double, "
                "reg double, bad_row int")
 @dataclass
@@ -303,8 +307,8 @@ class BlockTrainer:
         log.info("factors %.1f MiB: %s", factor_mb, "routed to the blocks that need them" if self.routed
                  else "memory-mapped by every block (local master)" if local else "sent whole to every block")
         self.layouts = self._layouts(user_counts, item_counts)
-        self.blocks: dict[str, Any] = {}  # cached block DataFrames (closure or routed exchange)
-        self.nonempty: dict[str, frozenset[int]] = {}  # blocks with interactions (store exchange)
+        self.blocks: dict[str, Any] = {}  # cached block DataFrames (closure exchange)
+        self.nonempty: dict[str, frozenset[int]] = {}  # blocks with interactions (store and routed exchanges)
         self.routes: dict[str, routed.RouteFiles] = {}
         store = exchange_store(train, exchange, local, self.routed)
         self.steps = routed_steps(spark, exchange, self.routed)
@@ -340,8 +344,12 @@ class BlockTrainer:
         return layouts
 
     def _build_blocks(self, train_df: Any, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:
-        """Both sides' CSR blocks (memory-mapped files on a local master, else cached DataFrames) and routes.
-        Off the local files each side is one shuffle job: both run at once (run_together)."""
+        """Both sides' CSR blocks (memory-mapped files on a local master, the store, or cached DataFrames; routed:
+        the step store, with the routes). Cut on the driver when it holds the pairs; else each side is one shuffle
+        job: both run at once (run_together)."""
+        if self.routed:
+            self._build_routed(train_df, pairs)
+            return
         model = self.model
 
         def build(side: str, row_col: str, other_col: str) -> None:
@@ -362,29 +370,54 @@ class BlockTrainer:
                 sizes = [r["nnz"] for r in built]
             else:
                 df = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
-                                       model.confidence)
-                if self.routed:  # keyed: a routed half-step's cogroup with the cached CSR shuffles none of it
-                    df = routed.keyed(df, "block", self.layouts[side].num_blocks)
-                df = df.cache()
+                                       model.confidence).cache()
                 self.blocks[side] = df  # registered before it is materialised, so release() finds it
                 sizes = [r["nnz"] for r in df.select("nnz").collect()]  # materialises the cache
             log.info("%s side: %d blocks, interactions per block min %d max %d", side,
                      self.layouts[side].num_blocks, min(sizes, default=0), max(sizes, default=0))
-        sides = {"user": ("user_idx", "item_idx"), "item": ("item_idx", "user_idx")}
         if pairs is not None and (self.handoff.enabled or self.handoff.store is not None):  # driver work only
-            for side, cols in sides.items():
+            for side, cols in SIDE_COLUMNS.items():
                 build(side, *cols)
         else:
-            run_together(self.spark, {side: functools.partial(build, side, *cols) for side, cols in sides.items()})
-        if self.routed:
-            def route(side: str, other: str) -> None:
-                assert self.steps is not None
-                self.routes[side], per_block = routed.write_routes(self.blocks[side], self.layouts[other],
-                                                                   self.steps.store.child("routes", side))
-                log.info("%s side: routes built, %d rows routed per half-step, at most %d to one block", side,
-                         sum(per_block.values()), max(per_block.values(), default=0))
-            run_together(self.spark, {side: functools.partial(route, side, other)
-                                      for side, other in (("user", "item"), ("item", "user"))})
+            run_together(self.spark, {side: functools.partial(build, side, *cols)
+                                      for side, cols in SIDE_COLUMNS.items()})
+
+    def _build_routed(self, train_df: Any, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:
+        """Routed blocks: both sides' CSR and routes in the step store. With the pairs on the driver both are cut
+        and written there (no Spark job); else each side is one shuffle job writing its CSR, then one job routing
+        it (the sides at once)."""
+        assert self.steps is not None
+        model, steps = self.model, self.steps
+        csr = steps.store.child(routed.CSR_FOLDER)
+
+        def build(side: str, row_col: str, other_col: str) -> None:
+            other = "item" if side == "user" else "user"
+            layout, into = self.layouts[side], steps.store.child("routes", side)
+            if pairs is not None:
+                rows, cols = (pairs[0], pairs[1]) if side == "user" else (pairs[1], pairs[0])
+                sizes, indices = {}, {}
+                for block, arrays in blocks_from_pairs(rows, cols, pairs[2], layout, model.alpha0, model.confidence):
+                    write_store_block(csr, side, block, arrays)
+                    sizes[block], indices[block] = len(arrays["indices"]), arrays["indices"]
+                self.nonempty[side] = frozenset(sizes)
+                self.routes[side], per_block = routed.write_routes_from(indices, self.layouts[other], into)
+            else:
+                built = build_side_blocks(train_df, layout, row_col, other_col, model.alpha0, model.confidence, csr,
+                                          side).select("block", "nnz").collect()
+                sizes = {r["block"]: r["nnz"] for r in built}
+                self.nonempty[side] = nonempty = frozenset(sizes)
+                self.routes[side], per_block = routed.write_routes(
+                    self.spark, lambda b: store_block(csr, side, layout, b, nonempty), layout, self.layouts[other],
+                    into)
+            log.info("%s side: %d blocks, interactions per block min %d max %d; %d rows routed per half-step, at "
+                     "most %d to one block", side, layout.num_blocks, min(sizes.values(), default=0),
+                     max(sizes.values(), default=0), sum(per_block.values()), max(per_block.values(), default=0))
+        if pairs is not None:
+            for side, cols in SIDE_COLUMNS.items():
+                build(side, *cols)
+        else:
+            run_together(self.spark, {side: functools.partial(build, side, *cols)
+                                      for side, cols in SIDE_COLUMNS.items()})
 
     def other_size(self, side: str) -> int:
         return self.n_items if side == "user" else self.n_users

@@ -203,8 +203,7 @@ def build_side_blocks(train_df: Any, layout: SideLayout, row_col: str, other_col
                 yield _csr_block(layout, int(block), rows[mine], cols[mine], weight[mine], alpha0, confidence)
                 continue
             a = _csr_arrays(layout, int(block), rows[mine], cols[mine], weight[mine], alpha0, confidence)
-            with store.open_output(f"{side}-block{int(block)}.npz") as out:
-                np.savez(out, **a)
+            write_store_block(store, side, int(block), a)
             start, stop = layout.bounds(int(block))
             yield pa.RecordBatch.from_pydict({
                 "block": pa.array([int(block)], pa.int32()), "row_start": pa.array([start], pa.int32()),
@@ -212,6 +211,12 @@ def build_side_blocks(train_df: Any, layout: SideLayout, row_col: str, other_col
                 **{name: pa.array([b""], pa.binary()) for name, _ in BLOCK_ARRAYS}})
 
     return pairs.mapInArrow(build, BLOCK_SCHEMA)
+
+
+def write_store_block(store: Store, side: str, block: int, arrays: dict[str, np.ndarray]) -> None:
+    """One block's CSR arrays written to `store` where `store_block` reads them."""
+    with store.open_output(f"{side}-block{block}.npz") as out:
+        np.savez(out, **arrays)
 
 
 def store_block(store: Store, side: str, layout: SideLayout, block: int, nonempty: frozenset[int]) -> Block:
@@ -278,8 +283,7 @@ def write_store_blocks_from_pairs(rows: np.ndarray, cols: np.ndarray, weight: np
     it (`store_block` reads either); {block: interactions} of the blocks written (the others have none)."""
     sizes = {}
     for block, arrays in blocks_from_pairs(rows, cols, weight, layout, alpha0, confidence):
-        with store.open_output(f"{side}-block{block}.npz") as out:
-            np.savez(out, **arrays)
+        write_store_block(store, side, block, arrays)
         sizes[block] = len(arrays["indices"])
     return sizes
 

@@ -10,7 +10,8 @@ One interface, `FactorExchange`, chosen once per trainer (`choose`) from train.r
   Closure      anywhere else: the factors ride in the task closure over cached CSR block DataFrames
   RoutedRows   factors too big for one executor: block files in the store, each block task receiving only the rows
                its CSR references (gramian.train.routed), blocks sized so a task's rows fit its share of executor
-               memory; tasks write their new rows to the store themselves (routed.StepFiles)
+               memory; tasks write their new rows to the store themselves (routed.StepFiles); CSR and routes are
+               in the store too
 
 A half-step is `step(side, task, current, other, shared, schema)`: `task(block, other rows, own current rows,
 shared)` runs once per block (indices of the block index the other rows it is given) and returns one record with
@@ -32,6 +33,7 @@ import pyarrow as pa
 
 from gramian.kernels import gramian
 from gramian.kernels.pairwise import move_rows
+from gramian.storage import Store
 from gramian.train import routed
 from gramian.train.blocks import (
     Block,
@@ -344,10 +346,11 @@ class RoutedRows(FactorExchange):
 
     A half-step is one shuffle between two stages: one task per block of the other side reads its rows and routes
     from the store and cuts the slices each destination needs (routed.cut_slices); the slices go to their block's
-    partition, where they are cogrouped with the CSR, cached hash-partitioned on the block's partition key (block b
-    in partition b, `spark_partition_keys`: no CSR moves); the solving task reads its block's current rows from the
-    store. Every task holds one block's data (routed.task_bytes; the trainer sizes the blocks to fit executor
-    memory, routed.sized_layouts).
+    partition (hash-partitioned on the block's partition key, `spark_partition_keys`: block b in partition b),
+    where the solving task reads its block's CSR from the store (kept by the Python worker, as StoreFiles keeps it)
+    and its current rows. Nothing is cached in Spark: a lost executor costs a retry of its tasks. Every task holds
+    one block's data (routed.task_bytes; the trainer sizes the blocks to fit executor memory,
+    routed.sized_layouts).
 
     Outside, factors are factor-block DataFrames (routed.blocks_frame); the ones this exchange hands out are
     remembered with their rows' source, so a step reads them without another pass; any other (a checkpoint read
@@ -356,12 +359,17 @@ class RoutedRows(FactorExchange):
 
     routed = True
 
-    def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, blocks: dict[str, Any],
-                 routes: dict[str, routed.RouteFiles], steps: routed.StepStore) -> None:
+    def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, csr: Store,
+                 nonempty: dict[str, frozenset[int]], routes: dict[str, routed.RouteFiles],
+                 steps: routed.StepStore) -> None:
         super().__init__(spark, layouts, spec)
-        self.blocks, self.routes, self.steps = blocks, routes, steps  # blocks cached keyed (routed.keyed)
+        self.csr, self.nonempty, self.routes, self.steps = csr, nonempty, routes, steps
         self.keys = {side: spark_partition_keys(layout.num_blocks) for side, layout in layouts.items()}
         self._sources: dict[int, tuple[Any, routed.RowSource]] = {}  # id(frame) -> (frame, where its rows are)
+
+    def _read(self, side: str) -> Callable[[int], Block]:
+        store, layout, nonempty = self.csr, self.layouts[side], self.nonempty.get(side, frozenset())
+        return lambda block: store_block(store, side, layout, block, nonempty)
 
     def _frame(self, source: routed.RowSource) -> Any:
         """The factor-block DataFrame of `source`, remembered (steps no longer kept are forgotten)."""
@@ -412,7 +420,7 @@ class RoutedRows(FactorExchange):
         return self._frame(moved)
 
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
-        return self.note_timing(side, _by_row(self.blocks[side], fn, schema).toArrow())
+        return self.note_timing(side, _by_id(self.spark, self.layouts[side], self._read(side), fn, schema).toArrow())
 
     def step(self, side: str, task: BlockTask, current: Any, other: Any, shared: Mapping[str, np.ndarray],
              schema: str, new_rows: bool = True) -> StepResult:
@@ -425,19 +433,17 @@ class RoutedRows(FactorExchange):
             schema: str, out: routed.StepFiles | None = None) -> Any:
         """The half-step's DataFrame: one row per block of `side` (the task's record; its rows written to `out`,
         not carried), block b in partition b."""
-        d, layout, arrays = self.spec.dim, self.layouts[side], dict(shared)
+        d, arrays, read = self.spec.dim, dict(shared), self._read(side)
         other_side = "item" if side == "user" else "user"
         own = self.source(side, current)
         sliced = routed.cut_slices(self.spark, self.source(other_side, other), self.routes[side], self.keys[side], d)
         payload = sliced.unionByName(routed.block_markers(self.spark, self.keys[side]))
 
-        def solve(csr: pa.Table, rows_in: pa.Table) -> pa.Table:
+        def solve(rows_in: pa.Table) -> pa.Table:
             t0 = time.perf_counter()
             mine = rows_in.column("own").to_pylist()  # rows are read in place: no filtered copy of the payload
             block = rows_in.column("dst_block")[mine.index(True)].as_py()
-            x_init = own.rows(block)
-            b = next(decode_blocks(csr.combine_chunks().to_batches()[0])) if csr.num_rows else empty_block(layout,
-                                                                                                          block)
+            x_init, b = own.rows(block), read(block)
             rows, vecs = routed.gather(rows_in, d, [k for k, m in enumerate(mine) if not m])
             rec = timed(lambda: task(routed.localise(b, rows), vecs, x_init, arrays), time.perf_counter() - t0)
             if out is not None:  # published by this task: the driver and Spark never carry the rows
@@ -446,7 +452,8 @@ class RoutedRows(FactorExchange):
                 rec = rec.set_column(k, "factors", pa.array([b""], pa.binary()))
             return pa.Table.from_batches([rec])
 
-        return (self.blocks[side].groupBy("pkey").cogroup(payload.groupBy("pkey"))
+        # block b's payload in partition b (keys[b]); the grouping reuses that partitioning: one shuffle
+        return (payload.repartition(self.layouts[side].num_blocks, "pkey").groupBy("pkey")
                 .applyInArrow(solve, schema + TIMING_SCHEMA))
 
 
@@ -456,10 +463,9 @@ def choose(spark: Any, routed_rows: bool, handoff: Handoff, layouts: dict[str, S
     """The one exchange a trainer uses, from where its setup put the CSR blocks (local files, store, cache)."""
     if routed_rows:
         assert steps is not None, "routed rows need the trainer's step store"
-        return RoutedRows(spark, layouts, spec, blocks, routes, steps)
+        return RoutedRows(spark, layouts, spec, steps.store.child(routed.CSR_FOLDER), nonempty, routes, steps)
     if handoff.folder is not None:
         return LocalFiles(spark, layouts, spec, handoff)
     if handoff.store is not None:
         return StoreFiles(spark, layouts, spec, handoff, nonempty)
     return Closure(spark, layouts, spec, blocks)
-

@@ -32,7 +32,7 @@ from gramian.errors import ConfigError
 from gramian.kernels import gramian
 from gramian.kernels.pairwise import move_rows
 from gramian.storage import Store
-from gramian.train.blocks import Block, SideLayout, decode_blocks, spark_partition_keys
+from gramian.train.blocks import Block, SideLayout, spark_partition_keys
 from gramian.train.handoff import ROUTES, scratch_root
 from gramian.train.init import init_factors
 
@@ -46,6 +46,7 @@ TASK_MEMORY_SHARE = 1 / 8
 MAX_BLOCKS = 65_536  # sized_layouts stops growing a side here (a block per row comes first on small sides)
 CSR_BYTES_PER_NNZ = 4 + 8 + 8  # indices int32, alpha and target float64 (blocks.BLOCK_ARRAYS)
 PAYLOAD_SCHEMA = "pkey int, dst_block int, own boolean, rows binary, vecs binary"
+CSR_FOLDER = "csr"  # the folder of a routed fit's step store holding both sides' CSR blocks (blocks.store_block)
 
 
 def task_bytes(counts: np.ndarray, other_counts: np.ndarray, layout: SideLayout, other_blocks: int,
@@ -251,24 +252,28 @@ def blocks_frame(spark: Any, source: RowSource) -> Any:
 # ---------------------------------------------------------------- routes
 
 
-def build_routes(blocks_df: Any, other: SideLayout) -> Any:
-    """For every block, the sorted rows of the other side it references, split by the other side's blocks;
-    keyed by their source block (`keyed`): partition s holds what source block s sends."""
+def block_routes(dst: int, indices: np.ndarray, bounds: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(source block, sorted int32 rows) of every block of the other side (cut at `bounds`) whose rows block `dst`'s
+    CSR `indices` reference."""
+    needed = np.unique(indices).astype(np.int32)
+    cuts = np.searchsorted(needed, bounds)
+    for src in range(len(bounds) - 1):
+        if cuts[src + 1] > cuts[src]:
+            yield src, needed[cuts[src]:cuts[src + 1]]
+
+
+def build_routes(spark: Any, read: Callable[[int], Block], layout: SideLayout, other: SideLayout) -> Any:
+    """For every block of `layout` (its CSR read by `read`), the sorted rows of the other side it references, split
+    by the other side's blocks; keyed by their source block (`keyed`): partition s holds what source block s sends."""
     bounds = np.asarray(other.bounds_array)
 
-    def route(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for b in decode_blocks(batch):
-                needed = np.unique(b.indices)
-                cuts = np.searchsorted(needed, bounds)
-                for src in range(len(bounds) - 1):
-                    rows = needed[cuts[src]:cuts[src + 1]]
-                    if len(rows):
-                        yield pa.RecordBatch.from_pydict({
-                            "dst_block": pa.array([b.block], pa.int32()), "src_block": pa.array([src], pa.int32()),
-                            "rows": pa.array([rows.astype(np.int32).tobytes()], pa.binary())})
+    def route(block: int) -> Iterator[pa.RecordBatch]:
+        for src, rows in block_routes(block, read(block).indices, bounds):
+            yield pa.RecordBatch.from_pydict({
+                "dst_block": pa.array([block], pa.int32()), "src_block": pa.array([src], pa.int32()),
+                "rows": pa.array([rows.tobytes()], pa.binary())})
 
-    return keyed(blocks_df.mapInArrow(route, ROUTE_SCHEMA), "src_block", other.num_blocks)
+    return keyed(over_blocks(spark, layout.num_blocks, route, ROUTE_SCHEMA), "src_block", other.num_blocks)
 
 
 def route_file(src: int) -> str:
@@ -299,9 +304,16 @@ class RouteFiles:
                 for k, dst in enumerate(t.column("dst_block").to_pylist())]
 
 
-def write_routes(blocks_df: Any, other: SideLayout, store: Store) -> tuple[RouteFiles, dict[int, int]]:
-    """Every block's routes (build_routes) written to `store`, a file per source block, in one job; with the rows
-    each destination block receives per half-step."""
+def _write_route_file(store: Store, src: int, routes: pa.Table) -> None:
+    """Source block `src`'s routes, a table of (dst_block int32, rows binary) sorted by dst_block, as its file."""
+    with store.open_output(route_file(src)) as out, pa.ipc.new_file(out, routes.schema) as w:
+        w.write_table(routes)
+
+
+def write_routes(spark: Any, read: Callable[[int], Block], layout: SideLayout, other: SideLayout,
+                 store: Store) -> tuple[RouteFiles, dict[int, int]]:
+    """Every block's routes (build_routes) written to `store` by the executors, a file per source block, in one
+    job; with the rows each destination block receives per half-step."""
     import pyarrow.compute as pc
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -311,19 +323,36 @@ def write_routes(blocks_df: Any, other: SideLayout, store: Store) -> tuple[Route
         t = pa.Table.from_batches(parts)
         for src in sorted(set(t.column("src_block").to_pylist())):
             mine = t.filter(pc.equal(t["src_block"], src)).select(["dst_block", "rows"]).sort_by("dst_block")
-            with store.open_output(route_file(src)) as out, pa.ipc.new_file(out, mine.schema) as w:
-                w.write_table(mine)
+            _write_route_file(store, src, mine)
             yield pa.RecordBatch.from_pydict({
                 "src_block": pa.array([src] * mine.num_rows, pa.int32()),
                 "dst_block": mine.column("dst_block").combine_chunks(),
                 "n": pa.array([len(r) // 4 for r in mine.column("rows").to_pylist()], pa.int64())})
 
-    got = (build_routes(blocks_df, other).select("dst_block", "src_block", "rows")
+    got = (build_routes(spark, read, layout, other).select("dst_block", "src_block", "rows")
            .mapInArrow(write, "src_block int, dst_block int, n long").toArrow())
     per_dst: dict[int, int] = {}
     for dst, n in zip(got.column("dst_block").to_pylist(), got.column("n").to_pylist(), strict=True):
         per_dst[dst] = per_dst.get(dst, 0) + n
     return RouteFiles(store, frozenset(got.column("src_block").to_pylist())), per_dst
+
+
+def write_routes_from(indices: dict[int, np.ndarray], other: SideLayout,
+                      store: Store) -> tuple[RouteFiles, dict[int, int]]:
+    """The routes of blocks whose CSR column indices the driver holds ({block: indices}, blocks cut there), cut
+    and written by the driver: the files write_routes' executors write, with no Spark job."""
+    bounds = np.asarray(other.bounds_array)
+    by_src: dict[int, list[tuple[int, np.ndarray]]] = {}
+    per_dst: dict[int, int] = {}
+    for dst in sorted(indices):
+        for src, rows in block_routes(dst, indices[dst], bounds):
+            by_src.setdefault(src, []).append((dst, rows))
+            per_dst[dst] = per_dst.get(dst, 0) + len(rows)
+    for src, routes in by_src.items():
+        _write_route_file(store, src, pa.table({
+            "dst_block": pa.array([d for d, _ in routes], pa.int32()),
+            "rows": pa.array([r.tobytes() for _, r in routes], pa.binary())}))
+    return RouteFiles(store, frozenset(by_src)), per_dst
 
 
 def factor_gramian(factors_df: Any, dim: int) -> np.ndarray:
