@@ -5,9 +5,17 @@ it just wrote, so numba's on-disk cache gets the exact signatures (dtypes, layou
 and ships that cache inside the zip. The paths driven: the iALS block solve for every solver, the RankALS
 block tasks (user step, exact and descent item steps), an evaluation rank batch (held-out ranks, fold-in,
 sampled ranks), exact top-k and the retrieval index's history filter. No Spark session is started.
+`warm_executors` runs one model's block tasks in every executor's Python worker of a running session, beside
+the driver's reads (the train stage).
 """
 
 from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +29,8 @@ from gramian.train.als import SolveParams, _solve_block
 from gramian.train.blocks import Block, SideLayout, blocks_from_pairs
 from gramian.train.init import init_factors
 from gramian.train.pairwise import PairParams, _coupling_block, _descent_block, _item_block, _user_block
+
+log = logging.getLogger(__name__)
 
 DIM = 8  # any rank compiles the same code: numba specialises on dtypes and layouts, not sizes
 N_USERS, N_ITEMS = 12, 10
@@ -41,12 +51,13 @@ def side_block(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray, n_rows: i
     return Block(block, start, stop - start, **arrays)
 
 
-def warm_ials(users: Block, items: Block, alpha0: float) -> None:
-    """The iALS block task (`als._solve_block`) for every solver, both sides, loss measured after it."""
+def warm_ials(users: Block, items: Block, alpha0: float, solvers: tuple[str, ...] = SOLVERS) -> None:
+    """The iALS block task (`als._solve_block`) for every solver (or `solvers`), both sides, loss measured after
+    it."""
     model = ModelConfig(alpha0=alpha0)
     w = init_factors(N_USERS, DIM, model.init_scale, model.seed, 0)  # float32, as the factor exchange ships
     h = init_factors(N_ITEMS, DIM, model.init_scale, model.seed, 1)
-    for solver in SOLVERS:
+    for solver in solvers:
         for b, other, x0 in ((users, h, w), (items, w, h)):
             p = SolveParams(model.alpha0, model.reg, model.nu, solver, model.cg_steps, model.solver_block_size,
                             other.shape[0], model.reg_counts)
@@ -129,6 +140,71 @@ def warm_up() -> None:
     h = init_factors(N_ITEMS, DIM, 0.1, 0, 1)
     warm_evaluation(h, alpha0)
     warm_retrieval(h)
+
+
+def warm_model(model: ModelConfig) -> None:
+    """The block tasks one model trains with (iALS at its solver, or RankALS): what its first half-step loads."""
+    u, i, weight = tiny_pairs()
+    alpha0 = 0.1
+    users = side_block(u, i, weight, N_USERS, alpha0)
+    items = side_block(i, u, weight, N_ITEMS, alpha0)
+    if model.name == "pairwise":
+        warm_rankals(users, items, np.bincount(i, minlength=N_ITEMS).astype(np.float64))
+    else:
+        warm_ials(users, items, alpha0, (model.solver,))
+
+
+def executor_slots(spark: Any) -> int:
+    """Task slots of the session's executors (classic: defaultParallelism; Connect: spark.default.parallelism)."""
+    try:
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    except Exception:
+        try:
+            return max(1, int(spark.conf.get("spark.default.parallelism", "2")))
+        except Exception:
+            return 2
+
+
+def warm_job(spark: Any, model: ModelConfig) -> Any:
+    """A DataFrame whose action runs one task per executor slot, each starting its Python worker (kept for later
+    tasks: spark.python.worker.reuse) and loading `model`'s kernels in it (warm_model); rows (pid, seconds)."""
+    slots = executor_slots(spark)
+
+    def task(batches: Any) -> Any:
+        t0 = time.perf_counter()
+        for _ in batches:
+            pass
+        warm_model(model)
+        yield pa.RecordBatch.from_pydict({"pid": pa.array([os.getpid()], pa.int64()),
+                                          "seconds": pa.array([time.perf_counter() - t0], pa.float64())})
+
+    return spark.range(0, slots, 1, slots).mapInArrow(task, "pid long, seconds double")
+
+
+def warm_executors(spark: Any, model: ModelConfig) -> threading.Thread | None:
+    """Off a local master, run warm_job on a background thread: executors start their Python workers and load the
+    kernels while the driver reads the train stage's inputs, not in the first half-step (8 s of a fresh
+    cluster's first half-step, 0.4-1 s later ones). Never fails the caller: a failed warm-up is logged."""
+    from pyspark.util import inheritable_thread_target
+
+    from gramian.train.handoff import is_local_master
+
+    if is_local_master(spark):
+        return None
+
+    def run() -> None:
+        try:
+            t = warm_job(spark, model).toArrow()
+            log.info("executors warmed: %d Python workers, %.1f s each at most", t.num_rows,
+                     max(t.column("seconds").to_pylist(), default=0.0))
+        except Exception as e:  # the fit's own jobs start the workers then, as before
+            log.warning("executor warm-up failed (%s: %s); the first half-step starts the Python workers",
+                        type(e).__name__, e)
+
+    thread = threading.Thread(target=inheritable_thread_target(spark)(run), name="gramian-warm-executors",
+                              daemon=True)
+    thread.start()
+    return thread
 
 
 if __name__ == "__main__":

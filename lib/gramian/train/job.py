@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gramian import storage, tables, tracking
+from gramian import jit_warmup, storage, tables, tracking
 from gramian.config import Config
 from gramian.errors import InputDataError
 from gramian.progress import EpochProgress, Phases
@@ -60,6 +60,7 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     """Train the configured model on `train` and publish its factors under `run_id`."""
     check_run_id(run_id)
     phases = Phases(f"train {run_id}")
+    warming = jit_warmup.warm_executors(spark, cfg.model)  # beside the driver's reads below
     inputs, users, items, n_users, n_items, (train, counts, pairs) = read_inputs(spark, cfg)
     train_df, user_rows, counts, pairs = train_positions(train, n_users, counts, pairs)
     n_trained = n_users if user_rows is None else len(user_rows)
@@ -86,6 +87,8 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     if logging_model is not None:
         logging_model.join()
         phases.mark("log model (what the writes did not hide)")
+    if warming is not None:
+        warming.join()  # long done: its job ran before the fit's first
     last = model.history[-1]
     return {"run_id": run_id, "model": cfg.model.name, "dim": cfg.model.dim, "alpha0": model.config.alpha0,
             "epochs": last.epoch,
