@@ -534,6 +534,11 @@ def test_a_routed_half_step_moves_factor_rows_once_and_solves_block_b_in_partiti
         assert ex.csr.listdir() == sorted(f"{side}-block{b}.npz" for side, n in (("user", 3), ("item", 2))
                                           for b in range(n))
         state = trainer.initial_state()
+        # the initial rows' Gramian is drawn on the driver (no job), equal to the one the block tasks sum
+        by_tasks = als_module.routed.factor_gramian(state.item_factors, 4)
+        np.testing.assert_allclose(ex.gramian(state.item_factors), by_tasks, rtol=1e-12)
+        np.testing.assert_allclose(by_tasks, gramian(init_factors(N_ITEMS, 4, model.init_scale, model.seed, 1)),
+                                   rtol=1e-6)
         task = SolveTask(SolveParams.of(model, N_ITEMS), False)
         job = ex.job("user", task, state.user_factors, state.item_factors, {"gram": np.eye(4)}, STEP_SCHEMA)
         plan = job._jdf.queryExecution().executedPlan().toString()

@@ -409,6 +409,12 @@ class RoutedRows(FactorExchange):
         return self._frame(out)
 
     def gramian(self, factors: Any) -> np.ndarray:
+        source = self.known(factors)
+        if isinstance(source, routed.InitRows) and source.n * source.dim <= routed.DRIVER_DRAW_MAX:
+            # the initial rows drawn on the driver block by block, as the tasks draw them: no Spark job (whose
+            # first tasks wait for cold Python workers) before the first epoch
+            return sum((gramian(source.rows(b)) for b in range(len(source.bounds) - 1)),
+                       np.zeros((self.spec.dim, self.spec.dim)))
         return routed.factor_gramian(factors, self.spec.dim)
 
     def partials(self, factors: Any, fn: PartialFn) -> list[np.ndarray]:

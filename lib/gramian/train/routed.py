@@ -46,6 +46,7 @@ TASK_MEMORY_SHARE = 1 / 8
 MAX_BLOCKS = 65_536  # sized_layouts stops growing a side here (a block per row comes first on small sides)
 CSR_BYTES_PER_NNZ = 4 + 8 + 8  # indices int32, alpha and target float64 (blocks.BLOCK_ARRAYS)
 PAYLOAD_SCHEMA = "pkey int, dst_block int, own boolean, rows binary, vecs binary"
+DRIVER_DRAW_MAX = 2**26  # initial factor values the driver draws itself for their Gramian (~1 s); more: a Spark job
 CSR_FOLDER = "csr"  # the folder of a routed fit's step store holding both sides' CSR blocks (blocks.store_block)
 
 
