@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gramian.storage import open_store
+from gramian.train import blocks as blocks_module
 from gramian.train import handoff
 from gramian.train.handoff import Handoff, StoreRef, WorkerCache, resolve
 
@@ -54,3 +55,23 @@ def test_worker_cache_evicts_the_least_recently_used():
     for key in ("a", "b", "a", "c", "b"):
         cache.get(key, lambda k=key: loads.append(k) or k.upper())
     assert loads == ["a", "b", "c", "b"] and len(cache) == 2  # "b" was evicted by "c" (after "a" was used)
+
+
+def test_the_csr_block_cache_is_bounded_by_bytes_too(tmp_path, monkeypatch):
+    """Python workers keep CSR blocks read from the store (store and routed exchanges) up to
+    GRAMIAN_BLOCK_CACHE_MB: blocks weigh their arrays' bytes, and a block past the bound evicts the oldest."""
+    from gramian.train.blocks import SideLayout, store_block, write_store_block
+
+    store = open_store(str(tmp_path / "csr"))
+    layout = SideLayout((0, 10, 20, 30))
+    for block in range(3):
+        write_store_block(store, "user", block, {
+            "indptr": np.arange(11, dtype=np.int64) * 100, "indices": np.zeros(1000, np.int32),
+            "alpha": np.ones(1000), "target": np.ones(1000)})
+    weight = 11 * 8 + 1000 * (4 + 8 + 8)
+    assert handoff.BLOCKS.max_bytes == 1024 * 2**20
+    cache = WorkerCache(64, 2.5 * weight, handoff.BLOCKS.weigh)
+    monkeypatch.setattr(blocks_module, "BLOCKS", cache)
+    got = [store_block(store, "user", layout, b, frozenset(range(3))) for b in range(3)]
+    assert handoff.BLOCKS.weigh(got[0]) == weight
+    assert len(cache) == 2 and store_block(store, "user", layout, 2, frozenset(range(3))) is got[2]

@@ -97,7 +97,10 @@ class FetchClock:
 
 FETCH = FetchClock()
 FACTORS = WorkerCache(4)  # the fixed side and the current rows of a half-step, plus the previous pair
-BLOCKS = WorkerCache(int(os.environ.get("GRAMIAN_BLOCK_CACHE_SIZE", "64")))  # CSR blocks, both sides
+# CSR blocks, both sides: at most 64 blocks and 1 GiB per Python worker by default
+BLOCKS = WorkerCache(int(os.environ.get("GRAMIAN_BLOCK_CACHE_SIZE", "64")),
+                     float(os.environ.get("GRAMIAN_BLOCK_CACHE_MB", "1024")) * 2**20,
+                     lambda b: sum(getattr(b, name).nbytes for name in ("indptr", "indices", "alpha", "target")))
 # routed: source blocks' routes (a Python worker's cutting tasks read each once), at most 256 MiB by default
 ROUTES = WorkerCache(1 << 16, float(os.environ.get("GRAMIAN_ROUTE_CACHE_MB", "256")) * 2**20,
                      lambda routes: sum(rows.nbytes for _, rows in routes))

@@ -2,11 +2,12 @@
 
 Routing, in one example: user block 0 rates items {3, 7, 12}; with item blocks [0, 5) [5, 10) [10, 15)
 its routes are (dst 0, src 0, rows [3]), (dst 0, src 1, rows [7]), (dst 0, src 2, rows [12]). Routes are
-built once and written to the store, a file per source block. A half-step runs one task per item block that
-reads the block's factor rows and its routes straight from the store, cuts out the rows each user block needs
-and sends the slices to their dst (the one shuffle); there they are cogrouped with user block 0's cached CSR,
-the task reads the block's current rows from the store, re-indexes the CSR into the gathered rows, solves and
-writes its new rows to the store itself. Only factor rows move, once.
+built once and written to the store, a file per source block (cut on the driver when it holds the pairs), beside
+both sides' CSR blocks. A half-step runs one task per item block that reads the block's factor rows and its
+routes straight from the store, cuts out the rows each user block needs and sends the slices to their dst (the
+one shuffle); there the task reads user block 0's CSR (kept by the Python worker) and current rows from the
+store, re-indexes the CSR into the gathered rows, solves and writes its new rows to the store itself. Only
+factor rows move, once; nothing is cached in Spark.
 Factor blocks are files of float32 rows (StepFiles), seen by the rest of the package as DataFrames of
 (block, row_start, n_rows, factors binary float32 row-major) read from them (blocks_frame).
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 ROUTE_SCHEMA = "dst_block int, src_block int, rows binary"
 # A routed block task's estimated bytes (task_bytes) may be this share of its executor's memory per core: the
 # routed rows exist about four times at once (the JVM's sort buffer and Arrow batch, the Arrow table and its
-# gathered copy in Python) beside the executor's share of the cached CSR and the routes its Python workers keep.
+# gathered copy in Python) beside the CSR blocks and routes its Python workers keep (handoff.BLOCKS, ROUTES).
 TASK_MEMORY_SHARE = 1 / 8
 MAX_BLOCKS = 65_536  # sized_layouts stops growing a side here (a block per row comes first on small sides)
 CSR_BYTES_PER_NNZ = 4 + 8 + 8  # indices int32, alpha and target float64 (blocks.BLOCK_ARRAYS)
@@ -162,7 +163,7 @@ def partition_key(keys: list[int], column: str) -> Any:
 
 def keyed(df: Any, column: str, num_blocks: int) -> Any:
     """`df` with `pkey`, the partition key of block `column` among `num_blocks`, hash-partitioned on it: row of
-    block b in partition b, and Spark knows it (a cogroup on pkey with it shuffles nothing)."""
+    block b in partition b, and Spark knows it (a grouping on pkey after it shuffles nothing more)."""
     return df.withColumn("pkey", partition_key(spark_partition_keys(num_blocks), column)).repartition(
         num_blocks, "pkey")
 
