@@ -709,3 +709,29 @@ def test_the_executor_warm_up_loads_the_solvers_kernels_in_workers_that_later_ta
     assert {r.pid for r in later} <= set(warmed.column("pid").to_pylist())
     assert all(r.loaded for r in later)
     assert jit_warmup.warm_executors(spark, ModelConfig()) is None
+
+
+def test_the_write_warm_up_writes_a_factor_table_in_every_slot_and_leaves_nothing(spark, tmp_path, monkeypatch):
+    """warm_writes (run beside the fit off a local master) appends a factor table of one row per executor slot to
+    a scratch folder of the artifact store, in as many tasks, then deletes the folder."""
+    from gramian import storage
+    from gramian.config import load_config
+    from gramian.train import job
+
+    cfg = load_config("conf/synthetic.yaml", [f"storage.root={tmp_path / 'wh'}"])
+    seen = []
+    real = storage.Store.delete
+
+    def delete(self, *parts):
+        if "warm-writes-" in self.uri and not parts:
+            seen.append(sorted(self.listdir()))
+            seen.append(spark.read.format("delta").load(self.uri).toPandas())
+        return real(self, *parts)
+
+    monkeypatch.setattr(storage.Store, "delete", delete)
+    job.warm_writes(spark, cfg)
+    names, rows = seen
+    assert "_delta_log" in names and sum(n.endswith(".parquet") for n in names) == spark.sparkContext.defaultParallelism
+    assert len(rows) == spark.sparkContext.defaultParallelism and set(rows["run_id"]) == {"warm-up"}
+    assert all(len(f) == cfg.model.dim for f in rows["factors"])
+    assert storage.artifact_store(cfg.storage, spark).listdir("tmp") == []

@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -60,7 +61,7 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     """Train the configured model on `train` and publish its factors under `run_id`."""
     check_run_id(run_id)
     phases = Phases(f"train {run_id}")
-    warming = jit_warmup.warm_executors(spark, cfg.model)  # beside the driver's reads below
+    warming = jit_warmup.warm_executors(spark, cfg.model, functools.partial(warm_writes, spark, cfg))
     inputs, users, items, n_users, n_items, (train, counts, pairs) = read_inputs(spark, cfg)
     train_df, user_rows, counts, pairs = train_positions(train, n_users, counts, pairs)
     n_trained = n_users if user_rows is None else len(user_rows)
@@ -294,6 +295,24 @@ def factor_writes(spark: Any, cfg: Config, run_id: str, model: IALSModel, users:
 
 
 FACTOR_ROWS = "run_id string, idx int, id string, factors array<float>"  # a factor table's row
+
+
+def warm_writes(spark: Any, cfg: Config) -> None:
+    """A factor table of one row per executor slot written (as the stage writes its own: driver-built rows, a
+    blind Delta append) to a scratch folder of the artifact store, then deleted: every executor JVM loads and
+    compiles its Parquet/Delta write path and the driver its Delta commit while the fit runs, so the stage's
+    factor writes do not (measured on the S3 cluster: a cold write task 9.5 s with 4.3 s of CPU for 8-10 MB)."""
+    import pyarrow as pa
+
+    slots = jit_warmup.executor_slots(spark)
+    scratch = storage.artifact_store(cfg.storage, spark).child("tmp", f"warm-writes-{uuid.uuid4().hex[:12]}")
+    ids = pa.table({"idx": pa.array(np.arange(slots), pa.int64()), "id": pa.array([str(k) for k in range(slots)])})
+    rows = with_ids("warm-up", np.zeros((slots, cfg.model.dim), np.float32), None, ids)
+    try:
+        (spark.createDataFrame(rows, FACTOR_ROWS).repartition(slots).write.format("delta").mode("append")
+         .save(scratch.uri))
+    finally:
+        scratch.delete()
 
 
 def with_ids(run_id: str, factors: np.ndarray, rows: np.ndarray | None, ids: Any) -> Any:
