@@ -187,7 +187,7 @@ def warm_executors(spark: Any, model: ModelConfig,
     """Off a local master, run warm_job on a background thread: executors start their Python workers and load the
     kernels while the driver reads the train stage's inputs, not in the first half-step (8 s of a fresh
     cluster's first half-step, 0.4-1 s later ones); then `then()` on the same thread (the train stage warms its
-    table writes). Never fails the caller: a failed warm-up is logged."""
+    driver's table writes). Never fails the caller: a failed warm-up is logged."""
     from pyspark.util import inheritable_thread_target
 
     from gramian.train.handoff import is_local_master
@@ -203,7 +203,7 @@ def warm_executors(spark: Any, model: ModelConfig,
             if then is not None:
                 t0 = time.perf_counter()
                 then()
-                log.info("executors warmed: table writes, %.1f s", time.perf_counter() - t0)
+                log.info("driver warmed: table writes, %.1f s", time.perf_counter() - t0)
         except Exception as e:  # the fit's own jobs start the workers then, as before
             log.warning("executor warm-up failed (%s: %s); the first half-step starts the Python workers",
                         type(e).__name__, e)
