@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -182,12 +181,10 @@ def warm_job(spark: Any, model: ModelConfig) -> Any:
     return spark.range(0, slots, 1, slots).mapInArrow(task, "pid long, seconds double")
 
 
-def warm_executors(spark: Any, model: ModelConfig,
-                   then: Callable[[], None] | None = None) -> threading.Thread | None:
+def warm_executors(spark: Any, model: ModelConfig) -> threading.Thread | None:
     """Off a local master, run warm_job on a background thread: executors start their Python workers and load the
     kernels while the driver reads the train stage's inputs, not in the first half-step (8 s of a fresh
-    cluster's first half-step, 0.4-1 s later ones); then `then()` on the same thread (the train stage warms its
-    driver's table writes). Never fails the caller: a failed warm-up is logged."""
+    cluster's first half-step, 0.4-1 s later ones). Never fails the caller: a failed warm-up is logged."""
     from pyspark.util import inheritable_thread_target
 
     from gramian.train.handoff import is_local_master
@@ -200,10 +197,6 @@ def warm_executors(spark: Any, model: ModelConfig,
             t = warm_job(spark, model).toArrow()
             log.info("executors warmed: %d Python workers, %.1f s each at most", t.num_rows,
                      max(t.column("seconds").to_pylist(), default=0.0))
-            if then is not None:
-                t0 = time.perf_counter()
-                then()
-                log.info("driver warmed: table writes, %.1f s", time.perf_counter() - t0)
         except Exception as e:  # the fit's own jobs start the workers then, as before
             log.warning("executor warm-up failed (%s: %s); the first half-step starts the Python workers",
                         type(e).__name__, e)

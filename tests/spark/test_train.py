@@ -709,35 +709,3 @@ def test_the_executor_warm_up_loads_the_solvers_kernels_in_workers_that_later_ta
     assert {r.pid for r in later} <= set(warmed.column("pid").to_pylist())
     assert all(r.loaded for r in later)
     assert jit_warmup.warm_executors(spark, ModelConfig()) is None
-
-
-def test_the_write_warm_up_commits_an_empty_factor_table_and_leaves_nothing(spark, tmp_path,
-                                                                                           monkeypatch):
-    """warm_writes (run beside the fit off a local master) creates an empty factor table (FACTOR_ROWS) in a scratch
-    folder of the artifact store with a metadata-only commit (no data file, no write task), then deletes the
-    folder."""
-    from gramian import storage
-    from gramian.config import load_config
-    from gramian.train import job
-
-    cfg = load_config("conf/synthetic.yaml", [f"storage.root={tmp_path / 'wh'}"])
-    seen = []
-    real = storage.Store.delete
-
-    def delete(self, *parts):
-        if "warm-writes-" in self.uri and not parts:
-            seen.append(sorted(self.listdir()))
-            seen.append(self.read_bytes("_delta_log", f"{0:020d}.json").decode())
-        return real(self, *parts)
-
-    monkeypatch.setattr(storage.Store, "delete", delete)
-    job.warm_writes(spark, cfg)
-    names, log = seen
-    assert names == ["_delta_log"]  # a commit, no data file
-    import json
-
-    meta = next(json.loads(line)["metaData"] for line in log.splitlines() if "metaData" in line)
-    fields = json.loads(meta["schemaString"])["fields"]
-    assert [f["name"] for f in fields] == ["run_id", "idx", "id", "factors"]
-    assert fields[3]["type"] == {"type": "array", "elementType": "float", "containsNull": True}
-    assert storage.artifact_store(cfg.storage, spark).listdir("tmp") == []

@@ -9,7 +9,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -61,7 +60,7 @@ def run(spark: Any, cfg: Config, run_id: str, resume: bool = False) -> dict[str,
     """Train the configured model on `train` and publish its factors under `run_id`."""
     check_run_id(run_id)
     phases = Phases(f"train {run_id}")
-    warming = jit_warmup.warm_executors(spark, cfg.model, functools.partial(warm_writes, spark, cfg))
+    warming = jit_warmup.warm_executors(spark, cfg.model)  # beside the driver's reads below
     inputs, users, items, n_users, n_items, (train, counts, pairs) = read_inputs(spark, cfg)
     train_df, user_rows, counts, pairs = train_positions(train, n_users, counts, pairs)
     n_trained = n_users if user_rows is None else len(user_rows)
@@ -295,22 +294,6 @@ def factor_writes(spark: Any, cfg: Config, run_id: str, model: IALSModel, users:
 
 
 FACTOR_ROWS = "run_id string, idx int, id string, factors array<float>"  # a factor table's row
-
-
-def warm_writes(spark: Any, cfg: Config) -> None:
-    """An empty factor table created in a scratch folder of the artifact store (a metadata-only Delta commit: no
-    data file, no write task taking an executor slot from the fit) and deleted: the driver loads and compiles its
-    Delta commit path and opens the store's Hadoop filesystem while the fit runs, not when the factor tables are
-    written (a cold factor write phase on the S3 cluster: 16.8 s against MLlib's 7.1 s)."""
-    from delta.tables import DeltaTable
-    from pyspark.sql.types import _parse_datatype_string
-
-    scratch = storage.artifact_store(cfg.storage, spark).child("tmp", f"warm-writes-{uuid.uuid4().hex[:12]}")
-    try:
-        DeltaTable.createIfNotExists(spark).location(scratch.uri).addColumns(
-            _parse_datatype_string(FACTOR_ROWS)).execute()
-    finally:
-        scratch.delete()
 
 
 def with_ids(run_id: str, factors: np.ndarray, rows: np.ndarray | None, ids: Any) -> Any:
