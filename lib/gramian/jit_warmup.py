@@ -167,7 +167,8 @@ def executor_slots(spark: Any) -> int:
 
 def warm_job(spark: Any, model: ModelConfig) -> Any:
     """A DataFrame whose action runs one task per executor slot, each starting its Python worker (kept for later
-    tasks: spark.python.worker.reuse) and loading `model`'s kernels in it (warm_model); rows (pid, seconds)."""
+    tasks: spark.python.worker.reuse) and loading `model`'s kernels in it (warm_model); rows (pid, seconds, the
+    row kernels loaded in that worker)."""
     slots = executor_slots(spark)
 
     def task(batches: Any) -> Any:
@@ -175,10 +176,14 @@ def warm_job(spark: Any, model: ModelConfig) -> Any:
         for _ in batches:
             pass
         warm_model(model)
-        yield pa.RecordBatch.from_pydict({"pid": pa.array([os.getpid()], pa.int64()),
-                                          "seconds": pa.array([time.perf_counter() - t0], pa.float64())})
+        from gramian.kernels import _rows
 
-    return spark.range(0, slots, 1, slots).mapInArrow(task, "pid long, seconds double")
+        loaded = sorted(name for name, fn in vars(_rows).items() if getattr(fn, "signatures", None))
+        yield pa.RecordBatch.from_pydict({"pid": pa.array([os.getpid()], pa.int64()),
+                                          "seconds": pa.array([time.perf_counter() - t0], pa.float64()),
+                                          "kernels": pa.array([",".join(loaded)], pa.string())})
+
+    return spark.range(0, slots, 1, slots).mapInArrow(task, "pid long, seconds double, kernels string")
 
 
 def warm_executors(spark: Any, model: ModelConfig) -> threading.Thread | None:
