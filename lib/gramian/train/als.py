@@ -37,11 +37,9 @@ from gramian.train import routed
 from gramian.train.blocks import (
     Block,
     SideLayout,
-    blocks_from_pairs,
     build_side_blocks,
-    store_block,
+    store_reader,
     write_local_blocks_from_pairs,
-    write_store_block,
     write_store_blocks_from_pairs,
 )
 from gramian.train.exchange import FactorExchange, FactorSpec, RoutedRows, choose
@@ -362,7 +360,7 @@ class BlockTrainer:
                 written = write_store_blocks_from_pairs(rows, cols, pairs[2], self.layouts[side], self.handoff.store,
                                                         side, model.alpha0, model.confidence)
                 self.nonempty[side] = frozenset(written)
-                sizes = list(written.values())
+                sizes = [len(ind) for ind in written.values()]
             elif self.handoff.store is not None:  # the CSR goes to the store; tasks keep what they read
                 built = build_side_blocks(train_df, self.layouts[side], row_col, other_col, model.alpha0,
                                           model.confidence, self.handoff.store, side).select("block", "nnz").collect()
@@ -395,10 +393,9 @@ class BlockTrainer:
             layout, into = self.layouts[side], steps.store.child("routes", side)
             if pairs is not None:
                 rows, cols = (pairs[0], pairs[1]) if side == "user" else (pairs[1], pairs[0])
-                sizes, indices = {}, {}
-                for block, arrays in blocks_from_pairs(rows, cols, pairs[2], layout, model.alpha0, model.confidence):
-                    write_store_block(csr, side, block, arrays)
-                    sizes[block], indices[block] = len(arrays["indices"]), arrays["indices"]
+                indices = write_store_blocks_from_pairs(rows, cols, pairs[2], layout, csr, side, model.alpha0,
+                                                        model.confidence)
+                sizes = {block: len(ind) for block, ind in indices.items()}
                 self.nonempty[side] = frozenset(sizes)
                 self.routes[side], per_block = routed.write_routes_from(indices, self.layouts[other], into)
             else:
@@ -407,8 +404,7 @@ class BlockTrainer:
                 sizes = {r["block"]: r["nnz"] for r in built}
                 self.nonempty[side] = nonempty = frozenset(sizes)
                 self.routes[side], per_block = routed.write_routes(
-                    self.spark, lambda b: store_block(csr, side, layout, b, nonempty), layout, self.layouts[other],
-                    into)
+                    self.spark, store_reader(csr, side, layout, nonempty), layout, self.layouts[other], into)
             log.info("%s side: %d blocks, interactions per block min %d max %d; %d rows routed per half-step, at "
                      "most %d to one block", side, layout.num_blocks, min(sizes.values(), default=0),
                      max(sizes.values(), default=0), sum(per_block.values()), max(per_block.values(), default=0))

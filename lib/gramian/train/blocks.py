@@ -219,6 +219,11 @@ def write_store_block(store: Store, side: str, block: int, arrays: dict[str, np.
         np.savez(out, **arrays)
 
 
+def store_reader(store: Store, side: str, layout: SideLayout, nonempty: frozenset[int]) -> Any:
+    """block -> Block of `side` read with store_block (what a task calls; picklable closure)."""
+    return lambda block: store_block(store, side, layout, block, nonempty)
+
+
 def store_block(store: Store, side: str, layout: SideLayout, block: int, nonempty: frozenset[int]) -> Block:
     """A block `build_side_blocks` wrote to `store`, read once per Python worker (an empty block when the
     block has no interactions, i.e. is not in `nonempty`)."""
@@ -278,14 +283,15 @@ def write_local_blocks_from_pairs(rows: np.ndarray, cols: np.ndarray, weight: np
 
 def write_store_blocks_from_pairs(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray, layout: SideLayout,
                                   store: Store, side: str, alpha0: float,
-                                  confidence: ConfidenceConfig) -> dict[int, int]:
+                                  confidence: ConfidenceConfig) -> dict[int, np.ndarray]:
     """Every block's CSR written to `store` from the driver (blocks_from_pairs), as build_side_blocks' tasks write
-    it (`store_block` reads either); {block: interactions} of the blocks written (the others have none)."""
-    sizes = {}
+    it (`store_block` reads either); {block: its column indices} of the blocks written (the others have no
+    interactions): their sizes, and what routes are cut from."""
+    written = {}
     for block, arrays in blocks_from_pairs(rows, cols, weight, layout, alpha0, confidence):
         write_store_block(store, side, block, arrays)
-        sizes[block] = len(arrays["indices"])
-    return sizes
+        written[block] = arrays["indices"]
+    return written
 
 
 def read_local_block(folder: str, side: str, layout: SideLayout, block: int) -> Block:

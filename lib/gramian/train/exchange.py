@@ -42,7 +42,7 @@ from gramian.train.blocks import (
     empty_block,
     read_local_block,
     spark_partition_keys,
-    store_block,
+    store_reader,
 )
 from gramian.train.handoff import FETCH, FileRef, Handoff, resolve, writable
 from gramian.train.init import init_factors
@@ -296,8 +296,7 @@ class StoreFiles(WholeFactors):
         self.handoff, self.store, self.nonempty = handoff, handoff.store, nonempty
 
     def _read(self, side: str) -> Callable[[int], Block]:
-        store, layout, nonempty = self.store, self.layouts[side], self.nonempty.get(side, frozenset())
-        return lambda block: store_block(store, side, layout, block, nonempty)
+        return store_reader(self.store, side, self.layouts[side], self.nonempty.get(side, frozenset()))
 
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
         return self.note_timing(side, _by_id(self.spark, self.layouts[side], self._read(side), fn, schema).toArrow())
@@ -368,8 +367,7 @@ class RoutedRows(FactorExchange):
         self._sources: dict[int, tuple[Any, routed.RowSource]] = {}  # id(frame) -> (frame, where its rows are)
 
     def _read(self, side: str) -> Callable[[int], Block]:
-        store, layout, nonempty = self.csr, self.layouts[side], self.nonempty.get(side, frozenset())
-        return lambda block: store_block(store, side, layout, block, nonempty)
+        return store_reader(self.csr, side, self.layouts[side], self.nonempty.get(side, frozenset()))
 
     def _frame(self, source: routed.RowSource) -> Any:
         """The factor-block DataFrame of `source`, remembered (steps no longer kept are forgotten)."""
