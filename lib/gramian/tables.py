@@ -23,6 +23,13 @@ TABLES = ("interactions", "given_test", "quarantine", "users", "items", "ingest_
 # A data file's target size when a writer sizes its output (`files_for`): large enough that a table is not
 # thousands of small files (each a request and a task on read), small enough to spread over tasks.
 FILE_BYTES = 128 * 2**20
+# Table properties a table is created with (and that an older table gains on its next write). Delta hands a
+# table's properties to the Parquet writer as its settings, so per-column `parquet.*` keys reach every writer of
+# the table, on any engine. A factor table's idx, id and factor values are all distinct: a dictionary never fits
+# them, and Parquet would build one per column chunk and then fall back to plain encoding, about a third of a
+# factor write's CPU (measured in a fresh JVM: 5.3 -> 3.7 s for 41k rows of d=64; 2.3 -> 1.6 s once warm).
+NO_DICTIONARY = {f"parquet.enable.dictionary#{column}": "false" for column in ("idx", "id", "factors.list.element")}
+PROPERTIES: dict[str, dict[str, str]] = {"user_factors": NO_DICTIONARY, "item_factors": NO_DICTIONARY}
 # Delta / Spark error conditions that mean "no table here yet" (anything else is a real failure)
 _ABSENT = ("PATH_NOT_FOUND", "TABLE_OR_VIEW_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_NOT_FOUND",
            "is not a Delta table", "Path does not exist", "doesn't exist")
@@ -321,6 +328,9 @@ def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
     spark = df.sparkSession
     if files is not None:
         df = df.coalesce(files)
+    if name in PROPERTIES:
+        with _opening(storage):
+            ensure_properties(spark, storage, name, df.schema)
     if replace_where is not None and rows_of is not None and not may_hold(spark, storage, name, rows_of):
         mode, replace_where = "append", None  # also creates a table never written
     elif replace_where is not None and not exists(spark, storage, name):
@@ -338,3 +348,56 @@ def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
     else:
         with _opening(storage):
             writer.save(ref)
+
+
+def ensure_properties(spark: Any, storage: StorageConfig, name: str, schema: Any) -> None:
+    """Give table `name` its PROPERTIES: create it with them (and `schema`, a StructType) when it was never
+    written, or set those it lacks (one metadata commit, once in the table's life). A path table's properties
+    are read from its log through the store (no Spark job); where the log alone cannot say (a checkpointed log
+    without a checksum), it is left as it is."""
+    want = PROPERTIES[name]
+    ref = table_ref(storage, name)
+    if storage.catalog:
+        if not spark.catalog.tableExists(ref):
+            return _create(spark, ref, schema, want)
+        have = {r[0]: r[1] for r in spark.sql(f"SHOW TBLPROPERTIES {ref}").collect()}
+    else:
+        names = _log_names(spark, storage, name)
+        newest = _newest(names)
+        if newest is None:
+            return _create(spark, f"delta.`{ref}`", schema, want)
+        have = _configuration(spark, storage, name, newest, names)
+        if have is None:
+            return None
+        ref = f"delta.`{ref}`"
+    missing = {k: v for k, v in want.items() if have.get(k) != v}
+    if missing:
+        spark.sql(f"ALTER TABLE {ref} SET TBLPROPERTIES ({_pairs(missing)})")
+    return None
+
+
+def _create(spark: Any, ref: str, schema: Any, properties: dict[str, str]) -> None:
+    """CREATE TABLE IF NOT EXISTS `ref` with `schema`'s columns and `properties` (a concurrent creator wins)."""
+    columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}"
+                        for f in schema.fields)
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({columns}) USING delta TBLPROPERTIES ({_pairs(properties)})")
+
+
+def _pairs(properties: dict[str, str]) -> str:
+    """SQL's 'key' = 'value' list."""
+    return ", ".join(f"'{k}' = '{v}'" for k, v in properties.items())
+
+
+def _configuration(spark: Any, storage: StorageConfig, name: str, version: int,
+                   names: list[str]) -> dict[str, str] | None:
+    """A path table's properties at `version` from its log: the checksum file's metadata, else the replayed
+    commits (`_snapshot`); None when neither says."""
+    import json
+
+    crc = f"{version:020d}.crc"
+    if crc in names:
+        meta = json.loads(store.open_store(table_ref(storage, name), spark).child("_delta_log").read_text(crc))
+        if meta.get("metadata") is not None:
+            return dict(meta["metadata"].get("configuration") or {})
+    state = _snapshot(spark, storage, name, version, names)
+    return None if state is None else dict(state["metadata"].get("configuration") or {})

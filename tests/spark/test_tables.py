@@ -154,3 +154,32 @@ def test_a_stage_of_the_same_run_is_recorded_beside_the_stages_before_it(spark, 
     record("split", "finished")
     assert rows(tables.read(spark, st, "s")) == [("R", "ingest", "finished"), ("R", "split", "finished")]
     assert history_modes(spark, st, "s") == ["Append", "Append", "Overwrite"]
+
+
+def test_a_factor_table_written_before_its_properties_existed_gains_them_and_keeps_its_rows(spark, tmp_path):
+    """A table made by an older gramian (no PROPERTIES) is given them by its next write, once: its rows stay, the
+    new run's file has no dictionary for idx, and a third write adds no metadata commit."""
+    import pyarrow.parquet as pq
+
+    st = StorageConfig(root=str(tmp_path / "wh"))
+    ref = tables.table_ref(st, "user_factors")
+    schema = "run_id string, idx int, id string, factors array<float>"
+
+    def frame(run_id: str, n: int):
+        return spark.createDataFrame([(run_id, i, f"u{i}", [float(i), 1.0]) for i in range(n)], schema)
+
+    frame("old", 5).coalesce(1).write.format("delta").save(ref)  # as before tables.PROPERTIES
+    for run_id in ("new", "newer"):
+        tables.write(frame(run_id, 5000).coalesce(1), st, "user_factors", replace_where=run_where(run_id),
+                     rows_of={"run_id": run_id})
+    props = {r[0]: r[1] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{ref}`").collect()}
+    assert {k: props.get(k) for k in tables.NO_DICTIONARY} == tables.NO_DICTIONARY
+    ops = [r["operation"] for r in spark.sql(f"DESCRIBE HISTORY delta.`{ref}`").orderBy("version").collect()]
+    assert ops == ["WRITE", "SET TBLPROPERTIES", "WRITE", "WRITE"]
+    got = rows(tables.read(spark, st, "user_factors").groupBy("run_id").count())
+    assert got == [("new", 5000), ("newer", 5000), ("old", 5)]
+    old_files = set(spark.read.format("delta").option("versionAsOf", 0).load(ref).inputFiles())
+    for path in set(tables.read(spark, st, "user_factors").inputFiles()) - old_files:
+        chunk = {c.path_in_schema: c for c in (pq.ParquetFile(path.removeprefix("file:")).metadata.row_group(0)
+                                               .column(k) for k in range(4))}
+        assert not chunk["idx"].has_dictionary_page and chunk["run_id"].has_dictionary_page

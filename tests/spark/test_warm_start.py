@@ -95,7 +95,7 @@ def test_published_with_nothing_published_starts_cold(spark, tmp_path):
 
 def test_a_run_whose_factor_table_write_failed_is_recorded_failed_and_not_warm_started_from(spark, published,
                                                                                            monkeypatch):
-    """The factor tables and the runs row are written at once: a failed factor write leaves a `failed` row."""
+    """The factor tables are written before the runs row: a failed factor write leaves only a `failed` row."""
     root, _ = published
     written = tables.write
 
@@ -110,6 +110,32 @@ def test_a_run_whose_factor_table_write_failed_is_recorded_failed_and_not_warm_s
     monkeypatch.setattr(tables, "write", written)
     cfg = cfg_of(root)
     assert runs_row(spark, cfg, "E")["status"] == "failed"
+    assert tables.read(spark, cfg.storage, "runs").filter(F.col("run_id") == "E").count() == 1
     assert tables.read(spark, cfg.storage, "item_factors").filter(F.col("run_id") == "E").count() == 0
     with pytest.raises(ConfigError, match=r"finished run.*'E'.*status failed"):
         train(spark, cfg_of(root, "train.warm_start=E", "model.epochs=1"), "D")
+
+
+def dictionary_columns(spark, st, name: str, run_id: str) -> set[str]:
+    """The columns of `run_id`'s data files in table `name` that carry a Parquet dictionary page."""
+    import pyarrow.parquet as pq
+
+    found = set()
+    for path in tables.read(spark, st, name).filter(F.col("run_id") == run_id).inputFiles():
+        meta = pq.ParquetFile(path.removeprefix("file:")).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                if meta.row_group(g).column(c).has_dictionary_page:
+                    found.add(meta.row_group(g).column(c).path_in_schema)
+    return found
+
+
+def test_the_train_stage_writes_factor_tables_without_dictionaries_for_their_distinct_columns(spark, published):
+    """idx, id and the factor values are distinct in every row: the factor tables are created with Parquet's
+    dictionary off for them (tables.PROPERTIES), which every later write of the table follows."""
+    cfg = cfg_of(published[0])
+    for name in ("user_factors", "item_factors"):
+        props = {r[0]: r[1] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{tables.table_ref(cfg.storage, name)}`")
+                 .collect()}
+        assert {k: props.get(k) for k in tables.NO_DICTIONARY} == tables.NO_DICTIONARY
+        assert dictionary_columns(spark, cfg.storage, name, "A") == {"run_id"}  # on for the rest, as by default

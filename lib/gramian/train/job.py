@@ -247,14 +247,14 @@ def log_model(tracker: tracking.NullTracker, model: IALSModel, items: IdMap, n_u
 
 def write_outputs(spark: Any, cfg: Config, run_id: str, model: IALSModel, users: IdMap, items: IdMap, user_rows: Any,
                   sizes: tuple[int, int], write_row: Callable[..., None]) -> None:
-    """The factor tables and the `runs` row (`write_row`, write_run with its arguments bound), the three Delta
-    writes at once (run_together: each write's jobs and commit overlap the others'). Should any fail, the runs
-    row is written again with status `failed`, so no row claims a finished run whose factors are missing.
-    `sizes`: the model's (user rows, item rows)."""
-    calls = factor_writes(spark, cfg, run_id, model, users, items, user_rows, sizes)
-    calls["runs"] = write_row
+    """The factor tables, both at once (run_together: each write's task and commit overlap the other's), then the
+    `runs` row (`write_row`, write_run with its arguments bound): no row claims a finished run before its factors
+    are in, and its one-row task runs on an executor the factor writes have warmed, not beside them (a cold
+    executor's first Delta write costs seconds whatever its size). Should any fail, the runs row is written
+    with status `failed`. `sizes`: the model's (user rows, item rows)."""
     try:
-        run_together(spark, calls)
+        run_together(spark, factor_writes(spark, cfg, run_id, model, users, items, user_rows, sizes))
+        write_row()
     except BaseException:
         try:
             write_row(status="failed")
