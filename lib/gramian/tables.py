@@ -330,7 +330,8 @@ def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
         df = df.coalesce(files)
     if name in PROPERTIES:
         with _opening(storage):
-            ensure_properties(spark, storage, name, df.schema)
+            if with_properties(df, storage, name):
+                return  # the table's first write, made with its properties
     if replace_where is not None and rows_of is not None and not may_hold(spark, storage, name, rows_of):
         mode, replace_where = "append", None  # also creates a table never written
     elif replace_where is not None and not exists(spark, storage, name):
@@ -350,37 +351,39 @@ def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
             writer.save(ref)
 
 
-def ensure_properties(spark: Any, storage: StorageConfig, name: str, schema: Any) -> None:
-    """Give table `name` its PROPERTIES: create it with them (and `schema`, a StructType) when it was never
-    written, or set those it lacks (one metadata commit, once in the table's life). A path table's properties
-    are read from its log through the store (no Spark job); where the log alone cannot say (a checkpointed log
-    without a checksum), it is left as it is."""
+def with_properties(df: Any, storage: StorageConfig, name: str) -> bool:
+    """Give table `name` its PROPERTIES. A table never written is created from `df` with them, in one
+    transaction (True: `df` is written); a table that lacks some is given them (one metadata commit, once in its
+    life; False: the caller writes `df`). A path table's properties are read from its log through the store (no
+    Spark job); where the log alone cannot say (a checkpointed log without a checksum) it is left as it is."""
+    spark = df.sparkSession
     want = PROPERTIES[name]
     ref = table_ref(storage, name)
+    sql_ref = ref if storage.catalog else f"delta.`{ref}`"
     if storage.catalog:
-        if not spark.catalog.tableExists(ref):
-            return _create(spark, ref, schema, want)
-        have = {r[0]: r[1] for r in spark.sql(f"SHOW TBLPROPERTIES {ref}").collect()}
+        have = None if not spark.catalog.tableExists(ref) else {
+            r[0]: r[1] for r in spark.sql(f"SHOW TBLPROPERTIES {ref}").collect()}
     else:
         names = _log_names(spark, storage, name)
         newest = _newest(names)
-        if newest is None:
-            return _create(spark, f"delta.`{ref}`", schema, want)
-        have = _configuration(spark, storage, name, newest, names)
-        if have is None:
-            return None
-        ref = f"delta.`{ref}`"
+        have = None if newest is None else _configuration(spark, storage, name, newest, names)
+        if newest is not None and have is None:
+            return False
+    if have is None:
+        try:
+            writer = df.writeTo(sql_ref).using("delta")
+            for key, value in want.items():
+                writer = writer.tableProperty(key, value)
+            writer.create()
+            return True
+        except Exception as e:
+            if "TABLE_OR_VIEW_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e):
+                raise
+            return False  # another writer created it meanwhile (with them): write df as to any existing table
     missing = {k: v for k, v in want.items() if have.get(k) != v}
     if missing:
-        spark.sql(f"ALTER TABLE {ref} SET TBLPROPERTIES ({_pairs(missing)})")
-    return None
-
-
-def _create(spark: Any, ref: str, schema: Any, properties: dict[str, str]) -> None:
-    """CREATE TABLE IF NOT EXISTS `ref` with `schema`'s columns and `properties` (a concurrent creator wins)."""
-    columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}"
-                        for f in schema.fields)
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({columns}) USING delta TBLPROPERTIES ({_pairs(properties)})")
+        spark.sql(f"ALTER TABLE {sql_ref} SET TBLPROPERTIES ({_pairs(missing)})")
+    return False
 
 
 def _pairs(properties: dict[str, str]) -> str:

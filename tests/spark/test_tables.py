@@ -158,7 +158,8 @@ def test_a_stage_of_the_same_run_is_recorded_beside_the_stages_before_it(spark, 
 
 def test_a_factor_table_written_before_its_properties_existed_gains_them_and_keeps_its_rows(spark, tmp_path):
     """A table made by an older gramian (no PROPERTIES) is given them by its next write, once: its rows stay, the
-    new run's file has no dictionary for idx, and a third write adds no metadata commit."""
+    new runs' files have no dictionary for idx, and a third write adds no metadata commit. A table never written
+    is created with them by its first write, one commit."""
     import pyarrow.parquet as pq
 
     st = StorageConfig(root=str(tmp_path / "wh"))
@@ -176,10 +177,19 @@ def test_a_factor_table_written_before_its_properties_existed_gains_them_and_kee
     assert {k: props.get(k) for k in tables.NO_DICTIONARY} == tables.NO_DICTIONARY
     ops = [r["operation"] for r in spark.sql(f"DESCRIBE HISTORY delta.`{ref}`").orderBy("version").collect()]
     assert ops == ["WRITE", "SET TBLPROPERTIES", "WRITE", "WRITE"]
+    fresh = StorageConfig(root=str(tmp_path / "fresh"))  # a table never written: created with them, by its write
+    tables.write(frame("first", 5000), fresh, "user_factors", replace_where=run_where("first"),
+                 rows_of={"run_id": "first"}, files=1)
+    ref = tables.table_ref(fresh, "user_factors")
+    assert [r["operation"] for r in spark.sql(f"DESCRIBE HISTORY delta.`{ref}`").collect()] == [
+        "CREATE TABLE AS SELECT"]
+    assert rows(tables.read(spark, fresh, "user_factors").groupBy("run_id").count()) == [("first", 5000)]
+    new_files = tables.read(spark, fresh, "user_factors").inputFiles()
     got = rows(tables.read(spark, st, "user_factors").groupBy("run_id").count())
     assert got == [("new", 5000), ("newer", 5000), ("old", 5)]
-    old_files = set(spark.read.format("delta").option("versionAsOf", 0).load(ref).inputFiles())
-    for path in set(tables.read(spark, st, "user_factors").inputFiles()) - old_files:
+    old_files = set(spark.read.format("delta").option("versionAsOf", 0).load(tables.table_ref(st, "user_factors"))
+                    .inputFiles())
+    for path in [*(set(tables.read(spark, st, "user_factors").inputFiles()) - old_files), *new_files]:
         chunk = {c.path_in_schema: c for c in (pq.ParquetFile(path.removeprefix("file:")).metadata.row_group(0)
                                                .column(k) for k in range(4))}
         assert not chunk["idx"].has_dictionary_page and chunk["run_id"].has_dictionary_page
