@@ -113,13 +113,35 @@ def mllib_params(dataset: str, dim: int, epochs: int) -> dict[str, Any]:
     return p
 
 
+def machine_cpu() -> tuple[float, float]:
+    """CPU seconds this machine has spent busy at normal priority (user, system, interrupts) and on niced processes
+    (e.g. a background job under `nice`, which yields the cores to the benchmark), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + system + irq + softirq + steal) / tick, nice / tick
+
+
+def process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system, all threads) process `pid` has used; None without one or once it is gone."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Job:
     """One spark-submit on the cluster: output kept line by line with arrival times, RSS of driver and workers."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], log: Path, worker_pids: list[int],
-                 cwd: Path = REPO) -> None:
+                 cwd: Path = REPO, store_pid: int | None = None) -> None:
         self.t0 = time.monotonic()
         self.load_start = os.getloadavg()[0]
+        self.store_pid = store_pid
+        self.cpu_start = machine_cpu(), process_cpu(store_pid)
         self.marks: dict[str, float] = {}
         self.lines: list[str] = []
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
@@ -152,8 +174,12 @@ class Job:
         if self.proc.returncode != 0:
             raise RuntimeError(f"spark-submit failed ({self.proc.returncode}), log {self.log}:\n"
                                + "".join(self.lines[-40:]))
+        (busy, niced), store = machine_cpu(), process_cpu(self.store_pid)
         return {"wall_seconds": wall, "marks": self.marks, "text": "".join(self.lines),
                 "load_1min_start_end": [self.load_start, os.getloadavg()[0]],
+                "cpu_seconds": {"machine_busy": busy - self.cpu_start[0][0],
+                                "machine_niced": niced - self.cpu_start[0][1],
+                                **({"store_server": store - self.cpu_start[1]} if store is not None else {})},
                 "driver_peak_rss_mib": self.driver_rss.peak / 2**20,
                 "worker_peak_rss_mib": [m.peak / 2**20 for m in self.worker_rss],
                 "worker_peak_by_command_mib": [{k: v / 2**20 for k, v in m.peak_by_command.items()}
@@ -288,7 +314,7 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path,
             print(f"[cluster_bench] {method}: submitting", flush=True)
             started = time.monotonic()
             try:
-                res = Job(cmd, env, log, workers, cwd).finish()
+                res = Job(cmd, env, log, workers, cwd, s3.proc.pid if s3 is not None else None).finish()
             except RuntimeError as e:  # recorded (an OOM is a finding), and the next method still runs
                 out[method] = {**failure(str(e), log), "wall_seconds": time.monotonic() - started}
                 print(f"[cluster_bench] {method}: FAILED, {out[method]['failure']}", flush=True)
@@ -445,7 +471,8 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
              f"{tuple(round(x, 2) for x in m['load_before'])}, after {tuple(round(x, 2) for x in doc['load_after'])}",
              f"Standalone master + {doc['cluster']['workers']} workers x {doc['cluster']['cores_per_worker']} core "
              f"on loopback, worker memory {doc['cluster']['worker_memory']}, executor memory "
-             f"{doc['cluster']['executor_memory']}; store {doc['cluster']['store']}", *storage_lines(doc), "",
+             f"{doc['cluster']['executor_memory']}; store {doc['cluster']['store']}", *storage_lines(doc),
+             *cpu_lines(doc), "",
              "| job | spark-submit wall s | fit s | s/epoch | session -> first epoch s | Recall@20 | NDCG@20 "
              "| driver peak MiB | worker (executor) peaks MiB | sum of peaks MiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -522,6 +549,18 @@ def storage_lines(doc: dict[str, Any]) -> list[str]:
             f"moto's peak RSS {doc.get('moto_peak_rss_mib', float('nan')):.0f} MiB. Load (1 min) at each job's "
             "start and end: " + "; ".join(f"{n} {a:.1f} -> {b:.1f}" for n, r in doc["jobs"].items()
                                            for a, b in [r.get("load_1min_start_end", (float("nan"),) * 2)])]
+
+
+def cpu_lines(doc: dict[str, Any]) -> list[str]:
+    """Where the two cores went during each job (runs that recorded it): busy at normal priority, moto's share of
+    that, and niced background work (which yields the cores)."""
+    rows = [(n, r["wall_seconds"], r["cpu_seconds"]) for n, r in doc["jobs"].items() if r.get("cpu_seconds")]
+    if not rows:
+        return []
+    return ["", "CPU seconds during each job (the machine has 2 cores, so 2 x wall is all there is): " + "; ".join(
+        f"{n} busy {c['machine_busy']:.0f} of {2 * w:.0f}"
+        + (f", of which moto {c['store_server']:.0f}" if "store_server" in c else "")
+        + f", niced {c['machine_niced']:.0f}" for n, w, c in rows)]
 
 
 def disk_summary(path: str) -> dict[str, Any]:
