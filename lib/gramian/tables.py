@@ -324,6 +324,8 @@ def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
     `files`: at most this many data files, i.e. write tasks (coalesced, no shuffle). A few rows made on the driver
     pass 1: otherwise each of the session's default partitions is a task and a file, most of them empty, and on a
     cluster those tasks take every executor's slot while other writes wait.
+    A table in PROPERTIES is created with its properties by its first write, and given any it lacks before a
+    later one (`with_properties`).
     """
     spark = df.sparkSession
     if files is not None:
