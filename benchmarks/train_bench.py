@@ -429,10 +429,12 @@ def kept_intervals(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list
 
 
 def comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each tuned gramian run against every tuned peer of its dataset: paired per-user Recall@20 difference."""
+    """Each tuned gramian run (Spark trainer, or the numpy twin at settings other than the defaults, e.g. d=2048)
+    against every tuned peer of its dataset: paired per-user Recall@20 difference."""
     out = []
     for g in records:
-        if g.get("method") != "gramian" or g["label"] == "gramian (defaults)" or "error" in g:
+        if (g.get("method") not in ("gramian", "gramian_np") or "error" in g
+                or g["label"] in ("gramian (defaults)", "gramian numpy 1-proc")):
             continue
         for p in records:
             if p["dataset"] != g["dataset"] or p.get("method") not in PEER_METHODS or "error" in p:
