@@ -134,7 +134,8 @@ def run_dataset(name: str, dim: int, epochs: int) -> dict[str, Any]:
     rank = fit_rankals(split, best["reg"], best["support_power"], dim, epochs)
     ials = fit_ials(split, dim)
     exact = fit_rankals(split, best["reg"], best["support_power"], dim, epochs, item_step_kind="exact")
-    out = {"dataset": name, "split": split.summary(), "trials": trials, "runs": {}, "epochs": epochs,
+    out = {"dataset": name, "split": split.summary(), "validation": val.notes["split"], "trials": trials, "runs": {},
+           "epochs": epochs,
            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "load": [round(x, 1) for x in os.getloadavg()]}
     for label, fit in (("RankALS (val-tuned)", rank), ("gramian iALS (defaults)", ials),
                        ("RankALS, exact item step (same settings)", exact)):
@@ -165,6 +166,7 @@ def write_md(doc: dict[str, Any]) -> None:
     for ds in doc["datasets"]:
         s = ds["split"]
         lines += [f"## {ds['dataset']}", "", f"{s}; run {ds.get('date', '?')}, load {ds.get('load', '?')}", "",
+                  f"Validation (reg and support_power chosen on): {ds.get('validation', 'not recorded')}", "",
                   "| method | Recall@20 | NDCG@20 | s/epoch | user s | item s | loss monotone | settings |",
                   "|---|---|---|---|---|---|---|---|"]
         for label, r in ds["runs"].items():

@@ -259,7 +259,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if split.n_test and finite:
         metrics, per_user = evaluate_by_user(split, r.user_factors, r.item_factors, scorer=r.scorer)
         PER_USER.mkdir(parents=True, exist_ok=True)
-        np.save(per_user_path(spec["dataset"], spec["label"]), per_user["recall@20"])
+        np.save(pending_path(spec["dataset"], spec["label"]), per_user["recall@20"])  # settled by the parent
     if spark is not None:
         spark.stop()
     return {**{k: spec[k] for k in ("dataset", "label", "method", "source")}, "params": r.params,
@@ -286,7 +286,9 @@ def run_isolated(spec: dict[str, Any], timeout: float, logdir: Path) -> dict[str
                                 timeout=timeout).returncode
     except subprocess.TimeoutExpired:
         rc = -1
-    if rc == 0 and out.is_file():
+    ok = rc == 0 and out.is_file()
+    settle_per_user(spec["dataset"], spec["label"], ok)
+    if ok:
         return json.loads(out.read_text())
     tail = logf.read_text()[-3000:] if logf.is_file() else ""
     log.error("%s / %s failed (rc %s after %.0fs):\n%s", spec["dataset"], spec["label"], rc,
@@ -352,6 +354,22 @@ PEER_METHODS = ("mllib", "implicit_als", "implicit_bpr", "ease", "rp3beta")
 
 def per_user_path(dataset: str, label: str) -> Path:
     return PER_USER / f"{dataset}__{label}.npy".replace(" ", "_").replace("/", "_")
+
+
+def pending_path(dataset: str, label: str) -> Path:
+    """Where a fit's worker writes its per-user file; it becomes per_user_path only when the fit completed."""
+    final = per_user_path(dataset, label)
+    return final.with_name(final.stem + ".pending.npy")
+
+
+def settle_per_user(dataset: str, label: str, ok: bool) -> None:
+    """A completed fit's per-user file replaces the earlier run's; a failed fit's is dropped, so the earlier
+    record that `merge` keeps keeps its own file."""
+    pending = pending_path(dataset, label)
+    if ok and pending.is_file():
+        pending.replace(per_user_path(dataset, label))
+    else:
+        pending.unlink(missing_ok=True)
 
 
 def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float] | None:
@@ -429,10 +447,12 @@ def kept_intervals(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list
 
 
 def comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each tuned gramian run against every tuned peer of its dataset: paired per-user Recall@20 difference."""
+    """Each tuned gramian run (Spark trainer, or the numpy twin at settings other than the defaults, e.g. d=2048)
+    against every tuned peer of its dataset: paired per-user Recall@20 difference."""
     out = []
     for g in records:
-        if g.get("method") != "gramian" or g["label"] == "gramian (defaults)" or "error" in g:
+        if (g.get("method") not in ("gramian", "gramian_np") or "error" in g
+                or g["label"] in ("gramian (defaults)", "gramian numpy 1-proc")):
             continue
         for p in records:
             if p["dataset"] != g["dataset"] or p.get("method") not in PEER_METHODS or "error" in p:
@@ -446,12 +466,21 @@ def comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Replace old records of the same (dataset, label), and every old record of a dataset whose split the new
-    records were measured on differs (its rows would not be comparable); keep the rest."""
-    keys = {(r["dataset"], r["label"]) for r in new}
+    records were measured on differs (its rows would not be comparable); keep the rest. A failed re-run does not
+    replace a completed earlier run of the same split: that record stays, with the failure as `rerun_error`."""
     splits = {r["dataset"]: r["split"] for r in new if "split" in r}
     stale = {r["dataset"] for r in old
              if r["dataset"] in splits and "split" in r and r["split"] != splits[r["dataset"]]}
-    return [r for r in old if (r["dataset"], r["label"]) not in keys and r["dataset"] not in stale] + new
+    done = {(r["dataset"], r["label"]): r for r in old if "error" not in r and r["dataset"] not in stale}
+    kept = []
+    for r in new:
+        earlier = done.get((r["dataset"], r["label"]))
+        if "error" in r and earlier is not None:
+            kept.append({**earlier, "rerun_error": {"error": r["error"], "run_date": r.get("run_date")}})
+        else:
+            kept.append(r)
+    keys = {(r["dataset"], r["label"]) for r in new}
+    return [r for r in old if (r["dataset"], r["label"]) not in keys and r["dataset"] not in stale] + kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,8 +538,6 @@ def main(argv: list[str] | None = None) -> int:
                                         "validation (gowalla_d.md)"})
             if args.labels:
                 specs = [sp for sp in specs if sp["label"] in args.labels.split(",")]
-            for spec in specs:  # a failed re-run must not leave the earlier run's per-user file behind
-                per_user_path(ds, spec["label"]).unlink(missing_ok=True)
             for spec in specs:
                 spec = {**spec, "dataset": ds}
                 t0 = time.perf_counter()
@@ -537,7 +564,10 @@ def main(argv: list[str] | None = None) -> int:
                      "building); MLlib and BPR seconds/epoch = fit seconds / iterations",
                      "peak RSS: max over 0.2 s samples of summed VmRSS of the fit's process tree "
                      "(driver + JVM + Python workers), double-counting shared pages",
-                     "synthetic10m: time and memory only, fewer iterations (see params)"]}
+                     "synthetic10m: time and memory only, fewer iterations (see params)"]
+           + [f"{r['dataset']} / {r['label']}: a re-run on {r['rerun_error']['run_date']} failed "
+              f"({r['rerun_error']['error']}); the earlier run's figures and per-user file are kept"
+              for r in runs if "rerun_error" in r]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     TRAIN_JSON.write_text(json.dumps(doc, indent=1, default=float))
     write_train_md(doc)
