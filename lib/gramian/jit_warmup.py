@@ -196,10 +196,17 @@ def warm_executors(spark: Any, model: ModelConfig) -> threading.Thread | None:
 
     if is_local_master(spark):
         return None
+    try:  # planned here, before the caller's reads: only the action waits on the thread
+        job = warm_job(spark, model)
+    except Exception as e:
+        log.warning("executor warm-up not planned (%s: %s); the first half-step starts the Python workers",
+                    type(e).__name__, e)
+        return None
 
     def run() -> None:
         try:
-            t = warm_job(spark, model).toArrow()
+            log.info("executor warm-up job submitted")
+            t = job.toArrow()
             log.info("executors warmed: %d Python workers, %.1f s each at most", t.num_rows,
                      max(t.column("seconds").to_pylist(), default=0.0))
         except Exception as e:  # the fit's own jobs start the workers then, as before

@@ -74,7 +74,7 @@ def record(spark: Any, cfg: Config, run_id: str, stage: str, status: str, starte
            fp: str, summary: dict[str, Any]) -> None:
     """Replace this (run_id, stage)'s row of `stage_runs`."""
     row = (run_id, stage, status, started, datetime.now(UTC), fp, json.dumps(summary, default=str))
-    df = spark.createDataFrame([row], STAGE_RUNS_SCHEMA)
+    df = tables.local_frame(spark, [row], STAGE_RUNS_SCHEMA)
     tables.write(df, cfg.storage, STAGE_RUNS, replace_where=run_where(run_id, stage=stage),
                  rows_of={"run_id": run_id, "stage": stage}, files=1)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -40,6 +42,33 @@ def table_ref(storage: StorageConfig, name: str) -> str:
     if storage.catalog:
         return f"{storage.catalog}.{storage.schema or 'default'}.{name}"
     return store.join(store.spark_path(store.resolve_root(storage.root)), name)
+
+
+def local_frame(spark: Any, rows: list[Any], schema: str) -> Any:
+    """A DataFrame of a few rows made on the driver (dicts by column name, or tuples in `schema`'s order), carried
+    as Arrow. Classic PySpark ships a local list as pickled rows that an executor must start a Python worker to
+    read (about a second of a one-row write on an executor with none for this kind of job); Arrow it reads itself.
+    Spark Connect sends local rows as Arrow anyway."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import StructType
+
+    struct = StructType.fromDDL(schema)
+    arrow = to_arrow_schema(struct, timezone="UTC")
+    names = struct.names
+    tuples = [tuple(_aware(v) for v in (tuple(r[n] for n in names) if isinstance(r, dict) else r)) for r in rows]
+    bad = next((r for r in tuples if len(r) != len(names)), None)
+    if bad is not None:
+        raise ValueError(f"a row of {len(bad)} values for the {len(names)} columns of {schema!r}: {bad!r}")
+    columns = [pa.array([r[k] for r in tuples], type=arrow.field(k).type) for k in range(len(names))]
+    return spark.createDataFrame(pa.Table.from_arrays(columns, schema=arrow), struct)
+
+
+def _aware(value: Any) -> Any:
+    """A naive datetime as this machine's local time (what Spark makes of one), in UTC; anything else as it is."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.astimezone(UTC)
+    return value
 
 
 @contextlib.contextmanager
@@ -151,18 +180,27 @@ def _newest(names: list[str]) -> int | None:
     return max(commits) if commits else None
 
 
+def _checksum(spark: Any, storage: StorageConfig, name: str, version: int, names: list[str]) -> dict[str, Any] | None:
+    """The parsed checksum file of a path table's `version` (None when the log has none for it)."""
+    import json
+
+    crc = f"{version:020d}.crc"
+    if crc not in names:
+        return None
+    return json.loads(store.open_store(table_ref(storage, name), spark).child("_delta_log").read_text(crc))
+
+
 def _snapshot(spark: Any, storage: StorageConfig, name: str, version: int,
-              names: list[str]) -> dict[str, Any] | None:
+              names: list[str], checksum: Any = _READ) -> dict[str, Any] | None:
     """A path table's `version` as its log states it: {"files": the live data files' `add` actions, "metadata",
     "protocol"}, from the version's checksum file when it lists the files (Delta keeps `allFiles` there for small
     tables), else by replaying every commit up to it when no checkpoint was ever written; None when neither holds
-    (the caller asks Delta). `names`: the `_delta_log` listing."""
+    (the caller asks Delta). `names`: the `_delta_log` listing; `checksum`: the version's `_checksum` when read."""
     import json
 
     log = store.open_store(table_ref(storage, name), spark).child("_delta_log")
-    crc = f"{version:020d}.crc"
-    if crc in names:
-        state = json.loads(log.read_text(crc))
+    state = _checksum(spark, storage, name, version, names) if checksum is _READ else checksum
+    if state is not None:
         if state.get("allFiles") is not None and state.get("metadata") and state.get("protocol"):
             return {"files": state["allFiles"], "metadata": state["metadata"], "protocol": state["protocol"]}
     commits = [f"{v:020d}.json" for v in range(version + 1)]
@@ -180,6 +218,26 @@ def _snapshot(spark: Any, storage: StorageConfig, name: str, version: int,
             elif "metaData" in action or "protocol" in action:
                 state["metadata" if "metaData" in action else "protocol"] = next(iter(action.values()))
     return {"files": list(live.values()), **state} if len(state) == 2 else None
+
+
+@dataclass(frozen=True)
+class LogState:
+    """A path table's newest version as its log states it, read once for a write's several questions (its
+    properties, whether it may hold a run's rows): one listing and one checksum read."""
+
+    version: int | None  # None: never written
+    checksum: dict[str, Any] | None
+    state: dict[str, Any] | None  # `_snapshot`: None where the log alone does not describe the version
+
+
+def current_log(spark: Any, storage: StorageConfig, name: str) -> LogState:
+    """The newest version of path table `name` from its log (`LogState`)."""
+    names = _log_names(spark, storage, name)
+    newest = _newest(names)
+    if newest is None:
+        return LogState(None, None, None)
+    checksum = _checksum(spark, storage, name, newest, names)
+    return LogState(newest, checksum, _snapshot(spark, storage, name, newest, names, checksum))
 
 
 def log_rows(spark: Any, storage: StorageConfig, name: str, version: int, state: Any = _READ) -> int | None:
@@ -270,7 +328,8 @@ def _plain(state: dict[str, Any]) -> bool:
             and not any(add.get("deletionVector") for add in state["files"]))
 
 
-def may_hold(spark: Any, storage: StorageConfig, name: str, values: dict[str, str]) -> bool:
+def may_hold(spark: Any, storage: StorageConfig, name: str, values: dict[str, str],
+             log: LogState | None = None) -> bool:
     """Whether the table's current version may hold a row whose string columns equal `values` (False: it certainly
     holds none), from the per-file min/max statistics its log records (read through the store, no Spark job). True
     whenever the log cannot say so plainly: a catalog table, a version only a checkpoint describes, a file without
@@ -278,14 +337,14 @@ def may_hold(spark: Any, storage: StorageConfig, name: str, values: dict[str, st
 
     Delta cuts long strings' statistics to a prefix (32 characters by default): a cut minimum is still at most the
     true one, and a cut maximum (its prefix and a tie-breaking character) is compared on its prefix alone.
+    `log`: the table's `current_log` when the caller already read it.
     """
     if storage.catalog or not all(v.isascii() for v in values.values()):  # Delta orders strings by UTF-8 bytes:
         return True                                                         # ASCII agrees with str order
-    names = _log_names(spark, storage, name)
-    newest = _newest(names)
-    if newest is None:
+    log = current_log(spark, storage, name) if log is None else log
+    if log.version is None:
         return False
-    state = _snapshot(spark, storage, name, newest, names)
+    state = log.state
     return state is None or any(all(_file_may_hold(add, c, v) for c, v in values.items()) for add in state["files"])
 
 
@@ -330,11 +389,15 @@ def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
     spark = df.sparkSession
     if files is not None:
         df = df.coalesce(files)
+    log = None
+    if not storage.catalog and (name in PROPERTIES or (replace_where is not None and rows_of is not None)):
+        with _opening(storage):
+            log = current_log(spark, storage, name)  # one read of the log serves both questions below
     if name in PROPERTIES:
         with _opening(storage):
-            if with_properties(df, storage, name):
+            if with_properties(df, storage, name, log):
                 return  # the table's first write, made with its properties
-    if replace_where is not None and rows_of is not None and not may_hold(spark, storage, name, rows_of):
+    if replace_where is not None and rows_of is not None and not may_hold(spark, storage, name, rows_of, log):
         mode, replace_where = "append", None  # also creates a table never written
     elif replace_where is not None and not exists(spark, storage, name):
         replace_where = None  # first write of the table: nothing to replace
@@ -353,11 +416,12 @@ def write(df: Any, storage: StorageConfig, name: str, mode: str = "overwrite",
             writer.save(ref)
 
 
-def with_properties(df: Any, storage: StorageConfig, name: str) -> bool:
+def with_properties(df: Any, storage: StorageConfig, name: str, log: LogState | None = None) -> bool:
     """Give table `name` its PROPERTIES. A table never written is created from `df` with them, in one
     transaction (True: `df` is written); a table that lacks some is given them (one metadata commit, once in its
     life; False: the caller writes `df`). A path table's properties are read from its log through the store (no
-    Spark job); where the log alone cannot say (a checkpointed log without a checksum) it is left as it is."""
+    Spark job); where the log alone cannot say (a checkpointed log without a checksum) it is left as it is.
+    `log`: the table's `current_log` when the caller already read it."""
     spark = df.sparkSession
     want = PROPERTIES[name]
     ref = table_ref(storage, name)
@@ -366,10 +430,9 @@ def with_properties(df: Any, storage: StorageConfig, name: str) -> bool:
         have = None if not spark.catalog.tableExists(ref) else {
             r[0]: r[1] for r in spark.sql(f"SHOW TBLPROPERTIES {ref}").collect()}
     else:
-        names = _log_names(spark, storage, name)
-        newest = _newest(names)
-        have = None if newest is None else _configuration(spark, storage, name, newest, names)
-        if newest is not None and have is None:
+        log = current_log(spark, storage, name) if log is None else log
+        have = None if log.version is None else _configuration(log)
+        if log.version is not None and have is None:
             return False
     if have is None:
         try:
@@ -393,16 +456,10 @@ def _pairs(properties: dict[str, str]) -> str:
     return ", ".join(f"'{k}' = '{v}'" for k, v in properties.items())
 
 
-def _configuration(spark: Any, storage: StorageConfig, name: str, version: int,
-                   names: list[str]) -> dict[str, str] | None:
-    """A path table's properties at `version` from its log: the checksum file's metadata, else the replayed
-    commits (`_snapshot`); None when neither says."""
-    import json
-
-    crc = f"{version:020d}.crc"
-    if crc in names:
-        meta = json.loads(store.open_store(table_ref(storage, name), spark).child("_delta_log").read_text(crc))
-        if meta.get("metadata") is not None:
-            return dict(meta["metadata"].get("configuration") or {})
-    state = _snapshot(spark, storage, name, version, names)
-    return None if state is None else dict(state["metadata"].get("configuration") or {})
+def _configuration(log: LogState) -> dict[str, str] | None:
+    """A path table's properties from its log: the checksum file's metadata, else the replayed commits'
+    (`_snapshot`); None when neither says."""
+    for source in (log.checksum, log.state):
+        if source is not None and source.get("metadata") is not None:
+            return dict(source["metadata"].get("configuration") or {})
+    return None

@@ -193,3 +193,30 @@ def test_a_factor_table_written_before_its_properties_existed_gains_them_and_kee
         chunk = {c.path_in_schema: c for c in (pq.ParquetFile(path.removeprefix("file:")).metadata.row_group(0)
                                                .column(k) for k in range(4))}
         assert not chunk["idx"].has_dictionary_page and chunk["run_id"].has_dictionary_page
+
+
+def test_a_few_driver_rows_reach_spark_as_arrow_with_the_rows_and_types_a_local_list_gives(spark):
+    """tables.local_frame (the runs, stage_runs, tuning and publications rows) equals createDataFrame of the same
+    list, naive and aware timestamps and nulls included, and its plan reads Arrow in the JVM: no PythonRDD for an
+    executor to start a Python worker for, where the pickled list has one (checked on classic Spark)."""
+    from datetime import UTC, datetime
+
+    from gramian.spark import is_connect
+
+    schema = "run_id string, n int, users long, seconds double, current boolean, started timestamp, note string"
+    rows_in = [{"run_id": "a", "n": 3, "users": 10**12, "seconds": 1.5, "current": True,
+                "started": datetime(2026, 12, 6, 18, 0, 1, 5, tzinfo=UTC), "note": None},
+               ("b", None, None, None, None, datetime(2026, 12, 6, 18, 0, 2), "x")]
+    as_list = spark.createDataFrame([tuple(r.values()) if isinstance(r, dict) else r for r in rows_in], schema)
+    got = tables.local_frame(spark, rows_in, schema)
+    assert got.schema == as_list.schema
+    assert rows(got) == rows(as_list)
+    assert tables.local_frame(spark, [], schema).count() == 0
+    with pytest.raises(ValueError, match="a row of 1 values for the 7 columns"):
+        tables.local_frame(spark, [("a",)], schema)
+    if not is_connect(spark):
+        def lineage(df) -> str:
+            return df._jdf.queryExecution().toRdd().toDebugString()
+
+        assert "PythonRDD" in lineage(as_list)
+        assert "PythonRDD" not in lineage(got)

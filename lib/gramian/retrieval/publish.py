@@ -221,7 +221,7 @@ def _mark_current(spark: Any, cfg: Config, row: dict[str, Any]) -> None:
     names = [part.split()[0] for part in PUBLICATIONS_SCHEMA.split(", ")]
     rows = [*({**r, "current": False} for r in old), {**row, "current": True}]
     # rows of an older table lack the later columns: they read null
-    frame = spark.createDataFrame([tuple(r.get(k) for k in names) for r in rows], PUBLICATIONS_SCHEMA)
+    frame = tables.local_frame(spark, [tuple(r.get(k) for k in names) for r in rows], PUBLICATIONS_SCHEMA)
     tables.write(frame, st, PUBLICATIONS, mode="overwrite")
 
 

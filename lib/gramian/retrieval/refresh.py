@@ -169,7 +169,7 @@ def plan(spark: Any, cfg: Config, run_id: str, users: Any, blocked_ids: np.ndarr
                            f"Publish with publish.users=all.") from e
     keep = users.select("idx", "id").join(prev.select(F.col("user_id").alias("id")).distinct(), "id", "left_semi")
     if len(blocked_ids):
-        bad = spark.createDataFrame([(str(i),) for i in blocked_ids], "item_id string")
+        bad = tables.local_frame(spark, [(str(i),) for i in blocked_ids], "item_id string")
         dirty = prev.join(F.broadcast(bad), "item_id", "left_semi").select(F.col("user_id").alias("id"))
         keep = keep.join(dirty, "id", "left_anti")
     if mode == "changed":

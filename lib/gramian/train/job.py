@@ -327,5 +327,5 @@ def write_run(spark: Any, cfg: Config, run_id: str, model: IALSModel, started: d
     schema = ("run_id string, model string, config string, started timestamp, finished timestamp, "
               "status string, fit_seconds double, epochs string, inputs string, warm_start string")
     # merge_schema: `inputs`, `warm_start` joined later: older runs tables gain them, their rows read null
-    tables.write(spark.createDataFrame([row], schema), cfg.storage, "runs", replace_where=run_where(run_id),
+    tables.write(tables.local_frame(spark, [row], schema), cfg.storage, "runs", replace_where=run_where(run_id),
                  merge_schema=True, rows_of={"run_id": run_id}, files=1)

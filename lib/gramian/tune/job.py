@@ -225,7 +225,7 @@ def write_row(spark: Any, cfg: Config, run_id: str, number: int, params: dict[st
            "value": out.metrics.get(key), "metrics": json.dumps(out.metrics, sort_keys=True),
            "state": out.state, "epochs": int(out.epochs), "seconds": round(out.seconds, 3), "started": started,
            "note": out.note}
-    tables.write(spark.createDataFrame([row], TUNING_SCHEMA), cfg.storage, TUNING_TABLE,
+    tables.write(tables.local_frame(spark, [row], TUNING_SCHEMA), cfg.storage, TUNING_TABLE,
                  replace_where=f"{run_where(run_id)} AND trial = {int(number)}", files=1)
 
 
