@@ -175,45 +175,6 @@ def test_factors_through_the_store_equal_the_closure_path_with_empty_blocks_solv
     assert stored.history[0].user_fetch_seconds > 0  # epoch 1 reads every block's CSR and the items from the store
 
 
-def test_small_factors_beside_csr_in_an_object_store_ride_in_the_closure_with_the_store_paths_factors(
-        spark, pairs, tmp_path, monkeypatch):
-    """exchange auto with an object store (here a local folder the store takes for one) sends factors under
-    INLINE_MAX_BYTES in the task closure, CSR still from the store: no factor file is written, and the factors and
-    loss are the store path's (exchange store) exactly; over the limit they go through the store again."""
-    from gramian.storage import Store, open_store
-    from gramian.train import exchange as ex
-    from gramian.train.handoff import Handoff
-
-    monkeypatch.setattr(Store, "is_local", property(lambda self: False))
-    packed: list[int] = []
-    pack = Handoff._pack_store
-
-    def counting(self, array):
-        packed.append(array.nbytes)
-        return pack(self, array)
-
-    monkeypatch.setattr(Handoff, "_pack_store", counting)
-    df = spark.createDataFrame(pairs)
-
-    def fit(exchange: str):
-        del packed[:]
-        store = open_store(str(tmp_path / exchange))
-        est = IALS(dim=8, epochs=2, train=TrainConfig(num_user_blocks=3, num_item_blocks=2,
-                                                      local_file_handoff=False, exchange=exchange))
-        model = est.fit(df, N_USERS, N_ITEMS, exchange=store)
-        return model, len(packed)
-
-    inline, inline_packed = fit("auto")
-    stored, stored_packed = fit("store")
-    assert inline_packed == 0 and stored_packed > 0
-    np.testing.assert_array_equal(inline.user_array, stored.user_array)
-    np.testing.assert_array_equal(inline.item_array, stored.item_array)
-    assert [h.loss for h in inline.history] == [h.loss for h in stored.history]
-    monkeypatch.setattr(ex, "INLINE_MAX_BYTES", 8 * (N_USERS + N_ITEMS) * 4 - 1)  # one byte short
-    _, over_packed = fit("auto")
-    assert over_packed == stored_packed
-
-
 def test_store_exchange_without_a_store_names_the_key(train_df):
     with pytest.raises(ConfigError, match=r"train.exchange: store needs an artifact store"):
         IALS(dim=4, epochs=1, train=TrainConfig(local_file_handoff=False, exchange="store")).fit(

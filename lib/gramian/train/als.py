@@ -42,7 +42,7 @@ from gramian.train.blocks import (
     write_local_blocks_from_pairs,
     write_store_blocks_from_pairs,
 )
-from gramian.train.exchange import FactorExchange, FactorSpec, RoutedRows, StoreFiles, choose
+from gramian.train.exchange import FactorExchange, FactorSpec, RoutedRows, choose
 from gramian.train.handoff import Handoff, is_local_master
 from gramian.train.init import init_factors  # noqa: F401  (re-exported: tests and benchmarks import it here)
 
@@ -242,9 +242,7 @@ def exchange_store(train: TrainConfig, store: Store | None, local: bool, routed:
     """The store whole factors and CSR go through (train.exchange), or None for the closure/local files/routes.
 
     `auto` takes the store off a local master whenever the caller gave one (the train stage gives the
-    artifact store), for CSR always and for the factors unless the store is an object store and they are small
-    (exchange.INLINE_MAX_BYTES: then they ride in the closure); `store` insists on it for both; `closure` never
-    uses it.
+    artifact store); `store` insists on it; `closure` never uses it.
     """
     if train.exchange == "store" and store is None:
         raise ConfigError("train.exchange: store needs an artifact store, got none (fitting outside the train "
@@ -313,6 +311,8 @@ class BlockTrainer:
         store = exchange_store(train, exchange, local, self.routed)
         self.steps = routed_steps(spark, exchange, self.routed)
         self.handoff = Handoff(spark, enabled=train.local_file_handoff and not self.routed, store=store)
+        if self.handoff.store is not None:
+            log.info("factors and block CSR go through the store %s, read once per Python worker", store)
         try:  # scratch files, cached blocks and routes must not outlive a failed setup
             self._build_blocks(train_df, pairs)
         except BaseException:
@@ -321,12 +321,7 @@ class BlockTrainer:
             raise
         self.exchange: FactorExchange = choose(  # the one way factors reach this trainer's tasks
             spark, self.routed, self.handoff, self.layouts, FactorSpec(model.dim, model.init_scale, model.seed),
-            self.blocks, self.nonempty, self.routes, self.steps, inline=train.exchange == "auto")
-        if isinstance(self.exchange, StoreFiles):
-            inline = factor_mb * 2**20 <= self.exchange.inline_bytes
-            log.info("block CSR goes through the store %s, read once per Python worker; factors %s", store,
-                     "ride in the task closure (Spark broadcasts it to each executor)" if inline
-                     else "too, written once per half-step")
+            self.blocks, self.nonempty, self.routes, self.steps)
 
     def _layouts(self, user_counts: np.ndarray, item_counts: np.ndarray) -> dict[str, SideLayout]:
         """Both sides' block layouts: train.num_*_blocks, else enough blocks for the cores and ~4M interactions

@@ -47,11 +47,6 @@ from gramian.train.blocks import (
 from gramian.train.handoff import FETCH, FileRef, Handoff, resolve, writable
 from gramian.train.init import init_factors
 
-# Whole factors of at most this many bytes per half-step (fixed side and current rows) beside CSR in an object
-# store go in the task closure, broadcast by Spark (measured on the loopback S3 cluster, Gowalla d=64, 17 MiB:
-# see README "Factor exchange"); larger ones go through the store, whose reads scale with the executors and whose
-# files are gone when the fit ends, where broadcast blocks stay until the driver's garbage collector frees them.
-INLINE_MAX_BYTES = 64 * 2**20
 TIMING_SCHEMA = ", fetch_seconds double, kernel_seconds double"  # appended by every block task (see timed)
 TIMING_COLUMNS = ["fetch_seconds", "kernel_seconds"]
 SIDE_IDS = {"user": 0, "item": 1}  # the init stream of each side (init_factors)
@@ -292,19 +287,13 @@ class LocalFiles(WholeFactors):
 
 class StoreFiles(WholeFactors):
     """Off a local master with an artifact store: the fixed side and current rows written to the store once per
-    half-step and read once per Python worker; block CSR read from the store (and kept by the worker).
-
-    `inline_bytes`: a half-step whose fixed side and current rows together take at most this many bytes sends them
-    in the task closure instead, which Spark broadcasts to each executor once (a closure over
-    spark.broadcast.UDFCompressionThreshold, 1 MiB); the train stage sets it when the store is an object store,
-    where a PUT and a GET per executor per half-step cost more than Spark's own transfer (INLINE_MAX_BYTES)."""
+    half-step and read once per Python worker; block CSR read from the store (and kept by the worker)."""
 
     def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, handoff: Handoff,
-                 nonempty: dict[str, frozenset[int]], inline_bytes: int = 0) -> None:
+                 nonempty: dict[str, frozenset[int]]) -> None:
         super().__init__(spark, layouts, spec)
         assert handoff.store is not None, "StoreFiles needs the handoff's store folder"
         self.handoff, self.store, self.nonempty = handoff, handoff.store, nonempty
-        self.inline_bytes = inline_bytes
 
     def _read(self, side: str) -> Callable[[int], Block]:
         return store_reader(self.store, side, self.layouts[side], self.nonempty.get(side, frozenset()))
@@ -314,8 +303,7 @@ class StoreFiles(WholeFactors):
 
     def _run(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
              shared: Mapping[str, np.ndarray], schema: str, new_rows: bool) -> tuple[pa.Table, np.ndarray | None]:
-        inline = other.nbytes + current.nbytes <= self.inline_bytes
-        refs = (other, current) if inline else (self.handoff.pack(other), self.handoff.pack(current))
+        refs = self.handoff.pack(other), self.handoff.pack(current)
         arrays = dict(shared)
 
         def solve(b: Block) -> pa.RecordBatch:
@@ -475,16 +463,13 @@ class RoutedRows(FactorExchange):
 
 def choose(spark: Any, routed_rows: bool, handoff: Handoff, layouts: dict[str, SideLayout], spec: FactorSpec,
            blocks: dict[str, Any], nonempty: dict[str, frozenset[int]], routes: dict[str, routed.RouteFiles],
-           steps: routed.StepStore | None, inline: bool = False) -> FactorExchange:
-    """The one exchange a trainer uses, from where its setup put the CSR blocks (local files, store, cache); with
-    `inline` (train.exchange auto), whole factors of at most INLINE_MAX_BYTES beside CSR in an object store ride in
-    the closure (StoreFiles)."""
+           steps: routed.StepStore | None) -> FactorExchange:
+    """The one exchange a trainer uses, from where its setup put the CSR blocks (local files, store, cache)."""
     if routed_rows:
         assert steps is not None, "routed rows need the trainer's step store"
         return RoutedRows(spark, layouts, spec, steps.store.child(routed.CSR_FOLDER), nonempty, routes, steps)
     if handoff.folder is not None:
         return LocalFiles(spark, layouts, spec, handoff)
     if handoff.store is not None:
-        return StoreFiles(spark, layouts, spec, handoff, nonempty,
-                          0 if handoff.store.is_local or not inline else INLINE_MAX_BYTES)
+        return StoreFiles(spark, layouts, spec, handoff, nonempty)
     return Closure(spark, layouts, spec, blocks)
