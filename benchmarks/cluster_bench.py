@@ -306,11 +306,16 @@ def run_jobs(args: argparse.Namespace, conf: Path, root: str, work: Path,
                                              **store_kw)
             else:
                 params = mllib_params(args.dataset, args.dim, args.epochs)
+                mllib_kw = store_kw
+                if args.mllib_java_options:  # e.g. gramian's executor JIT setting, to see what it does to MLlib
+                    given = store_kw["conf"].get("spark.executor.extraJavaOptions", "")
+                    mllib_kw = {**store_kw, "conf": {**store_kw["conf"], "spark.executor.extraJavaOptions":
+                                                     f"{given} {args.mllib_java_options}".strip()}}
                 cmd = cluster.submit_command("benchmarks/cluster_mllib.py",
                                              ["--root", root, "--params", json.dumps(params),
                                               "--out", f"{root}/_bench/mllib"],
                                              py_files=zip_path, executor_memory=args.executor_memory,
-                                             driver_memory=args.driver_memory, **store_kw)
+                                             driver_memory=args.driver_memory, **mllib_kw)
             print(f"[cluster_bench] {method}: submitting", flush=True)
             started = time.monotonic()
             try:
@@ -458,7 +463,8 @@ def summarise(args: argparse.Namespace, root: str, jobs: dict[str, dict[str, Any
                                                "worker_memory": args.worker_memory,
                                                "executor_memory": args.executor_memory,
                                                "driver_memory": args.driver_memory, "store": root,
-                                               "storage": args.storage},
+                                               "storage": args.storage,
+                                               "mllib_java_options": args.mllib_java_options},
             "jobs": jobs, "ratios": ratios, "split": split.summary(),
             **({"prepare_seconds": args.prepare_seconds} if getattr(args, "prepare_seconds", None) else {})}
 
@@ -471,7 +477,9 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
              f"{tuple(round(x, 2) for x in m['load_before'])}, after {tuple(round(x, 2) for x in doc['load_after'])}",
              f"Standalone master + {doc['cluster']['workers']} workers x {doc['cluster']['cores_per_worker']} core "
              f"on loopback, worker memory {doc['cluster']['worker_memory']}, executor memory "
-             f"{doc['cluster']['executor_memory']}; store {doc['cluster']['store']}", *storage_lines(doc),
+             f"{doc['cluster']['executor_memory']}; store {doc['cluster']['store']}"
+             + (f"; MLlib's executors with {doc['cluster']['mllib_java_options']}"
+                if doc["cluster"].get("mllib_java_options") else ""), *storage_lines(doc),
              *cpu_lines(doc), "",
              "| job | spark-submit wall s | fit s | s/epoch | session -> first epoch s | Recall@20 | NDCG@20 "
              "| driver peak MiB | worker (executor) peaks MiB | sum of peaks MiB |",
@@ -654,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
                         "Spark event log here (profiling: python -m benchmarks.spark_events <log-dir>/events/<file>)")
     parser.add_argument("--before", default=None, help="an earlier run's phases (JSON: commit, load, jobs) to show "
                         "beside this run's in the phase table")
+    parser.add_argument("--mllib-java-options", default="", help="extra Java options for MLlib's executors (e.g. "
+                        "-XX:TieredStopAtLevel=1, the JIT setting gramian's executors get by default)")
     parser.add_argument("--storage", choices=("disk", "s3"), default="disk", help="disk: workers share this host's "
                         "disk, tables in a local folder; s3: no shared disk, store on moto's S3 on 127.0.0.1")
     parser.add_argument("--disk", default=None, help="with --storage s3: a shared-disk run's JSON (e.g. "

@@ -90,6 +90,11 @@ class SparkConfig:
     ivy_dir: str | None = None  # None: $GRAMIAN_IVY_DIR, else ~/.cache/gramian/ivy (see ivy_folder)
     log_level: str = "WARN"
     conf: dict[str, str] = field(default_factory=dict)
+    # The executors' JIT compilers: "c1" adds -XX:TieredStopAtLevel=1 to spark.executor.extraJavaOptions (unless
+    # they already choose a JIT level). gramian's kernels run in the executors' Python workers; their JVMs move
+    # bytes and write tables, and C2's compiler threads cost more CPU than its code wins back in a job's life
+    # (README "JVM settings"). "default": the JVM's own tiers. No effect on a local master (no executor JVMs).
+    executor_jit: Literal["c1", "default"] = "c1"
 
     @property
     def ivy_folder(self) -> str:

@@ -102,6 +102,8 @@ def _submitted_session(cfg: SparkConfig, extra_conf: dict[str, str] | None) -> A
     for key, value in wanted.items():
         if not given.contains(key):
             builder = builder.config(key, value)
+    options = given.get(EXECUTOR_OPTIONS) if given.contains(EXECUTOR_OPTIONS) else wanted.get(EXECUTOR_OPTIONS, "")
+    builder = builder.config(EXECUTOR_OPTIONS, executor_java_options(options, cfg.executor_jit))
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(cfg.log_level)
     if given.contains("spark.jars.packages") and given.contains("spark.jars.ivy"):  # --packages resolved them:
@@ -148,6 +150,7 @@ def get_session(cfg: SparkConfig | None = None, extra_conf: dict[str, str] | Non
         jars = jar_settings(ivy, packages, conf.get("spark.jars", ""))
     conf.update(jars)
     conf["spark.driver.extraJavaOptions"] = quiet_java_options(conf.get("spark.driver.extraJavaOptions", ""))
+    conf[EXECUTOR_OPTIONS] = executor_java_options(conf.get(EXECUTOR_OPTIONS, ""), cfg.executor_jit)
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
@@ -254,6 +257,18 @@ def _resolve_child(ivy: str, packages: str, settings: str) -> None:
 
 
 LOG4J = Path(__file__).with_name("log4j2.properties")
+
+
+EXECUTOR_OPTIONS = "spark.executor.extraJavaOptions"
+C1_ONLY = "-XX:TieredStopAtLevel=1"
+
+
+def executor_java_options(given: str, jit: str) -> str:
+    """The executors' Java options with C1-only JIT (SparkConfig.executor_jit "c1") unless they already choose a
+    JIT level (TieredStopAtLevel, TieredCompilation): the user's options are kept as given."""
+    if jit != "c1" or "TieredStopAtLevel" in given or "TieredCompilation" in given:
+        return given
+    return f"{given} {C1_ONLY}".strip()
 
 
 def quiet_java_options(given: str) -> str:

@@ -266,7 +266,9 @@ def test_the_pipeline_runs_on_s3_through_spark_submit_with_the_local_runs_metric
         assert f"\n  {stage} " in baseline  # gramian run's one line per stage
     assert "== gate" in baseline and re.search(r"passed: True", baseline), baseline[-3000:]
     for i in range(2):
-        assert "Asked to launch executor" in cluster.logs[f"worker{i}"].read_text()
+        launched = cluster.logs[f"worker{i}"].read_text()
+        assert "Asked to launch executor" in launched
+        assert "-XX:TieredStopAtLevel=1" in launched  # spark.executor_jit c1: gramian's executors run without C2
     st = storage(cluster)
     stages = {r["stage"]: r["status"] for r in read(spark, st, "stage_runs").filter("run_id = 'base'").collect()}
     assert stages == {**{s: "finished" for s in PIPELINE}, "gate": "finished"}

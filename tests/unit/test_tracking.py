@@ -170,3 +170,16 @@ def test_quiet_java_options_add_gramians_log4j_file_unless_one_is_given():
     opts = gspark.quiet_java_options("-Xss4m")
     assert opts.startswith("-Xss4m -Dlog4j.configurationFile=file:") and Path(gspark.LOG4J).is_file()
     assert gspark.quiet_java_options("-Dlog4j.configurationFile=mine.xml") == "-Dlog4j.configurationFile=mine.xml"
+
+
+def test_executor_java_options_add_c1_only_jit_unless_the_options_or_the_config_choose_one():
+    assert gspark.executor_java_options("", "c1") == "-XX:TieredStopAtLevel=1"
+    assert gspark.executor_java_options("-Xss4m", "c1") == "-Xss4m -XX:TieredStopAtLevel=1"
+    for given in ("-XX:TieredStopAtLevel=4", "-XX:-TieredCompilation -Xss4m"):
+        assert gspark.executor_java_options(given, "c1") == given  # the user's JIT choice stands
+    assert gspark.executor_java_options("-Xss4m", "default") == "-Xss4m"
+    from gramian.config import load_config
+
+    assert load_config(None, []).spark.executor_jit == "c1"
+    with pytest.raises(Exception, match="executor_jit"):
+        load_config(None, ["spark.executor_jit=c2"])
