@@ -28,10 +28,10 @@ def main() -> None:
 
     from benchmarks.peers import mllib_blas
     from gramian import tables
-    from gramian.config import StorageConfig
+    from gramian.config import SparkConfig, StorageConfig
     from gramian.spark import get_session
 
-    spark = get_session()
+    spark = get_session(SparkConfig(executor_jit="default"))  # MLlib computes in its JVMs: their own JIT tiers
     t_session = time.perf_counter()
     params = json.loads(args.params)
     how = params.pop("weights", "raw")

@@ -261,14 +261,18 @@ LOG4J = Path(__file__).with_name("log4j2.properties")
 
 EXECUTOR_OPTIONS = "spark.executor.extraJavaOptions"
 C1_ONLY = "-XX:TieredStopAtLevel=1"
+# C1's frames are larger than C2's: a deep recursion that fits a task thread's default 1 MiB stack under C2 can
+# overflow under C1 (MLlib ALS's 15-iteration lineage did, on this cluster), so C1 comes with 4 MiB stacks
+C1_STACK = "-Xss4m"
 
 
 def executor_java_options(given: str, jit: str) -> str:
-    """The executors' Java options with C1-only JIT (SparkConfig.executor_jit "c1") unless they already choose a
-    JIT level (TieredStopAtLevel, TieredCompilation): the user's options are kept as given."""
+    """The executors' Java options with C1-only JIT and 4 MiB thread stacks (SparkConfig.executor_jit "c1"), unless
+    they already choose a JIT level (TieredStopAtLevel, TieredCompilation): the user's options are kept as given,
+    and a stack size they give (-Xss) stands."""
     if jit != "c1" or "TieredStopAtLevel" in given or "TieredCompilation" in given:
         return given
-    return f"{given} {C1_ONLY}".strip()
+    return " ".join([given, C1_ONLY, *([] if "-Xss" in given else [C1_STACK])]).strip()
 
 
 def quiet_java_options(given: str) -> str:

@@ -172,9 +172,10 @@ def test_quiet_java_options_add_gramians_log4j_file_unless_one_is_given():
     assert gspark.quiet_java_options("-Dlog4j.configurationFile=mine.xml") == "-Dlog4j.configurationFile=mine.xml"
 
 
-def test_executor_java_options_add_c1_only_jit_unless_the_options_or_the_config_choose_one():
-    assert gspark.executor_java_options("", "c1") == "-XX:TieredStopAtLevel=1"
-    assert gspark.executor_java_options("-Xss4m", "c1") == "-Xss4m -XX:TieredStopAtLevel=1"
+def test_executor_java_options_add_c1_only_jit_and_larger_stacks_unless_the_options_or_the_config_choose():
+    assert gspark.executor_java_options("", "c1") == "-XX:TieredStopAtLevel=1 -Xss4m"
+    assert gspark.executor_java_options("-Xmn1g", "c1") == "-Xmn1g -XX:TieredStopAtLevel=1 -Xss4m"
+    assert gspark.executor_java_options("-Xss8m", "c1") == "-Xss8m -XX:TieredStopAtLevel=1"  # theirs stands
     for given in ("-XX:TieredStopAtLevel=4", "-XX:-TieredCompilation -Xss4m"):
         assert gspark.executor_java_options(given, "c1") == given  # the user's JIT choice stands
     assert gspark.executor_java_options("-Xss4m", "default") == "-Xss4m"
