@@ -162,6 +162,10 @@ def test_factors_through_the_store_equal_the_closure_path_with_empty_blocks_solv
     assert trainer.handoff.store is not None and not trainer.blocks  # nothing cached in Spark
     assert len(trainer.nonempty["user"]) < trainer.layouts["user"].num_blocks  # some blocks have no interactions
     assert not store.exists(trainer.handoff.store.uri.rsplit("/", 1)[-1])  # its scratch is gone after the fit
+    if estimator == "ials":  # the driver wrote only the initial draws: every later side came as the tasks' files
+        assert trainer.handoff._count == 2, trainer.handoff._count
+    else:  # RankALS moves the items on the driver: epoch 1's moved items, read by epoch 2, are written by it
+        assert trainer.handoff._count == 2 + 1, trainer.handoff._count
     np.testing.assert_allclose(stored.user_array, closure.user_array, atol=1e-6)
     np.testing.assert_allclose(stored.item_array, closure.item_array, atol=1e-6)
     np.testing.assert_allclose([h.loss for h in stored.history], [h.loss for h in closure.history], rtol=1e-9)

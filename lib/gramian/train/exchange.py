@@ -5,8 +5,9 @@ One interface, `FactorExchange`, chosen once per trainer (`choose`) from train.r
   LocalFiles   local master: the fixed side, the current rows and small shared arrays are memory-mapped files in
                /dev/shm and tasks write their new rows into one shared output file; a job is planned once per
                side and task and re-run
-  StoreFiles   off a local master with an artifact store: each half-step writes the fixed side and the current
-               rows to the store once, every Python worker reads them once; block CSR comes from the store
+  StoreFiles   off a local master with an artifact store: each half-step's tasks write their new rows to the
+               store, a file per block, and keep them; the next half-steps' Python workers read the blocks others
+               made, once each; block CSR comes from the store
   Closure      anywhere else: the factors ride in the task closure over cached CSR block DataFrames
   RoutedRows   factors too big for one executor: block files in the store, each block task receiving only the rows
                its CSR references (gramian.train.routed), blocks sized so a task's rows fit its share of executor
@@ -44,7 +45,7 @@ from gramian.train.blocks import (
     spark_partition_keys,
     store_reader,
 )
-from gramian.train.handoff import FETCH, FileRef, Handoff, resolve, writable
+from gramian.train.handoff import FACTORS, FETCH, OWN_BLOCKS, FileRef, Handoff, resolve, writable
 from gramian.train.init import init_factors
 
 TIMING_SCHEMA = ", fetch_seconds double, kernel_seconds double"  # appended by every block task (see timed)
@@ -285,30 +286,94 @@ class LocalFiles(WholeFactors):
         self._jobs.clear()
 
 
+@dataclass(frozen=True)
+class BlockRows:
+    """A half-step's new side as the block files its tasks wrote (routed.StepFiles), read whole by the next
+    half-steps' Python workers: each takes the blocks it made itself from memory (OWN_BLOCKS) and reads only the
+    others from the store."""
+
+    files: routed.StepFiles
+
+    def whole(self) -> np.ndarray:
+        """Every block's rows in one array (kept by the worker, as a packed matrix is)."""
+        f = self.files
+
+        def load() -> np.ndarray:
+            x = np.empty((f.bounds[-1], f.dim), np.float32)
+            for b in range(len(f.bounds) - 1):
+                own = OWN_BLOCKS.peek((f.store.uri, b))
+                x[f.bounds[b]:f.bounds[b + 1]] = own if own is not None else f.rows(b)
+            return x
+
+        return FACTORS.get(("blocks", f.store.uri), load)
+
+    def publish(self, block: int, rec: pa.RecordBatch) -> None:
+        """Write the rows a task made for `block` (its record's `factors`) and keep them in this worker."""
+        t0 = time.perf_counter()
+        buf = rec.column("factors")[0].as_buffer()
+        self.files.write(block, buf)
+        n = self.files.bounds[block + 1] - self.files.bounds[block]
+        OWN_BLOCKS.put((self.files.store.uri, block), np.frombuffer(buf, np.float32).reshape(n, self.files.dim))
+        FETCH.add(time.perf_counter() - t0)
+
+
 class StoreFiles(WholeFactors):
-    """Off a local master with an artifact store: the fixed side and current rows written to the store once per
-    half-step and read once per Python worker; block CSR read from the store (and kept by the worker)."""
+    """Off a local master with an artifact store: block CSR read from the store (and kept by the worker); factors
+    reach the tasks through the store, each version read once per Python worker.
+
+    A half-step's tasks write their new rows to the store themselves, a file per block (BlockRows), and keep them:
+    the next half-steps' workers read only the blocks other workers made. The driver still assembles the rows
+    from the tasks' records (for the loss, checkpoints and the model) but writes nothing on the way between
+    half-steps: per half-step the store moves the side once in and once out, not once in and once per worker
+    out, and no driver write sits between two jobs. Arrays made elsewhere (the initial draw, a checkpoint,
+    RankALS's moved rows) are written once by the driver (Handoff.pack).
+    """
 
     def __init__(self, spark: Any, layouts: dict[str, SideLayout], spec: FactorSpec, handoff: Handoff,
                  nonempty: dict[str, frozenset[int]]) -> None:
         super().__init__(spark, layouts, spec)
         assert handoff.store is not None, "StoreFiles needs the handoff's store folder"
         self.handoff, self.store, self.nonempty = handoff, handoff.store, nonempty
+        # both sides' current rows, the step being made and one spare; inside the handoff's folder (closed with it)
+        self.steps = routed.StepStore(self.store, keep=4, prefix="steps")
+        self._made: OrderedDict[int, tuple[np.ndarray, BlockRows]] = OrderedDict()  # id(rows) -> their files
+        self._out: BlockRows | None = None
 
     def _read(self, side: str) -> Callable[[int], Block]:
         return store_reader(self.store, side, self.layouts[side], self.nonempty.get(side, frozenset()))
 
+    def _ref(self, array: np.ndarray) -> Any:
+        """Where the tasks find `array`: the block files of the step that made it while they are kept, else one
+        file the driver writes (Handoff.pack)."""
+        hit = self._made.get(id(array))
+        if hit is not None and hit[0] is array and self.steps.live(hit[1].files):
+            return hit[1]
+        return self.handoff.pack(array)
+
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
         return self.note_timing(side, _by_id(self.spark, self.layouts[side], self._read(side), fn, schema).toArrow())
 
+    def step(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
+             shared: Mapping[str, np.ndarray], schema: str, new_rows: bool = True) -> StepResult:
+        result = super().step(side, task, current, other, shared, schema, new_rows)
+        if self._out is not None and result.factors is not None:  # the rows are the files the tasks wrote
+            self._made[id(result.factors)] = (result.factors, self._out)
+            while len(self._made) > 3:
+                self._made.popitem(last=False)
+        return result
+
     def _run(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
              shared: Mapping[str, np.ndarray], schema: str, new_rows: bool) -> tuple[pa.Table, np.ndarray | None]:
-        refs = self.handoff.pack(other), self.handoff.pack(current)
+        refs = self._ref(other), self._ref(current)
+        out = self._out = BlockRows(self.steps.new(self.layouts[side], self.spec.dim)) if new_rows else None
         arrays = dict(shared)
 
         def solve(b: Block) -> pa.RecordBatch:
-            x0 = np.array(resolve(refs[1])[b.row_start:b.row_start + b.n_rows])
-            return task(b, resolve(refs[0]), x0, arrays)
+            whole = [r.whole() if isinstance(r, BlockRows) else resolve(r) for r in refs]
+            rec = task(b, whole[0], np.array(whole[1][b.row_start:b.row_start + b.n_rows]), arrays)
+            if out is not None:
+                out.publish(b.block, rec)
+            return rec
 
         return self.map_blocks(side, solve, schema), None
 

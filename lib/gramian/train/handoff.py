@@ -77,6 +77,24 @@ class WorkerCache:
                 self._bytes.pop(old, None)
         return value
 
+    def peek(self, key: Any) -> Any:
+        """The cached value of `key`, else None (nothing loaded)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: Any, value: Any) -> None:
+        """Keep `value` under `key` (the least recently used go past the size)."""
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            self._bytes[key] = self.weigh(value) if self.weigh is not None else 0.0
+            while len(self._items) > self.size:
+                old, _ = self._items.popitem(last=False)
+                self._bytes.pop(old, None)
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -97,6 +115,7 @@ class FetchClock:
 
 FETCH = FetchClock()
 FACTORS = WorkerCache(4)  # the fixed side and the current rows of a half-step, plus the previous pair
+OWN_BLOCKS = WorkerCache(16)  # store exchange: factor blocks this Python worker made in its last half-steps
 # CSR blocks, both sides: at most 64 blocks and 1 GiB per Python worker by default
 BLOCKS = WorkerCache(int(os.environ.get("GRAMIAN_BLOCK_CACHE_SIZE", "64")),
                      float(os.environ.get("GRAMIAN_BLOCK_CACHE_MB", "1024")) * 2**20,

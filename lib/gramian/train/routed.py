@@ -509,11 +509,11 @@ class StepStore:
     folder goes at interpreter exit, since a fitted model reads its final factor blocks from it lazily.
     """
 
-    def __init__(self, store: Store | None, keep: int = 6) -> None:
+    def __init__(self, store: Store | None, keep: int = 6, prefix: str = "routed") -> None:
         if store is None:  # local master only (the trainer checks): executors share this machine's disk
-            self.store = Store(tempfile.mkdtemp(prefix="gramian-routed-", dir=scratch_root()))
+            self.store = Store(tempfile.mkdtemp(prefix=f"gramian-{prefix}-", dir=scratch_root()))
         else:
-            self.store = store.child(f"routed-{uuid.uuid4().hex[:12]}")
+            self.store = store.child(f"{prefix}-{uuid.uuid4().hex[:12]}")
         self.keep = keep
         self._count = 0
         self._written: list[str] = []
