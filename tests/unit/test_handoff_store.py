@@ -75,3 +75,30 @@ def test_the_csr_block_cache_is_bounded_by_bytes_too(tmp_path, monkeypatch):
     got = [store_block(store, "user", layout, b, frozenset(range(3))) for b in range(3)]
     assert handoff.BLOCKS.weigh(got[0]) == weight
     assert len(cache) == 2 and store_block(store, "user", layout, 2, frozenset(range(3))) is got[2]
+
+
+def test_a_worker_reads_back_only_the_factor_blocks_other_workers_made(tmp_path, monkeypatch):
+    """Store exchange: a block task publishes its new rows as the step's block file and keeps them; the next
+    half-step's whole side in that worker reads only the other blocks from the store, and the kept block is
+    dropped once it is in the whole (which the worker keeps)."""
+    import pyarrow as pa
+
+    from gramian.train import exchange, routed
+
+    monkeypatch.setattr(exchange, "FACTORS", WorkerCache(4))
+    monkeypatch.setattr(exchange, "OWN_BLOCKS", WorkerCache(64, 2**20, lambda x: x.nbytes))
+    store = open_store(str(tmp_path / "steps"))
+    files = routed.StepFiles(store, (0, 3, 5, 9), 2)
+    x = np.arange(18, dtype=np.float32).reshape(9, 2)
+    rows = exchange.BlockRows(files)
+    rows.publish(0, pa.RecordBatch.from_pydict({"factors": pa.array([x[:3].tobytes()], pa.binary())}))
+    for block, (a, b) in ((1, (3, 5)), (2, (5, 9))):  # made by other workers
+        files.write(block, x[a:b])
+    assert sorted(store.listdir()) == [f"block-{b:05d}.f32" for b in range(3)]
+    read = []
+    real = routed.StepFiles.rows
+    monkeypatch.setattr(routed.StepFiles, "rows", lambda self, b: read.append(b) or real(self, b))
+    whole = rows.whole()
+    np.testing.assert_array_equal(whole, x)
+    assert read == [1, 2] and len(exchange.OWN_BLOCKS) == 0
+    assert rows.whole() is whole and read == [1, 2]  # kept: the next use reads nothing

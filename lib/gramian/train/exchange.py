@@ -289,8 +289,8 @@ class LocalFiles(WholeFactors):
 @dataclass(frozen=True)
 class BlockRows:
     """A half-step's new side as the block files its tasks wrote (routed.StepFiles), read whole by the next
-    half-steps' Python workers: each takes the blocks it made itself from memory (OWN_BLOCKS) and reads only the
-    others from the store."""
+    half-steps' Python workers: each takes the blocks it made itself from memory (OWN_BLOCKS, until the whole is
+    made) and reads only the others from the store."""
 
     files: routed.StepFiles
 
@@ -301,7 +301,7 @@ class BlockRows:
         def load() -> np.ndarray:
             x = np.empty((f.bounds[-1], f.dim), np.float32)
             for b in range(len(f.bounds) - 1):
-                own = OWN_BLOCKS.peek((f.store.uri, b))
+                own = OWN_BLOCKS.pop((f.store.uri, b))  # in the whole from now on
                 x[f.bounds[b]:f.bounds[b + 1]] = own if own is not None else f.rows(b)
             return x
 

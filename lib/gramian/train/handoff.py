@@ -67,33 +67,26 @@ class WorkerCache:
         t0 = time.perf_counter()
         value = load()
         FETCH.add(time.perf_counter() - t0)
+        self.put(key, value)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        """Keep `value` under `key` (the least recently used go past the size or the bytes)."""
         with self._lock:
             self._items[key] = value
+            self._items.move_to_end(key)
             self._bytes[key] = self.weigh(value) if self.weigh is not None else 0.0
             while len(self._items) > self.size or (
                     self.max_bytes is not None and len(self._items) > 1
                     and sum(self._bytes.values()) > self.max_bytes):
                 old, _ = self._items.popitem(last=False)
                 self._bytes.pop(old, None)
-        return value
 
-    def peek(self, key: Any) -> Any:
-        """The cached value of `key`, else None (nothing loaded)."""
+    def pop(self, key: Any) -> Any:
+        """Forget `key`; its value, else None."""
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        return None
-
-    def put(self, key: Any, value: Any) -> None:
-        """Keep `value` under `key` (the least recently used go past the size)."""
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            self._bytes[key] = self.weigh(value) if self.weigh is not None else 0.0
-            while len(self._items) > self.size:
-                old, _ = self._items.popitem(last=False)
-                self._bytes.pop(old, None)
+            self._bytes.pop(key, None)
+            return self._items.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -115,7 +108,8 @@ class FetchClock:
 
 FETCH = FetchClock()
 FACTORS = WorkerCache(4)  # the fixed side and the current rows of a half-step, plus the previous pair
-OWN_BLOCKS = WorkerCache(16)  # store exchange: factor blocks this Python worker made in its last half-steps
+# store exchange: factor blocks this Python worker made, kept until a later half-step reads their side whole
+OWN_BLOCKS = WorkerCache(64, float(os.environ.get("GRAMIAN_OWN_BLOCKS_MB", "512")) * 2**20, lambda x: x.nbytes)
 # CSR blocks, both sides: at most 64 blocks and 1 GiB per Python worker by default
 BLOCKS = WorkerCache(int(os.environ.get("GRAMIAN_BLOCK_CACHE_SIZE", "64")),
                      float(os.environ.get("GRAMIAN_BLOCK_CACHE_MB", "1024")) * 2**20,
