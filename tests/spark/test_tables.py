@@ -220,3 +220,28 @@ def test_a_few_driver_rows_reach_spark_as_arrow_with_the_rows_and_types_a_local_
 
         assert "PythonRDD" in lineage(as_list)
         assert "PythonRDD" not in lineage(got)
+
+
+def test_factor_rows_made_on_the_driver_are_decoded_where_they_are_written(spark):
+    """tables.arrow_frame (the factor tables' rows when the factors are whole on the driver) gives the rows
+    createDataFrame does, and on classic Spark its plan scans the Arrow batches as an RDD, not a LocalRelation the
+    driver converted row by row; the session's threshold is left as it was."""
+    import numpy as np
+    import pyarrow as pa
+
+    from gramian.spark import is_connect
+    from gramian.train.job import FACTOR_ROWS, with_ids
+
+    ids = pa.table({"idx": pa.array([0, 1, 2], pa.int32()), "id": pa.array(["a", "b", "c"])})
+    table = with_ids("r", np.arange(8, dtype=np.float32).reshape(4, 2), None, ids)  # idx 3: no id (null)
+    got, plain = tables.arrow_frame(spark, table, FACTOR_ROWS), spark.createDataFrame(table, FACTOR_ROWS)
+    assert got.schema == plain.schema
+    assert rows(got) == rows(plain) and len(rows(got)) == 4
+    if not is_connect(spark):
+        before = spark.conf.get(tables.ARROW_LOCAL_RELATION)
+
+        def plan(df) -> str:
+            return df._jdf.queryExecution().optimizedPlan().toString()
+
+        assert "LocalRelation" in plan(plain) and "LocalRelation" not in plan(got)
+        assert spark.conf.get(tables.ARROW_LOCAL_RELATION) == before

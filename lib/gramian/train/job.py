@@ -281,7 +281,7 @@ def factor_writes(spark: Any, cfg: Config, run_id: str, model: IALSModel, users:
     for k, (side, ids, rows) in enumerate((("user", users, user_rows), ("item", items, None))):
         whole = model.whole(side)
         if whole is not None and ids.rows is not None:
-            out = spark.createDataFrame(with_ids(run_id, whole, rows, ids.rows), FACTOR_ROWS)
+            out = tables.arrow_frame(spark, with_ids(run_id, whole, rows, ids.rows), FACTOR_ROWS)
         else:
             frame = getattr(model, f"{side}_factors")
             frame = frame if rows is None else to_indices(frame, rows)
