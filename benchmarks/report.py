@@ -397,6 +397,11 @@ def stage_section(trials: list[dict[str, Any]]) -> list[str]:
         for key in (k for k in stage if k.startswith(f"{ds}#")):  # later candidate runs (tune_stage --tag)
             lines += [f"Candidate run `{key.split('#', 1)[1]}` (a later study of the same validation, beside the "
                       f"run above):", ""] + stage_lines(stage[key])
+        if not any(t["dataset"] == ds and t["method"] in STAGE_PEERS for t in trials):
+            lines += ["No peer was tuned on this validation: the peers' settings come from the benchmark's 10% "
+                      "holdout (the earlier grids below), a different carve of the same train; all are compared "
+                      "on the same test split in train.md.", ""]
+            continue
         lines += ["Peers on the same validation (grid; best setting):", "",
                   "| method | Recall@20 | settings | settings tried |", "|---|---|---|---|"]
         for m in STAGE_PEERS:

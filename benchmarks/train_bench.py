@@ -464,6 +464,20 @@ def comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def kept_comparisons(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Comparisons whose paired interval could not be recomputed (a per-user file of an earlier run, not committed,
+    is gone) keep the earlier interval when both runs measure the same Recall@20 as then (the same two runs)."""
+    was = {(c["dataset"], c["gramian"], c["peer"]): c for c in old}
+    out = []
+    for c in new:
+        o = was.get((c["dataset"], c["gramian"], c["peer"]))
+        if (c["paired"] is None and o is not None and o.get("paired") is not None
+                and o["gramian_recall"] == c["gramian_recall"] and o["peer_recall"] == c["peer_recall"]):
+            c = {**c, "paired": o["paired"]}
+        out.append(c)
+    return out
+
+
 def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Replace old records of the same (dataset, label), and every old record of a dataset whose split the new
     records were measured on differs (its rows would not be comparable); keep the rest. A failed re-run does not
@@ -558,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = check(runs)
     doc = {"machine": {**env_before, "load_after": os.getloadavg()}, "runs": runs, "checks": checks,
            "ratios": ratios(runs), "targets": kept_intervals(targets(runs), before.get("targets", [])),
-           "comparisons": comparisons(runs),
+           "comparisons": kept_comparisons(comparisons(runs), before.get("comparisons", [])),
            "bench_seconds": time.perf_counter() - t_all,
            "notes": ["fit seconds: wall time around .fit in a fresh process (gramian: includes block "
                      "building); MLlib and BPR seconds/epoch = fit seconds / iterations",

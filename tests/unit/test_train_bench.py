@@ -77,3 +77,15 @@ def test_a_failed_run_on_another_split_does_not_keep_the_stale_record():
     other_split = {**_run("RP3beta", "rp3beta", np.ones(5)), "split": {"users": 5}}
     failed = {"dataset": "d", "label": "EASE", "method": "ease", "error": "rc=1"}
     assert TB.merge([old], [other_split, failed]) == [other_split, failed]
+
+
+def test_a_comparison_whose_per_user_file_is_gone_keeps_the_earlier_interval_of_the_same_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(TB, "PER_USER", tmp_path)
+    recall = np.linspace(0, 1, 10)
+    runs = [_run("gramian (conf)", "gramian", recall), _run("RP3beta", "rp3beta", recall)]
+    interval = {"mean": 0.01, "low": 0.0, "high": 0.02, "users": 10}
+    earlier = [{**c, "paired": interval} for c in TB.comparisons(runs)]  # no files: paired None, then an interval
+    other = [{**c, "peer_recall": 0.9, "paired": interval} for c in TB.comparisons(runs)]
+
+    assert TB.kept_comparisons(TB.comparisons(runs), earlier)[0]["paired"] == interval
+    assert TB.kept_comparisons(TB.comparisons(runs), other)[0]["paired"] is None  # another peer run: not kept
