@@ -72,9 +72,10 @@ _ARROW_CONF = threading.Lock()  # the threshold is session-wide: one arrow_frame
 def arrow_frame(spark: Any, table: Any, schema: str) -> Any:
     """A DataFrame of an Arrow table made on the driver that executors write (factor rows: tens of MiB), its batches
     decoded where it is written. Classic PySpark makes an Arrow table under ARROW_LOCAL_RELATION (64 MiB) a
-    LocalRelation: the driver converts every row, plans the write over them and Java-serializes them into the task
-    (41k rows of 64 floats: 0.9 s of conversion, then 2.1 s of planning before a cluster's write tasks started).
-    With the threshold at 0 the batches go as they are, as an RDD of Arrow batches. Spark Connect sends Arrow."""
+    LocalRelation: the driver converts every row, plans the write over them and Java-serializes them into the task.
+    With the threshold at 0 the batches go as they are, as an RDD of Arrow batches (Gowalla's two factor tables on
+    the S3 cluster: the driver's time from the fit's end to the write tasks 3.1 -> 1.9 s, 2026-12-06).
+    Spark Connect sends Arrow."""
     if is_connect(spark):
         return spark.createDataFrame(table, schema)
     with _ARROW_CONF:

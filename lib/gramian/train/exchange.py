@@ -362,6 +362,11 @@ class StoreFiles(WholeFactors):
                 self._made.popitem(last=False)
         return result
 
+    def release(self) -> None:
+        """Delete the step files (the model holds its factors as arrays)."""
+        self._made.clear()
+        self.steps.close()
+
     def _run(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
              shared: Mapping[str, np.ndarray], schema: str, new_rows: bool) -> tuple[pa.Table, np.ndarray | None]:
         refs = self._ref(other), self._ref(current)

@@ -93,8 +93,9 @@ class WorkerCache:
 
 
 class FetchClock:
-    """Seconds this Python worker has spent reading arrays from the store (or decoding shipped rows): the
-    task wrappers report each block's share, so a half-step splits into fetch, kernel and the rest."""
+    """Seconds this Python worker has spent reading arrays from the store, writing its new rows there (or
+    decoding shipped rows): the task wrappers report each block's share, so a half-step splits into fetch (the
+    exchange), kernel and the rest."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
