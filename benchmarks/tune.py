@@ -3,9 +3,10 @@
     python -m benchmarks.tune --datasets gowalla,ml-100k,lastfm-2k --methods gramian,implicit_als,mllib
 
 Validation: `datasets.validation_split` -- on ml-100k and lastfm-2k the pairs `gramian tune` carves from the
-split stage's train (benchmarks/pipeline_split.py), so peers are tuned on the stage's validation; elsewhere
-10% of each user's train pairs (seed 0). Every entry records its validation, and only entries of a dataset's
-current validation count as its optimum. gramian runs single-process here (`fit_gramian_numpy`, the Spark
+split stage's train (benchmarks/pipeline_split.py), so peers are tuned on the stage's validation; on Gowalla
+(given split, datasets.CARVED) the same carve of its train; elsewhere 10% of each user's train pairs
+(seed 0). Every entry records its validation, and only entries of a dataset's current validation count as
+its optimum. gramian runs single-process here (`fit_gramian_numpy`, the Spark
 trainer's math without Spark); on the pipeline datasets gramian is tuned by the product (`gramian tune`)
 instead. Peers run as in the benchmark. Results merge into benchmarks/results/tuning.json (one entry per
 dataset/validation/method/setting), the best setting per dataset/method is what `train_bench` uses, and
@@ -147,7 +148,7 @@ def validation_of(t: dict[str, Any]) -> str:
 
 def current_validation(dataset: str) -> str:
     """The validation the benchmark tunes `dataset` on today (datasets.validation_split's description)."""
-    if dataset in D.PIPELINE:
+    if dataset in D.PIPELINE or dataset in D.CARVED:
         from benchmarks.pipeline_split import load_export
 
         return str(load_export(dataset)["validation"])
