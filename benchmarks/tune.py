@@ -182,7 +182,20 @@ def run_trial(val: D.Split, method: str, params: dict[str, Any], spark: Any) -> 
     return {"metrics": m, "fit_seconds": r.fit_seconds}
 
 
-def tune(datasets: list[str], methods: list[str], dims: list[int]) -> list[dict[str, Any]]:
+def nearest_first(grid: list[dict[str, Any]], near: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same grid, settings nearest `near` first (sum over its numeric keys of |difference| / the axis's
+    span): a run that may not finish the grid in its time tries the region of an earlier optimum first."""
+    def span(k: str) -> float:
+        vals = [float(g[k]) for g in grid if isinstance(g.get(k), (int, float))]
+        return (max(vals) - min(vals)) or 1.0 if vals else 1.0
+
+    keys = [k for k, v in near.items() if isinstance(v, (int, float))]
+    spans = {k: span(k) for k in keys}
+    return sorted(grid, key=lambda g: sum(abs(float(g.get(k, near[k])) - float(near[k])) / spans[k] for k in keys))
+
+
+def tune(datasets: list[str], methods: list[str], dims: list[int],
+         near: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     trials = load_results()
     done = {_key(t) for t in trials}
     spark = P.spark_session() if "mllib" in methods else None
@@ -195,6 +208,8 @@ def tune(datasets: list[str], methods: list[str], dims: list[int]) -> list[dict[
                     grid += [{**g, "confidence": LOG_CONF} for g in scaled_grid(val.n_users, val.n_items)]
             else:
                 grid = peer_grid(method, name, trials)
+            if near and method in near:
+                grid = nearest_first(grid, near[method])
             todo = [(method, p) for p in grid]
             for m, params in todo:
                 _run_one(trials, done, name, val, m, params, spark)
@@ -256,11 +271,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", default="gowalla,ml-100k,lastfm-2k")
     ap.add_argument("--methods", default="gramian,implicit_als,implicit_bpr,mllib,ease,rp3beta")
     ap.add_argument("--dims", default="128,256", help="larger d for gramian after the d=64 grid ('' = none)")
+    ap.add_argument("--near", default="", help='JSON {method: setting}: try that method\'s grid nearest the '
+                    'setting first (same grid, other order; for a run that may not finish it)')
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     dims = [int(d) for d in args.dims.split(",") if d]
-    trials = tune(args.datasets.split(","), args.methods.split(","), dims)
+    trials = tune(args.datasets.split(","), args.methods.split(","), dims, json.loads(args.near) if args.near else None)
     from benchmarks.report import write_tuning_md
 
     write_tuning_md(trials)
