@@ -107,7 +107,7 @@ def peer_grid(method: str, dataset: str, trials: list[dict[str, Any]] | None = N
             base += [{"alpha": a, "regParam": 1.0} for a in (3.0, 30.0, 100.0)]
             base += [{"alpha": 30.0, "regParam": r} for r in (0.3, 3.0)]  # around the best of the cross
             return [{"rank": 64, "maxIter": 15, **b, "weights": "raw"} for b in base]
-        b = best(trials or [], dataset, "implicit_als")
+        b = best(trials, dataset, "implicit_als") if trials else None
         w = b["params"].get("weights", "raw") if b is not None else "raw"
         # (alpha, regParam): both defaults-like settings (1, 0.1) and (10, 1), the earlier optima (3, 1) and
         # (10, 1), and a step either way in each; six fits, not the 12-grid (1-2 min a fit on a shared machine)
