@@ -3,7 +3,8 @@
 Every loader returns a `Split`: dense 0-based ids, train triples and a test CSR by user; test items never
 seen in train are dropped (no CF method can rank them), so every item id has training data. ml-100k and
 lastfm-2k are split by the product's split stage (conf/<name>.yaml; benchmarks/pipeline_split.py), so
-`gramian tune` and the peers see the same train, validation and test pairs; Gowalla keeps its given split.
+`gramian tune` and the peers see the same train, validation and test pairs; Gowalla keeps its given split,
+and its validation is the tune stage's carve of that train (CARVED).
 dense-ml1m and dense-2k are drawn by the product's generator (gramian.data.synthetic, conf/<name>.yaml) and
 split the same way: dense sets with long histories (MovieLens-1M's shape; 2,000 x 1,000 at 300 per user)
 for the package defaults' choice (benchmarks/defaults_bench.py).
@@ -183,11 +184,19 @@ def load_synthetic10m(seed: int = 0, n_interactions: int = 10_000_000) -> Split:
 
 
 def validation_split(split: Split, fraction: float = 0.1, seed: int = 0) -> Split:
-    """The validation split peers are tuned on: for a dataset split by the product (PIPELINE), the pairs
-    `gramian tune` carves from the same train (pipeline_split); otherwise `fraction` of each user's train
-    pairs, seed `seed` (ids kept)."""
+    """The validation split peers are tuned on: for a dataset split by the product (PIPELINE) or with a given
+    test split the product keeps (CARVED), the pairs `gramian tune` carves from the same train
+    (pipeline_split); otherwise `fraction` of each user's train pairs, seed `seed` (ids kept)."""
     if split.name in PIPELINE:
         return _pipeline_validation(split)
+    if split.name in CARVED:
+        return _carved_validation(split)
+    return holdout_validation(split, fraction, seed)
+
+
+def holdout_validation(split: Split, fraction: float = 0.1, seed: int = 0) -> Split:
+    """`fraction` of each user's train pairs (seed `seed`) held out as the validation 'test', ids kept: the
+    benchmark's earlier validation of every dataset (gowalla_d.py's d sweep keeps it on Gowalla)."""
     mask = holdout(split.train_users, fraction, seed)
     tr = ~mask
     indptr, indices = _csr_from_pairs(split.train_users[mask].astype(np.int64),
@@ -199,6 +208,10 @@ def validation_split(split: Split, fraction: float = 0.1, seed: int = 0) -> Spli
 
 # Datasets whose benchmark split is the product's own (split stage + tune carve, benchmarks/pipeline_split.py).
 PIPELINE = ("ml-100k", "lastfm-2k", "dense-ml1m", "dense-2k")
+# Datasets that keep their given split here (their loader) but whose validation is the tune stage's carve: the
+# split stage runs `split.method: given` on the same files (benchmarks/pipeline_split.py exports its train, the
+# same pairs as the loader's), so peers are tuned on the pairs `gramian tune` tunes on.
+CARVED = ("gowalla",)
 WEIGHT_NOTES = {"ml-100k": "rating", "lastfm-2k": "play count", "dense-ml1m": "1 (generated, binary)",
                 "dense-2k": "1 (generated, binary)"}
 
@@ -226,6 +239,28 @@ def _pipeline_validation(split: Split) -> Split:
     if len(part) != split.nnz:
         raise ValueError(f"{split.name}: export has {len(part)} train pairs, the split {split.nnz}; rebuild it")
     held, fit = part == 1, part == 0  # train pairs keep the export's order in _from_pairs
+    indptr, indices = _csr_from_pairs(split.train_users[held].astype(np.int64),
+                                      split.train_items[held].astype(np.int64), split.n_users)
+    return Split(f"{split.name}/val", split.n_users, split.n_items, split.train_users[fit],
+                 split.train_items[fit], split.train_weights[fit], indptr, indices,
+                 {"split": str(z["validation"])})
+
+
+def _carved_validation(split: Split) -> Split:
+    """The tune stage's carve of a CARVED dataset's train, matched pair by pair (the export's ids are the
+    split stage's; they must hold the same train pairs as `split`)."""
+    from benchmarks.pipeline_split import load_export
+
+    z = load_export(split.name)
+    shift = np.int64(1) << 32
+    key = split.train_users.astype(np.int64) * shift + split.train_items
+    ekey = z["train_users"].astype(np.int64) * shift + z["train_items"]
+    order = np.argsort(ekey)
+    pos = np.searchsorted(ekey[order], key).clip(0, len(ekey) - 1)
+    if len(ekey) != len(key) or not np.array_equal(ekey[order][pos], key):
+        raise ValueError(f"{split.name}: the export's train pairs are not the loader's; rebuild it")
+    part = z["val_part"][order][pos]
+    held, fit = part == 1, part == 0
     indptr, indices = _csr_from_pairs(split.train_users[held].astype(np.int64),
                                       split.train_items[held].astype(np.int64), split.n_users)
     return Split(f"{split.name}/val", split.n_users, split.n_items, split.train_users[fit],

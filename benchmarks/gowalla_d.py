@@ -71,7 +71,7 @@ def save_points(points: list[dict[str, Any]]) -> None:
         merged = {key(p["params"]): p for p in load_points()}
         merged.update({key(p["params"]): p for p in points})
         doc = {"dataset": "gowalla", "metric": METRIC,
-               "validation": "10% of each user's train pairs, seed 0 (benchmarks.datasets.validation_split)",
+               "validation": "10% of each user's train pairs, seed 0 (benchmarks.datasets.holdout_validation)",
                "points": sorted(merged.values(), key=lambda p: (p["params"]["dim"], json.dumps(p["params"])))}
         tmp = OUT_JSON.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report:
         from benchmarks import datasets as D
 
-        val = D.validation_split(D.load("gowalla"))
+        val = D.holdout_validation(D.load("gowalla"))  # its recorded sweep's validation (not the tune carve)
         eval_at = sorted({int(x) for x in args.eval_at.split(",") if x})
         for p in grid(args):
             if eval_at:

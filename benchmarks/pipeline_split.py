@@ -41,21 +41,24 @@ def export_path(name: str) -> Path:
     return storage_root(name) / "export.npz"
 
 
-def conf_digest(name: str) -> str:
+def conf_digest(name: str, root: Path | str | None = None) -> str:
     """A hash of what the export depends on: the ingest and split stages' config sections (their pipeline
     fingerprint) and the carve's fraction. An export made under other split settings is rebuilt; a change of
-    the model defaults is not such a change."""
+    the model defaults is not such a change. The storage root enters the fingerprint as a fixed placeholder
+    path (`root` None), not this checkout's absolute one: a worktree or clone reading the same benchmarks/work
+    finds the export valid instead of rebuilding it; `root` given: the digest as it was computed before
+    (absolute root), which load_export still accepts for this checkout's root."""
     from gramian.pipeline import ORDER, fingerprint
 
-    cfg = config(name)
+    cfg = config(name, root if root is not None else f"/benchmarks/work/pipeline/{name}")  # fixed, never used
     text = f"{fingerprint(cfg, ORDER, 'split')} {cfg.tune.validation_fraction!r}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def config(name: str) -> Any:
+def config(name: str, root: Path | str | None = None) -> Any:
     from gramian.config import load_config
 
-    return load_config(conf_path(name), overrides=[f"storage.root={storage_root(name)}"])
+    return load_config(conf_path(name), overrides=[f"storage.root={root or storage_root(name)}"])
 
 
 def build(name: str) -> Path:
@@ -119,7 +122,7 @@ def load_export(name: str) -> dict[str, Any]:
     if path.is_file():
         with np.load(path) as z:
             data = {k: z[k] for k in z.files}
-        if str(data["digest"]) == conf_digest(name):
+        if str(data["digest"]) in (conf_digest(name), conf_digest(name, storage_root(name))):
             return data
         log.info("%s: conf changed since %s was built; rebuilding", name, path)
     build(name)

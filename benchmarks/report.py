@@ -402,13 +402,14 @@ def stage_section(trials: list[dict[str, Any]]) -> list[str]:
                       "holdout (the earlier grids below), a different carve of the same train; all are compared "
                       "on the same test split in train.md.", ""]
             continue
-        lines += ["Peers on the same validation (grid; best setting):", "",
+        lines += ["Peers on the same validation (grid; best setting; a grid not run to its end is marked):", "",
                   "| method | Recall@20 | settings | settings tried |", "|---|---|---|---|"]
         for m in STAGE_PEERS:
             b = _best(trials, ds, m)
-            n = sum(1 for t in trials if t["dataset"] == ds and t["method"] == m)
+            tried = [t for t in trials if t["dataset"] == ds and t["method"] == m]
             if b is not None:
-                lines.append(f"| {m} | {_f(b['metrics']['recall@20'])} | {_params(b['params'])} | {n} |")
+                lines.append(f"| {m} | {_f(b['metrics']['recall@20'])} | {_params(b['params'])} | "
+                             f"{len(tried)}{_grid_left(ds, m, tried)} |")
         ease = sorted((t for t in trials if t["dataset"] == ds and t["method"] == "ease"),
                       key=lambda t: (t["params"].get("weights", ""), t["params"]["reg"]))
         if ease:
@@ -416,6 +417,20 @@ def stage_section(trials: list[dict[str, Any]]) -> list[str]:
                                                          f"{_f(t['metrics'].get('recall@20'))}" for t in ease) + "."]
         lines.append("")
     return lines
+
+
+def _grid_left(ds: str, method: str, tried: list[dict[str, Any]]) -> str:
+    """'' when every point of the benchmark's grid for ds/method was tried, else how many were."""
+    import json
+
+    from benchmarks.tune import peer_grid
+
+    def key(p: dict[str, Any]) -> str:  # MLlib's weights follow implicit ALS's best, not a grid axis
+        return json.dumps({k: v for k, v in p.items() if not (method == "mllib" and k == "weights")}, sort_keys=True)
+
+    grid = {key(g) for g in peer_grid(method, ds)}
+    done = grid & {key(t["params"]) for t in tried}
+    return "" if done == grid else f" (**partial**: {len(done)} of its {len(grid)}-point grid)"
 
 
 PROBE_JSON = RESULTS / "tune_probe.json"  # single fits on a tune stage's validation (benchmarks/tune_probe.py)

@@ -200,7 +200,8 @@ def plan(dataset: str, methods: list[str], with_tuned: bool = True,
             continue  # item-item peers: quality only; EASE where its dense item x item matrix fits
         else:
             t, score = tuned(dataset, method)
-            src = f"validation optimum (recall@20={score:.4f})" if t else "FALLBACK (untuned)"
+            where = "gramian tune's carve" if dataset in D.PIPELINE + D.CARVED else "10% holdout"
+            src = f"validation optimum (recall@20={score:.4f}, {where})" if t else "FALLBACK (untuned)"
             if synthetic:  # no validation set: settings of gowalla, time and memory only
                 t, _ = tuned("gowalla", method)
                 src = "gowalla's setting; time and memory only"

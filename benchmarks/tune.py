@@ -3,9 +3,10 @@
     python -m benchmarks.tune --datasets gowalla,ml-100k,lastfm-2k --methods gramian,implicit_als,mllib
 
 Validation: `datasets.validation_split` -- on ml-100k and lastfm-2k the pairs `gramian tune` carves from the
-split stage's train (benchmarks/pipeline_split.py), so peers are tuned on the stage's validation; elsewhere
-10% of each user's train pairs (seed 0). Every entry records its validation, and only entries of a dataset's
-current validation count as its optimum. gramian runs single-process here (`fit_gramian_numpy`, the Spark
+split stage's train (benchmarks/pipeline_split.py), so peers are tuned on the stage's validation; on Gowalla
+(given split, datasets.CARVED) the same carve of its train; elsewhere 10% of each user's train pairs
+(seed 0). Every entry records its validation, and only entries of a dataset's current validation count as
+its optimum. gramian runs single-process here (`fit_gramian_numpy`, the Spark
 trainer's math without Spark); on the pipeline datasets gramian is tuned by the product (`gramian tune`)
 instead. Peers run as in the benchmark. Results merge into benchmarks/results/tuning.json (one entry per
 dataset/validation/method/setting), the best setting per dataset/method is what `train_bench` uses, and
@@ -106,7 +107,7 @@ def peer_grid(method: str, dataset: str, trials: list[dict[str, Any]] | None = N
             base += [{"alpha": a, "regParam": 1.0} for a in (3.0, 30.0, 100.0)]
             base += [{"alpha": 30.0, "regParam": r} for r in (0.3, 3.0)]  # around the best of the cross
             return [{"rank": 64, "maxIter": 15, **b, "weights": "raw"} for b in base]
-        b = best(trials or [], dataset, "implicit_als")
+        b = best(trials, dataset, "implicit_als") if trials else None
         w = b["params"].get("weights", "raw") if b is not None else "raw"
         # (alpha, regParam): both defaults-like settings (1, 0.1) and (10, 1), the earlier optima (3, 1) and
         # (10, 1), and a step either way in each; six fits, not the 12-grid (1-2 min a fit on a shared machine)
@@ -147,7 +148,7 @@ def validation_of(t: dict[str, Any]) -> str:
 
 def current_validation(dataset: str) -> str:
     """The validation the benchmark tunes `dataset` on today (datasets.validation_split's description)."""
-    if dataset in D.PIPELINE:
+    if dataset in D.PIPELINE or dataset in D.CARVED:
         from benchmarks.pipeline_split import load_export
 
         return str(load_export(dataset)["validation"])
@@ -181,7 +182,20 @@ def run_trial(val: D.Split, method: str, params: dict[str, Any], spark: Any) -> 
     return {"metrics": m, "fit_seconds": r.fit_seconds}
 
 
-def tune(datasets: list[str], methods: list[str], dims: list[int]) -> list[dict[str, Any]]:
+def nearest_first(grid: list[dict[str, Any]], near: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same grid, settings nearest `near` first (sum over its numeric keys of |difference| / the axis's
+    span): a run that may not finish the grid in its time tries the region of an earlier optimum first."""
+    def span(k: str) -> float:
+        vals = [float(g[k]) for g in grid if isinstance(g.get(k), (int, float))]
+        return (max(vals) - min(vals)) or 1.0 if vals else 1.0
+
+    keys = [k for k, v in near.items() if isinstance(v, (int, float))]
+    spans = {k: span(k) for k in keys}
+    return sorted(grid, key=lambda g: sum(abs(float(g.get(k, near[k])) - float(near[k])) / spans[k] for k in keys))
+
+
+def tune(datasets: list[str], methods: list[str], dims: list[int],
+         near: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     trials = load_results()
     done = {_key(t) for t in trials}
     spark = P.spark_session() if "mllib" in methods else None
@@ -194,6 +208,8 @@ def tune(datasets: list[str], methods: list[str], dims: list[int]) -> list[dict[
                     grid += [{**g, "confidence": LOG_CONF} for g in scaled_grid(val.n_users, val.n_items)]
             else:
                 grid = peer_grid(method, name, trials)
+            if near and method in near:
+                grid = nearest_first(grid, near[method])
             todo = [(method, p) for p in grid]
             for m, params in todo:
                 _run_one(trials, done, name, val, m, params, spark)
@@ -255,11 +271,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", default="gowalla,ml-100k,lastfm-2k")
     ap.add_argument("--methods", default="gramian,implicit_als,implicit_bpr,mllib,ease,rp3beta")
     ap.add_argument("--dims", default="128,256", help="larger d for gramian after the d=64 grid ('' = none)")
+    ap.add_argument("--near", default="", help='JSON {method: setting}: try that method\'s grid nearest the '
+                    'setting first (same grid, other order; for a run that may not finish it)')
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     dims = [int(d) for d in args.dims.split(",") if d]
-    trials = tune(args.datasets.split(","), args.methods.split(","), dims)
+    trials = tune(args.datasets.split(","), args.methods.split(","), dims, json.loads(args.near) if args.near else None)
     from benchmarks.report import write_tuning_md
 
     write_tuning_md(trials)
