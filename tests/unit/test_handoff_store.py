@@ -19,16 +19,16 @@ class _NoMaster:
             return "spark://127.0.0.1:7077"
 
 
-def test_a_matrix_packed_again_is_not_written_again_and_only_the_last_three_stay(tmp_path):
+def test_a_matrix_packed_again_is_not_written_again_and_only_the_last_keep_stay(tmp_path):
     h = Handoff(_NoMaster(), enabled=True, store=open_store(str(tmp_path)))
     assert h.folder is None and h.store is not None
-    arrays = [np.full((5, 3), k, np.float32) for k in range(4)]
+    arrays = [np.full((5, 3), k, np.float32) for k in range(Handoff.KEEP + 1)]
     first = h.pack(arrays[0])
     assert h.pack(arrays[0]) == first  # the user step's current rows: the previous item step's fixed side
     refs = [first] + [h.pack(a) for a in arrays[1:]]
-    assert len({r.name for r in refs}) == 4
+    assert len({r.name for r in refs}) == Handoff.KEEP + 1
     assert sorted(h.store.listdir()) == sorted(r.name for r in refs[1:])  # the oldest left the store
-    np.testing.assert_array_equal(handoff.load_npy(h.store, refs[3].name), arrays[3])
+    np.testing.assert_array_equal(handoff.load_npy(h.store, refs[-1].name), arrays[-1])
     h.close()
     assert not (tmp_path / h.store.uri.rsplit("/", 1)[-1]).exists()
 
@@ -102,3 +102,32 @@ def test_a_worker_reads_back_only_the_factor_blocks_other_workers_made(tmp_path,
     np.testing.assert_array_equal(whole, x)
     assert read == [1, 2] and len(exchange.OWN_BLOCKS) == 0
     assert rows.whole() is whole and read == [1, 2]  # kept: the next use reads nothing
+
+
+def test_a_remembered_step_answers_pack_its_files_stay_its_makers_and_resolve_makes_it_whole(tmp_path):
+    """The store exchange remembers a half-step's rows as the block files its tasks wrote: packing those rows
+    again writes nothing, leaving the last KEEP deletes no file of theirs (their step store does), `forget`
+    drops them, and a task's `resolve` turns the reference into the whole matrix."""
+    h = Handoff(_NoMaster(), enabled=True, store=open_store(str(tmp_path)))
+
+    class Made:
+        def __init__(self, x):
+            self.x = x
+
+        def whole(self):
+            return self.x
+
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    made = Made(x)
+    h.remember(x, made)
+    assert h.pack(x) is made and h._count == 0 and h.store.listdir() == []
+    assert resolve(h.pack(x)) is x
+    others = [np.full((2, 2), k, np.float32) for k in range(Handoff.KEEP)]
+    refs = [h.pack(a) for a in others]  # x leaves the last KEEP: nothing of its own is deleted, the packed stay
+    assert sorted(h.store.listdir()) == sorted(r.name for r in refs)
+    assert isinstance(h.pack(x), StoreRef) and h._count == Handoff.KEEP + 1  # no longer answered: written now
+    y = np.ones((3, 2), np.float32)
+    h.remember(y, Made(y))
+    h.forget()
+    assert isinstance(h.pack(y), StoreRef)
+    h.close()

@@ -334,53 +334,41 @@ class StoreFiles(WholeFactors):
         super().__init__(spark, layouts, spec)
         assert handoff.store is not None, "StoreFiles needs the handoff's store folder"
         self.handoff, self.store, self.nonempty = handoff, handoff.store, nonempty
-        # both sides' current rows, the step being made and one spare; inside the handoff's folder (closed with it)
-        self.steps = routed.StepStore(self.store, keep=4, prefix="steps")
-        self._made: OrderedDict[int, tuple[np.ndarray, BlockRows]] = OrderedDict()  # id(rows) -> their files
-        self._out: BlockRows | None = None
+        # both sides' current rows, the step being made and one spare; inside the handoff's folder (closed with it).
+        # A step the handoff still answers for is one of its last KEEP remembered, so its files are kept.
+        self.steps = routed.StepStore(self.store, keep=handoff.KEEP + 1, prefix="steps")
 
     def _read(self, side: str) -> Callable[[int], Block]:
         return store_reader(self.store, side, self.layouts[side], self.nonempty.get(side, frozenset()))
 
-    def _ref(self, array: np.ndarray) -> Any:
-        """Where the tasks find `array`: the block files of the step that made it while they are kept, else one
-        file the driver writes (Handoff.pack)."""
-        hit = self._made.get(id(array))
-        if hit is not None and hit[0] is array and self.steps.live(hit[1].files):
-            return hit[1]
-        return self.handoff.pack(array)
-
     def map_blocks(self, side: str, fn: BlockFn, schema: str) -> pa.Table:
         return self.note_timing(side, _by_id(self.spark, self.layouts[side], self._read(side), fn, schema).toArrow())
 
-    def step(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
-             shared: Mapping[str, np.ndarray], schema: str, new_rows: bool = True) -> StepResult:
-        result = super().step(side, task, current, other, shared, schema, new_rows)
-        if self._out is not None and result.factors is not None:  # the rows are the files the tasks wrote
-            self._made[id(result.factors)] = (result.factors, self._out)
-            while len(self._made) > 3:
-                self._made.popitem(last=False)
-        return result
-
     def release(self) -> None:
         """Delete the step files (the model holds its factors as arrays)."""
-        self._made.clear()
+        self.handoff.forget()
         self.steps.close()
 
     def _run(self, side: str, task: BlockTask, current: np.ndarray, other: np.ndarray,
              shared: Mapping[str, np.ndarray], schema: str, new_rows: bool) -> tuple[pa.Table, np.ndarray | None]:
-        refs = self._ref(other), self._ref(current)
-        out = self._out = BlockRows(self.steps.new(self.layouts[side], self.spec.dim)) if new_rows else None
+        """One job; the new rows are the files the tasks wrote, so the handoff answers them for the next steps."""
+        refs = self.handoff.pack(other), self.handoff.pack(current)
+        out = BlockRows(self.steps.new(self.layouts[side], self.spec.dim)) if new_rows else None
         arrays = dict(shared)
 
         def solve(b: Block) -> pa.RecordBatch:
-            whole = [r.whole() if isinstance(r, BlockRows) else resolve(r) for r in refs]
-            rec = task(b, whole[0], np.array(whole[1][b.row_start:b.row_start + b.n_rows]), arrays)
+            other_rows, current_rows = resolve(refs[0]), resolve(refs[1])
+            rec = task(b, other_rows, np.array(current_rows[b.row_start:b.row_start + b.n_rows]), arrays)
             if out is not None:
                 out.publish(b.block, rec)
             return rec
 
-        return self.map_blocks(side, solve, schema), None
+        table = self.map_blocks(side, solve, schema)
+        if out is None:
+            return table, None
+        x = _rows_of(table, current.shape[0], current.shape[1])
+        self.handoff.remember(x, out)
+        return table, x
 
 
 class Closure(WholeFactors):

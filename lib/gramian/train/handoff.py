@@ -21,7 +21,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -43,6 +43,13 @@ class StoreRef:
 
     store: Store
     name: str
+
+
+@runtime_checkable
+class WholeRef(Protocol):
+    """A reference a task turns into the whole matrix itself (the store exchange's block files, say)."""
+
+    def whole(self) -> np.ndarray: ...
 
 
 class WorkerCache:
@@ -136,6 +143,8 @@ def resolve(ref: Any) -> np.ndarray:
         return np.load(ref.path, mmap_mode="c")
     if isinstance(ref, StoreRef):
         return FACTORS.get((ref.store.uri, ref.name), lambda: load_npy(ref.store, ref.name))
+    if isinstance(ref, WholeRef):
+        return ref.whole()
     return ref
 
 
@@ -167,7 +176,8 @@ class Handoff:
         self.store = store.child(f"exchange-{uuid.uuid4().hex[:12]}") if store is not None and not self.folder \
             else None
         self._count = 0
-        self._packed: OrderedDict[int, tuple[np.ndarray, StoreRef]] = OrderedDict()
+        # id(array) -> (array, where tasks find it): the last KEEP packed or remembered (held, so ids stay theirs)
+        self._packed: OrderedDict[int, tuple[np.ndarray, Any]] = OrderedDict()
         if self.folder is not None or self.store is not None:  # never leave scratch behind, even on an error exit
             atexit.register(self.close)
 
@@ -178,7 +188,7 @@ class Handoff:
     def pack(self, array: np.ndarray) -> Any:
         """A picklable reference to `array` (the array itself when files cannot be shared).
 
-        In the store, an array packed again while it is one of the last few packed is not written again
+        In the store, an array packed again while it is one of the last KEEP packed or remembered is not written again
         (the user step's current rows are the previous item step's fixed side).
         """
         if self.store is not None:
@@ -208,8 +218,21 @@ class Handoff:
         os.replace(tmp, path)
         return FileRef(str(path))
 
-    def _pack_store(self, array: np.ndarray) -> StoreRef:
-        """Write `array` to the store once; the last 3 packed stay (strongly held, so their ids stay theirs)."""
+    KEEP = 4  # both sides' current rows, the previous pair (a user step reads the last item step's fixed side)
+
+    def remember(self, array: np.ndarray, ref: Any) -> None:
+        """Let `pack(array)` answer `ref`, files someone else wrote (a half-step's block files), while `array` is
+        one of the last KEEP packed or remembered; their writer deletes them, and calls `forget` when it does."""
+        assert self.store is not None, "remember is for the store exchange (a handoff with a store folder)"
+        self._keep(array, ref)
+
+    def forget(self) -> None:
+        """Drop the remembered references (their files are gone); the arrays written here stay packed."""
+        for key in [k for k, (_, ref) in self._packed.items() if not isinstance(ref, StoreRef)]:
+            del self._packed[key]
+
+    def _pack_store(self, array: np.ndarray) -> Any:
+        """Write `array` to the store once, unless it is one of the last KEEP packed or remembered."""
         assert self.store is not None
         hit = self._packed.get(id(array))
         if hit is not None and hit[0] is array:
@@ -219,14 +242,20 @@ class Handoff:
         ref = StoreRef(self.store, f"m{self._count}.npy")
         with self.store.open_output(ref.name) as out:
             np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
-        self._packed[id(array)] = (array, ref)
-        while len(self._packed) > 3:
-            _, (_, old) = self._packed.popitem(last=False)
-            self.store.delete(old.name)
+        self._keep(array, ref)
         return ref
 
+    def _keep(self, array: np.ndarray, ref: Any) -> None:
+        """Answer `ref` for `array` from now on; the oldest entry past KEEP goes (its file too, if written here)."""
+        assert self.store is not None
+        self._packed[id(array)] = (array, ref)
+        while len(self._packed) > self.KEEP:
+            _, (_, old) = self._packed.popitem(last=False)
+            if isinstance(old, StoreRef):
+                self.store.delete(old.name)
+
     def release(self, ref: Any) -> None:
-        """Delete a packed local file once its job is done (store files go when they leave the last three)."""
+        """Delete a packed local file once its job is done (store files go when they leave the last KEEP)."""
         if isinstance(ref, FileRef):
             Path(ref.path).unlink(missing_ok=True)
 
