@@ -133,7 +133,7 @@ def write_md(doc: dict[str, Any]) -> str:
                 "|---|---|" + "---|" * len(names) + "---|"]
         for label, r in d["runs"].items():
             cells = ["—"] * (len(names) + 1) if r["recall"] is None else \
-                [f"{r['recall']['all']:.4f}"] + [f"{r['recall'].get(n, float('nan')):.4f}" for n in names]
+                [f"{r['recall']['all']:.4f}"] + [f"{r['recall'][n]:.4f}" if n in r["recall"] else "—" for n in names]
             out.append(f"| {label} | " + " | ".join(cells) + f" | {r['source']} |")
         out += ["", "Paired per-user difference, gramian minus peer (95% interval):", "",
                 "| gramian | peer | all | " + " | ".join(f"{n} pairs" for n in names) + " |",
