@@ -47,7 +47,8 @@ def conf_digest(name: str, root: Path | str | None = None) -> str:
     the model defaults is not such a change. The storage root enters the fingerprint as a fixed placeholder
     path (`root` None), not this checkout's absolute one: a worktree or clone reading the same benchmarks/work
     finds the export valid instead of rebuilding it; `root` given: the digest as it was computed before
-    (absolute root), which load_export still accepts for this checkout's root."""
+    (absolute root), which load_export still accepts for this checkout's root and for the path it resolves to
+    (a worktree whose benchmarks/work links to the checkout that built the export)."""
     from gramian.pipeline import ORDER, fingerprint
 
     cfg = config(name, root if root is not None else f"/benchmarks/work/pipeline/{name}")  # fixed, never used
@@ -122,7 +123,8 @@ def load_export(name: str) -> dict[str, Any]:
     if path.is_file():
         with np.load(path) as z:
             data = {k: z[k] for k in z.files}
-        if str(data["digest"]) in (conf_digest(name), conf_digest(name, storage_root(name))):
+        old = {conf_digest(name, root) for root in {storage_root(name), storage_root(name).resolve()}}
+        if str(data["digest"]) in {conf_digest(name)} | old:  # resolved: benchmarks/work linked from a worktree
             return data
         log.info("%s: conf changed since %s was built; rebuilding", name, path)
     build(name)
