@@ -381,11 +381,12 @@ def phase_test(datasets: list[str], only: str, peer_methods: tuple[str, ...] = P
 
 
 NOTES = (
-    "Gowalla, MLlib at alpha 1 / regParam 0.1 (fitted 2026-12-06, Spark local[2] pinned to one core) scored 0.1256 "
-    "on validation, below the alpha 10 row; on Gowalla's validation MLlib rises with alpha at regParam 1 (alpha 3: "
-    "0.1223, 10: 0.1474, 30: 0.1568, 100: 0.1614; tuning.json). Gowalla's test row has implicit's defaults beside "
-    "it but no plain MLlib; MLlib tuned on validation (alpha 100, stronger than either plain setting there) scored "
-    "0.1502 on test against the defaults' 0.1533 (train.md).",
+    "Gowalla's validation is the tune stage's carve (datasets.CARVED: random 0.2, seed 1 of the given train) since "
+    "2026-12-07, as for its tuned peers; before, a 10% holdout (seed 0). On the carve MLlib at alpha 1 / regParam "
+    "0.1 scored 0.1173 (holdout 0.1256), below alpha 10 / regParam 1 (0.1418, tuning.json's fit; holdout 0.1474); "
+    "on Gowalla's validation MLlib rises with alpha at regParam 1 (tuning.json: its optimum is alpha 100). "
+    "Gowalla's test row has implicit's defaults beside it but no plain MLlib; MLlib tuned on validation (alpha 100, "
+    "stronger than either plain setting there) scored 0.1502 on test against the defaults' 0.1533 (train.md).",
     "dense-ml1m is drawn by gramian.data.synthetic (planted rank-8 tastes times power-law popularity): it has "
     "MovieLens-1M's size, density, history lengths and popularity skew, but its low-rank truth favours factor "
     "models; EASE, which leads on real dense data, trails there. It is a proxy, not MovieLens-1M (not on this "
