@@ -394,9 +394,12 @@ NOTES = (
     "dense-ml1m, MLlib at both plain settings: the first attempts (2026-12-05, load ~23) lost their Spark session "
     "and stay in defaults.json with their errors; refitted 2026-12-06 (alpha 10 / regParam 1: 0.3073, the defaults "
     "0.3075: a tie, ratio 1.001).",
-    "The grid (22 candidates) was fitted on all four validation carves on 2026-12-06 (one core, load 1-3; the fits "
-    "of 2026-12-05 at load 20-27 are reused where the settings match). A candidate replaces the defaults only when "
-    "its worst ratio beats theirs by more than MARGIN; with every peer fitted the defaults rank first anyway.",
+    "The grid (22 candidates) was fitted on ml-100k's, lastfm-2k's and dense-ml1m's validation carves on 2026-12-06 "
+    "(one core, load 1-3; the fits of 2026-12-05 at load 20-27 are reused where the settings match) and on "
+    "Gowalla's carve on 2026-12-07 (01:41-02:37 UTC, load 4-13, beside CI). A candidate replaces the defaults only "
+    "when its worst ratio beats theirs by more than MARGIN; with every peer fitted the defaults rank first anyway. "
+    "The test intervals were re-fitted on 2026-12-07 (their per-user files had been lost with benchmarks/work): "
+    "the gramian rows and each data set's best defaults-like peer.",
 )
 
 
